@@ -1,0 +1,1 @@
+"""The shared vocabulary of segshadow: events, rule sets, windows, stores, workloads, importers."""

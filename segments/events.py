@@ -1,0 +1,362 @@
+"""Events as SPEC §1 defines them: parsing, validation, dead-letter records, arrival order, dedup.
+
+Money is parsed exactly: JSON numbers go through ``Decimal`` (never ``float``) and
+are carried as integer micro-units (``amount_micros``), so sums are exact on every
+backend and in the stream's state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from segments.errors import InputError
+from segments.timeutil import MAX_MS, TimestampError, format_ms, parse_rfc3339_ms
+
+KINDS = ("view", "cart", "purchase", "refund", "txn")
+MONEY_KINDS = frozenset({"purchase", "refund", "txn"})
+MAX_USER_ID = 128
+MICROS = 1_000_000
+_AMOUNT_LIMIT = Decimal(10) ** 12
+_DECIMAL_TEXT = re.compile(r"^[+-]?\d+(\.\d+)?$")
+_KNOWN_FIELDS = frozenset({"event_id", "user_id", "event_time", "kind", "amount", "arrival_time", "attrs"})
+
+# The reasons a line can be rejected for; each is a stable string that users count and filter on.
+REASONS = (
+    "bad_json",
+    "not_an_object",
+    "missing_field",
+    "bad_field_type",
+    "naive_timestamp",
+    "bad_timestamp",
+    "unknown_kind",
+    "bad_amount",
+    "too_late",
+)
+
+
+class Event(NamedTuple):
+    """One valid event. Immutable; a tuple so that it pickles small and builds fast in the hot path.
+
+    ``amount_micros`` is the amount in millionths of a currency unit (0 when the
+    event has no amount); ``merchant`` is ``attrs.merchant`` as text when present;
+    ``seq`` is the position in the input (file line or stream entry order).
+    """
+
+    event_id: str
+    user_id: str
+    event_time: int
+    kind: str
+    amount_micros: int
+    arrival_time: int
+    merchant: str | None
+    seq: int
+    has_amount: bool = False
+    attrs: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] | None = None
+
+    @property
+    def amount(self) -> Decimal | None:
+        """The exact amount in currency units, or None when the event carries none."""
+        if not self.has_amount:
+            return None
+        return Decimal(format_micros(self.amount_micros))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as a SPEC §1 object (amount as a decimal string, times as RFC 3339 UTC)."""
+        out: dict[str, Any] = dict(self.extra or {})
+        out.update(
+            event_id=self.event_id,
+            user_id=self.user_id,
+            event_time=format_ms(self.event_time),
+            kind=self.kind,
+        )
+        if self.has_amount:
+            out["amount"] = format_micros(self.amount_micros)
+        if self.arrival_time != self.event_time:
+            out["arrival_time"] = format_ms(self.arrival_time)
+        if self.attrs is not None:
+            out["attrs"] = dict(self.attrs)
+        return out
+
+    def to_json(self) -> str:
+        """One JSON line for this event, readable back by ``parse_line`` to an equal event."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A line that broke SPEC §1 (or an event the stream dropped): the dead-letter record."""
+
+    reason: str
+    detail: str
+    seq: int
+    raw: str = field(repr=False)
+    event_id: str | None = None
+    user_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reason": self.reason, "detail": self.detail, "line": self.seq, "raw": self.raw}
+        if self.event_id is not None:
+            out["event_id"] = self.event_id
+        if self.user_id is not None:
+            out["user_id"] = self.user_id
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def format_micros(micros: int) -> str:
+    """Micro-units as the shortest exact decimal string, e.g. 12_500_000 -> ``"12.5"``."""
+    whole, frac = divmod(micros, MICROS)
+    if not frac:
+        return str(whole)
+    return f"{whole}.{frac:06d}".rstrip("0")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+_decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants)
+
+
+def parse_time(value: Any, name: str) -> int:
+    """A SPEC time (integer ms or RFC 3339 with offset) as epoch ms; raises ``_Reject``."""
+    if type(value) is int:
+        if not 0 <= value < MAX_MS:
+            raise _Reject("bad_timestamp", f"{name} out of range: {value}")
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_rfc3339_ms(value)
+        except TimestampError as exc:
+            raise _Reject(exc.reason, f"{name}: {exc}") from None
+    raise _Reject("bad_field_type", f"{name} must be integer ms or an RFC 3339 string")
+
+
+def parse_amount_micros(value: Any) -> int:
+    """A SPEC amount as exact integer micro-units; raises ``_Reject`` with reason ``bad_amount``."""
+    if type(value) is int:
+        number = Decimal(value)
+    elif isinstance(value, Decimal):
+        number = value
+    elif isinstance(value, str):
+        if not _DECIMAL_TEXT.match(value):
+            raise _Reject("bad_amount", f"amount is not a decimal number: {value[:40]!r}")
+        try:
+            number = Decimal(value)
+        except InvalidOperation:
+            raise _Reject("bad_amount", f"amount is not a decimal number: {value[:40]!r}") from None
+    else:
+        raise _Reject("bad_amount", f"amount must be a number or decimal string, not {type(value).__name__}")
+    if not number.is_finite():
+        raise _Reject("bad_amount", "amount is not finite")
+    exponent = number.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -6:
+        raise _Reject("bad_amount", f"amount has more than 6 digits after the point: {number}")
+    if number < 0:
+        raise _Reject("bad_amount", f"amount is negative: {number}")
+    if number >= _AMOUNT_LIMIT:
+        raise _Reject("bad_amount", f"amount is not below 10^12: {number}")
+    return int(number * MICROS)
+
+
+def _require_str(obj: Mapping[str, Any], name: str, limit: int | None = None) -> str:
+    if name not in obj:
+        raise _Reject("missing_field", f"missing field {name}")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise _Reject("bad_field_type", f"{name} must be a string")
+    if not value:
+        raise _Reject("bad_field_type", f"{name} is empty")
+    if limit is not None and len(value) > limit:
+        raise _Reject("bad_field_type", f"{name} is longer than {limit} characters")
+    return value
+
+
+def event_from_object(obj: Any, seq: int) -> Event:
+    """Validate a decoded JSON value as a SPEC §1 event; raises ``_Reject`` (use ``parse_line``)."""
+    if not isinstance(obj, dict):
+        raise _Reject("not_an_object", f"line is JSON {type(obj).__name__}, not an object")
+    event_id = _require_str(obj, "event_id")
+    user_id = _require_str(obj, "user_id", MAX_USER_ID)
+    if "event_time" not in obj:
+        raise _Reject("missing_field", "missing field event_time")
+    event_time = parse_time(obj["event_time"], "event_time")
+    if "kind" not in obj:
+        raise _Reject("missing_field", "missing field kind")
+    kind = obj["kind"]
+    if kind not in KINDS:
+        raise _Reject("unknown_kind", f"unknown kind {str(kind)[:40]!r}")
+    amount = obj.get("amount")
+    if amount is None:
+        if kind in MONEY_KINDS:
+            raise _Reject("missing_field" if "amount" not in obj else "bad_amount", f"{kind} needs an amount")
+        micros, has_amount = 0, False
+    else:
+        micros, has_amount = parse_amount_micros(amount), True
+    arrival = obj.get("arrival_time")
+    arrival_time = event_time if arrival is None else parse_time(arrival, "arrival_time")
+    attrs = obj.get("attrs")
+    merchant: str | None = None
+    if attrs is not None:
+        if not isinstance(attrs, dict):
+            raise _Reject("bad_field_type", "attrs must be an object")
+        raw_merchant = attrs.get("merchant")
+        if raw_merchant is not None:
+            merchant = raw_merchant if isinstance(raw_merchant, str) else json.dumps(raw_merchant, default=str)
+    extra = None
+    if len(obj) > len(_KNOWN_FIELDS) or not _KNOWN_FIELDS.issuperset(obj):
+        extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS} or None
+    return Event(event_id, user_id, event_time, kind, micros, arrival_time, merchant, seq, has_amount, attrs, extra)
+
+
+def parse_line(line: str, seq: int) -> Event | Rejection:
+    """Parse one JSON line into an ``Event``, or a ``Rejection`` naming the reason. Never raises."""
+    try:
+        obj = _decoder.decode(line)
+    except (ValueError, RecursionError) as exc:
+        return Rejection("bad_json", f"not valid JSON: {exc}", seq, line)
+    try:
+        return event_from_object(obj, seq)
+    except _Reject as exc:
+        event_id = obj.get("event_id") if isinstance(obj, dict) else None
+        user_id = obj.get("user_id") if isinstance(obj, dict) else None
+        return Rejection(
+            exc.reason,
+            exc.detail,
+            seq,
+            line,
+            event_id if isinstance(event_id, str) else None,
+            user_id if isinstance(user_id, str) else None,
+        )
+
+
+def too_late(event: Event, watermark: int, detail: str) -> Rejection:
+    """The dead-letter record for an event the stream dropped as too late."""
+    return Rejection("too_late", detail, event.seq, event.to_json(), event.event_id, event.user_id)
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each non-blank line of a JSON Lines file; ``InputError`` if unreadable."""
+    try:
+        handle = open(path, encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+    except OSError as exc:
+        raise InputError(f"cannot read events: {exc.strerror}", str(path)) from None
+    with handle:
+        try:
+            for number, text in enumerate(handle, start=1):
+                if text.strip():
+                    yield number, text.rstrip("\r\n")
+        except OSError as exc:
+            raise InputError(f"cannot read events: {exc.strerror}", str(path)) from None
+
+
+def arrival_order(events: Iterable[Event]) -> list[Event]:
+    """Events sorted by ``arrival_time``, ties kept in input (``seq``) order."""
+    return sorted(events, key=lambda e: (e.arrival_time, e.seq))
+
+
+class Deduper:
+    """First arrival of an ``event_id`` counts; later arrivals are duplicates, whatever their payload."""
+
+    __slots__ = ("duplicates", "seen")
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.duplicates = 0
+
+    def first(self, event: Event) -> bool:
+        """True when this is the first arrival of the event's id (and remember it)."""
+        seen = self.seen
+        if event.event_id in seen:
+            self.duplicates += 1
+            return False
+        seen.add(event.event_id)
+        return True
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """A file's events as both segmenters see them: valid, deduplicated, in arrival order."""
+
+    events: list[Event]
+    rejected: list[Rejection]
+    duplicates: list[Event]
+    lines: int
+
+    @property
+    def counts(self) -> dict[str, int]:
+        by_reason: dict[str, int] = {}
+        for rejection in self.rejected:
+            by_reason[rejection.reason] = by_reason.get(rejection.reason, 0) + 1
+        return {
+            "lines": self.lines,
+            "accepted": len(self.events),
+            "duplicates": len(self.duplicates),
+            "rejected": len(self.rejected),
+            **{f"rejected_{reason}": n for reason, n in sorted(by_reason.items())},
+        }
+
+
+def parse_all(lines: Iterable[tuple[int, str]]) -> tuple[list[Event], list[Rejection], int]:
+    """Parse numbered lines into (valid events in input order, rejections, line count)."""
+    valid: list[Event] = []
+    rejected: list[Rejection] = []
+    count = 0
+    for number, text in lines:
+        count += 1
+        parsed = parse_line(text, number)
+        if type(parsed) is Event:
+            valid.append(parsed)
+        else:
+            rejected.append(parsed)  # type: ignore[arg-type]
+    return valid, rejected, count
+
+
+def load_event_log(path: str | Path) -> EventLog:
+    """Read a JSON Lines file into an ``EventLog`` (arrival order, first arrival of an id wins).
+
+    Raises ``InputError`` when the file cannot be read; bad lines become rejections.
+    """
+    valid, rejected, count = parse_all(iter_lines(path))
+    return dedupe(arrival_order(valid), rejected, count)
+
+
+def dedupe(ordered: list[Event], rejected: list[Rejection], count: int) -> EventLog:
+    """Split arrival-ordered events into first arrivals and duplicates."""
+    deduper = Deduper()
+    events: list[Event] = []
+    duplicates: list[Event] = []
+    for event in ordered:
+        (events if deduper.first(event) else duplicates).append(event)
+    return EventLog(events, rejected, duplicates, count)
+
+
+def write_jsonl(path: str | Path, records: Iterable[str]) -> int:
+    """Write JSON lines atomically (temp file then rename); returns the count written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(target.name + ".partial")
+    count = 0
+    with open(temp, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(record)
+            handle.write("\n")
+            count += 1
+    temp.replace(target)
+    return count

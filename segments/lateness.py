@@ -1,0 +1,89 @@
+"""The stream's admission gate (SPEC §4): dedup, the watermark, and the too-late rule.
+
+Everything that depends on arrival order is decided here, before any shuffle,
+where the order is known. The gate is pure and deterministic: the stream runs it
+on its input, and the comparator re-runs it on the same event log to know which
+events the stream dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from segments.events import Deduper, Event
+
+DEFAULT_MAX_OUT_OF_ORDERNESS_MS = 5_000
+DEFAULT_ALLOWED_LATENESS_MS = 60_000
+NO_WATERMARK = -(2**62)
+END_OF_TIME = 2**62
+
+
+class Verdict(Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    TOO_LATE = "too_late"
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """The stream's lateness contract; validated once at the edge."""
+
+    max_out_of_orderness_ms: int = DEFAULT_MAX_OUT_OF_ORDERNESS_MS
+    allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
+
+    def __post_init__(self) -> None:
+        if self.max_out_of_orderness_ms < 0 or self.allowed_lateness_ms < 0:
+            raise ValueError("max out-of-orderness and allowed lateness must not be negative")
+
+
+class Gate:
+    """Admits events in arrival order.
+
+    ``watermark`` is the largest event time applied so far minus the max
+    out-of-orderness (``NO_WATERMARK`` before the first). An event earlier than
+    ``watermark - allowed_lateness`` is too late. The first arrival of an id is
+    the one judged; later arrivals are duplicates whatever their payload.
+    """
+
+    __slots__ = ("_dedup", "_lateness", "_ooo", "max_event_time")
+
+    def __init__(self, params: GateParams, max_event_time: int | None = None, seen: set[str] | None = None):
+        self._ooo = params.max_out_of_orderness_ms
+        self._lateness = params.allowed_lateness_ms
+        self._dedup = Deduper()
+        if seen is not None:
+            self._dedup.seen = seen
+        self.max_event_time = max_event_time
+
+    @property
+    def watermark(self) -> int:
+        if self.max_event_time is None:
+            return NO_WATERMARK
+        return self.max_event_time - self._ooo
+
+    @property
+    def horizon(self) -> int:
+        """Events with ``event_time`` below this are too late now."""
+        return self.watermark - self._lateness if self.max_event_time is not None else NO_WATERMARK
+
+    @property
+    def duplicates(self) -> int:
+        return self._dedup.duplicates
+
+    def admit(self, event: Event) -> Verdict:
+        """Judge one event (in arrival order) and advance the watermark when it is applied."""
+        if not self._dedup.first(event):
+            return Verdict.DUPLICATE
+        met = self.max_event_time
+        if met is not None and event.event_time < met - self._ooo - self._lateness:
+            return Verdict.TOO_LATE
+        if met is None or event.event_time > met:
+            self.max_event_time = event.event_time
+        return Verdict.APPLIED
+
+
+def too_late_ids(events: list[Event], params: GateParams) -> set[str]:
+    """The ids of the events (deduplicated, in arrival order) that the stream drops as too late."""
+    gate = Gate(params)
+    return {e.event_id for e in events if gate.admit(e) is Verdict.TOO_LATE}

@@ -1,0 +1,394 @@
+"""Rule sets: a declarative, versioned format, its validation, and the one pure evaluation.
+
+A rule set declares **aggregates** over a user's events in a trailing window
+(count, sum of amounts with a weight per kind, count of distinct merchants; each
+may use a shorter window than the rule set's) and **segments**, each a condition
+over those aggregates. Segments that share a ``group`` are exclusive: the first in
+file order whose condition holds is assigned, the others in the group are not
+(the risk tiers). Both segmenters read the same definition: the legacy side
+computes the aggregates in SQL and the stream in Python, and both call
+``RuleSet.classify`` on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from bisect import bisect_right
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from segments.durations import parse_duration_ms
+from segments.errors import RuleSetError
+from segments.events import KINDS, MICROS
+
+SHIPPED = ("clickstream", "risk")
+Op = Literal[">", ">=", "<", "<=", "==", "!="]
+_OPS: dict[str, Callable[[int, int], bool]] = {
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+}
+
+
+class FactLike(Protocol):
+    """What a rule reads of an event: its time, kind, exact amount and merchant."""
+
+    @property
+    def event_time(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def amount_micros(self) -> int: ...
+    @property
+    def merchant(self) -> str | None: ...
+
+
+class Fact(NamedTuple):
+    """The part of an event that rules read; what the stream keeps in per-user state."""
+
+    event_time: int
+    kind: str
+    amount_micros: int
+    merchant: str | None
+
+
+# ---- the file format (validated once, at the edge) -------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AggregateSpec(_Strict):
+    op: Literal["count", "sum", "count_distinct"]
+    kinds: list[str] | dict[str, int] = Field(min_length=1)
+    of: Literal["amount", "merchant"] | None = None
+    window: str | None = None
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, value: list[str] | dict[str, int]) -> list[str] | dict[str, int]:
+        for kind in value:
+            if kind not in KINDS:
+                raise ValueError(f"unknown kind {kind!r} (kinds are {', '.join(KINDS)})")
+        return value
+
+
+class CompareSpec(_Strict):
+    agg: str
+    op: Op
+    value: int | float | str
+
+
+class AllSpec(_Strict):
+    all: list[ConditionSpec] = Field(min_length=1)
+
+
+class AnySpec(_Strict):
+    any: list[ConditionSpec] = Field(min_length=1)
+
+
+ConditionSpec = CompareSpec | AllSpec | AnySpec
+
+
+class SegmentSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    when: ConditionSpec
+    group: str | None = None
+    description: str | None = None
+
+
+class RuleSetSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    version: int = Field(ge=1)
+    description: str | None = None
+    window: str
+    aggregates: dict[str, AggregateSpec] = Field(min_length=1)
+    segments: list[SegmentSpec] = Field(min_length=1)
+
+
+AllSpec.model_rebuild()
+AnySpec.model_rebuild()
+SegmentSpec.model_rebuild()
+RuleSetSpec.model_rebuild()
+
+
+# ---- the compiled, frozen form -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One aggregate: ``op`` over the events of ``weights``' kinds in ``(t - window_ms, t]``."""
+
+    name: str
+    op: str
+    weights: Mapping[str, int]
+    window_ms: int
+    of: str | None
+
+    @property
+    def is_money(self) -> bool:
+        return self.op == "sum"
+
+    def value(self, facts: Sequence[FactLike], t: int) -> int:
+        """The aggregate over ``facts`` (any order) for the window ending at ``t``."""
+        low = t - self.window_ms
+        weights = self.weights
+        if self.op == "count":
+            return sum(1 for f in facts if f.kind in weights and low < f.event_time <= t)
+        if self.op == "sum":
+            return sum(
+                f.amount_micros * weights[f.kind] for f in facts if f.kind in weights and low < f.event_time <= t
+            )
+        return len(
+            {
+                f.merchant
+                for f in facts
+                if f.kind in weights and f.merchant is not None and low < f.event_time <= t
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Compare:
+    agg: str
+    op: str
+    value: int  # micro-units for money aggregates, a plain count otherwise
+
+
+@dataclass(frozen=True)
+class AllOf:
+    parts: tuple[Condition, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    parts: tuple[Condition, ...]
+
+
+Condition = Compare | AllOf | AnyOf
+
+
+def holds(condition: Condition, values: Mapping[str, int]) -> bool:
+    """Whether ``condition`` holds for the aggregate ``values``."""
+    if isinstance(condition, Compare):
+        return _OPS[condition.op](values[condition.agg], condition.value)
+    if isinstance(condition, AllOf):
+        return all(holds(part, values) for part in condition.parts)
+    return any(holds(part, values) for part in condition.parts)
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    when: Condition
+    group: str | None
+    description: str | None
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """A validated, immutable rule set. ``digest`` identifies the exact definition."""
+
+    name: str
+    version: int
+    description: str | None
+    window_ms: int
+    aggregates: tuple[Aggregate, ...]
+    segments: tuple[Segment, ...]
+    definition: Mapping[str, Any] = field(repr=False, compare=False)
+    digest: str = field(compare=False)
+
+    @property
+    def ref(self) -> str:
+        """``name@vN``: how outputs and stores name this rule set."""
+        return f"{self.name}@v{self.version}"
+
+    @property
+    def segment_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.segments)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The distinct window widths the rule set reads, longest first."""
+        return tuple(sorted({a.window_ms for a in self.aggregates}, reverse=True))
+
+    @property
+    def span_ms(self) -> int:
+        """The longest window: an event older than ``t - span_ms`` cannot affect the set at ``t``."""
+        return max(a.window_ms for a in self.aggregates)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The event kinds any aggregate reads; other kinds cannot change a user's segments."""
+        return frozenset(k for a in self.aggregates for k in a.weights)
+
+    def aggregate(self, facts: Sequence[FactLike], t: int) -> dict[str, int]:
+        """Every aggregate for the windows ending at ``t`` (facts in any order)."""
+        return {a.name: a.value(facts, t) for a in self.aggregates}
+
+    def classify(self, values: Mapping[str, int]) -> frozenset[str]:
+        """The segments that hold for aggregate ``values``; one per group at most."""
+        chosen: list[str] = []
+        taken: set[str] = set()
+        for segment in self.segments:
+            if segment.group is not None and segment.group in taken:
+                continue
+            if holds(segment.when, values):
+                chosen.append(segment.name)
+                if segment.group is not None:
+                    taken.add(segment.group)
+        return frozenset(chosen)
+
+    def segments_at(self, facts: Sequence[FactLike], t: int) -> frozenset[str]:
+        """A user's segments at ``t`` given the user's applied events (any order): SPEC §2."""
+        return self.classify(self.aggregate(facts, t))
+
+    def segments_at_sorted(self, times: Sequence[int], facts: Sequence[FactLike], t: int) -> frozenset[str]:
+        """``segments_at`` for facts sorted by time, with ``times`` their event times; reads only the window."""
+        hi = bisect_right(times, t)
+        lo = bisect_right(times, t - self.span_ms, 0, hi)
+        return self.classify(self.aggregate(facts[lo:hi], t))
+
+    def to_canonical_json(self) -> str:
+        return canonical_json(self.definition)
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _money_value(raw: int | float | str, where: str) -> int:
+    try:
+        number = Decimal(str(raw))
+    except InvalidOperation:
+        raise RuleSetError(f"not a number: {raw!r}", where) from None
+    micros = number * MICROS
+    if not number.is_finite() or micros != micros.to_integral_value():
+        raise RuleSetError(f"money thresholds need at most 6 digits after the point: {raw!r}", where)
+    return int(micros)
+
+
+def _count_value(raw: int | float | str, where: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise RuleSetError(f"a count is compared with a whole number, not {raw!r}", where)
+    return raw
+
+
+def _compile_condition(spec: ConditionSpec, aggregates: Mapping[str, Aggregate], where: str) -> Condition:
+    if isinstance(spec, CompareSpec):
+        if spec.agg not in aggregates:
+            raise RuleSetError(f"unknown aggregate {spec.agg!r} (declared: {', '.join(aggregates)})", where)
+        agg = aggregates[spec.agg]
+        convert = _money_value if agg.is_money else _count_value
+        return Compare(spec.agg, spec.op, convert(spec.value, where))
+    if isinstance(spec, AllSpec):
+        return AllOf(tuple(_compile_condition(p, aggregates, f"{where}.all") for p in spec.all))
+    return AnyOf(tuple(_compile_condition(p, aggregates, f"{where}.any") for p in spec.any))
+
+
+def compile_ruleset(raw: Any, source: str = "rule set") -> RuleSet:
+    """Validate a decoded rule-set document and compile it; ``RuleSetError`` names the bad key."""
+    if not isinstance(raw, dict):
+        raise RuleSetError(f"{source}: the document must be a mapping")
+    try:
+        spec = RuleSetSpec.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top)"
+        raise RuleSetError(f"{first['msg']} ({source})", key) from None
+    window_ms = _duration(spec.window, "window")
+    aggregates: dict[str, Aggregate] = {}
+    for name, agg in spec.aggregates.items():
+        where = f"aggregates.{name}"
+        width = _duration(agg.window, f"{where}.window") if agg.window else window_ms
+        if width > window_ms:
+            raise RuleSetError(f"longer than the rule set's window {spec.window}", f"{where}.window")
+        if agg.op == "sum" and agg.of != "amount":
+            raise RuleSetError("sum needs `of: amount`", f"{where}.of")
+        if agg.op == "count_distinct" and agg.of != "merchant":
+            raise RuleSetError("count_distinct needs `of: merchant`", f"{where}.of")
+        if agg.op == "count" and agg.of is not None:
+            raise RuleSetError("count takes no `of`", f"{where}.of")
+        weights = dict.fromkeys(agg.kinds, 1) if isinstance(agg.kinds, list) else dict(agg.kinds)
+        if agg.op != "sum" and any(w != 1 for w in weights.values()):
+            raise RuleSetError("only sum takes weights per kind", f"{where}.kinds")
+        aggregates[name] = Aggregate(name, agg.op, weights, width, agg.of)
+    seen: set[str] = set()
+    segments: list[Segment] = []
+    for index, seg in enumerate(spec.segments):
+        if seg.name in seen:
+            raise RuleSetError(f"duplicate segment name {seg.name!r}", f"segments.{index}.name")
+        seen.add(seg.name)
+        when = _compile_condition(seg.when, aggregates, f"segments.{index}.when")
+        segments.append(Segment(seg.name, when, seg.group, seg.description))
+    definition = spec.model_dump(mode="json", exclude_none=True)
+    digest = hashlib.sha256(canonical_json(definition).encode()).hexdigest()
+    return RuleSet(
+        spec.name,
+        spec.version,
+        spec.description,
+        window_ms,
+        tuple(aggregates.values()),
+        tuple(segments),
+        definition,
+        digest,
+    )
+
+
+def _duration(text: str, key: str) -> int:
+    try:
+        value = parse_duration_ms(text)
+    except Exception as exc:
+        raise RuleSetError(str(exc), key) from None
+    if value <= 0:
+        raise RuleSetError("window must be positive", key)
+    return value
+
+
+def parse_ruleset_text(text: str, source: str) -> RuleSet:
+    """Compile YAML or JSON rule-set text; ``RuleSetError`` on bad syntax or content."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleSetError(f"{source}: not valid YAML/JSON: {exc}") from None
+    return compile_ruleset(raw, source)
+
+
+def shipped_ruleset(name: str) -> RuleSet:
+    """One of the rule sets that ship with segshadow (``clickstream``, ``risk``)."""
+    if name not in SHIPPED:
+        raise RuleSetError(f"unknown rule set {name!r}: shipped sets are {', '.join(SHIPPED)}, or give a file")
+    text = resources.files("segments").joinpath("rulesets", f"{name}.yaml").read_text(encoding="utf-8")
+    return parse_ruleset_text(text, f"shipped {name}")
+
+
+def load_ruleset(ref: str) -> RuleSet:
+    """Resolve ``ref``: a path to a YAML/JSON file, a shipped name, or ``name@vN`` of a shipped set.
+
+    Stored versions other than the shipped one are resolved by the store
+    (``segments.sqlstore``); this function needs no database.
+    """
+    path = Path(ref)
+    if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RuleSetError(f"cannot read {ref}: {exc.strerror}") from None
+        return parse_ruleset_text(text, ref)
+    name, _, version = ref.partition("@")
+    ruleset = shipped_ruleset(name)
+    if version and version.lstrip("v") != str(ruleset.version):
+        raise RuleSetError(f"{name} ships as version {ruleset.version}; {ref} is not stored here")
+    return ruleset

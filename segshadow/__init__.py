@@ -1,0 +1,1 @@
+"""The segshadow command line; it only wires the parts together."""

@@ -1,0 +1,36 @@
+"""What every command shares: the settings options, duration parsing, console output."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from segments.config import Settings, resolve_settings
+from segments.durations import parse_duration_ms
+
+console = Console(stderr=True)
+
+DatabaseOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL (sqlite, postgresql, cockroachdb); env SEGSHADOW_DATABASE_URL"),
+]
+RedisOpt = Annotated[
+    str | None,
+    typer.Option("--redis-url", help="redis:// URL; env SEGSHADOW_REDIS_URL; default: an embedded Valkey"),
+]
+DataDirOpt = Annotated[
+    str | None,
+    typer.Option("--data-dir", help="where embedded state lives (default .segshadow); env SEGSHADOW_DATA_DIR"),
+]
+
+
+def settings(database_url: str | None, redis_url: str | None, data_dir: str | None = None) -> Settings:
+    """Resolve flags over environment over embedded defaults (the only place the environment is read)."""
+    return resolve_settings(database_url, redis_url, data_dir)
+
+
+def duration(text: str) -> int:
+    """A command-line duration (``500ms``, ``5s``, ``10m``, ``1h``) in ms; ``UsageError`` otherwise."""
+    return parse_duration_ms(text)
