@@ -37,7 +37,8 @@ class StoreUnavailable(SegshadowError):
     """A database or Redis server that cannot be reached (after retries where they apply)."""
 
     def __init__(self, what: str, url: str, cause: BaseException | None = None) -> None:
-        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        first_line = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else ""
+        detail = f": {type(cause).__name__}: {first_line}" if cause is not None else ""
         super().__init__(f"cannot reach {what} at {redact(url)}{detail}")
         self.what = what
         self.url = redact(url)
