@@ -1,9 +1,121 @@
-"""Commands of this part; filled in by the issue that builds it."""
+"""``segshadow legacy run``: the legacy SQL batch segmenter alone (SPEC §3, §6).
+
+The database is ``--database-url``, else ``SEGSHADOW_DATABASE_URL``, else the embedded
+SQLite file in the data directory. A run replaces that database's events table
+(and the rule set's earlier legacy assignments), so runs never mix; see
+``legacy_batch.job``. Assignments go to Redis (namespace ``legacy``) only when a
+Redis server is named (``--redis-url`` or ``SEGSHADOW_REDIS_URL``): an embedded
+Valkey started for one run would be gone when it ends, so none is started.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from legacy_batch.job import AssignmentSink, LegacyWriterSink, run_legacy
+from segments.errors import RuleSetError, UsageError
+from segments.rules import RuleSet, load_ruleset
+from segments.sqlstore import SqlStore
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, console, duration, settings
+
+legacy_app = typer.Typer(help="The legacy SQL batch segmenter.", no_args_is_help=True)
+
+_STAGES = {"load": "loading events into SQL", "as_of": "as-of runs"}
+
+
+class _Bars:
+    """A rich progress bar per stage on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(_STAGES.get(stage, stage), total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[_Bars]:
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        yield _Bars(progress)
+
+
+def resolve_rules(ref: str, store: SqlStore) -> RuleSet:
+    """A rule-set file, a shipped name (``clickstream``, ``risk@v1``), else a version stored in ``store``.
+
+    Raises ``RuleSetError`` (the file's or shipped set's error when none is stored either).
+    """
+    try:
+        return load_ruleset(ref)
+    except RuleSetError as shipped_error:
+        path = Path(ref)
+        if path.suffix in (".yaml", ".yml", ".json") or path.exists():
+            raise
+        name, _, raw_version = ref.partition("@")
+        version: int | None = None
+        if raw_version:
+            digits = raw_version.removeprefix("v")
+            if not digits.isdigit():
+                raise RuleSetError(f"bad version in {ref!r}: write name@vN") from None
+            version = int(digits)
+        try:
+            return store.load_ruleset(name, version)
+        except RuleSetError:
+            raise shipped_error from None
+
+
+def _redis_sink(url: str, stack: contextlib.ExitStack) -> AssignmentSink:
+    from segments.redisstore import RedisStore
+
+    return LegacyWriterSink(stack.enter_context(RedisStore.open(url)))
+
+
+@legacy_app.command("run")
+def run(
+    events: Annotated[Path, typer.Option("--events", help="events file (JSON Lines, SPEC §1)")],
+    rules: Annotated[str, typer.Option("--rules", help="rule set: clickstream, risk, name@vN or a file")],
+    out: Annotated[Path, typer.Option("--out", help="assignments file to write (SPEC §3 lines)")],
+    every: Annotated[str, typer.Option("--every", help="interval between as-of times")] = "5m",
+    database_url: DatabaseOpt = None,
+    redis_url: RedisOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the legacy batch segmenter over an events file at every as-of time and write the assignments."""
+    every_ms = duration(every)
+    if every_ms <= 0:
+        raise UsageError(f"--every must be positive, not {every!r}")
+    where = settings(database_url, redis_url, data_dir)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(SqlStore.open(where.database_url))
+        ruleset = resolve_rules(rules, store)
+        sink = None if where.redis_embedded else _redis_sink(where.redis_url, stack)
+        bars = stack.enter_context(_progress())
+        report = run_legacy(events, ruleset, every_ms, out, store, sink, on_progress=bars)
+    counts = report.counts
+    typer.echo(
+        f"legacy {ruleset.ref}: {report.assignments} assignments at {len(report.as_ofs)} as-of times "
+        f"-> {out} (events: {counts['accepted']} accepted, {counts['duplicates']} duplicates, "
+        f"{counts['rejected']} rejected; {report.backend}{'' if sink is None else ' + redis'})"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
+    """Add ``segshadow legacy ...`` to the top-level app."""
+    app.add_typer(legacy_app, name="legacy")

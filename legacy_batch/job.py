@@ -1,0 +1,262 @@
+"""The legacy job: load the event log into the SQL events table, run every as-of, write the assignments.
+
+A run of ``run_legacy`` over an events file:
+
+1. reads the file (``segments.events.load_event_log``: valid events in arrival order,
+   first arrival of an id wins; bad lines are counted, never stop the run);
+2. registers the rule set (``RuleSetError`` if that name and version is stored with
+   another definition);
+3. **replaces the database's event log**: the events table is emptied, then the
+   file's events are inserted, and the rule set's earlier legacy assignments and
+   runs are forgotten, so a run never mixes with a previous one. The events table
+   holds one event log at a time; runs over different files need different
+   databases (``--database-url``);
+4. runs the as-ofs of SPEC §3 in increasing order: one aggregate query each
+   (``legacy_batch.query``), then ``replace_assignments`` (idempotent per as-of) and
+   the optional sink (the Redis ``legacy`` namespace);
+5. writes the SPEC §3 lines to ``out`` atomically and then the ``.meta.json``
+   sidecar; an interrupted run leaves no output that looks complete.
+
+Wall-clock stamps come from the injected ``clock``; durations from ``timer``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from legacy_batch.query import AggregateQuery, build_query
+from legacy_batch.schedule import schedule
+from segments.errors import InputError
+from segments.events import Event, load_event_log, write_jsonl
+from segments.outputs import Assignment, file_sha256, meta_path, write_meta
+from segments.rules import RuleSet
+from segments.sqlstore import EVENT_BATCH, LegacyRun, SqlStore
+from segments.timeutil import Clock, wall_clock_ms
+
+Timer = Callable[[], float]
+ProgressHook = Callable[[str, int, int], None]
+"""Called as ``hook(stage, done, total)`` with stage ``load`` (events) or ``as_of`` (runs)."""
+
+OUTPUT_KIND = "legacy_assignments"
+
+
+class AssignmentSink(Protocol):
+    """Where a complete legacy snapshot goes after SQL (e.g. the Redis ``legacy`` namespace).
+
+    ``rows`` are (user id, segments) for every user with a non-empty set at ``as_of``;
+    as-ofs come in increasing order. Must be idempotent: an as-of may be written again.
+    """
+
+    def write_assignments(self, as_of: int, rows: Sequence[tuple[str, frozenset[str]]]) -> object: ...
+
+
+class LegacyWriter(Protocol):
+    """A store with ``write_legacy(as_of, rows)`` (``segments.redisstore.RedisStore``)."""
+
+    def write_legacy(self, as_of: int, rows: Iterable[tuple[str, frozenset[str]]]) -> object: ...
+
+
+@dataclass(frozen=True)
+class LegacyWriterSink:
+    """Adapts a ``LegacyWriter`` to ``AssignmentSink``."""
+
+    writer: LegacyWriter
+
+    def write_assignments(self, as_of: int, rows: Sequence[tuple[str, frozenset[str]]]) -> object:
+        return self.writer.write_legacy(as_of, rows)
+
+
+def as_sink(target: AssignmentSink | LegacyWriter) -> AssignmentSink:
+    """``target`` as an ``AssignmentSink`` (wrapping anything that only has ``write_legacy``)."""
+    if hasattr(target, "write_assignments"):
+        return target  # type: ignore[return-value]
+    if hasattr(target, "write_legacy"):
+        return LegacyWriterSink(target)
+    raise TypeError(f"{type(target).__name__} has neither write_assignments nor write_legacy")
+
+
+@dataclass(frozen=True)
+class AsOfRun:
+    """One as-of: its assignments (sorted by user), the query time and the whole run's time (ms)."""
+
+    as_of: int
+    assignments: tuple[Assignment, ...]
+    query_ms: float
+    duration_ms: float
+
+
+@dataclass(frozen=True)
+class LegacyReport:
+    """What a ``run_legacy`` did; ``meta()`` is the output's provenance sidecar."""
+
+    ruleset: RuleSet
+    events_path: str
+    events_sha256: str
+    every_ms: int
+    backend: str
+    as_ofs: tuple[int, ...]
+    assignments: int
+    counts: Mapping[str, int]
+    parse_ms: float
+    load_ms: float
+    query_ms: tuple[float, ...] = field(repr=False)
+    run_ms: tuple[float, ...] = field(repr=False)
+
+    @property
+    def query_median_ms(self) -> float:
+        return statistics.median(self.query_ms) if self.query_ms else 0.0
+
+    def meta(self) -> dict[str, Any]:
+        """The sidecar: rule set, event file, parameters, counts and timings."""
+        return {
+            "kind": OUTPUT_KIND,
+            "ruleset": {
+                "name": self.ruleset.name,
+                "version": self.ruleset.version,
+                "digest": self.ruleset.digest,
+            },
+            "events": self.events_path,
+            "events_sha256": self.events_sha256,
+            "every_ms": self.every_ms,
+            "as_of_count": len(self.as_ofs),
+            "as_of_first": self.as_ofs[0] if self.as_ofs else None,
+            "as_of_last": self.as_ofs[-1] if self.as_ofs else None,
+            "assignments": self.assignments,
+            "database": self.backend,
+            "counts": dict(self.counts),
+            "timing_ms": {
+                "parse": round(self.parse_ms, 3),
+                "load": round(self.load_ms, 3),
+                "query_median": round(self.query_median_ms, 3),
+                "run_per_as_of": [round(ms, 3) for ms in self.run_ms],
+            },
+        }
+
+
+def load_events(store: SqlStore, events: Sequence[Event], on_progress: ProgressHook | None = None) -> int:
+    """Replace the events table's content with ``events`` (arrival order); returns how many were stored."""
+    store.clear_events()
+    stored = 0
+    total = len(events)
+    for start in range(0, total, EVENT_BATCH):
+        stored += store.insert_events(events[start : start + EVENT_BATCH])
+        if on_progress is not None:
+            on_progress("load", min(start + EVENT_BATCH, total), total)
+    return stored
+
+
+def run_as_of(
+    store: SqlStore,
+    query: AggregateQuery,
+    t: int,
+    sink: AssignmentSink | None = None,
+    clock: Clock = wall_clock_ms,
+    timer: Timer = time.perf_counter,
+) -> AsOfRun:
+    """Compute the snapshot at ``t`` from the events table and write it to SQL (and ``sink``).
+
+    Running the same as-of again over the same events rewrites the same snapshot.
+    """
+    started_at = clock()
+    start = timer()
+    with store.engine.connect() as conn:
+        assignments = query.assignments_at(conn, t)
+    query_ms = (timer() - start) * 1000
+    run = LegacyRun(query.ruleset.ref, t, started_at, clock(), len(assignments), round(query_ms))
+    store.replace_assignments(query.ruleset.ref, t, assignments, run)
+    if sink is not None:
+        sink.write_assignments(t, [(a.user_id, frozenset(a.segments)) for a in assignments])
+    return AsOfRun(t, tuple(assignments), query_ms, (timer() - start) * 1000)
+
+
+def run_as_ofs(
+    store: SqlStore,
+    ruleset: RuleSet,
+    as_ofs: Sequence[int],
+    sink: AssignmentSink | None = None,
+    clock: Clock = wall_clock_ms,
+    timer: Timer = time.perf_counter,
+    on_progress: ProgressHook | None = None,
+) -> Iterator[AsOfRun]:
+    """``run_as_of`` for each as-of in order, over the events already in the table."""
+    query = build_query(ruleset)
+    for done, t in enumerate(as_ofs, start=1):
+        yield run_as_of(store, query, t, sink, clock, timer)
+        if on_progress is not None:
+            on_progress("as_of", done, len(as_ofs))
+
+
+def run_legacy(
+    events_path: str | Path,
+    ruleset: RuleSet,
+    every_ms: int,
+    out: str | Path,
+    store: SqlStore,
+    sink: AssignmentSink | None = None,
+    clock: Clock = wall_clock_ms,
+    timer: Timer = time.perf_counter,
+    on_progress: ProgressHook | None = None,
+) -> LegacyReport:
+    """The whole legacy job over an events file (see the module doc); returns its report.
+
+    Raises ``InputError`` when the file cannot be read or holds no valid event,
+    ``UsageError`` for a non-positive ``every_ms``, ``RuleSetError`` when the rule set
+    conflicts with a stored version. Nothing is written to ``out`` unless the run
+    completes.
+    """
+    start = timer()
+    log = load_event_log(events_path)
+    if not log.events:
+        detail = f"no valid events ({log.lines} lines, {len(log.rejected)} rejected)"
+        raise InputError(detail, str(events_path))
+    as_ofs = schedule(log.events, every_ms)
+    digest = file_sha256(events_path)
+    parse_ms = (timer() - start) * 1000
+
+    store.create_all()
+    store.register_ruleset(ruleset)
+    start = timer()
+    store.clear_legacy(ruleset.ref)
+    stored = load_events(store, log.events, on_progress)
+    load_ms = (timer() - start) * 1000
+    counts = {**log.counts, "stored": stored}
+    del log
+
+    query_ms: list[float] = []
+    run_ms: list[float] = []
+
+    def lines() -> Iterator[str]:
+        for result in run_as_ofs(store, ruleset, as_ofs, sink, clock, timer, on_progress):
+            query_ms.append(result.query_ms)
+            run_ms.append(result.duration_ms)
+            for assignment in result.assignments:
+                yield assignment.to_json()
+
+    target = Path(out)
+    meta_path(target).unlink(missing_ok=True)  # an old sidecar must not vouch for a new output
+    try:
+        written = write_jsonl(target, lines())
+    except BaseException:
+        target.with_name(target.name + ".partial").unlink(missing_ok=True)
+        raise
+    report = LegacyReport(
+        ruleset,
+        str(events_path),
+        digest,
+        every_ms,
+        store.backend,
+        tuple(as_ofs),
+        written,
+        counts,
+        parse_ms,
+        load_ms,
+        tuple(query_ms),
+        tuple(run_ms),
+    )
+    write_meta(out, report.meta())
+    return report

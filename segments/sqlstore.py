@@ -1,0 +1,649 @@
+"""The durable SQL store: rule-set versions, the events table, legacy assignments and runs,
+stream transitions and dead letters, on SQLite, PostgreSQL and CockroachDB.
+
+Tables are SQLAlchemy Core tables on one ``metadata``, every name prefixed
+``segshadow_``. All values travel as bound parameters; no SQL is ever built from
+a value.
+
+Contracts kept on every backend:
+
+- **Money is exact**: ``amount_micros`` is a BIGINT of millionths of a unit (NULL when
+  the event carries no amount); sums come back as Python ints.
+- **Text is stored verbatim** when the backend can hold it. A few strings are legal
+  in segshadow but not storable as SQL text: a NUL character (PostgreSQL and
+  CockroachDB refuse it) and a lone surrogate (no UTF-8 form; the event reader
+  produces one for invalid bytes or a ``\\ud800`` escape). Those, and any string that
+  starts with the escape mark ``\\x1b``, are stored as ``\\x1b`` followed by their
+  ASCII JSON spelling (``to_sql_text``). The encoding is injective, so equality,
+  GROUP BY and COUNT DISTINCT over the stored column mean the same as over the
+  original ids, and readers decode it back (``from_sql_text``).
+- **Writes are idempotent**: events and transitions are inserted with
+  ``ON CONFLICT DO NOTHING`` (the first arrival of an ``event_id`` wins when events
+  are passed in arrival order), dead letters are keyed by (source, seq, reason),
+  and ``replace_assignments`` deletes and inserts one as-of in one transaction.
+- **Rule-set versions are immutable**: registering an existing (name, version) with a
+  different digest raises ``RuleSetError``.
+
+CockroachDB (the ``cockroachdb://`` dialect of sqlalchemy-cockroachdb) differs from
+PostgreSQL in ways handled here:
+
+- It runs SERIALIZABLE and asks clients to retry transactions that fail with
+  SQLSTATE 40001: every write goes through ``segments.db.run_transaction``, which
+  uses the dialect's retry loop there; each unit of work is safe to run again
+  (delete+insert of one as-of, ON CONFLICT DO NOTHING inserts).
+- Large transactions are discouraged (they are more likely to conflict and have a
+  size limit): events go in batches of ``EVENT_BATCH`` rows, one transaction each.
+- ``TRUNCATE`` is a schema change there, not transactional: ``clear_events`` runs it
+  in a transaction of its own on PostgreSQL and CockroachDB (``DELETE`` on SQLite).
+- ``SUM`` over INT8 returns DECIMAL (PostgreSQL: NUMERIC): every aggregate is
+  converted with ``int()`` when read, so no float ever appears.
+- Its ``ON CONFLICT DO NOTHING ... RETURNING`` is PostgreSQL's; the dialect derives from
+  the PostgreSQL one, so the same ``postgresql.insert`` construct compiles for both
+  (tests compile every table's DDL and these inserts for the dialect).
+- String ordering follows each backend's collation; nothing here relies on SQL
+  ``ORDER BY`` of user ids (readers sort in Python where order matters).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from segments.db import backend, make_engine, run_transaction
+from segments.errors import RuleSetError, UsageError
+from segments.events import Event, Rejection
+from segments.outputs import Assignment, Transition
+from segments.rules import RuleSet, canonical_json, compile_ruleset
+from segments.timeutil import Clock, wall_clock_ms
+
+EVENT_BATCH = 10_000
+ROW_BATCH = 5_000
+DEAD_LETTER_SOURCES = ("ingest", "stream")
+_ESCAPE = "\x1b"
+
+metadata = sa.MetaData()
+
+rulesets_table = sa.Table(
+    "segshadow_rulesets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("definition", sa.Text, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+events_table = sa.Table(
+    "segshadow_events",
+    metadata,
+    sa.Column("event_id", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("event_time", sa.BigInteger, nullable=False),
+    sa.Column("arrival_time", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("amount_micros", sa.BigInteger, nullable=True),
+    sa.Column("merchant", sa.Text, nullable=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("payload", sa.Text, nullable=True),
+    sa.Index("ix_segshadow_events_event_time", "event_time"),
+    sa.Index("ix_segshadow_events_arrival_time", "arrival_time"),
+)
+
+assignments_table = sa.Table(
+    "segshadow_legacy_assignments",
+    metadata,
+    sa.Column("ruleset", sa.String(80), primary_key=True),
+    sa.Column("as_of", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("segments", sa.Text, nullable=False),
+)
+
+legacy_runs_table = sa.Table(
+    "segshadow_legacy_runs",
+    metadata,
+    sa.Column("ruleset", sa.String(80), primary_key=True),
+    sa.Column("as_of", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger, nullable=False),
+    sa.Column("users", sa.Integer, nullable=False),
+    sa.Column("duration_ms", sa.BigInteger, nullable=False),
+)
+
+transitions_table = sa.Table(
+    "segshadow_transitions",
+    metadata,
+    sa.Column("ruleset", sa.String(80), primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("effective_time", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("revision", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("segments", sa.Text, nullable=False),
+    sa.Column("emitted_at", sa.BigInteger, nullable=False),
+    sa.Column("cause", sa.String(16), nullable=False),
+)
+
+dead_letters_table = sa.Table(
+    "segshadow_dead_letters",
+    metadata,
+    sa.Column("source", sa.String(16), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("reason", sa.String(32), primary_key=True),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("raw", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=True),
+    sa.Column("user_id", sa.Text, nullable=True),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+)
+
+
+# ---- text that every backend can hold -------------------------------------------------------------
+
+
+def _storable(text: str) -> bool:
+    if text.isascii():
+        return "\x00" not in text and not text.startswith(_ESCAPE)
+    if "\x00" in text or text.startswith(_ESCAPE):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def to_sql_text(text: str) -> str:
+    """``text`` as stored: itself, or ``\\x1b`` + its ASCII JSON when the backend could not hold it.
+
+    Injective; ``from_sql_text`` is its inverse. See the module doc.
+    """
+    if _storable(text):
+        return text
+    return _ESCAPE + json.dumps(text)
+
+
+def from_sql_text(stored: str) -> str:
+    """The original string of a value written by ``to_sql_text``."""
+    if stored.startswith(_ESCAPE):
+        decoded = json.loads(stored[1:])
+        assert isinstance(decoded, str)
+        return decoded
+    return stored
+
+
+def _opt_text(text: str | None) -> str | None:
+    return None if text is None else to_sql_text(text)
+
+
+def _opt_from(stored: str | None) -> str | None:
+    return None if stored is None else from_sql_text(stored)
+
+
+def _segments_text(segments: Iterable[str]) -> str:
+    return json.dumps(sorted(segments), separators=(",", ":"))
+
+
+def _segments_from(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _json_number(value: Any) -> Any:
+    """JSON for a ``Decimal`` in attrs: a number when its shortest float spelling is the same value."""
+    if isinstance(value, Decimal):
+        if value == value.to_integral_value():
+            return int(value)
+        as_float = float(value)
+        return as_float if Decimal(repr(as_float)) == value else str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def _payload(event: Event) -> str | None:
+    if event.attrs is None and event.extra is None:
+        return None
+    body: dict[str, Any] = {}
+    if event.attrs is not None:
+        body["attrs"] = event.attrs
+    if event.extra is not None:
+        body["extra"] = event.extra
+    return json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=_json_number)
+
+
+_payload_decoder = json.JSONDecoder(parse_float=Decimal)
+
+
+# ---- values read back ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LegacyRun:
+    """One legacy as-of run: when it ran (ms), how many users got a non-empty set, how long it took."""
+
+    ruleset: str
+    as_of: int
+    started_at: int
+    finished_at: int
+    users: int
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A stored dead-letter record: where it was rejected (``ingest`` or ``stream``) and when."""
+
+    source: str
+    rejection: Rejection
+    recorded_at: int
+
+
+@dataclass(frozen=True)
+class StoredRuleSet:
+    """A row of the rule-set table, without compiling the definition."""
+
+    name: str
+    version: int
+    digest: str
+    created_at: int
+
+
+# ---- the store ---------------------------------------------------------------------------------------
+
+
+class SqlStore:
+    """The durable store over one SQLAlchemy engine (see the module doc for guarantees).
+
+    ``clock`` stamps ``created_at`` and ``recorded_at``. Methods raise what
+    SQLAlchemy raises for server errors; bad arguments raise ``UsageError`` and
+    rule-set conflicts ``RuleSetError``.
+    """
+
+    def __init__(self, engine: Engine, clock: Clock = wall_clock_ms) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.backend = backend(engine)
+
+    @classmethod
+    def open(cls, url: str, clock: Clock = wall_clock_ms, create: bool = True) -> SqlStore:
+        """Connect to ``url`` (``StoreUnavailable`` if unreachable); with ``create``, create the tables."""
+        store = cls(make_engine(url), clock)
+        if create:
+            store.create_all()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> SqlStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def create_all(self) -> None:
+        """Create the tables and indexes that do not exist yet (safe to call again)."""
+        metadata.create_all(self.engine)
+
+    def _insert(self, table: sa.Table) -> Any:
+        """INSERT ... ON CONFLICT DO NOTHING for this backend."""
+        if self.backend == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        return postgresql.insert(table).on_conflict_do_nothing()
+
+    def _insert_rows(self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> int:
+        """Insert ``rows`` ignoring conflicts; returns how many were new."""
+        if not rows:
+            return 0
+        statement = self._insert(table)
+        if self.backend == "sqlite":
+            return int(conn.execute(statement, rows).rowcount)
+        # psycopg reports no row count for executemany; RETURNING also makes SQLAlchemy send
+        # many rows per statement ("insertmanyvalues"), far fewer round trips.
+        return len(conn.execute(statement.returning(table.c[key]), rows).all())
+
+    def _insert_batch(self, table: sa.Table, rows: list[dict[str, Any]], key: str) -> int:
+        """One transaction inserting ``rows`` with conflicts ignored; returns how many were new."""
+
+        def work(conn: Connection) -> int:
+            return self._insert_rows(conn, table, rows, key)
+
+        return run_transaction(self.engine, work)
+
+    # ---- rule sets ------------------------------------------------------------------------------
+
+    def register_ruleset(self, ruleset: RuleSet) -> None:
+        """Store ``ruleset`` under (name, version); a no-op when that exact definition is there.
+
+        Raises ``RuleSetError`` when (name, version) is stored with a different digest.
+        """
+        row = {
+            "name": ruleset.name,
+            "version": ruleset.version,
+            "digest": ruleset.digest,
+            "definition": canonical_json(ruleset.definition),
+            "created_at": self.clock(),
+        }
+        table = rulesets_table
+
+        def work(conn: Connection) -> str:
+            conn.execute(self._insert(table), [row])
+            query = sa.select(table.c.digest).where(
+                table.c.name == ruleset.name, table.c.version == ruleset.version
+            )
+            return str(conn.execute(query).scalar_one())
+
+        stored = run_transaction(self.engine, work)
+        if stored != ruleset.digest:
+            raise RuleSetError(
+                f"{ruleset.ref} is already stored with digest {stored[:12]}, this definition has "
+                f"{ruleset.digest[:12]}: versions are immutable, give the changed rule set a new version",
+                "version",
+            )
+
+    def load_ruleset(self, name: str, version: int | None = None) -> RuleSet:
+        """The stored rule set ``name`` at ``version`` (the highest stored version when None).
+
+        Raises ``RuleSetError`` when it is not stored or its stored digest does not match
+        its definition.
+        """
+        table = rulesets_table
+        query = sa.select(table.c.version, table.c.digest, table.c.definition).where(table.c.name == name)
+        if version is not None:
+            query = query.where(table.c.version == version)
+        query = query.order_by(table.c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            which = f"{name}@v{version}" if version is not None else name
+            raise RuleSetError(f"no stored rule set {which}")
+        ruleset = compile_ruleset(json.loads(row.definition), f"stored {name}@v{row.version}")
+        if ruleset.digest != row.digest:
+            raise RuleSetError(f"stored {ruleset.ref} does not match its digest {row.digest[:12]}")
+        return ruleset
+
+    def stored_rulesets(self) -> list[StoredRuleSet]:
+        """Every stored (name, version), by name then version."""
+        table = rulesets_table
+        query = sa.select(table.c.name, table.c.version, table.c.digest, table.c.created_at)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return sorted(StoredRuleSet(r.name, r.version, r.digest, r.created_at) for r in rows)  # type: ignore[type-var]
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    def insert_events(self, events: Iterable[Event], batch: int = EVENT_BATCH) -> int:
+        """Insert events, ``batch`` rows per transaction; returns how many were new.
+
+        Pass events in arrival order: an ``event_id`` already stored (or earlier in the
+        same call) is ignored, so the first arrival wins whatever the later payload.
+        """
+        if batch < 1:
+            raise UsageError("batch must be positive")
+        inserted = 0
+        for chunk in _chunks(events, batch):
+            rows = [_event_row(e) for e in chunk]
+            inserted += self._insert_batch(events_table, rows, "event_id")
+        return inserted
+
+    def clear_events(self) -> None:
+        """Empty the events table (TRUNCATE where the backend has it, in a transaction of its own)."""
+        if self.backend == "sqlite":
+            statement: Any = sa.delete(events_table)
+        else:
+            statement = sa.text(f"TRUNCATE TABLE {events_table.name}")
+        run_transaction(self.engine, lambda conn: conn.execute(statement))
+
+    def count_events(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(events_table)).scalar_one())
+
+    def arrival_span(self) -> tuple[int, int] | None:
+        """(first, last) arrival time of the stored events, or None when there are none."""
+        table = events_table
+        query = sa.select(sa.func.min(table.c.arrival_time), sa.func.max(table.c.arrival_time))
+        with self.engine.connect() as conn:
+            first, last = conn.execute(query).one()
+        return None if first is None else (int(first), int(last))
+
+    def iter_events(self) -> Iterator[Event]:
+        """The stored events in arrival order (ties by input position), streamed."""
+        table = events_table
+        query = sa.select(table).order_by(table.c.arrival_time, table.c.seq)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=EVENT_BATCH).execute(query):
+                yield _event_from_row(row)
+
+    def read_events(self) -> list[Event]:
+        return list(self.iter_events())
+
+    # ---- legacy assignments and runs -------------------------------------------------------------
+
+    def replace_assignments(
+        self, ruleset_ref: str, as_of: int, rows: Iterable[Assignment], run: LegacyRun | None = None
+    ) -> int:
+        """Make ``rows`` the complete legacy snapshot of ``ruleset_ref`` at ``as_of``; returns its size.
+
+        Deletes what was stored for that as-of and inserts ``rows`` (and ``run``, when
+        given) in one transaction, so re-running an as-of leaves exactly one copy.
+        Raises ``UsageError`` when a row belongs to another as-of or a user repeats.
+        """
+        values: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for row in rows:
+            if row.as_of != as_of:
+                raise UsageError(f"assignment at {row.as_of} given for as-of {as_of}")
+            if row.user_id in seen:
+                raise UsageError(f"user {row.user_id!r} twice in the snapshot at {as_of}")
+            seen.add(row.user_id)
+            values.append(
+                {
+                    "ruleset": ruleset_ref,
+                    "as_of": as_of,
+                    "user_id": to_sql_text(row.user_id),
+                    "segments": _segments_text(row.segments),
+                }
+            )
+        if run is not None and (run.ruleset, run.as_of) != (ruleset_ref, as_of):
+            raise UsageError(f"run of {run.ruleset} at {run.as_of} given for {ruleset_ref} at {as_of}")
+        a, r = assignments_table, legacy_runs_table
+
+        def work(conn: Connection) -> int:
+            conn.execute(sa.delete(a).where(a.c.ruleset == ruleset_ref, a.c.as_of == as_of))
+            for start in range(0, len(values), ROW_BATCH):
+                conn.execute(sa.insert(a), values[start : start + ROW_BATCH])
+            if run is not None:
+                conn.execute(sa.delete(r).where(r.c.ruleset == ruleset_ref, r.c.as_of == as_of))
+                conn.execute(sa.insert(r), [asdict(run)])
+            return len(values)
+
+        return run_transaction(self.engine, work)
+
+    def read_assignments(self, ruleset_ref: str, as_of: int | None = None) -> list[Assignment]:
+        """Stored legacy assignments of ``ruleset_ref`` (one as-of, or all), sorted by as-of then user."""
+        a = assignments_table
+        query = sa.select(a.c.as_of, a.c.user_id, a.c.segments).where(a.c.ruleset == ruleset_ref)
+        if as_of is not None:
+            query = query.where(a.c.as_of == as_of)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return sorted(
+            Assignment(int(r.as_of), from_sql_text(r.user_id), _segments_from(r.segments)) for r in rows
+        )
+
+    def legacy_runs(self, ruleset_ref: str) -> list[LegacyRun]:
+        """Recorded legacy runs of ``ruleset_ref`` by as-of (the last one is the legacy side's freshness)."""
+        r = legacy_runs_table
+        query = sa.select(r).where(r.c.ruleset == ruleset_ref).order_by(r.c.as_of)
+        with self.engine.connect() as conn:
+            return [
+                LegacyRun(row.ruleset, row.as_of, row.started_at, row.finished_at, row.users, row.duration_ms)
+                for row in conn.execute(query)
+            ]
+
+    def clear_legacy(self, ruleset_ref: str) -> None:
+        """Forget every legacy assignment and run of ``ruleset_ref``."""
+        a, r = assignments_table, legacy_runs_table
+
+        def work(conn: Connection) -> None:
+            conn.execute(sa.delete(a).where(a.c.ruleset == ruleset_ref))
+            conn.execute(sa.delete(r).where(r.c.ruleset == ruleset_ref))
+
+        run_transaction(self.engine, work)
+
+    # ---- stream transitions -----------------------------------------------------------------------
+
+    def insert_transitions(self, transitions: Iterable[Transition], ruleset_ref: str) -> int:
+        """Store stream transitions of ``ruleset_ref``; a (user, effective_time, revision) already
+        stored is left as it is (a retried bundle changes nothing). Returns how many were new."""
+        inserted = 0
+        for chunk in _chunks(transitions, ROW_BATCH):
+            rows = [
+                {
+                    "ruleset": ruleset_ref,
+                    "user_id": to_sql_text(tr.user_id),
+                    "effective_time": tr.effective_time,
+                    "revision": tr.revision,
+                    "segments": _segments_text(tr.segments),
+                    "emitted_at": tr.emitted_at,
+                    "cause": tr.cause,
+                }
+                for tr in chunk
+            ]
+            inserted += self._insert_batch(transitions_table, rows, "revision")
+        return inserted
+
+    def read_transitions(self, ruleset_ref: str, user_id: str | None = None) -> list[Transition]:
+        """Stored transitions of ``ruleset_ref`` (one user's, or all), sorted by user, time, revision."""
+        t = transitions_table
+        query = sa.select(t).where(t.c.ruleset == ruleset_ref)
+        if user_id is not None:
+            query = query.where(t.c.user_id == to_sql_text(user_id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return sorted(
+            Transition(
+                from_sql_text(r.user_id),
+                _segments_from(r.segments),
+                r.effective_time,
+                r.revision,
+                r.emitted_at,
+                r.cause,
+            )
+            for r in rows
+        )
+
+    # ---- dead letters --------------------------------------------------------------------------------
+
+    def insert_dead_letters(self, source: str, rejections: Iterable[Rejection]) -> int:
+        """Store dead-letter records from ``source`` (``ingest`` or ``stream``); a (source, seq,
+        reason) already stored is left as it is. Returns how many were new."""
+        if source not in DEAD_LETTER_SOURCES:
+            choices = ", ".join(DEAD_LETTER_SOURCES)
+            raise UsageError(f"dead-letter source must be one of {choices}, not {source!r}")
+        now = self.clock()
+        inserted = 0
+        for chunk in _chunks(rejections, ROW_BATCH):
+            rows = [
+                {
+                    "source": source,
+                    "seq": rej.seq,
+                    "reason": rej.reason,
+                    "detail": to_sql_text(rej.detail),
+                    "raw": to_sql_text(rej.raw),
+                    "event_id": _opt_text(rej.event_id),
+                    "user_id": _opt_text(rej.user_id),
+                    "recorded_at": now,
+                }
+                for rej in chunk
+            ]
+            inserted += self._insert_batch(dead_letters_table, rows, "seq")
+        return inserted
+
+    def read_dead_letters(self, source: str | None = None) -> list[DeadLetter]:
+        """Stored dead letters (of one source, or all), by source then seq then reason."""
+        d = dead_letters_table
+        query = sa.select(d)
+        if source is not None:
+            query = query.where(d.c.source == source)
+        query = query.order_by(d.c.source, d.c.seq, d.c.reason)
+        with self.engine.connect() as conn:
+            return [
+                DeadLetter(
+                    r.source,
+                    Rejection(
+                        r.reason,
+                        from_sql_text(r.detail),
+                        r.seq,
+                        from_sql_text(r.raw),
+                        _opt_from(r.event_id),
+                        _opt_from(r.user_id),
+                    ),
+                    r.recorded_at,
+                )
+                for r in conn.execute(query)
+            ]
+
+
+def _event_row(event: Event) -> dict[str, Any]:
+    return {
+        "event_id": to_sql_text(event.event_id),
+        "user_id": to_sql_text(event.user_id),
+        "event_time": event.event_time,
+        "arrival_time": event.arrival_time,
+        "kind": event.kind,
+        "amount_micros": event.amount_micros if event.has_amount else None,
+        "merchant": None if event.merchant is None else to_sql_text(event.merchant),
+        "seq": event.seq,
+        "payload": _payload(event),
+    }
+
+
+def _event_from_row(row: Any) -> Event:
+    body = _payload_decoder.decode(row.payload) if row.payload is not None else {}
+    amount = row.amount_micros
+    return Event(
+        from_sql_text(row.event_id),
+        from_sql_text(row.user_id),
+        int(row.event_time),
+        row.kind,
+        0 if amount is None else int(amount),
+        int(row.arrival_time),
+        _opt_from(row.merchant),
+        int(row.seq),
+        amount is not None,
+        body.get("attrs"),
+        body.get("extra"),
+    )
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+__all__ = [
+    "DEAD_LETTER_SOURCES",
+    "DeadLetter",
+    "LegacyRun",
+    "SqlStore",
+    "StoredRuleSet",
+    "assignments_table",
+    "dead_letters_table",
+    "events_table",
+    "from_sql_text",
+    "legacy_runs_table",
+    "metadata",
+    "rulesets_table",
+    "to_sql_text",
+    "transitions_table",
+]
+
