@@ -1,0 +1,1 @@
+"""The Beam streaming segmenter: event time, lateness, expiry, corrections; replay and live."""

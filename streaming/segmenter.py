@@ -1,0 +1,258 @@
+"""Per-user event-time segmentation for the users of one shard: the stream's pure core (SPEC §4).
+
+The shard receives its users' applied events in arrival order, each with the
+watermark that held just before it, plus watermark advances. It keeps, per user,
+the retained facts and the *published* timeline (what it has emitted), and emits
+a ``Transition`` wherever the published timeline disagrees with the rules
+evaluated over the applied events at a *due* instant:
+
+- every event time of an applied event is due at once (the set changes when the
+  event is applied);
+- every other change point (an event leaving a window, at ``e + width``) is due
+  when the watermark reaches it: that is expiry, driven by the watermark carried
+  in the data, so it is correct on any runner, whatever its timer semantics;
+- a late event re-evaluates the due instants in ``[e, e + span]`` and emits
+  corrections with higher revisions where the past changed.
+
+Invariant after each step: at every due instant the published timeline equals
+the rules over the applied events, and between change points both are constant.
+At the end of a bounded input the watermark goes to the end of time, so the
+settled timeline equals the rules everywhere. State is bounded: facts that no
+admissible event can bring back into a window are dropped, and a user whose
+timeline has gone back to empty for good is forgotten.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from segments.lateness import END_OF_TIME, NO_WATERMARK, GateParams
+from segments.outputs import Transition
+from segments.rules import Fact, RuleSet
+from streaming.evaluate import Evaluator
+
+EMPTY: frozenset[str] = frozenset()
+PRUNE_EVERY_MS = 60_000  # event time between two sweeps of a shard's state
+
+
+class Applied(NamedTuple):
+    """An applied event as the shard needs it; ``watermark`` is the gate's watermark just before it."""
+
+    user_id: str
+    event_time: int
+    kind: str
+    amount_micros: int
+    merchant: str | None
+    arrival_time: int
+    watermark: int
+
+
+class UserWindow:
+    """One user's retained facts (sorted by event time) and published timeline."""
+
+    __slots__ = ("facts", "pub_times", "pub_values", "revision", "times")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.facts: list[Fact] = []
+        self.pub_times: list[int] = []
+        self.pub_values: list[frozenset[str]] = []
+        self.revision = 0
+
+    def published_at(self, t: int) -> frozenset[str]:
+        index = bisect_right(self.pub_times, t)
+        return self.pub_values[index - 1] if index else EMPTY
+
+    def publish(self, t: int, value: frozenset[str]) -> None:
+        index = bisect_left(self.pub_times, t)
+        if index < len(self.pub_times) and self.pub_times[index] == t:
+            self.pub_values[index] = value
+        else:
+            self.pub_times.insert(index, t)
+            self.pub_values.insert(index, value)
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (self.times, self.facts, self.pub_times, self.pub_values, self.revision)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        self.times, self.facts, self.pub_times, self.pub_values, self.revision = state  # type: ignore[assignment]
+
+
+class ShardSegmenter:
+    """The users of one shard. Deterministic: the same inputs in the same order give the same output."""
+
+    def __init__(self, ruleset: RuleSet, params: GateParams) -> None:
+        self.ruleset = ruleset
+        self.params = params
+        self.users: dict[str, UserWindow] = {}
+        self.pending: list[tuple[int, str]] = []  # change points not yet due, as a heap
+        self.watermark = NO_WATERMARK
+        self._evaluator = Evaluator(ruleset)
+        self._widths = ruleset.widths
+        self._span = ruleset.span_ms
+        self._kinds = ruleset.kinds
+        self._pruned_at = NO_WATERMARK
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        del state["_evaluator"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._evaluator = Evaluator(self.ruleset)
+
+    # ---- the two inputs -------------------------------------------------------------------------
+
+    def apply(self, event: Applied, emitted_at: int) -> list[Transition]:
+        """Apply one event (after ``advance`` to its watermark) and return the transitions it causes."""
+        out = self.advance(event.watermark, emitted_at)
+        if event.kind not in self._kinds:
+            return out  # no aggregate reads this kind: it cannot change any set
+        user = self.users.get(event.user_id)
+        if user is None:
+            user = self.users[event.user_id] = UserWindow()
+        fact = Fact(event.event_time, event.kind, event.amount_micros, event.merchant)
+        index = bisect_right(user.times, event.event_time)
+        user.times.insert(index, event.event_time)
+        user.facts.insert(index, fact)
+        watermark = self.watermark
+        for width in self._widths:
+            point = event.event_time + width
+            if point > watermark:
+                heapq.heappush(self.pending, (point, event.user_id))
+        latest = user.pub_times[-1] if user.pub_times else NO_WATERMARK
+        self._settle_from(event.user_id, user, event.event_time, emitted_at, latest, "event", out)
+        return out
+
+    def advance(self, watermark: int, emitted_at: int) -> list[Transition]:
+        """Move the watermark forward; emit every expiry that became due. Never moves it back."""
+        out: list[Transition] = []
+        if watermark <= self.watermark:
+            return out
+        pending = self.pending
+        users = self.users
+        while pending and pending[0][0] <= watermark:
+            point, user_id = heapq.heappop(pending)
+            user = users.get(user_id)
+            if user is not None and self._settle(user_id, user, point, emitted_at, "expiry", out):
+                self.watermark = point
+                self._settle_from(user_id, user, point + 1, emitted_at, point, "expiry", out)
+        self.watermark = watermark
+        if watermark - self._pruned_at >= PRUNE_EVERY_MS:
+            self._pruned_at = watermark
+            self.prune()
+        return out
+
+    def finish(self, emitted_at_of: int) -> list[Transition]:
+        """End of a bounded input: the watermark passes every instant; emit all remaining expiries.
+
+        Each expiry is stamped as emitted when a live watermark would have passed
+        it (its instant plus the max out-of-orderness), and never before ``emitted_at_of``.
+        """
+        out: list[Transition] = []
+        pending = self.pending
+        ooo = self.params.max_out_of_orderness_ms
+        while pending:
+            point, user_id = heapq.heappop(pending)
+            user = self.users.get(user_id)
+            if user is None:
+                continue
+            stamp = max(point + ooo, emitted_at_of)
+            if self._settle(user_id, user, point, stamp, "expiry", out):
+                self.watermark = point
+                self._settle_from(user_id, user, point + 1, stamp, point, "expiry", out)
+        self.watermark = END_OF_TIME
+        return out
+
+    # ---- internals --------------------------------------------------------------------------------
+
+    def _due_points(self, user: UserWindow, start: int) -> list[int]:
+        """The due change points of ``user`` at or after ``start``, ascending.
+
+        Due: every event instant, and every window edge ``e + width`` the
+        watermark has reached. Only instants at or after ``start`` can be changed
+        by an event at ``start`` or by a publish at ``start - 1``.
+        """
+        times = user.times
+        watermark = self.watermark
+        points: set[int] = set()
+        for i in range(bisect_left(times, start - self._span), len(times)):
+            t = times[i]
+            if t >= start:
+                points.add(t)
+            for width in self._widths:
+                p = t + width
+                if start <= p <= watermark:
+                    points.add(p)
+        return sorted(points)
+
+    def _settle_from(
+        self,
+        user_id: str,
+        user: UserWindow,
+        start: int,
+        emitted_at: int,
+        latest: int,
+        cause: str,
+        out: list[Transition],
+    ) -> None:
+        """Make the published timeline equal the rules at every due instant at or after ``start``.
+
+        Instants up to ``latest`` were already emitted once: changing them is a correction.
+        """
+        for point in self._due_points(user, start):
+            self._settle(user_id, user, point, emitted_at, "correction" if point <= latest else cause, out)
+
+    def _settle(
+        self, user_id: str, user: UserWindow, point: int, emitted_at: int, cause: str, out: list[Transition]
+    ) -> bool:
+        """Publish the rules' value at ``point`` if the published timeline differs there; True if it did."""
+        desired = self._evaluator.at(user.times, user.facts, point)
+        if desired == user.published_at(point):
+            return False
+        user.publish(point, desired)
+        user.revision += 1
+        out.append(Transition(user_id, tuple(sorted(desired)), point, user.revision, emitted_at, cause))
+        return True
+
+    def prune(self) -> None:
+        """Drop what no admissible event can need again; forget users whose timeline ended empty."""
+        horizon = self.watermark - self.params.allowed_lateness_ms
+        if horizon <= NO_WATERMARK:
+            return
+        keep_after = horizon - self._span
+        gone: list[str] = []
+        for user_id, user in self.users.items():
+            cut = bisect_right(user.times, keep_after)
+            if cut:
+                del user.times[:cut]
+                del user.facts[:cut]
+            last = bisect_right(user.pub_times, horizon) - 1
+            if last > 0:
+                del user.pub_times[:last]
+                del user.pub_values[:last]
+            ended_empty = not user.pub_times or (user.pub_times[-1] < horizon and not user.pub_values[-1])
+            if not user.times and ended_empty:
+                gone.append(user_id)
+        for user_id in gone:
+            del self.users[user_id]
+
+    @property
+    def retained_facts(self) -> int:
+        return sum(len(u.times) for u in self.users.values())
+
+
+def run_shard(
+    ruleset: RuleSet, params: GateParams, events: Iterable[Applied], final_emitted_at: int
+) -> list[Transition]:
+    """Apply events in order, then finish: the whole stream for one shard, without Beam (tests, oracle)."""
+    shard = ShardSegmenter(ruleset, params)
+    out: list[Transition] = []
+    for event in events:
+        out.extend(shard.apply(event, event.arrival_time))
+    out.extend(shard.finish(final_emitted_at))
+    return out

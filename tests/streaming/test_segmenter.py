@@ -1,0 +1,122 @@
+"""The stream's pure core against brute force: the settled timeline equals the rules over the applied events."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from segments.events import arrival_order
+from segments.lateness import GateParams
+from segments.outputs import Transition, timelines
+from segments.rules import load_ruleset
+from streaming.admission import admit_all, shard_of
+from streaming.segmenter import Applied, ShardSegmenter, run_shard
+from tests.streaming.oracle import BASE, MINUTE, brute_force, event_lines, parse_all, probe_instants
+
+CLICK = load_ruleset("clickstream")
+RISK = load_ruleset("risk")
+PARAMS = GateParams(5_000, 60_000)
+
+
+def _expected_applied(events, params):
+    """SPEC §4 admission written out plainly: first arrival of an id, watermark, too-late."""
+    seen, kept, max_time = set(), [], None
+    for e in events:
+        if e.event_id in seen:
+            continue
+        seen.add(e.event_id)
+        watermark = None if max_time is None else max_time - params.max_out_of_orderness_ms
+        if watermark is not None and e.event_time < watermark - params.allowed_lateness_ms:
+            continue
+        kept.append(e)
+        max_time = e.event_time if max_time is None else max(max_time, e.event_time)
+    return kept
+
+
+def _run(ruleset, lines, shards=1, params=PARAMS):
+    events = arrival_order(parse_all(lines))
+    applied, dead, _ = admit_all(events, params)
+    expected = _expected_applied(events, params)
+    assert [(a.user_id, a.event_time) for a in applied] == [(e.user_id, e.event_time) for e in expected]
+    transitions: list[Transition] = []
+    final = max(e.arrival_time for e in events)
+    for shard in range(shards):
+        mine = [a for a in applied if shard_of(a.user_id, shards) == shard]
+        transitions.extend(run_shard(ruleset, params, mine, final))
+    return expected, transitions, dead
+
+
+def _assert_settled_equals_rules(ruleset, applied_events, transitions):
+    lines = timelines(transitions)
+    by_user: dict[str, list] = {}
+    for e in applied_events:
+        by_user.setdefault(e.user_id, []).append(e)
+    for user in set(by_user) | set(lines):
+        facts = by_user.get(user, [])
+        for t in probe_instants(ruleset, facts):
+            got = lines[user].at(t) if user in lines else frozenset()
+            assert got == brute_force(ruleset, facts, t), (user, t)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=event_lines(("view", "cart", "purchase", "refund")), shards=st.integers(1, 3))
+def test_clickstream_timeline_equals_brute_force(lines, shards):
+    """Out-of-order, late and duplicate events: the settled clickstream timeline is the rules, everywhere."""
+    applied, transitions, _ = _run(CLICK, lines, shards)
+    _assert_settled_equals_rules(CLICK, applied, transitions)
+
+
+@settings(max_examples=150, deadline=None)
+@given(lines=event_lines(("txn", "view")))
+def test_risk_timeline_equals_brute_force(lines):
+    """The risk tiers, including the one-minute sub-window and distinct merchants, settle to the rules."""
+    applied, transitions, _ = _run(RISK, lines)
+    _assert_settled_equals_rules(RISK, applied, transitions)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=event_lines(("view", "purchase", "refund")))
+def test_revisions_increase_per_user_and_effective_time(lines):
+    """A correction always carries a higher revision than what it replaces."""
+    _, transitions, _ = _run(CLICK, lines)
+    seen: dict[tuple[str, int], int] = {}
+    for tr in transitions:
+        key = (tr.user_id, tr.effective_time)
+        assert tr.revision > seen.get(key, 0)
+        seen[key] = tr.revision
+
+
+def _applied(user, t, kind="purchase", micros=150_000_000, arrival=None, watermark=-(2**62)):
+    return Applied(user, t, kind, micros, None, t if arrival is None else arrival, watermark)
+
+
+def test_expiry_fires_when_the_watermark_passes_with_no_new_event_of_the_user():
+    """A purchase leaves the 10-minute window: high_value ends at exactly t + 10 min, driven by the watermark."""
+    shard = ShardSegmenter(CLICK, PARAMS)
+    out = shard.apply(_applied("u", BASE), BASE)
+    assert [(t.segments, t.effective_time, t.cause) for t in out] == [(("high_value",), BASE, "event")]
+    assert shard.advance(BASE + 10 * MINUTE - 1, BASE + 11 * MINUTE) == []
+    expired = shard.advance(BASE + 10 * MINUTE, BASE + 11 * MINUTE)
+    assert [(t.segments, t.effective_time, t.cause) for t in expired] == [((), BASE + 10 * MINUTE, "expiry")]
+
+
+def test_late_event_changes_the_past_with_a_correction():
+    """A late refund that drops a past instant below the threshold is emitted as a higher revision."""
+    shard = ShardSegmenter(CLICK, PARAMS)
+    shard.apply(_applied("u", BASE), BASE)
+    shard.apply(_applied("u", BASE + 30_000, "view", 0), BASE + 30_000)
+    late = _applied("u", BASE - 1_000, "refund", 60_000_000, arrival=BASE + 40_000, watermark=BASE + 25_000)
+    out = shard.apply(late, BASE + 40_000)
+    assert [(t.segments, t.effective_time, t.revision, t.cause) for t in out] == [
+        ((), BASE, 2, "correction")
+    ]
+
+
+def test_state_is_bounded_users_are_forgotten_after_their_window_and_lateness():
+    """After the window plus allowed lateness pass, a user with an empty timeline leaves the state."""
+    shard = ShardSegmenter(CLICK, PARAMS)
+    shard.apply(_applied("u", BASE), BASE)
+    shard.advance(BASE + 30 * MINUTE, BASE + 30 * MINUTE)
+    shard.prune()
+    assert "u" not in shard.users
+    assert shard.retained_facts == 0
