@@ -12,8 +12,12 @@ Clock = Callable[[], int]
 
 MAX_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z, exclusive
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# ASCII digits only (``\d`` would also take other scripts' digits), matched in full (``$`` would
+# accept a trailing newline).
 _RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|z|[+-]\d{2}:\d{2})?$"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:\.([0-9]+))?(Z|z|[+-][0-9]{2}:[0-9]{2})?",
+    re.ASCII,
 )
 
 
@@ -37,7 +41,7 @@ def parse_rfc3339_ms(text: str) -> int:
     missing and ``bad_timestamp`` for anything else (bad shape, impossible date,
     digits below the millisecond that are not zero).
     """
-    match = _RFC3339.match(text)
+    match = _RFC3339.fullmatch(text)
     if match is None:
         raise TimestampError("bad_timestamp", f"not an RFC 3339 timestamp: {text[:64]!r}")
     year, month, day, hour, minute, second, frac, offset = match.groups()
@@ -66,10 +70,24 @@ def parse_rfc3339_ms(text: str) -> int:
     return ms
 
 
+_DAY_MS = 86_400_000
+_day_text: dict[int, str] = {}
+
+
 def format_ms(ms: int) -> str:
-    """Epoch milliseconds as RFC 3339 UTC text with millisecond precision, e.g. ``2024-01-01T00:00:00.000Z``."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    """Epoch milliseconds as RFC 3339 UTC text with millisecond precision, e.g. ``2024-01-01T00:00:00.000Z``.
+
+    On the hot path (every transition the stream emits), so the date part is cached per day.
+    """
+    day, rest = divmod(ms, _DAY_MS)
+    date = _day_text.get(day)
+    if date is None:
+        date = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+        if len(_day_text) < 100_000:
+            _day_text[day] = date
+    seconds, millis = divmod(rest, 1000)
+    minutes, sec = divmod(seconds, 60)
+    return f"{date}{minutes // 60:02d}:{minutes % 60:02d}:{sec:02d}.{millis:03d}Z"
 
 
 def to_datetime(ms: int) -> datetime:
