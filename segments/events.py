@@ -23,7 +23,7 @@ MONEY_KINDS = frozenset({"purchase", "refund", "txn"})
 MAX_USER_ID = 128
 MICROS = 1_000_000
 _AMOUNT_LIMIT = Decimal(10) ** 12
-_DECIMAL_TEXT = re.compile(r"^[+-]?\d+(\.\d+)?$")
+_DECIMAL_TEXT = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?", re.ASCII)
 _KNOWN_FIELDS = frozenset({"event_id", "user_id", "event_time", "kind", "amount", "arrival_time", "attrs"})
 
 # The reasons a line can be rejected for; each is a stable string that users count and filter on.
@@ -85,8 +85,11 @@ class Event(NamedTuple):
         return out
 
     def to_json(self) -> str:
-        """One JSON line for this event, readable back by ``parse_line`` to an equal event."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        """One JSON line for this event, readable back by ``parse_line`` to an equal event.
+
+        Numbers in ``attrs`` and extra fields are written exactly as they were read.
+        """
+        return dumps_exact(self.to_dict())
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,42 @@ class Rejection:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        """The dead-letter line; always valid UTF-8, even when the rejected line was not."""
+        return dumps_exact(self.to_dict())
+
+
+def dumps_exact(value: Any) -> str:
+    """Compact JSON text in which ``Decimal`` values keep their exact number text (never via float).
+
+    Strings holding a lone surrogate (not encodable as UTF-8, e.g. from an undecodable
+    input byte) are written as ``\\u`` escapes, so the text can always be written as UTF-8.
+    """
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except TypeError:
+        text = _encode_exact(value, False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = _encode_exact(value, True)
+    return text
+
+
+def _encode_exact(value: Any, ascii_only: bool) -> str:
+    if isinstance(value, dict):
+        items = (
+            f"{json.dumps(str(k), ensure_ascii=ascii_only)}:{_encode_exact(v, ascii_only)}"
+            for k, v in value.items()
+        )
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_encode_exact(v, ascii_only) for v in value) + "]"
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"non-finite number {value}")
+        return str(value)
+    return json.dumps(value, ensure_ascii=ascii_only)
 
 
 class _Reject(Exception):
@@ -127,11 +165,17 @@ def format_micros(micros: int) -> str:
     return f"{whole}.{frac:06d}".rstrip("0")
 
 
+class _NonFinite(ValueError):
+    pass
+
+
 def _no_constants(name: str) -> Any:
-    raise ValueError(f"non-finite number {name}")
+    raise _NonFinite(f"non-finite number {name}")
 
 
 _decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants)
+# Reads NaN/Infinity as non-finite Decimals, only to tell a non-finite amount from other bad JSON.
+_lenient_decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal)
 
 
 def parse_time(value: Any, name: str) -> int:
@@ -155,7 +199,7 @@ def parse_amount_micros(value: Any) -> int:
     elif isinstance(value, Decimal):
         number = value
     elif isinstance(value, str):
-        if not _DECIMAL_TEXT.match(value):
+        if not _DECIMAL_TEXT.fullmatch(value):
             raise _Reject("bad_amount", f"amount is not a decimal number: {value[:40]!r}")
         try:
             number = Decimal(value)
@@ -185,6 +229,11 @@ def _require_str(obj: Mapping[str, Any], name: str, limit: int | None = None) ->
         raise _Reject("bad_field_type", f"{name} is empty")
     if limit is not None and len(value) > limit:
         raise _Reject("bad_field_type", f"{name} is longer than {limit} characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Reject("bad_field_type", f"{name} is not valid Unicode (a lone surrogate)") from None
     return value
 
 
@@ -229,21 +278,33 @@ def parse_line(line: str, seq: int) -> Event | Rejection:
     """Parse one JSON line into an ``Event``, or a ``Rejection`` naming the reason. Never raises."""
     try:
         obj = _decoder.decode(line)
+    except _NonFinite as exc:
+        # NaN and Infinity are not JSON; when the line is otherwise an event, name the field at fault.
+        obj = _lenient_decoder.decode(line)
+        try:
+            event_from_object(obj, seq)
+        except _Reject as inner:
+            return _rejection(obj, inner, seq, line)
+        return Rejection("bad_json", f"not valid JSON: {exc}", seq, line)
     except (ValueError, RecursionError) as exc:
         return Rejection("bad_json", f"not valid JSON: {exc}", seq, line)
     try:
         return event_from_object(obj, seq)
     except _Reject as exc:
-        event_id = obj.get("event_id") if isinstance(obj, dict) else None
-        user_id = obj.get("user_id") if isinstance(obj, dict) else None
-        return Rejection(
-            exc.reason,
-            exc.detail,
-            seq,
-            line,
-            event_id if isinstance(event_id, str) else None,
-            user_id if isinstance(user_id, str) else None,
-        )
+        return _rejection(obj, exc, seq, line)
+
+
+def _rejection(obj: Any, exc: _Reject, seq: int, line: str) -> Rejection:
+    event_id = obj.get("event_id") if isinstance(obj, dict) else None
+    user_id = obj.get("user_id") if isinstance(obj, dict) else None
+    return Rejection(
+        exc.reason,
+        exc.detail,
+        seq,
+        line,
+        event_id if isinstance(event_id, str) else None,
+        user_id if isinstance(user_id, str) else None,
+    )
 
 
 def too_late(event: Event, watermark: int, detail: str) -> Rejection:

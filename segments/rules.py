@@ -20,10 +20,18 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Annotated, Any, Literal, NamedTuple, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 
 from segments.durations import parse_duration_ms
 from segments.errors import RuleSetError
@@ -90,6 +98,13 @@ class CompareSpec(_Strict):
     op: Op
     value: int | float | str
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a threshold is a number, not true/false")
+        return value
+
 
 class AllSpec(_Strict):
     all: list[ConditionSpec] = Field(min_length=1)
@@ -99,7 +114,29 @@ class AnySpec(_Strict):
     any: list[ConditionSpec] = Field(min_length=1)
 
 
-ConditionSpec = CompareSpec | AllSpec | AnySpec
+# Tags appear in pydantic's error locations; they are dropped when naming the bad key.
+_CONDITION_TAGS = {"(compare)", "(all)", "(any)"}
+
+
+def _condition_tag(value: Any) -> str:
+    """Which condition form a mapping is, by its keys, so that errors name the key inside that form."""
+    if isinstance(value, dict):
+        keys = value.keys()
+    elif isinstance(value, BaseModel):
+        keys = type(value).model_fields.keys()
+    else:
+        return "(compare)"
+    if "all" in keys:
+        return "(all)"
+    if "any" in keys:
+        return "(any)"
+    return "(compare)"
+
+
+ConditionSpec = Annotated[
+    Annotated[CompareSpec, Tag("(compare)")] | Annotated[AllSpec, Tag("(all)")] | Annotated[AnySpec, Tag("(any)")],
+    Discriminator(_condition_tag),
+]
 
 
 class SegmentSpec(_Strict):
@@ -294,8 +331,8 @@ def _compile_condition(spec: ConditionSpec, aggregates: Mapping[str, Aggregate],
         convert = _money_value if agg.is_money else _count_value
         return Compare(spec.agg, spec.op, convert(spec.value, where))
     if isinstance(spec, AllSpec):
-        return AllOf(tuple(_compile_condition(p, aggregates, f"{where}.all") for p in spec.all))
-    return AnyOf(tuple(_compile_condition(p, aggregates, f"{where}.any") for p in spec.any))
+        return AllOf(tuple(_compile_condition(p, aggregates, f"{where}.all.{i}") for i, p in enumerate(spec.all)))
+    return AnyOf(tuple(_compile_condition(p, aggregates, f"{where}.any.{i}") for i, p in enumerate(spec.any)))
 
 
 def compile_ruleset(raw: Any, source: str = "rule set") -> RuleSet:
@@ -306,7 +343,7 @@ def compile_ruleset(raw: Any, source: str = "rule set") -> RuleSet:
         spec = RuleSetSpec.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"]) or "(top)"
+        key = ".".join(str(part) for part in first["loc"] if part not in _CONDITION_TAGS) or "(top)"
         raise RuleSetError(f"{first['msg']} ({source})", key) from None
     window_ms = _duration(spec.window, "window")
     aggregates: dict[str, Aggregate] = {}
