@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
 
-from segments.errors import SegshadowError
-from segshadow import cmd_compare, cmd_data, cmd_legacy, cmd_rollout, cmd_shadow, cmd_stream
+# Beam logs this at import on every machine without the GCP extras; it is noise for segshadow's users.
+logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
+
+from segments.errors import SegshadowError  # noqa: E402
+from segshadow import cmd_compare, cmd_data, cmd_legacy, cmd_rollout, cmd_shadow, cmd_stream  # noqa: E402
 
 app = typer.Typer(
     name="segshadow",

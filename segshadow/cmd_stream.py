@@ -1,9 +1,90 @@
-"""Commands of this part; filled in by the issue that builds it."""
+"""``segshadow stream replay|live``: the Beam streaming segmenter alone (SPEC §4, §6).
+
+Options after ``--`` go to Beam unchanged (runner and its options). Transitions
+go to the JSONL file, to the SQL transitions log (``--database-url``, env, or the
+embedded SQLite), and to Redis (namespace ``stream``) when a Redis server is
+named; like ``legacy run``, a one-off embedded Valkey is not started for a
+replay because its values would vanish with it (``stream live`` needs Redis and
+starts one when none is named).
+"""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from segments.errors import UsageError
+from segments.lateness import GateParams
+from segments.rules import RuleSet
+from segments.sqlstore import SqlStore
+from segshadow.cmd_legacy import resolve_rules
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
+from streaming.pipeline import StreamConfig
+
+stream_app = typer.Typer(help="The Beam streaming segmenter.", no_args_is_help=True)
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+OooOpt = Annotated[str, typer.Option("--max-out-of-orderness", help="watermark = max event time minus this")]
+LatenessOpt = Annotated[str, typer.Option("--allowed-lateness", help="older than watermark minus this: too late")]
+ShardsOpt = Annotated[int, typer.Option("--shards", help="parallel per-user state partitions")]
+NoSqlOpt = Annotated[bool, typer.Option("--no-sql", help="do not write the SQL transitions log")]
+
+
+def gate_params(max_out_of_orderness: str, allowed_lateness: str) -> GateParams:
+    """The lateness contract from command-line durations; ``UsageError`` when negative or malformed."""
+    return GateParams(duration(max_out_of_orderness), duration(allowed_lateness))
+
+
+def _config(ruleset: RuleSet, params: GateParams, shards: int, live: bool = False, batch: int = 20_000) -> StreamConfig:
+    if shards < 1 or shards > 4096:
+        raise UsageError("--shards must be between 1 and 4096")
+    return StreamConfig(ruleset, params, shards, batch, live)
+
+
+@stream_app.command("replay", context_settings=_PASS_THROUGH)
+def replay(
+    ctx: typer.Context,
+    events: Annotated[Path, typer.Option("--events", help="recorded events (JSON Lines, SPEC §1)")],
+    rules: Annotated[str, typer.Option("--rules", help="rule set: clickstream, risk, name@vN or a file")],
+    out: Annotated[Path, typer.Option("--out", help="transitions file to write (SPEC §4 lines)")],
+    max_out_of_orderness: OooOpt = "5s",
+    allowed_lateness: LatenessOpt = "60s",
+    shards: ShardsOpt = 8,
+    no_sql: NoSqlOpt = False,
+    database_url: DatabaseOpt = None,
+    redis_url: RedisOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the Beam stream over a recorded events file (arrival order) and write its transitions."""
+    from streaming.replay import run_replay
+
+    params = gate_params(max_out_of_orderness, allowed_lateness)
+    where = settings(database_url, redis_url, data_dir)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(SqlStore.open(where.database_url))
+        ruleset = resolve_rules(rules, store)
+        store.register_ruleset(ruleset)
+        result = run_replay(
+            events,
+            out,
+            _config(ruleset, params, shards),
+            redis_url=None if where.redis_embedded else where.redis_url,
+            database_url=None if no_sql else where.database_url,
+            beam_args=list(ctx.args),
+        )
+    c = result.counts
+    rate = c.get("lines", 0) / result.seconds if result.seconds else 0.0
+    typer.echo(
+        f"stream {ruleset.ref}: {c.get('transitions', 0)} transitions -> {out} "
+        f"(events: {c.get('applied', 0)} applied, {c.get('duplicates', 0)} duplicates, "
+        f"{c.get('too_late', 0)} too late, {c.get('rejected', 0)} rejected; "
+        f"{result.seconds:.1f}s, {rate:,.0f} lines/s)"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
+    """Add ``segshadow stream ...`` to the top-level app."""
+    app.add_typer(stream_app, name="stream")

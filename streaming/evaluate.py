@@ -1,70 +1,164 @@
 """A rule set's evaluation specialised for the stream's hot path.
 
-Same definition, same result as ``RuleSet.segments_at`` (a property test pins
-the two together): the aggregates are folded in one pass over the window's facts
-with a per-kind dispatch table, and ``RuleSet.classify`` is memoised on the tuple
-of aggregate values, so equal results are the same frozenset object.
+Same definition, same result as ``RuleSet.segments_at`` (property tests pin the
+two together), but O(log n) per instant for counts and sums: each user keeps,
+per additive aggregate, the running (prefix) sum of that aggregate's per-event
+contributions in event-time order, so a window's value is a difference of two
+prefix sums found by bisection. Distinct counts (merchants) scan their window.
+``RuleSet.classify`` is memoised on the tuple of aggregate values, so equal
+results are the same frozenset object.
 """
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from segments.rules import Fact, RuleSet
+from segments.rules import AllOf, Compare, Condition, Fact, RuleSet
 
-_COUNT, _SUM, _DISTINCT = 0, 1, 2
-_OP_CODES = {"count": _COUNT, "sum": _SUM, "count_distinct": _DISTINCT}
 _CACHE_LIMIT = 1 << 16
+_OPS: dict[str, Callable[[int, int], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+Predicate = Callable[[Sequence[int]], bool]
+
+
+def compile_condition(condition: Condition, index_of: dict[str, int]) -> Predicate:
+    """The condition as a closure over the tuple of aggregate values (same meaning as ``rules.holds``)."""
+    if isinstance(condition, Compare):
+        index, test, bound = index_of[condition.agg], _OPS[condition.op], condition.value
+        return lambda values: test(values[index], bound)
+    parts = tuple(compile_condition(part, index_of) for part in condition.parts)
+    if isinstance(condition, AllOf):
+        return lambda values: all(part(values) for part in parts)
+    return lambda values: any(part(values) for part in parts)
+
+
+class Indexed(Protocol):
+    """A user's facts sorted by event time, with one prefix-sum list per additive aggregate."""
+
+    times: list[int]
+    facts: list[Fact]
+    sums: list[list[int]]
 
 
 class Evaluator:
-    """Evaluates one rule set at instant ``t`` over facts sorted by event time."""
+    """Evaluates one rule set at instant ``t`` over an ``Indexed`` user."""
 
-    __slots__ = ("_cache", "_dispatch", "_distinct", "_names", "_ruleset", "span")
+    __slots__ = (
+        "_additive",
+        "_cache",
+        "_contrib",
+        "_distinct",
+        "_names",
+        "_ruleset",
+        "_segments",
+        "_sets",
+        "additive_count",
+        "span",
+    )
 
     def __init__(self, ruleset: RuleSet) -> None:
         self._ruleset = ruleset
         self._names = tuple(a.name for a in ruleset.aggregates)
         self.span = ruleset.span_ms
-        dispatch: dict[str, list[tuple[int, int, int, int]]] = {}
-        for index, agg in enumerate(ruleset.aggregates):
-            for kind, weight in agg.weights.items():
-                dispatch.setdefault(kind, []).append((index, _OP_CODES[agg.op], weight, agg.window_ms))
-        self._dispatch = {kind: tuple(actions) for kind, actions in dispatch.items()}
-        self._distinct = tuple(i for i, a in enumerate(ruleset.aggregates) if a.op == "count_distinct")
+        additive = [(i, a) for i, a in enumerate(ruleset.aggregates) if a.op in ("count", "sum")]
+        self.additive_count = len(additive)
+        # (aggregate index, width, slot in the user's sums)
+        self._additive = tuple((i, a.window_ms, slot) for slot, (i, a) in enumerate(additive))
+        # per kind: the constant part of one event's contribution, and the amount-weighted slots
+        self._contrib: dict[str, tuple[tuple[int, ...], tuple[tuple[int, int], ...]]] = {}
+        for kind in ruleset.kinds:
+            const = tuple(0 if a.op == "sum" else a.weights.get(kind, 0) for _, a in additive)
+            weighted = tuple(
+                (slot, a.weights[kind]) for slot, (_, a) in enumerate(additive) if a.op == "sum" and kind in a.weights
+            )
+            self._contrib[kind] = (const, weighted)
+        index_of = {name: i for i, name in enumerate(self._names)}
+        self._segments = tuple(
+            (1 << n, segment.group, compile_condition(segment.when, index_of))
+            for n, segment in enumerate(ruleset.segments)
+        )
+        self._sets: dict[int, frozenset[str]] = {}
+        self._distinct = tuple(
+            (i, a.window_ms, frozenset(a.weights)) for i, a in enumerate(ruleset.aggregates) if a.op == "count_distinct"
+        )
         self._cache: dict[tuple[int, ...], frozenset[str]] = {}
 
-    def at(self, times: Sequence[int], facts: Sequence[Fact], t: int) -> frozenset[str]:
-        """The segments at ``t``; ``times`` are the facts' event times, ascending."""
+    def deltas(self, kind: str, amount_micros: int) -> tuple[int, ...]:
+        """What one event adds to each additive aggregate (zeros for a kind none of them reads)."""
+        contrib = self._contrib.get(kind)
+        if contrib is None:
+            return (0,) * self.additive_count
+        const, weighted = contrib
+        if not weighted:
+            return const
+        values = list(const)
+        for slot, weight in weighted:
+            values[slot] = amount_micros * weight
+        return tuple(values)
+
+    def at(self, user: Indexed, t: int) -> frozenset[str]:
+        """The segments at ``t`` for the user's facts."""
+        times = user.times
         hi = bisect_right(times, t)
-        lo = bisect_right(times, t - self.span, 0, hi)
         values = [0] * len(self._names)
-        sets: dict[int, set[str]] | None = {i: set() for i in self._distinct} if self._distinct else None
-        dispatch = self._dispatch
-        for i in range(lo, hi):
-            fact = facts[i]
-            actions = dispatch.get(fact[1])
-            if actions is None:
-                continue
-            event_time = fact[0]
-            for index, op, weight, width in actions:
-                if event_time <= t - width:
-                    continue
-                if op == _COUNT:
-                    values[index] += 1
-                elif op == _SUM:
-                    values[index] += fact[2] * weight
-                elif fact[3] is not None and sets is not None:
-                    sets[index].add(fact[3])
-        if sets:
-            for index, members in sets.items():
-                values[index] = len(members)
+        starts: dict[int, int] = {}
+        sums = user.sums
+        for index, width, slot in self._additive:
+            lo = starts.get(width)
+            if lo is None:
+                lo = starts[width] = bisect_right(times, t - width, 0, hi)
+            column = sums[slot]
+            values[index] = column[hi] - column[lo]
+        for index, width, kinds in self._distinct:
+            lo = starts.get(width)
+            if lo is None:
+                lo = starts[width] = bisect_right(times, t - width, 0, hi)
+            values[index] = len({f[3] for f in user.facts[lo:hi] if f[3] is not None and f[1] in kinds})
         key = tuple(values)
         found = self._cache.get(key)
         if found is None:
-            found = self._ruleset.classify(dict(zip(self._names, key, strict=True)))
+            found = self._classify(key)
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = found
         return found
+
+    def _classify(self, values: tuple[int, ...]) -> frozenset[str]:
+        """``RuleSet.classify`` over compiled predicates; equal results share one frozenset."""
+        mask = 0
+        taken: set[str] = set()
+        for bit, group, predicate in self._segments:
+            if group is not None and group in taken:
+                continue
+            if predicate(values):
+                mask |= bit
+                if group is not None:
+                    taken.add(group)
+        found = self._sets.get(mask)
+        if found is None:
+            found = self._sets[mask] = frozenset(
+                s.name for n, s in enumerate(self._ruleset.segments) if mask & (1 << n)
+            )
+        return found
+
+
+class Window:
+    """A plain ``Indexed`` built from facts at once (tests, tools)."""
+
+    def __init__(self, evaluator: Evaluator, facts: Sequence[Fact]) -> None:
+        ordered = sorted(facts, key=lambda f: f[0])
+        self.times = [f[0] for f in ordered]
+        self.facts = list(ordered)
+        self.sums = [[0] for _ in range(evaluator.additive_count)]
+        for fact in ordered:
+            for column, delta in zip(self.sums, evaluator.deltas(fact[1], fact[2]), strict=True):
+                column.append(column[-1] + delta)

@@ -53,11 +53,12 @@ class Applied(NamedTuple):
 class UserWindow:
     """One user's retained facts (sorted by event time) and published timeline."""
 
-    __slots__ = ("facts", "pub_times", "pub_values", "revision", "times")
+    __slots__ = ("facts", "pub_times", "pub_values", "revision", "sums", "times")
 
-    def __init__(self) -> None:
+    def __init__(self, additive: int) -> None:
         self.times: list[int] = []
         self.facts: list[Fact] = []
+        self.sums: list[list[int]] = [[0] for _ in range(additive)]
         self.pub_times: list[int] = []
         self.pub_values: list[frozenset[str]] = []
         self.revision = 0
@@ -74,11 +75,32 @@ class UserWindow:
             self.pub_times.insert(index, t)
             self.pub_values.insert(index, value)
 
+    def insert(self, fact: Fact, deltas: tuple[int, ...]) -> int:
+        """Insert in event-time order (after equal times) and keep the prefix sums; returns the index."""
+        times = self.times
+        index = bisect_right(times, fact[0])
+        times.insert(index, fact[0])
+        self.facts.insert(index, fact)
+        tail = index + 2
+        for column, delta in zip(self.sums, deltas, strict=True):
+            column.insert(index + 1, column[index] + delta)
+            if delta and tail < len(column):
+                for j in range(tail, len(column)):
+                    column[j] += delta
+        return index
+
+    def drop_before(self, cut: int) -> None:
+        """Forget the first ``cut`` facts (prefix sums stay differences of the same totals)."""
+        del self.times[:cut]
+        del self.facts[:cut]
+        for column in self.sums:
+            del column[:cut]
+
     def __getstate__(self) -> tuple[object, ...]:
-        return (self.times, self.facts, self.pub_times, self.pub_values, self.revision)
+        return (self.times, self.facts, self.sums, self.pub_times, self.pub_values, self.revision)
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
-        self.times, self.facts, self.pub_times, self.pub_values, self.revision = state  # type: ignore[assignment]
+        (self.times, self.facts, self.sums, self.pub_times, self.pub_values, self.revision) = state  # type: ignore[assignment]
 
 
 class ShardSegmenter:
@@ -114,18 +136,20 @@ class ShardSegmenter:
             return out  # no aggregate reads this kind: it cannot change any set
         user = self.users.get(event.user_id)
         if user is None:
-            user = self.users[event.user_id] = UserWindow()
+            user = self.users[event.user_id] = UserWindow(self._evaluator.additive_count)
         fact = Fact(event.event_time, event.kind, event.amount_micros, event.merchant)
-        index = bisect_right(user.times, event.event_time)
-        user.times.insert(index, event.event_time)
-        user.facts.insert(index, fact)
+        index = user.insert(fact, self._evaluator.deltas(event.kind, event.amount_micros))
         watermark = self.watermark
         for width in self._widths:
             point = event.event_time + width
             if point > watermark:
                 heapq.heappush(self.pending, (point, event.user_id))
-        latest = user.pub_times[-1] if user.pub_times else NO_WATERMARK
-        self._settle_from(event.user_id, user, event.event_time, emitted_at, latest, "event", out)
+        if index == len(user.times) - 1 and event.event_time > watermark:
+            # In order and ahead of the watermark: the event's own instant is the only due one it changes.
+            self._settle(event.user_id, user, event.event_time, emitted_at, "event", out)
+        else:
+            # Late (behind the user's later events or the watermark): re-settle everything after it.
+            self._settle_from(event.user_id, user, event.event_time, emitted_at, "correction", out)
         return out
 
     def advance(self, watermark: int, emitted_at: int) -> list[Transition]:
@@ -140,7 +164,7 @@ class ShardSegmenter:
             user = users.get(user_id)
             if user is not None and self._settle(user_id, user, point, emitted_at, "expiry", out):
                 self.watermark = point
-                self._settle_from(user_id, user, point + 1, emitted_at, point, "expiry", out)
+                self._settle_from(user_id, user, point + 1, emitted_at, "expiry", out)
         self.watermark = watermark
         if watermark - self._pruned_at >= PRUNE_EVERY_MS:
             self._pruned_at = watermark
@@ -164,7 +188,7 @@ class ShardSegmenter:
             stamp = max(point + ooo, emitted_at_of)
             if self._settle(user_id, user, point, stamp, "expiry", out):
                 self.watermark = point
-                self._settle_from(user_id, user, point + 1, stamp, point, "expiry", out)
+                self._settle_from(user_id, user, point + 1, stamp, "expiry", out)
         self.watermark = END_OF_TIME
         return out
 
@@ -196,22 +220,18 @@ class ShardSegmenter:
         user: UserWindow,
         start: int,
         emitted_at: int,
-        latest: int,
         cause: str,
         out: list[Transition],
     ) -> None:
-        """Make the published timeline equal the rules at every due instant at or after ``start``.
-
-        Instants up to ``latest`` were already emitted once: changing them is a correction.
-        """
+        """Make the published timeline equal the rules at every due instant at or after ``start``."""
         for point in self._due_points(user, start):
-            self._settle(user_id, user, point, emitted_at, "correction" if point <= latest else cause, out)
+            self._settle(user_id, user, point, emitted_at, cause, out)
 
     def _settle(
         self, user_id: str, user: UserWindow, point: int, emitted_at: int, cause: str, out: list[Transition]
     ) -> bool:
         """Publish the rules' value at ``point`` if the published timeline differs there; True if it did."""
-        desired = self._evaluator.at(user.times, user.facts, point)
+        desired = self._evaluator.at(user, point)
         if desired == user.published_at(point):
             return False
         user.publish(point, desired)
@@ -229,8 +249,7 @@ class ShardSegmenter:
         for user_id, user in self.users.items():
             cut = bisect_right(user.times, keep_after)
             if cut:
-                del user.times[:cut]
-                del user.facts[:cut]
+                user.drop_before(cut)
             last = bisect_right(user.pub_times, horizon) - 1
             if last > 0:
                 del user.pub_times[:last]

@@ -1,0 +1,222 @@
+"""The Beam pipeline: source -> admission -> per-shard segmentation -> sinks. One definition, two sources.
+
+Shape (see DESIGN.md's measured facts: per-element overhead dominates, so many
+events travel in one element, and nothing relies on runner timer semantics):
+
+- **replay source** (``ReadAndAdmitFile``): reads the recorded file, parses and
+  validates every line, orders valid events by arrival (ties in file order) and
+  runs admission inline, because arrival order is only known there;
+- **live source** (``streaming.live``): PeriodicImpulse polls a Redis Stream
+  through a consumer group; chunks of entries go through ``AdmitChunks``, a
+  stateful DoFn on one key, which runs the same ``Admission``;
+- both emit ``ShardBatch`` elements keyed by shard (a stable hash of the user):
+  the shard's events in arrival order, each with its watermark, and the
+  watermark after the batch. Every flush reaches every shard, so expiry advances
+  everywhere (the watermark travels in the data);
+- ``SegmentShard`` is a stateful DoFn per shard holding a ``ShardSegmenter``; a
+  per-shard sequence number and a reorder buffer make the result independent of
+  the order in which the runner delivers batches;
+- sinks are DoFns (Beam Python has no Redis IO, and its JDBC IO needs Java):
+  JSONL (WriteToText, one file), Redis ``stream`` namespace, SQL transitions log,
+  dead letters to a file and SQL. All writes are idempotent, so retried bundles
+  change nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+
+from segments.events import Event, Rejection, arrival_order, iter_lines, parse_line
+from segments.lateness import END_OF_TIME, GateParams
+from segments.outputs import Transition
+from segments.rules import RuleSet
+from segments.timeutil import wall_clock_ms
+from streaming.admission import Admission, shard_of
+from streaming.segmenter import Applied, ShardSegmenter
+
+DEAD = "dead_letter"
+METRICS_NAMESPACE = "segshadow.stream"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Everything the pipeline needs, validated before it is built."""
+
+    ruleset: RuleSet
+    params: GateParams = field(default_factory=GateParams)
+    shards: int = 8
+    batch_events: int = 20_000
+    live: bool = False  # live: stamp emitted_at with the wall clock; replay: with the arrival clock
+
+    def __post_init__(self) -> None:
+        if self.shards < 1 or self.batch_events < 1:
+            raise ValueError("shards and batch size must be at least 1")
+
+
+class ShardBatch(NamedTuple):
+    """One flush of admission for one shard: its events in arrival order and the watermark after them."""
+
+    seq: int
+    events: list[Applied]
+    watermark: int
+    clock: int  # the arrival (replay) or wall (live) time of the flush
+    final: bool
+
+
+class Flusher:
+    """Buffers admitted events per shard and cuts ``ShardBatch`` elements for every shard at once."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self.buffers: list[list[Applied]] = [[] for _ in range(shards)]
+        self.seq = 0
+        self.buffered = 0
+
+    def add(self, event: Applied) -> None:
+        self.buffers[shard_of(event.user_id, self.shards)].append(event)
+        self.buffered += 1
+
+    def flush(self, watermark: int, clock: int, final: bool = False) -> Iterator[tuple[int, ShardBatch]]:
+        seq = self.seq
+        self.seq += 1
+        for shard in range(self.shards):
+            events, self.buffers[shard] = self.buffers[shard], []
+            yield shard, ShardBatch(seq, events, watermark, clock, final)
+        self.buffered = 0
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.lines = Metrics.counter(METRICS_NAMESPACE, "lines")
+        self.applied = Metrics.counter(METRICS_NAMESPACE, "applied")
+        self.duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicates")
+        self.too_late = Metrics.counter(METRICS_NAMESPACE, "too_late")
+        self.rejected = Metrics.counter(METRICS_NAMESPACE, "rejected")
+
+
+def admit_events(
+    admission: Admission, events: list[Event], flusher: Flusher, batch_events: int, counters: _Counters
+) -> Iterator[Any]:
+    """Run admission over arrival-ordered events; yield shard batches and tagged dead letters."""
+    applied = 0
+    for event in events:
+        result = admission.admit(event)
+        if type(result) is Applied:
+            flusher.add(result)
+            applied += 1
+            if flusher.buffered >= batch_events:
+                yield from flusher.flush(admission.gate.watermark, event.arrival_time)
+        elif result is not None:
+            counters.too_late.inc()
+            yield beam.pvalue.TaggedOutput(DEAD, result)
+    counters.applied.inc(applied)
+
+
+class ReadAndAdmitFile(beam.DoFn):  # type: ignore[misc]
+    """Replay source: one element (a path) -> the whole recorded file, admitted in arrival order."""
+
+    def __init__(self, config: StreamConfig) -> None:
+        self.config = config
+
+    def setup(self) -> None:
+        self.counters = _Counters()
+
+    def process(self, path: str) -> Iterator[Any]:
+        valid: list[Event] = []
+        lines = 0
+        for number, text in iter_lines(path):
+            lines += 1
+            parsed = parse_line(text, number)
+            if type(parsed) is Event:
+                valid.append(parsed)
+            else:
+                self.counters.rejected.inc()
+                yield beam.pvalue.TaggedOutput(DEAD, parsed)
+        self.counters.lines.inc(lines)
+        ordered = arrival_order(valid)
+        del valid
+        admission = Admission(self.config.params)
+        flusher = Flusher(self.config.shards)
+        yield from admit_events(admission, ordered, flusher, self.config.batch_events, self.counters)
+        self.counters.duplicates.inc(admission.counts.duplicates)
+        last_arrival = ordered[-1].arrival_time if ordered else 0
+        yield from flusher.flush(END_OF_TIME, last_arrival, final=True)
+
+
+class ShardState:
+    """What a shard keeps in Beam state: the segmenter and the reorder buffer of batches."""
+
+    def __init__(self, segmenter: ShardSegmenter) -> None:
+        self.segmenter = segmenter
+        self.next_seq = 0
+        self.parked: dict[int, ShardBatch] = {}
+
+    def ready(self, batch: ShardBatch) -> Iterator[ShardBatch]:
+        """Batches in sequence order, holding back any that arrive before their predecessors."""
+        if batch.seq < self.next_seq:
+            return  # a redelivered batch that was already applied
+        self.parked[batch.seq] = batch
+        while self.next_seq in self.parked:
+            yield self.parked.pop(self.next_seq)
+            self.next_seq += 1
+
+
+def segment_batch(segmenter: ShardSegmenter, batch: ShardBatch, live: bool) -> list[Transition]:
+    """Apply one batch to a shard: each event after the watermark that held before it, then the batch's."""
+    out: list[Transition] = []
+    for event in batch.events:
+        out.extend(segmenter.apply(event, wall_clock_ms() if live else event.arrival_time))
+    if batch.final and batch.watermark >= END_OF_TIME:
+        out.extend(segmenter.finish(batch.clock))
+    else:
+        out.extend(segmenter.advance(batch.watermark, wall_clock_ms() if live else batch.clock))
+    return out
+
+
+class SegmentShard(beam.DoFn):  # type: ignore[misc]
+    """Stateful per shard: applies batches in sequence, emits each batch's transitions as one element."""
+
+    STATE = ReadModifyWriteStateSpec("shard", PickleCoder())
+
+    def __init__(self, config: StreamConfig) -> None:
+        self.config = config
+
+    def setup(self) -> None:
+        self.transitions = Metrics.counter(METRICS_NAMESPACE, "transitions")
+        self.users = Metrics.gauge(METRICS_NAMESPACE, "users_in_state")
+
+    def process(
+        self, element: tuple[int, ShardBatch], state: Any = beam.DoFn.StateParam(STATE)
+    ) -> Iterator[list[Transition]]:
+        _, batch = element
+        shard_state: ShardState | None = state.read()
+        if shard_state is None:
+            shard_state = ShardState(ShardSegmenter(self.config.ruleset, self.config.params))
+        out: list[Transition] = []
+        for ready in shard_state.ready(batch):
+            out.extend(segment_batch(shard_state.segmenter, ready, self.config.live))
+        state.write(shard_state)
+        self.users.set(len(shard_state.segmenter.users))
+        if out:
+            self.transitions.inc(len(out))
+            yield out
+
+
+def transitions_from(batches: beam.PCollection, config: StreamConfig) -> beam.PCollection:
+    """Keyed shard batches -> lists of transitions."""
+    return batches | "Segment" >> beam.ParDo(SegmentShard(config)).with_input_types(tuple[int, Any])
+
+
+def rejection_json(rejection: Rejection) -> str:
+    return rejection.to_json()
+
+
+def transitions_json(batch: list[Transition]) -> str:
+    return "\n".join(t.to_json() for t in batch)

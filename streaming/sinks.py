@@ -1,0 +1,124 @@
+"""Sink DoFns: Redis ``stream`` namespace, SQL transitions log, SQL dead letters.
+
+Each opens its client in ``setup``, writes each element (already a batch) in one
+round trip or transaction, and is idempotent: the Redis value only moves to a
+greater (effective_time, revision), SQL rows are keyed so a retried bundle
+inserts nothing new. A server that fails is retried with backoff for a bounded
+time and reported; if it stays down the bundle fails, so the runner retries it
+and nothing read is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from segments.errors import StoreUnavailable
+from segments.events import Rejection
+from segments.outputs import Transition
+
+log = logging.getLogger("segshadow.stream")
+T = TypeVar("T")
+NAMESPACE = "segshadow.stream"
+
+
+def with_backoff(what: str, work: Callable[[], T], attempts: int = 8, base_s: float = 0.1, cap_s: float = 5.0) -> T:
+    """Run ``work``; on ``StoreUnavailable`` wait (doubling up to ``cap_s``) and try again, then give up.
+
+    Every failed attempt is logged with what failed; the last error is raised.
+    """
+    delay = base_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except StoreUnavailable as exc:
+            if attempt == attempts:
+                raise
+            log.warning("%s failed (attempt %d/%d), retrying in %.1fs: %s", what, attempt, attempts, delay, exc)
+            time.sleep(delay)
+            delay = min(cap_s, delay * 2)
+    raise AssertionError("unreachable")
+
+
+class RedisTransitionsSink(beam.DoFn):  # type: ignore[misc]
+    """Writes each user's latest transition to the Redis ``stream`` namespace."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+
+    def setup(self) -> None:
+        from segments.redisstore import RedisStore
+
+        self.store = with_backoff("connect to Redis", lambda: RedisStore.open(self.redis_url))
+        self.written = Metrics.counter(NAMESPACE, "redis_writes")
+
+    def process(self, batch: list[Transition]) -> None:
+        changed = with_backoff("write transitions to Redis", lambda: self.store.write_stream(batch))
+        self.written.inc(changed)
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+class SqlTransitionsSink(beam.DoFn):  # type: ignore[misc]
+    """Appends transitions to the durable SQL log (a row per user, effective time and revision)."""
+
+    def __init__(self, database_url: str, ruleset_ref: str) -> None:
+        self.database_url = database_url
+        self.ruleset_ref = ruleset_ref
+
+    def setup(self) -> None:
+        from segments.sqlstore import SqlStore
+
+        self.store = SqlStore.open(self.database_url)
+        self.written = Metrics.counter(NAMESPACE, "sql_transitions")
+
+    def process(self, batch: list[Transition]) -> None:
+        self.written.inc(self.store.insert_transitions(batch, self.ruleset_ref))
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+class SqlDeadLetterSink(beam.DoFn):  # type: ignore[misc]
+    """Stores the stream's dead letters (rejected lines and too-late events) in SQL."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def setup(self) -> None:
+        from segments.sqlstore import SqlStore
+
+        self.store = SqlStore.open(self.database_url)
+
+    def process(self, batch: list[Rejection]) -> None:
+        self.store.insert_dead_letters("stream", batch)
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+def sink_all(
+    transitions: Any, dead: Any, redis_url: str | None, database_url: str | None, ruleset_ref: str
+) -> None:
+    """Attach the Redis and SQL sinks that are configured."""
+    if redis_url:
+        _ = transitions | "ToRedis" >> beam.ParDo(RedisTransitionsSink(redis_url))
+    if database_url:
+        _ = transitions | "ToSQL" >> beam.ParDo(SqlTransitionsSink(database_url, ruleset_ref))
+        _ = (
+            dead
+            | "BatchDead" >> beam.BatchElements(min_batch_size=100, max_batch_size=5000)
+            | "DeadToSQL" >> beam.ParDo(SqlDeadLetterSink(database_url))
+        )
