@@ -1,9 +1,409 @@
-"""Commands of this part; filled in by the issue that builds it."""
+"""``segshadow cutover ...``, ``segshadow gate check`` and ``segshadow serve``: the rollout's command line.
+
+Exit codes: 0 done; 1 a gate did not pass (the refused advance, a failed check, a
+watch that rolled back); 2 bad usage or input (one line); ``gate check`` exits 3
+when the verdict is inconclusive (too little, too old or unusable evidence), so
+CI pipelines and Argo Rollouts' Job metric provider can tell "not yet" from "no".
+"""
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from rollout.cutover import GatesFailed, advance, choose_target, propose, rollback
+from rollout.evidence import load_evidence
+from rollout.gates import EXIT_CODES, GateResult, evaluate, verdict
+from rollout.plan import load_plan
+from rollout.stages import MEANINGS, ORDER, Position, Stage, needs_gates
+from rollout.store import Decision, RolloutState, RolloutStore
+from segments.config import Settings
+from segments.errors import CheckFailed, SegshadowError
+from segments.timeutil import format_ms
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
+
+out = Console(highlight=False, soft_wrap=True)
+
+EvidenceOpt = Annotated[
+    str | None,
+    typer.Option("--evidence", help="evidence directory (DIR/parity.json from `segshadow compare`)"),
+]
+PlanOpt = Annotated[
+    str, typer.Option("--plan", help="rollout plan: 'default' (clickstream), 'risk', or a YAML file")
+]
+ActorOpt = Annotated[str | None, typer.Option("--actor", help="who decides (default: the login name)")]
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _store(conf: Settings) -> Iterator[RolloutStore]:
+    store = RolloutStore.open(conf.database_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _invalidate_cache(conf: Settings) -> None:
+    """Drop the router's cached stage so servers see a decision at once (else within the cache TTL).
+
+    An embedded Redis is private to this run, so there is nothing to drop; an
+    unreachable one only delays the change by the TTL, so it is a warning.
+    """
+    if conf.redis_embedded:
+        return
+    from rollout.router import StageCache
+    from segments.redisstore import connect
+
+    try:
+        client = connect(conf.redis_url, timeout_s=1.0, retries=1)
+    except SegshadowError as exc:
+        print(
+            f"segshadow: warning: stage cache not cleared ({exc}); servers see the change within the TTL",
+            file=sys.stderr,
+        )
+        return
+    try:
+        StageCache(None, client).invalidate()
+    finally:
+        client.close()
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def print_gates(
+    results: Sequence[GateResult] | Sequence[dict[str, object]], title: str | None = None
+) -> None:
+    """Each gate on a line of its own, with its status, numbers and reason, on stdout (greppable)."""
+    if title:
+        out.print(title)
+    colours = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
+    for r in results:
+        row = r.to_dict() if isinstance(r, GateResult) else r
+        status = str(row["status"])
+        numbers = f"observed {_fmt(row['observed'])}, threshold {_fmt(row['threshold'])}"
+        colour = colours.get(status, "white")
+        out.print(f"  [{colour}]{status:<12}[/] {row['name']!s:<20} {numbers}: {row['reason']}")
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _state_lines(state: RolloutState, now: int) -> list[str]:
+    meaning = MEANINGS[state.position.stage]
+    since = "never moved" if state.entered_at_ms is None else f"since {format_ms(state.entered_at_ms)}"
+    return [
+        f"stage: {state.position} (version {state.version}, {since})",
+        f"  ingest: {meaning.ingest}; computes: {meaning.computes}; compared: {_yes(meaning.compared)}",
+        f"  serves: {meaning.serves}{' (falls back to legacy)' if meaning.fallback else ''}",
+    ]
+
+
+def _decision_line(d: Decision) -> str:
+    forced = " FORCED" if d.forced else ""
+    gates = f" gates {d.verdict}" if d.verdict else ""
+    evidence = f" evidence {d.evidence_path} sha256:{d.evidence_sha256[:12]}" if d.evidence_sha256 else ""
+    reason = f" — {d.reason}" if d.reason else ""
+    move = f"{d.action} {d.source} → {d.target}"
+    return f"#{d.id} {format_ms(d.at_ms)} {d.actor}: {move}{forced}{gates}{evidence}{reason}"
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
+    """Add ``cutover``, ``gate`` and ``serve``."""
+    cutover = typer.Typer(
+        help="Walk the cutover through its stages, gated on evidence.", no_args_is_help=True
+    )
+    gate = typer.Typer(
+        help="Evaluate a rollout plan's gates on evidence (for CI and Argo Rollouts).", no_args_is_help=True
+    )
+    app.add_typer(cutover, name="cutover")
+    app.add_typer(gate, name="gate")
+
+    @cutover.command("status")
+    def status(
+        evidence: EvidenceOpt = None,
+        plan: PlanOpt = "default",
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """The stage and percentage, the last decision, and (with --evidence) the next promotion's gates."""
+        conf = settings(database_url, redis_url, data_dir)
+        with _store(conf) as store:
+            state = store.state()
+            now = store.clock()
+            last = store.history(limit=1)
+            results: tuple[GateResult, ...] = ()
+            target: Position | None = None
+            if (
+                evidence is not None
+                and needs_gates(state.position)
+                and state.position.stage is not Stage.COMPLETE
+            ):
+                proposal = propose(load_plan(plan), state, load_evidence(evidence), now)
+                results, target = proposal.results, proposal.target
+        if as_json:
+            doc = {
+                "stage": state.position.stage.value,
+                "percent": state.position.percent,
+                "version": state.version,
+                "entered_at": format_ms(state.entered_at_ms) if state.entered_at_ms is not None else None,
+                "last_decision": last[0].to_dict() if last else None,
+                "next": str(target) if target else None,
+                "gates": [r.to_dict() for r in results],
+                "verdict": verdict(results) if results else None,
+            }
+            typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+            return
+        for line in _state_lines(state, now):
+            out.print(line)
+        if last:
+            out.print("last decision: " + _decision_line(last[0]))
+        if target is not None:
+            print_gates(results, f"gates to advance to {target}: {verdict(results)}")
+
+    @cutover.command("advance")
+    def advance_cmd(
+        to: Annotated[str | None, typer.Option("--to", help=f"target stage ({', '.join(ORDER)})")] = None,
+        percent: Annotated[float | None, typer.Option("--percent", help="canary percentage")] = None,
+        evidence: EvidenceOpt = None,
+        plan: PlanOpt = "default",
+        actor: ActorOpt = None,
+        force: Annotated[bool, typer.Option("--force", help="advance even when gates do not pass")] = False,
+        reason: Annotated[str | None, typer.Option("--reason", help="why (required with --force)")] = None,
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Advance one step; past shadow every gate must pass on fresh evidence, else exit 1.
+
+        ``--force --reason TEXT`` overrides failing gates; the decision is recorded as forced.
+        """
+        conf = settings(database_url, redis_url, data_dir)
+        found = load_evidence(evidence) if evidence is not None else None
+        the_plan = load_plan(plan)
+        with _store(conf) as store:
+            try:
+                decision, proposal = advance(
+                    store,
+                    the_plan,
+                    found,
+                    actor=_actor(actor),
+                    to=to,
+                    percent=percent,
+                    force=force,
+                    reason=reason,
+                )
+            except GatesFailed as exc:
+                print_gates(exc.results, f"gates to advance to {exc.target}: {verdict(exc.results)}")
+                raise
+        _invalidate_cache(conf)
+        if proposal.results:
+            print_gates(proposal.results, f"gates to advance to {proposal.target}: {proposal.verdict}")
+        out.print(
+            f"advanced {decision.source} → {decision.target} "
+            f"(decision #{decision.id}{', FORCED' if decision.forced else ''})"
+        )
+
+    @cutover.command("rollback")
+    def rollback_cmd(
+        reason: Annotated[str, typer.Option("--reason", help="why (recorded)")],
+        actor: ActorOpt = None,
+        evidence: EvidenceOpt = None,
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Roll back to shadow from canary or live, recording who and why."""
+        conf = settings(database_url, redis_url, data_dir)
+        found = load_evidence(evidence) if evidence is not None else None
+        with _store(conf) as store:
+            decision = rollback(store, actor=_actor(actor), reason=reason, evidence=found)
+        _invalidate_cache(conf)
+        out.print(f"rolled back {decision.source} → {decision.target} (decision #{decision.id})")
+
+    @cutover.command("history")
+    def history(
+        as_json: Annotated[bool, typer.Option("--json", help="print JSON Lines, one decision each")] = False,
+        gates: Annotated[bool, typer.Option("--gates", help="show each decision's gate results")] = False,
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Replay the decision log, oldest first, and check that it leads to the current state."""
+        from rollout.store import replay
+
+        conf = settings(database_url, redis_url, data_dir)
+        with _store(conf) as store:
+            decisions = store.history()
+            state = store.state()
+        replayed = replay(decisions)
+        if as_json:
+            for d in decisions:
+                typer.echo(json.dumps(d.to_dict(), ensure_ascii=False))
+        else:
+            if not decisions:
+                out.print("no decisions yet: the rollout is at off")
+            for d in decisions:
+                out.print(_decision_line(d))
+                if gates and d.gates:
+                    print_gates(d.gates)
+        if replayed != state:
+            raise CheckFailed(
+                f"the decision log leads to {replayed.position} v{replayed.version}, the state row says "
+                f"{state.position} v{state.version}"
+            )
+
+    @cutover.command("watch")
+    def watch_cmd(
+        evidence: Annotated[str, typer.Option("--evidence", help="evidence directory, re-read every tick")],
+        plan: PlanOpt = "default",
+        interval: Annotated[str, typer.Option("--interval", help="time between ticks")] = "30s",
+        iterations: Annotated[
+            int, typer.Option("--iterations", help="ticks to run; 0 runs until interrupted")
+        ] = 0,
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """During canary and live, re-evaluate the gates; on a failed gate roll back to shadow (exit 1)."""
+        from rollout.watch import Tick, watch
+
+        conf = settings(database_url, redis_url, data_dir)
+        the_plan = load_plan(plan)
+        every_s = duration(interval) / 1000
+        rolled_back: list[Tick] = []
+
+        def show(tick: Tick) -> None:
+            out.print(f"{format_ms(tick.at_ms)} {tick.position}: {tick.action}: {tick.reason}")
+            if tick.action == "rolled_back":
+                rolled_back.append(tick)
+                print_gates(tick.results)
+                _invalidate_cache(conf)
+
+        with _store(conf) as store:
+            watch(
+                store,
+                the_plan,
+                lambda: load_evidence(evidence),
+                iterations=iterations or None,
+                interval_s=every_s,
+                on_tick=show,
+            )
+        if rolled_back:
+            raise CheckFailed(f"rolled back to shadow: {rolled_back[-1].reason}")
+
+    @gate.command("check")
+    def check(
+        evidence: Annotated[str, typer.Option("--evidence", help="evidence directory (DIR/parity.json)")],
+        plan: PlanOpt = "default",
+        to: Annotated[
+            str | None, typer.Option("--to", help="the promotion to check (default: the next one)")
+        ] = None,
+        percent: Annotated[
+            float | None, typer.Option("--percent", help="canary percentage of that promotion")
+        ] = None,
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Exit 0 when every gate passes, 1 when one fails, 3 when inconclusive; prints every gate's numbers.
+
+        The promotion checked is the next one from the rollout's current state (the
+        plan's first canary before shadow); time in stage is taken from the store and
+        not checked while the rollout has not reached shadow.
+        """
+        conf = settings(database_url, redis_url, data_dir)
+        the_plan = load_plan(plan)
+        found = load_evidence(evidence)
+        with _store(conf) as store:
+            state = store.state()
+            now = store.clock()
+        if needs_gates(state.position):
+            target = choose_target(the_plan, state.position, to, percent)
+            in_stage = state.in_stage_ms(now)
+            timed = True
+        else:
+            shadow = Position.at(Stage.SHADOW)
+            target = choose_target(the_plan, shadow, to, percent)
+            in_stage, timed = None, False
+        results = evaluate(
+            the_plan, the_plan.gates_for(target), found.data, now, in_stage, time_in_stage=timed
+        )
+        outcome = verdict(results)
+        print_gates(results, f"gates of {the_plan.name} to enter {target}, evidence {found.path}")
+        if not timed:
+            out.print(
+                f"min_time_in_stage not checked: the rollout is at {state.position}, before the gated stages"
+            )
+        out.print(f"verdict: {outcome}")
+        raise typer.Exit(EXIT_CODES[outcome])
+
+    @app.command("serve")
+    def serve(
+        host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port")] = 8000,
+        evidence: EvidenceOpt = None,
+        plan: Annotated[
+            str | None, typer.Option("--plan", help="plan whose gates the dashboard shows")
+        ] = None,
+        ruleset: Annotated[
+            str | None,
+            typer.Option("--legacy-ruleset", help="rule set ref (name@vN) of the SQL legacy fallback"),
+        ] = None,
+        stream_stale_after: Annotated[
+            str, typer.Option("--stream-stale-after", help="stream heartbeat age that counts as stale")
+        ] = "5s",
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Serve the mock shop, its account page, the cutover dashboard and /metrics."""
+        import uvicorn
+
+        from homepage.app import create_app
+        from rollout.router import LegacySqlReader, Router, StageCache, serving_client
+        from segments.embedded import redis_endpoint
+        from segments.redisstore import RedisStore
+
+        conf = settings(database_url, redis_url, data_dir)
+        the_plan = load_plan(plan) if plan else None
+        stale_ms = duration(stream_stale_after)
+        with _store(conf) as store, redis_endpoint(conf.redis_url) as url:
+            client = serving_client(url)
+            stages = StageCache(store, client)
+            router = Router(
+                stages,
+                RedisStore(client),
+                LegacySqlReader(store.engine, ruleset),
+                stream_stale_after_ms=stale_ms,
+            )
+            site = create_app(router, evidence, plan=the_plan)
+            print(
+                f"segshadow: serving on http://{host}:{port}/ (dashboard /dashboard, metrics /metrics)",
+                file=sys.stderr,
+            )
+            uvicorn.run(site, host=host, port=port, log_level="warning")

@@ -1,0 +1,331 @@
+"""Gates: pure decisions over a plan, comparison evidence and an injected "now".
+
+Each gate gives ``pass``, ``fail`` or ``inconclusive`` (too little, too old or
+unusable data) with the number it observed, its threshold and a one-line reason,
+in the spirit of an Argo Rollouts analysis run. ``verdict`` combines them: any
+fail is a fail, else any inconclusive is inconclusive, else pass. Nothing here
+reads a clock, a file or a database.
+
+The gates, in the order they are reported:
+
+- ``ruleset``: the evidence's rule set has the plan's name and version (and digest
+  when the plan pins one); another rule set fails.
+- ``evidence_age``: ``now - generated_at`` is at most the plan's ``evidence_max_age``;
+  older (or from the future, beyond a minute of clock skew) is inconclusive.
+- ``min_pairs`` / ``min_as_of_rounds``: at least that many compared pairs and as-of
+  rounds; fewer is inconclusive.
+- ``unexplained``: with ``u`` unexplained mismatches in ``n`` pairs, the rate ``u/n``
+  at or above the threshold fails; a Wilson 95% upper bound below it passes; in
+  between (the rate is fine but the data cannot yet show it) is inconclusive.
+- ``stream_freshness``: the stream's p99 freshness is at most the bound.
+- ``dead_letter``: the stream's dead-letter rate ``(rejected + too_late) / events`` is
+  at most legacy's ``rejected / events`` plus the tolerance (exact arithmetic).
+- ``false_positive_rate`` (risk evidence only): for every tier, the stream's rate is at
+  most legacy's plus the tolerance.
+- ``min_time_in_stage``: the rollout has been at its current position that long;
+  less (or unknown) is inconclusive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any, Literal
+
+from rollout.plan import Gates, Plan
+from segments.durations import format_duration_ms
+from segments.timeutil import TimestampError, parse_rfc3339_ms
+
+Status = Literal["pass", "fail", "inconclusive"]
+PASS: Status = "pass"
+FAIL: Status = "fail"
+INCONCLUSIVE: Status = "inconclusive"
+EXIT_CODES: Mapping[Status, int] = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
+CLOCK_SKEW_MS = 60_000
+Z95 = 1.959963984540054
+Number = int | float
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's outcome: ``observed`` and ``threshold`` are the numbers compared (None when absent)."""
+
+    name: str
+    status: Status
+    observed: Number | str | None
+    threshold: Number | str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verdict(results: Iterable[GateResult]) -> Status:
+    """Any fail → ``fail``; else any inconclusive → ``inconclusive``; else ``pass`` (also for none)."""
+    statuses = {r.status for r in results}
+    if FAIL in statuses:
+        return FAIL
+    return INCONCLUSIVE if INCONCLUSIVE in statuses else PASS
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of ``successes / trials``; ``(0, 1)`` when there are no trials."""
+    if trials <= 0:
+        return 0.0, 1.0
+    p = successes / trials
+    z2 = z * z
+    centre = p + z2 / (2 * trials)
+    spread = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+    scale = 1 + z2 / trials
+    return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
+
+
+# ---- reading the evidence tolerantly -------------------------------------------------------------
+
+
+def _get(evidence: Mapping[str, Any], *path: str) -> Any:
+    node: Any = evidence
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _count(evidence: Mapping[str, Any], *path: str) -> int | None:
+    value = _get(evidence, *path)
+    return value if type(value) is int and value >= 0 else None
+
+
+def _real(evidence: Mapping[str, Any], *path: str) -> float | None:
+    value = _get(evidence, *path)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _missing(name: str, what: str, threshold: Number | str | None) -> GateResult:
+    return GateResult(name, INCONCLUSIVE, None, threshold, f"the evidence has no usable {what}")
+
+
+# ---- the gates -----------------------------------------------------------------------------------
+
+
+def ruleset_gate(plan: Plan, evidence: Mapping[str, Any]) -> GateResult:
+    want = f"{plan.ruleset_name}@v{plan.ruleset_version}"
+    name, version = _get(evidence, "ruleset", "name"), _get(evidence, "ruleset", "version")
+    if not isinstance(name, str) or type(version) is not int:
+        return _missing("ruleset", "ruleset name and version", want)
+    got = f"{name}@v{version}"
+    if got != want:
+        return GateResult(
+            "ruleset", FAIL, got, want, f"evidence comes from rule set {got}; the plan is for {want}"
+        )
+    digest = _get(evidence, "ruleset", "digest")
+    if plan.ruleset_digest is not None and digest != plan.ruleset_digest:
+        return GateResult(
+            "ruleset",
+            FAIL,
+            str(digest),
+            plan.ruleset_digest,
+            f"{got} in the evidence has another digest than the plan's",
+        )
+    return GateResult("ruleset", PASS, got, want, f"evidence comes from {got}")
+
+
+def evidence_age_gate(plan: Plan, evidence: Mapping[str, Any], now_ms: int) -> GateResult:
+    limit = format_duration_ms(plan.evidence_max_age_ms)
+    text = _get(evidence, "generated_at")
+    if not isinstance(text, str):
+        return _missing("evidence_age", "generated_at", limit)
+    try:
+        generated = parse_rfc3339_ms(text)
+    except TimestampError:
+        return GateResult("evidence_age", INCONCLUSIVE, text, limit, f"generated_at {text!r} is not RFC 3339")
+    age = now_ms - generated
+    if age < -CLOCK_SKEW_MS:
+        return GateResult(
+            "evidence_age",
+            INCONCLUSIVE,
+            text,
+            limit,
+            f"generated_at {text} is in the future: check the clocks",
+        )
+    observed = format_duration_ms(max(age, 0))
+    if age > plan.evidence_max_age_ms:
+        return GateResult(
+            "evidence_age", INCONCLUSIVE, observed, limit, f"stale: generated {observed} ago, over {limit}"
+        )
+    return GateResult("evidence_age", PASS, observed, limit, f"generated {observed} ago (at most {limit})")
+
+
+def _minimum_gate(name: str, what: str, observed: int | None, minimum: int) -> GateResult:
+    if observed is None:
+        return _missing(name, what, minimum)
+    if observed >= minimum:
+        return GateResult(name, PASS, observed, minimum, f"{observed} {what} (at least {minimum})")
+    return GateResult(name, INCONCLUSIVE, observed, minimum, f"only {observed} {what}; {minimum} needed")
+
+
+def unexplained_gate(evidence: Mapping[str, Any], threshold: float) -> GateResult:
+    pairs, unexplained = _count(evidence, "pairs"), _count(evidence, "by_cause", "unexplained")
+    if pairs is None or unexplained is None or unexplained > pairs:
+        return _missing("unexplained", "pairs and by_cause.unexplained", threshold)
+    if pairs == 0:
+        return GateResult("unexplained", INCONCLUSIVE, None, threshold, "no compared pairs")
+    rate = unexplained / pairs
+    upper = wilson_interval(unexplained, pairs)[1]
+    numbers = f"{unexplained} unexplained in {pairs} pairs (rate {rate:.6g}, Wilson 95% upper {upper:.6g})"
+    if rate >= threshold:
+        return GateResult("unexplained", FAIL, upper, threshold, f"{numbers}: rate at or above {threshold:g}")
+    if upper < threshold:
+        return GateResult(
+            "unexplained", PASS, upper, threshold, f"{numbers}: upper bound below {threshold:g}"
+        )
+    return GateResult(
+        "unexplained", INCONCLUSIVE, upper, threshold, f"{numbers}: upper bound not yet below {threshold:g}"
+    )
+
+
+def freshness_gate(evidence: Mapping[str, Any], bound_ms: int) -> GateResult:
+    p99, count = (
+        _real(evidence, "latency", "stream", "p99_ms"),
+        _count(evidence, "latency", "stream", "count"),
+    )
+    if p99 is None:
+        return _missing("stream_freshness", "latency.stream.p99_ms", bound_ms)
+    if count == 0:
+        return GateResult("stream_freshness", INCONCLUSIVE, None, bound_ms, "no stream latency samples")
+    if p99 <= bound_ms:
+        return GateResult(
+            "stream_freshness", PASS, p99, bound_ms, f"stream p99 {p99:g} ms (at most {bound_ms} ms)"
+        )
+    return GateResult("stream_freshness", FAIL, p99, bound_ms, f"stream p99 {p99:g} ms is over {bound_ms} ms")
+
+
+def dead_letter_gate(evidence: Mapping[str, Any], tolerance: float) -> GateResult:
+    legacy_dead = _count(evidence, "dead_letter", "legacy", "rejected")
+    legacy_events = _count(evidence, "dead_letter", "legacy", "events")
+    stream_rejected = _count(evidence, "dead_letter", "stream", "rejected")
+    stream_late = _count(evidence, "dead_letter", "stream", "too_late")
+    stream_events = _count(evidence, "dead_letter", "stream", "events")
+    if None in (legacy_dead, legacy_events, stream_rejected, stream_late, stream_events):
+        return _missing("dead_letter", "dead_letter counts for both sides", tolerance)
+    assert legacy_dead is not None and legacy_events is not None
+    assert stream_rejected is not None and stream_late is not None and stream_events is not None
+    if legacy_events == 0 or stream_events == 0:
+        return GateResult("dead_letter", INCONCLUSIVE, None, tolerance, "a side received no events")
+    legacy_rate = Fraction(legacy_dead, legacy_events)
+    stream_rate = Fraction(stream_rejected + stream_late, stream_events)
+    excess = stream_rate - legacy_rate
+    numbers = f"stream {float(stream_rate):.6g} vs legacy {float(legacy_rate):.6g}"
+    if excess <= Fraction(str(tolerance)):
+        return GateResult("dead_letter", PASS, float(excess), tolerance, f"{numbers} (within +{tolerance:g})")
+    return GateResult(
+        "dead_letter", FAIL, float(excess), tolerance, f"{numbers}: over legacy by more than {tolerance:g}"
+    )
+
+
+def false_positive_gate(evidence: Mapping[str, Any], tolerance: float) -> GateResult | None:
+    """None when the evidence is not risk evidence (no ground truth and not the risk rule set)."""
+    truth = _get(evidence, "ground_truth")
+    if truth is None and _get(evidence, "ruleset", "name") != "risk":
+        return None
+    legacy, stream = _get(evidence, "ground_truth", "legacy"), _get(evidence, "ground_truth", "stream")
+    if not isinstance(legacy, Mapping) or not isinstance(stream, Mapping) or not (legacy or stream):
+        return _missing("false_positive_rate", "ground_truth for both sides", tolerance)
+    worse: list[str] = []
+    unknown: list[str] = []
+    notes: list[str] = []
+    worst: float | None = None
+    for tier in sorted(set(legacy) | set(stream)):
+        old = _real(legacy, tier, "false_positive_rate")
+        new = _real(stream, tier, "false_positive_rate")
+        if old is None and new is None:
+            continue
+        if old is None or new is None:
+            unknown.append(tier)
+            continue
+        excess = new - old
+        worst = excess if worst is None else max(worst, excess)
+        notes.append(f"{tier} {new:.4g} vs {old:.4g}")
+        if excess > tolerance + 1e-12:
+            worse.append(tier)
+    summary = "; ".join(notes) or "no tier with data"
+    if worse:
+        return GateResult(
+            "false_positive_rate",
+            FAIL,
+            worst,
+            tolerance,
+            f"stream flags more good users in {', '.join(worse)}: {summary}",
+        )
+    if unknown or worst is None:
+        missing = ", ".join(unknown) or "every tier"
+        return GateResult(
+            "false_positive_rate", INCONCLUSIVE, worst, tolerance, f"no rate on one side for {missing}"
+        )
+    return GateResult(
+        "false_positive_rate", PASS, worst, tolerance, f"stream within +{tolerance:g}: {summary}"
+    )
+
+
+def time_in_stage_gate(in_stage_ms: int | None, minimum_ms: int) -> GateResult:
+    want = format_duration_ms(minimum_ms)
+    if in_stage_ms is None:
+        return GateResult(
+            "min_time_in_stage", INCONCLUSIVE, None, want, "time in the current stage is unknown"
+        )
+    have = format_duration_ms(max(in_stage_ms, 0))
+    if in_stage_ms >= minimum_ms:
+        return GateResult(
+            "min_time_in_stage", PASS, have, want, f"{have} in the current stage (at least {want})"
+        )
+    return GateResult(
+        "min_time_in_stage", INCONCLUSIVE, have, want, f"only {have} in the current stage; {want} needed"
+    )
+
+
+def evaluate(
+    plan: Plan,
+    gates: Gates,
+    evidence: Mapping[str, Any],
+    now_ms: int,
+    in_stage_ms: int | None = None,
+    *,
+    time_in_stage: bool = True,
+) -> tuple[GateResult, ...]:
+    """Every gate of ``gates`` (and the plan's rule-set and age gates) over ``evidence`` at ``now_ms``.
+
+    ``in_stage_ms`` is how long the rollout has been at its current position; with
+    ``time_in_stage=False`` the time gate is left out (health checks while in a stage).
+    """
+    results: list[GateResult | None] = [
+        ruleset_gate(plan, evidence),
+        evidence_age_gate(plan, evidence, now_ms),
+    ]
+    if gates.min_pairs is not None:
+        results.append(
+            _minimum_gate("min_pairs", "compared pairs", _count(evidence, "pairs"), gates.min_pairs)
+        )
+    if gates.min_as_of_rounds is not None:
+        rounds = _count(evidence, "as_of_rounds")
+        results.append(_minimum_gate("min_as_of_rounds", "as-of rounds", rounds, gates.min_as_of_rounds))
+    if gates.max_unexplained_rate is not None:
+        results.append(unexplained_gate(evidence, gates.max_unexplained_rate))
+    if gates.max_stream_p99_ms is not None:
+        results.append(freshness_gate(evidence, gates.max_stream_p99_ms))
+    if gates.dead_letter_tolerance is not None:
+        results.append(dead_letter_gate(evidence, gates.dead_letter_tolerance))
+    if gates.false_positive_tolerance is not None:
+        results.append(false_positive_gate(evidence, gates.false_positive_tolerance))
+    if time_in_stage and gates.min_time_in_stage_ms is not None:
+        results.append(time_in_stage_gate(in_stage_ms, gates.min_time_in_stage_ms))
+    return tuple(r for r in results if r is not None)
+
+
+def failing(results: Sequence[GateResult]) -> tuple[GateResult, ...]:
+    """The results that did not pass."""
+    return tuple(r for r in results if r.status != PASS)

@@ -1,0 +1,160 @@
+"""``segshadow cutover`` and ``segshadow gate check`` through the real command line (in-process)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rollout.plan import shipped_plan_text
+from segments.timeutil import wall_clock_ms
+from segshadow.cli import main
+from tests.rollout.helpers import bad_evidence, good_evidence, write_evidence
+
+
+class Cli:
+    def __init__(self, tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+        self.common = ["--database-url", database_url, "--data-dir", str(tmp_path / "data")]
+        self.capsys = capsys
+        self.tmp = tmp_path
+        raw = yaml.safe_load(shipped_plan_text("default"))
+        raw["gates"]["min_time_in_stage"] = None
+        for step in raw["steps"]:
+            step.pop("gates", None)
+        self.plan = tmp_path / "quick.yaml"
+        self.plan.write_text(yaml.safe_dump(raw), encoding="utf-8")
+
+    def __call__(self, *args: str, common: bool = True) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main([*args, *(self.common if common else [])])
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def evidence(self, name: str, bad: bool = False, **overrides: object) -> str:
+        now = wall_clock_ms()
+        data = bad_evidence(now) if bad else good_evidence(now, **overrides)
+        return str(write_evidence(self.tmp / name, data))
+
+
+@pytest.fixture
+def cli(tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(tmp_path, database_url, capsys)
+
+
+def test_status_of_a_new_rollout(cli: Cli) -> None:
+    code, out, _ = cli("cutover", "status")
+    assert code == 0 and "stage: off (version 0, never moved)" in out and "serves: legacy" in out
+    code, out, _ = cli("cutover", "status", "--json")
+    assert code == 0 and json.loads(out)["stage"] == "off"
+
+
+def test_gate_check_exit_codes_pass_fail_inconclusive_and_bad_input(cli: Cli) -> None:
+    code, out, _ = cli("gate", "check", "--evidence", cli.evidence("good"))
+    assert code == 0 and "verdict: pass" in out and "unexplained" in out and "stream_freshness" in out
+    code, out, _ = cli("gate", "check", "--evidence", cli.evidence("bad", bad=True))
+    assert code == 1 and "verdict: fail" in out and "450 unexplained in 20000 pairs" in out
+    code, out, _ = cli("gate", "check", "--evidence", cli.evidence("few", pairs=10, agree=10))
+    assert code == 3 and "verdict: inconclusive" in out and "only 10 compared pairs" in out
+    code, _, err = cli("gate", "check", "--evidence", str(cli.tmp / "nowhere"))
+    assert code == 2 and err.count("\n") == 1 and "no parity.json" in err
+    bad_plan = cli.tmp / "bad.yaml"
+    bad_plan.write_text("name: x\nruleset: {name: clickstream, version: 1}\nstepz: []\n", encoding="utf-8")
+    code, _, err = cli("gate", "check", "--plan", str(bad_plan), "--evidence", cli.evidence("g2"))
+    assert code == 2 and "plan " in err and "stepz" in err and "Traceback" not in err
+
+
+def test_advance_refuses_on_failing_gates_then_force_is_recorded(cli: Cli) -> None:
+    for _ in range(2):
+        assert cli("cutover", "advance", "--actor", "ana")[0] == 0
+    code, out, err = cli(
+        "cutover", "advance", "--plan", str(cli.plan), "--evidence", cli.evidence("bad", bad=True)
+    )
+    assert code == 1 and "unexplained" in out and "refusing to advance from shadow to canary 1%" in err
+    assert "stage: shadow" in cli("cutover", "status")[1]
+    code, _, err = cli("cutover", "advance", "--evidence", cli.evidence("bad2", bad=True), "--force")
+    assert code == 2 and "--reason" in err
+    code, out, _ = cli(
+        "cutover",
+        "advance",
+        "--plan",
+        str(cli.plan),
+        "--evidence",
+        cli.evidence("bad3", bad=True),
+        "--force",
+        "--reason",
+        "CAB-7 approved",
+        "--actor",
+        "lead",
+    )
+    assert code == 0 and "FORCED" in out
+    code, out, _ = cli("cutover", "history")
+    assert (
+        code == 0 and "lead: advance shadow → canary 1% FORCED gates fail" in out and "CAB-7 approved" in out
+    )
+
+
+def test_walk_with_the_command_line_then_rollback_and_history(cli: Cli) -> None:
+    for _ in range(2):
+        assert cli("cutover", "advance")[0] == 0
+    for _ in range(3):
+        code, out, err = cli("cutover", "advance", "--plan", str(cli.plan), "--evidence", cli.evidence("g"))
+        assert code == 0, err
+    code, out, _ = cli(
+        "cutover", "advance", "--plan", str(cli.plan), "--evidence", cli.evidence("g"), "--percent", "30"
+    )
+    assert code == 0 and "advanced canary 25% → canary 30%" in out
+    code, _, err = cli("cutover", "advance", "--to", "complete", "--evidence", cli.evidence("g"))
+    assert code == 2 and "next stage is live" in err
+    assert cli("cutover", "rollback", "--reason", "pager", "--actor", "bo")[0] == 0
+    code, out, _ = cli("cutover", "history", "--json")
+    decisions = [json.loads(line) for line in out.splitlines()]
+    assert [d["to"]["stage"] for d in decisions][-2:] == ["canary", "shadow"]
+    assert decisions[-1]["actor"] == "bo" and decisions[-1]["reason"] == "pager"
+    assert cli("cutover", "rollback", "--reason", "again")[0] == 2
+
+
+def test_watch_rolls_back_and_exits_one(cli: Cli) -> None:
+    for _ in range(2):
+        cli("cutover", "advance")
+    assert cli("cutover", "advance", "--plan", str(cli.plan), "--evidence", cli.evidence("g"))[0] == 0
+    code, out, _ = cli(
+        "cutover",
+        "watch",
+        "--plan",
+        str(cli.plan),
+        "--evidence",
+        cli.evidence("g2"),
+        "--iterations",
+        "1",
+        "--interval",
+        "10ms",
+    )
+    assert code == 0 and "canary 1%: ok" in out
+    code, out, err = cli(
+        "cutover",
+        "watch",
+        "--plan",
+        str(cli.plan),
+        "--evidence",
+        cli.evidence("b", bad=True),
+        "--iterations",
+        "2",
+        "--interval",
+        "10ms",
+    )
+    assert code == 1 and "rolled_back" in out and "shadow: idle" in out and "rolled back to shadow" in err
+    assert "auto: rollback canary 1% → shadow" in cli("cutover", "history")[1]
+
+
+def test_an_unreachable_database_is_one_line_and_exit_two(cli: Cli) -> None:
+    code, _, err = cli(
+        "cutover", "status", "--database-url", "postgresql://postgres@127.0.0.1:9/none", common=False
+    )
+    assert (
+        code == 2 and err.startswith("segshadow: error: cannot reach the database") and err.count("\n") == 1
+    )
