@@ -22,6 +22,7 @@ from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
 from segshadow.cmd_legacy import resolve_rules
 from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
+from streaming.live import EVENTS_STREAM, GROUP
 from streaming.pipeline import StreamConfig
 
 stream_app = typer.Typer(help="The Beam streaming segmenter.", no_args_is_help=True)
@@ -83,6 +84,53 @@ def replay(
         f"{c.get('too_late', 0)} too late, {c.get('rejected', 0)} rejected; "
         f"{result.seconds:.1f}s, {rate:,.0f} lines/s)"
     )
+
+
+@stream_app.command("live", context_settings=_PASS_THROUGH)
+def live(
+    ctx: typer.Context,
+    rules: Annotated[str, typer.Option("--rules", help="rule set: clickstream, risk, name@vN or a file")],
+    max_out_of_orderness: OooOpt = "5s",
+    allowed_lateness: LatenessOpt = "60s",
+    shards: ShardsOpt = 4,
+    stream_key: Annotated[str, typer.Option("--stream-key", help="Redis Stream holding the events")] = EVENTS_STREAM,
+    group: Annotated[str, typer.Option("--group", help="consumer group")] = GROUP,
+    consumer: Annotated[str, typer.Option("--consumer", help="consumer name in the group")] = "stream-1",
+    poll: Annotated[str, typer.Option("--poll", help="how often to read the stream")] = "5ms",
+    duration_text: Annotated[str | None, typer.Option("--duration", help="stop after this long")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="also append transitions to this file")] = None,
+    no_sql: NoSqlOpt = False,
+    database_url: DatabaseOpt = None,
+    redis_url: RedisOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run the Beam stream live on a Redis Stream (consumer group), writing segments to Redis and SQL."""
+    import apache_beam as beam
+
+    from segments.embedded import redis_endpoint
+    from streaming.live import LiveSource, build_live
+    from streaming.options import LIVE_RUNNER, pipeline_options
+
+    params = gate_params(max_out_of_orderness, allowed_lateness)
+    poll_ms = duration(poll)
+    seconds = duration(duration_text) / 1000 if duration_text else None
+    if poll_ms <= 0:
+        raise UsageError("--poll must be positive")
+    where = settings(database_url, redis_url, data_dir)
+    options = pipeline_options(list(ctx.args), LIVE_RUNNER, streaming=True)
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(SqlStore.open(where.database_url))
+        ruleset = resolve_rules(rules, store)
+        store.register_ruleset(ruleset)
+        url = stack.enter_context(redis_endpoint(where.redis_url))
+        if where.redis_embedded:
+            typer.echo(f"no Redis named: started an embedded Valkey at {url}", err=True)
+        source = LiveSource(url, stream_key, group, consumer, poll_ms)
+        config = _config(ruleset, params, shards, live=True)
+        pipeline = beam.Pipeline(options=options)
+        build_live(pipeline, config, source, seconds, None if no_sql else where.database_url, str(out) if out else None)
+        pipeline.run().wait_until_finish()
+    typer.echo(f"stream live {ruleset.ref}: stopped")
 
 
 def register(app: typer.Typer) -> None:

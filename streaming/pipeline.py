@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Tuple  # noqa: UP035 -- Beam reads typing.Tuple hints
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
@@ -150,6 +150,43 @@ class ReadAndAdmitFile(beam.DoFn):  # type: ignore[misc]
         yield from flusher.flush(END_OF_TIME, last_arrival, final=True)
 
 
+class AdmitLines(beam.DoFn):  # type: ignore[misc]
+    """Admission for any unbounded source of raw lines (TestStream, Pub/Sub, Kafka): stateful on one key.
+
+    Input: ``(key, line)`` or ``(key, [lines])`` in arrival order (one key, so one
+    sequence). Each element is admitted and flushed to every shard.
+    """
+
+    STATE = ReadModifyWriteStateSpec("admission", PickleCoder())
+
+    def __init__(self, config: StreamConfig) -> None:
+        self.config = config
+
+    def setup(self) -> None:
+        self.counters = _Counters()
+
+    def process(self, element: tuple[Any, Any], state: Any = beam.DoFn.StateParam(STATE)) -> Iterator[Any]:
+        _, payload = element
+        lines = [payload] if isinstance(payload, str) else list(payload)
+        held = state.read()
+        admission, flusher, seq = held if held is not None else (Admission(self.config.params), None, 0)
+        flusher = flusher or Flusher(self.config.shards)
+        valid: list[Event] = []
+        for text in lines:
+            seq += 1
+            parsed = parse_line(text, seq)
+            if type(parsed) is Event:
+                valid.append(parsed)
+            else:
+                self.counters.rejected.inc()
+                yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
+        self.counters.lines.inc(len(lines))
+        yield from admit_events(admission, valid, flusher, self.config.batch_events, self.counters)
+        clock = wall_clock_ms() if self.config.live else (valid[-1].arrival_time if valid else 0)
+        yield from flusher.flush(admission.gate.watermark, clock)
+        state.write((admission, flusher, seq))
+
+
 class ShardState:
     """What a shard keeps in Beam state: the segmenter and the reorder buffer of batches."""
 
@@ -211,7 +248,7 @@ class SegmentShard(beam.DoFn):  # type: ignore[misc]
 
 def transitions_from(batches: beam.PCollection, config: StreamConfig) -> beam.PCollection:
     """Keyed shard batches -> lists of transitions."""
-    return batches | "Segment" >> beam.ParDo(SegmentShard(config)).with_input_types(tuple[int, Any])
+    return batches | "Segment" >> beam.ParDo(SegmentShard(config)).with_input_types(Tuple[int, Any])  # noqa: UP006
 
 
 def rejection_json(rejection: Rejection) -> str:

@@ -1,0 +1,208 @@
+"""``stream live``: the same pipeline fed from a Redis Stream through a consumer group.
+
+Beam Python has no Redis source, so this is one: ``PeriodicImpulse`` (a
+splittable DoFn, run live by FnApiRunner) ticks every ``poll_ms``, and
+``PollAndAdmit`` reads what arrived since the last tick with ``XREADGROUP``,
+runs the same ``Admission`` as replay (the stream entry order is the arrival
+order), and emits per-shard batches to the same ``SegmentShard`` and sinks.
+
+Recovery (a choice, documented in docs/streaming.md): per-user window state is
+**rebuilt from the event log** on start. The Redis Stream is the log; on start the
+source re-reads it from the beginning (``XRANGE``), which re-applies every event
+in its original order, so the gate, dedup and every shard's state come back
+exactly as they were; the re-emitted transitions are identical (same effective
+times and revisions), and the sinks are idempotent, so re-delivery changes
+nothing. Then the group's cursor is moved to the last entry replayed and new
+entries are read with ``XREADGROUP >`` and acknowledged once admitted. Nothing
+read is lost on a crash: an entry that was delivered but not acknowledged is
+part of the log that the next start replays. Trimming the log (``XTRIM MINID``)
+to the window plus allowed lateness bounds restart time; events older than that
+could only be too late.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+from segments.events import Event, Rejection, parse_line
+from segments.timeutil import wall_clock_ms
+from streaming.admission import Admission
+from streaming.pipeline import DEAD, Flusher, StreamConfig, _Counters, transitions_from
+from streaming.sinks import sink_all, with_backoff
+
+log = logging.getLogger("segshadow.stream")
+EVENTS_STREAM = "segshadow:events"
+GROUP = "segshadow-stream"
+FIELD = "e"
+
+
+@dataclass(frozen=True)
+class LiveSource:
+    """Where the live stream reads: a Redis Stream, a consumer group and a consumer name."""
+
+    redis_url: str
+    stream_key: str = EVENTS_STREAM
+    group: str = GROUP
+    consumer: str = "stream-1"
+    poll_ms: int = 5
+    read_count: int = 5_000
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+class PollAndAdmit(beam.DoFn):  # type: ignore[misc]
+    """On each tick: read new stream entries, admit them in entry order, emit shard batches."""
+
+    def __init__(self, config: StreamConfig, source: LiveSource) -> None:
+        self.config = config
+        self.source = source
+
+    def setup(self) -> None:
+        from segments.redisstore import connect
+
+        self.counters = _Counters()
+        self.client = with_backoff("connect to Redis", lambda: connect(self.source.redis_url, decode_responses=False))
+        self.admission = Admission(self.config.params)
+        self.flusher = Flusher(self.config.shards)
+        self.seq = 0
+        self.rebuilt = False
+
+    def teardown(self) -> None:
+        client = getattr(self, "client", None)
+        if client is not None:
+            client.close()
+
+    def _ensure_group(self) -> None:
+        import redis
+
+        try:
+            self.client.xgroup_create(self.source.stream_key, self.source.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _admit(self, entries: Sequence[tuple[Any, dict[Any, Any]]]) -> Iterator[Any]:
+        live = self.config.live
+        for _, fields in entries:
+            self.seq += 1
+            raw = fields.get(FIELD.encode()) or fields.get(FIELD)
+            parsed = parse_line(_text(raw) if raw is not None else "", self.seq)
+            self.counters.lines.inc()
+            if type(parsed) is not Event:
+                self.counters.rejected.inc()
+                yield beam.pvalue.TaggedOutput(DEAD, self.admission.reject(parsed))  # type: ignore[arg-type]
+                continue
+            result = self.admission.admit(parsed)
+            if isinstance(result, Rejection):
+                self.counters.too_late.inc()
+                yield beam.pvalue.TaggedOutput(DEAD, result)
+            elif result is not None:
+                self.counters.applied.inc()
+                self.flusher.add(result)
+            else:
+                self.counters.duplicates.inc()
+        if entries:
+            clock = wall_clock_ms() if live else 0
+            yield from self.flusher.flush(self.admission.gate.watermark, clock)
+
+    def _rebuild(self) -> Iterator[Any]:
+        """Re-apply the whole log in order (see the module doc), then point the group after it."""
+        import redis
+
+        self._ensure_group()
+        last = b"-"
+        replayed = 0
+        while True:
+            start = last if last == b"-" else b"(" + last
+            entries = self.client.xrange(self.source.stream_key, min=start, max="+", count=self.source.read_count)
+            if not entries:
+                break
+            yield from self._admit(entries)
+            replayed += len(entries)
+            last = entries[-1][0]
+        if last != b"-":
+            try:
+                self.client.xgroup_setid(self.source.stream_key, self.source.group, id=last)
+            except redis.ResponseError:
+                log.warning("could not move the consumer group cursor; relying on dedup for re-read entries")
+        log.info("live source rebuilt state from %d log entries", replayed)
+        self.rebuilt = True
+
+    def process(self, _tick: Any) -> Iterator[Any]:
+        if not self.rebuilt:
+            yield from with_backoff_iter(self._rebuild)
+            return
+        import redis
+
+        try:
+            reply = self.client.xreadgroup(
+                self.source.group,
+                self.source.consumer,
+                {self.source.stream_key: ">"},
+                count=self.source.read_count,
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("Redis read failed, will retry on the next tick: %s", exc)
+            return
+        for _, entries in reply or []:
+            yield from self._admit(entries)
+            ids = [entry_id for entry_id, _ in entries]
+            if ids:
+                self.client.xack(self.source.stream_key, self.source.group, *ids)
+
+
+def with_backoff_iter(produce: Any) -> Iterator[Any]:
+    """Materialise ``produce()`` (a generator) so that a retry never emits a partial result twice."""
+    items = with_backoff("rebuild state from the event log", lambda: list(produce()))
+    yield from items
+
+
+def build_live(
+    pipeline: beam.Pipeline,
+    config: StreamConfig,
+    source: LiveSource,
+    duration_s: float | None,
+    database_url: str | None,
+    out_path: str | None = None,
+) -> None:
+    """Attach the live source, segmentation and sinks to ``pipeline``."""
+    start = time.time()
+    stop = start + duration_s if duration_s else float(2**40)
+    ticks = pipeline | "Tick" >> PeriodicImpulse(
+        start_timestamp=start, stop_timestamp=stop, fire_interval=source.poll_ms / 1000
+    )
+    admitted = ticks | "PollAndAdmit" >> beam.ParDo(PollAndAdmit(config, source)).with_outputs(DEAD, main="batches")
+    transitions = transitions_from(admitted.batches, config)
+    sink_all(transitions, admitted[DEAD], source.redis_url, database_url, config.ruleset.ref)
+    if out_path:
+        _ = transitions | "ToJSONL" >> beam.ParDo(AppendJsonl(out_path))
+
+
+class AppendJsonl(beam.DoFn):  # type: ignore[misc]
+    """Appends transition lines to a local file (local runners; on a cluster use the Redis/SQL sinks)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def setup(self) -> None:
+        self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def process(self, batch: list[Any]) -> None:
+        self.handle.write("".join(t.to_json() + "\n" for t in batch))
+        self.handle.flush()
+
+    def teardown(self) -> None:
+        handle = getattr(self, "handle", None)
+        if handle is not None:
+            handle.close()
+
+
