@@ -1,9 +1,171 @@
-"""Commands of this part; filled in by the issue that builds it."""
+"""Data commands: ``segshadow import ...``, ``segshadow workload ...``, ``segshadow rules show|list``.
+
+Outputs are written atomically (a temporary file renamed into place), so an
+interrupted command never leaves a partial file under the requested name.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+import yaml
+
+from segments.errors import RuleSetError, UsageError
+from segments.events import write_jsonl
+from segments.importers import IMPORTERS
+from segments.rules import SHIPPED, RuleSet, load_ruleset, shipped_ruleset
+from segments.timeutil import TimestampError, parse_rfc3339_ms
+from segments.workloads import DEFAULT_RATE, DEFAULT_START_MS, WORKLOADS, write_workload
+from segshadow.common import DatabaseOpt, DataDirOpt, settings
+
+import_app = typer.Typer(help="Turn public data sets into SPEC event files.", no_args_is_help=True)
+rules_app = typer.Typer(help="Inspect rule sets.", no_args_is_help=True)
+
+InputArg = Annotated[Path, typer.Argument(help="the data set's CSV file")]
+OutOpt = Annotated[Path, typer.Option("--out", help="events file to write (JSON Lines, SPEC §1)")]
+
+
+def rejected_path(out: Path) -> Path:
+    """Where an import writes the rows it rejected: ``OUT.rejected.jsonl`` beside ``OUT``."""
+    return out.with_name(out.name + ".rejected.jsonl")
+
+
+def _import(source: str, csv_path: Path, out: Path) -> None:
+    imported = IMPORTERS[source](csv_path)
+    write_jsonl(out, imported.lines)
+    bad = rejected_path(out)
+    write_jsonl(bad, (r.to_json() for r in imported.rejections))
+    counts = imported.counts
+    reasons = ", ".join(f"{k.removeprefix('rejected_')} {v}" for k, v in counts.items() if k.startswith("rejected_"))
+    typer.echo(
+        f"{source}: {counts['rows']} rows: imported {counts['imported']} events -> {out}; "
+        f"rejected {counts['rejected']}{f' ({reasons})' if reasons else ''} -> {bad}"
+    )
+
+
+@import_app.command("uci-online-retail")
+def import_uci(csv_path: InputArg, out: OutOpt) -> None:
+    """The UCI Online Retail CSV: a purchase per invoice line, cancellations as refunds."""
+    _import("uci-online-retail", csv_path, out)
+
+
+@import_app.command("rees46")
+def import_rees46(csv_path: InputArg, out: OutOpt) -> None:
+    """The REES46 eCommerce behaviour CSV: views, carts and purchases."""
+    _import("rees46", csv_path, out)
+
+
+def _start_ms(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_START_MS
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_rfc3339_ms(text)
+    except TimestampError as exc:
+        raise UsageError(f"--start: {exc}") from None
+
+
+def workload(
+    kind: Annotated[str, typer.Argument(help="clickstream or risk")],
+    out: Annotated[Path, typer.Option("--out", help="events file to write (JSON Lines, arrival order)")],
+    users: Annotated[int, typer.Option("--users", help="number of users")] = 1000,
+    minutes: Annotated[int, typer.Option("--minutes", help="length of the workload in event time")] = 60,
+    seed: Annotated[int, typer.Option("--seed", help="random seed (same seed, same file)")] = 1,
+    start: Annotated[str | None, typer.Option("--start", help="first event time: RFC 3339 or epoch ms")] = None,
+    rate: Annotated[
+        float, typer.Option("--events-per-user-per-minute", help="size knob (default 1/6: 100K users x 60 min ~ 1M)")
+    ] = DEFAULT_RATE,
+    late_share: Annotated[float, typer.Option("--late-share", help="share of events that arrive late")] = 0.05,
+    dup_share: Annotated[float, typer.Option("--dup-share", help="share of events delivered twice")] = 0.01,
+    malformed: Annotated[
+        float, typer.Option("--malformed", help="share of malformed lines (at least 4 when above 0)")
+    ] = 0.0002,
+    time_format: Annotated[str, typer.Option("--time-format", help="ms (epoch ms, default) or rfc3339")] = "ms",
+) -> None:
+    """Generate a seeded clickstream or risk workload (SPEC §1 lines in arrival order)."""
+    if kind not in WORKLOADS:
+        raise UsageError(f"unknown workload {kind!r}: choose one of {', '.join(WORKLOADS)}")
+    try:
+        counts = write_workload(
+            kind,
+            out,
+            users,
+            minutes,
+            seed,
+            start_ms=_start_ms(start),
+            events_per_user_per_minute=rate,
+            late_share=late_share,
+            dup_share=dup_share,
+            malformed=malformed,
+            time_format=time_format,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    extra = f", {counts['fraud_txns']} fraud txns" if kind == "risk" else ""
+    typer.echo(
+        f"workload {kind} (seed {seed}): {counts['lines']} lines -> {out}: {counts['events']} events of "
+        f"{counts['users']} users, {counts['late']} late ({counts['late_over_1m']} by over a minute), "
+        f"{counts['duplicates']} duplicate deliveries ({counts['changed_duplicates']} changed), "
+        f"{counts['malformed']} malformed{extra}"
+    )
+
+
+def _resolve(ref: str, database_url: str | None, data_dir: str | None) -> RuleSet:
+    try:
+        return load_ruleset(ref)
+    except RuleSetError:
+        path = Path(ref)
+        if path.suffix in (".yaml", ".yml", ".json") or path.exists() or database_url is None:
+            raise
+    from segments.sqlstore import SqlStore
+    from segshadow.cmd_legacy import resolve_rules
+
+    with SqlStore.open(settings(database_url, None, data_dir).database_url) as store:
+        return resolve_rules(ref, store)
+
+
+@rules_app.command("show")
+def rules_show(
+    ref: Annotated[str, typer.Argument(help="a shipped name (clickstream, risk, name@vN) or a YAML/JSON file")],
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    database_url: DatabaseOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Validate a rule set and print its definition and digest (a stored version with --database-url)."""
+    ruleset = _resolve(ref, database_url, data_dir)
+    if as_json:
+        typer.echo(json.dumps({"ref": ruleset.ref, "digest": ruleset.digest, "definition": ruleset.definition}))
+        return
+    typer.echo(f"# {ruleset.ref}  digest {ruleset.digest}")
+    typer.echo(yaml.safe_dump(dict(ruleset.definition), sort_keys=False, allow_unicode=True).rstrip())
+
+
+@rules_app.command("list")
+def rules_list(
+    stored: Annotated[bool, typer.Option("--stored", help="also list the versions stored in the database")] = False,
+    database_url: DatabaseOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """List the shipped rule sets (and, with --stored, the database's stored versions)."""
+    for name in SHIPPED:
+        ruleset = shipped_ruleset(name)
+        typer.echo(
+            f"{ruleset.ref:<18} shipped  {ruleset.digest[:12]}  segments: {', '.join(ruleset.segment_names)}"
+        )
+    if stored:
+        from segments.sqlstore import SqlStore
+
+        with SqlStore.open(settings(database_url, None, data_dir).database_url) as store:
+            for row in store.stored_rulesets():
+                typer.echo(f"{row.name + '@v' + str(row.version):<18} stored   {row.digest[:12]}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
+    """Add ``import``, ``workload`` and ``rules`` to the top-level app."""
+    app.add_typer(import_app, name="import")
+    app.command("workload")(workload)
+    app.add_typer(rules_app, name="rules")
