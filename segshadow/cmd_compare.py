@@ -1,9 +1,73 @@
-"""Commands of this part; filled in by the issue that builds it."""
+"""``segshadow compare``: the parity of a legacy and a stream output of the same events (SPEC §5, §6).
+
+Exit 0 when the comparison is done, whatever it found (gates decide pass or fail);
+2 with one line for inputs that cannot be compared.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from compare.comparison import run_comparison
+from compare.inputs import GateFlags
+from segments.errors import UsageError
+from segments.rules import load_ruleset
+from segshadow.common import duration
+
+
+def compare(
+    events: Annotated[Path, typer.Option("--events", help="the events file both sides ran on (SPEC §1)")],
+    legacy: Annotated[Path, typer.Option("--legacy", help="legacy output (SPEC §3 lines + .meta.json)")],
+    stream: Annotated[Path, typer.Option("--stream", help="stream output (SPEC §4 lines + .meta.json)")],
+    rules: Annotated[str, typer.Option("--rules", help="rule set: clickstream, risk, name@vN or a file")],
+    out: Annotated[Path, typer.Option("--out", help="directory for parity.json, mismatches.jsonl, report.html")],
+    every: Annotated[
+        str | None, typer.Option("--every", help="legacy as-of interval (default: the legacy sidecar's, else 5m)")
+    ] = None,
+    max_out_of_orderness: Annotated[
+        str | None,
+        typer.Option("--max-out-of-orderness", help="stream watermark lag (default: its sidecar's, else 5s)"),
+    ] = None,
+    allowed_lateness: Annotated[
+        str | None,
+        typer.Option("--allowed-lateness", help="stream allowed lateness (default: its sidecar's, else 60s)"),
+    ] = None,
+    noise_legacy: Annotated[
+        Path | None, typer.Option("--noise-legacy", help="a second legacy output, for the noise floor")
+    ] = None,
+    noise_stream: Annotated[
+        Path | None, typer.Option("--noise-stream", help="a second stream output, for the noise floor")
+    ] = None,
+    stream_latency: Annotated[
+        Path | None, typer.Option("--stream-latency", help="live stream latencies, one ms value per line")
+    ] = None,
+) -> None:
+    """Compare a legacy and a stream output: agreement, causes, latency; write the parity report."""
+    every_ms = duration(every) if every is not None else None
+    if every_ms is not None and every_ms <= 0:
+        raise UsageError(f"--every must be positive, not {every!r}")
+    flags = GateFlags(
+        duration(max_out_of_orderness) if max_out_of_orderness is not None else None,
+        duration(allowed_lateness) if allowed_lateness is not None else None,
+    )
+    result = run_comparison(
+        events,
+        legacy,
+        stream,
+        load_ruleset(rules),
+        every_ms,
+        flags,
+        out,
+        noise_legacy=noise_legacy,
+        noise_stream=noise_stream,
+        stream_latency=stream_latency,
+    )
+    typer.echo(f"{result.summary_line()} -> {out / 'report.html'}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
+    """Add ``segshadow compare`` to the top-level app."""
+    app.command("compare")(compare)

@@ -1,0 +1,367 @@
+"""The outputs a person reads: ``report.html`` (one self-contained file) and ``summary.md``.
+
+``report.html`` has inline CSS and inline SVG charts, no script and no fetch: it
+opens from a mail attachment or a CI artifact as it is. Every user-provided text
+(user ids, segment names, event ids, paths) goes through Jinja2's autoescape.
+The chart geometry is computed here; the template only draws it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from compare.causes import CAUSES
+from compare.comparison import Comparison
+from compare.latency import LatencySummary
+from compare.mismatches import explain, write_mismatches
+from compare.parity import ParityResult
+from compare.stats import rate
+
+TOP_MISMATCHES = 12
+CAUSE_LABELS = {
+    "late_arrival": "late arrival",
+    "dropped_too_late": "dropped too late",
+    "mixed": "mixed",
+    "unexplained": "unexplained",
+}
+VERDICT_LABELS = {
+    "parity": "Parity",
+    "explained_differences": "Explained differences",
+    "defects": "Defects",
+}
+VERDICT_SENTENCES = {
+    "parity": "Both sides assigned exactly the same segments at every as-of.",
+    "explained_differences": "Every difference is explained by event timing (late arrivals or events dropped "
+    "as too late); none is a defect.",
+    "defects": "Some differences have no explanation in the event log: these are defects to fix before cutover.",
+}
+
+
+def write_outputs(out_dir: str | Path, comparison: Comparison) -> dict[str, Path]:
+    """Write ``parity.json``, ``mismatches.jsonl``, ``report.html`` and ``summary.md`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "parity": out / "parity.json",
+        "mismatches": out / "mismatches.jsonl",
+        "report": out / "report.html",
+        "summary": out / "summary.md",
+    }
+    write_mismatches(paths["mismatches"], comparison.mismatches)
+    _write_text(paths["parity"], comparison.result.to_json())
+    _write_text(paths["report"], render_html(comparison))
+    _write_text(paths["summary"], render_summary(comparison.result))
+    return paths
+
+
+def _write_text(path: Path, text: str) -> None:
+    temp = path.with_name(path.name + ".partial")
+    temp.write_text(text, encoding="utf-8")
+    temp.replace(path)
+
+
+# ---- numbers as people read them ---------------------------------------------------------------------
+
+
+def percent(part: int, whole: int, digits: int = 2) -> str:
+    return f"{100 * rate(part, whole):.{digits}f}%"
+
+
+def duration(ms: float | None) -> str:
+    """``0.4 ms``, ``12 ms``, ``1.5 s``, ``4.2 min``, ``1.1 h``; an em dash for no value."""
+    if ms is None:
+        return "—"
+    if ms < 10:
+        return f"{ms:.1f} ms"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    if ms < 3_600_000:
+        return f"{ms / 60_000:.1f} min"
+    return f"{ms / 3_600_000:.1f} h"
+
+
+def share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+# ---- chart geometry ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tick:
+    at: float
+    label: str
+
+
+@dataclass(frozen=True)
+class AgreementChart:
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_w: int
+    plot_h: int
+    line: str
+    area: str
+    bars: tuple[tuple[float, float, float, float, str], ...]
+    y_ticks: tuple[Tick, ...]
+    x_ticks: tuple[Tick, ...]
+    points: tuple[tuple[float, float, str], ...]
+
+
+def agreement_chart(result: ParityResult, width: int = 880, height: int = 240) -> AgreementChart | None:
+    """Agreement (%) per as-of as a line, pairs per as-of as faint bars underneath."""
+    rows = [r for r in result.agreement_over_time]
+    if not rows:
+        return None
+    left, top, right, bottom = 56, 14, 16, 34
+    plot_w, plot_h = width - left - right, height - top - bottom
+    shares = [100 * rate(r.agree, r.pairs) if r.pairs else 100.0 for r in rows]
+    low = min(shares)
+    floor = 100.0 - _nice_span(100.0 - low)
+    n = len(rows)
+    step = plot_w / max(n - 1, 1)
+
+    def x(i: int) -> float:
+        return left + (i * step if n > 1 else plot_w / 2)
+
+    def y(value: float) -> float:
+        return top + plot_h * (100.0 - value) / (100.0 - floor)
+
+    coords = [(x(i), y(v)) for i, v in enumerate(shares)]
+    line = " ".join(f"{a:.1f},{b:.1f}" for a, b in coords)
+    area = f"{coords[0][0]:.1f},{top + plot_h:.1f} " + line + f" {coords[-1][0]:.1f},{top + plot_h:.1f}"
+    most = max(r.pairs for r in rows) or 1
+    bar_w = max(1.0, min(step * 0.7, 18.0))
+    bars = tuple(
+        (
+            x(i) - bar_w / 2,
+            top + plot_h - plot_h * 0.3 * r.pairs / most,
+            bar_w,
+            plot_h * 0.3 * r.pairs / most,
+            f"{r.to_dict()['as_of']}: {r.pairs} pairs, {r.agree} agree",
+        )
+        for i, r in enumerate(rows)
+    )
+    y_ticks = tuple(Tick(y(v), f"{v:g}%") for v in _linear_ticks(floor, 100.0))
+    label_every = max(1, math.ceil(n / 6))
+    x_ticks = tuple(Tick(x(i), rows[i].to_dict()["as_of"][5:16].replace("T", " ")) for i in range(0, n, label_every))
+    points = tuple(
+        (a, b, f"{rows[i].to_dict()['as_of']}: {shares[i]:.3f}% of {rows[i].pairs} pairs agree")
+        for i, (a, b) in enumerate(coords)
+    ) if n <= 400 else ()
+    return AgreementChart(width, height, left, top, plot_w, plot_h, line, area, bars, y_ticks, x_ticks, points)
+
+
+def _nice_span(gap: float) -> float:
+    """The smallest of 0.1, 0.2, 0.5, 1, 2, 5, 10, ... percentage points that covers ``gap``."""
+    for span in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100):
+        if gap <= span:
+            return float(span)
+    return 100.0
+
+
+def _linear_ticks(low: float, high: float) -> list[float]:
+    step = (high - low) / 4
+    return [round(low + i * step, 4) for i in range(5)]
+
+
+@dataclass(frozen=True)
+class Bar:
+    label: str
+    key: str
+    count: int
+    width: float
+
+
+def cause_bars(result: ParityResult, width: float = 100.0) -> list[Bar]:
+    """One bar per cause; ``width`` is the longest bar's length (percent of the track by default)."""
+    most = max(result.by_cause.values()) or 1
+    return [
+        Bar(CAUSE_LABELS[c], c, int(result.by_cause[c]), width * result.by_cause[c] / most) for c in CAUSES
+    ]
+
+
+@dataclass(frozen=True)
+class Curve:
+    side: str
+    points: str
+    summary: LatencySummary
+
+
+@dataclass(frozen=True)
+class LatencyChart:
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_w: int
+    plot_h: int
+    curves: tuple[Curve, ...]
+    x_ticks: tuple[Tick, ...]
+    y_ticks: tuple[Tick, ...]
+
+
+_DECADE_LABELS = {
+    -1: "0.1 ms", 0: "1 ms", 1: "10 ms", 2: "100 ms", 3: "1 s", 4: "10 s", 5: "100 s", 6: "17 min", 7: "2.8 h",
+}
+
+
+def latency_chart(latency: dict[str, LatencySummary], width: int = 880, height: int = 260) -> LatencyChart | None:
+    """Both sides' freshness distributions (quantile curves) on one log-scale axis."""
+    curves = [(side, s) for side, s in latency.items() if s.count]
+    if not curves:
+        return None
+    left, top, right, bottom = 56, 14, 16, 34
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [ms for _, s in curves for _, ms in s.curve]
+    positive = [ms for ms in values if ms > 0]
+    lo = math.floor(math.log10(min(positive))) if positive else 0
+    hi = math.ceil(math.log10(max(positive))) if positive else 1
+    floored = any(ms < 10.0**-1 for ms in values)
+    lo = -1 if floored else max(lo, -1)
+    hi = max(hi, lo + 1)
+
+    def x(ms: float) -> float:
+        value = math.log10(ms) if ms > 0 else lo
+        return left + plot_w * (min(max(value, lo), hi) - lo) / (hi - lo)
+
+    def y(rank: float) -> float:
+        return top + plot_h * (1 - rank)
+
+    drawn = tuple(
+        Curve(side, " ".join(f"{x(ms):.1f},{y(r):.1f}" for r, ms in s.curve), s) for side, s in curves
+    )
+    x_ticks = tuple(
+        Tick(x(10.0**d), ("≤ " if floored and d == lo else "") + _DECADE_LABELS.get(d, f"1e{d} ms"))
+        for d in range(lo, hi + 1)
+    )
+    y_ticks = tuple(Tick(y(r), f"{int(r * 100)}%") for r in (0.0, 0.25, 0.5, 0.75, 1.0))
+    return LatencyChart(width, height, left, top, plot_w, plot_h, drawn, x_ticks, y_ticks)
+
+
+# ---- the page and the summary ------------------------------------------------------------------------
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("compare", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(duration=duration, share=share, thousands=lambda n: f"{n:,}")
+    return env
+
+
+def _examples(comparison: Comparison) -> tuple[str, list[dict[str, Any]]]:
+    mismatches = comparison.mismatches
+    chosen = mismatches.top_unexplained(TOP_MISMATCHES)
+    title = "Top unexplained mismatches"
+    if not chosen and len(mismatches):
+        chosen = list(range(min(5, len(mismatches))))
+        title = "Examples of explained mismatches"
+    records = []
+    for record in mismatches.records(chosen):
+        _, sentences = explain(record)
+        record["sentences"] = sentences
+        records.append(record)
+    return title, records
+
+
+def render_html(comparison: Comparison) -> str:
+    """The whole report as one HTML document."""
+    result = comparison.result
+    data = result.to_dict()
+    title, examples = _examples(comparison)
+    template = _environment().get_template("report.html")
+    return template.render(
+        r=data,
+        result=result,
+        verdict_label=VERDICT_LABELS[result.verdict],
+        verdict_sentence=VERDICT_SENTENCES[result.verdict],
+        agree_share=percent(result.agree, result.pairs),
+        agreement=agreement_chart(result),
+        causes=cause_bars(result),
+        cause_labels=CAUSE_LABELS,
+        latency=latency_chart(dict(result.latency)),
+        examples_title=title,
+        examples=examples,
+    )
+
+
+def render_summary(result: ParityResult) -> str:
+    """A few lines of Markdown for a pull-request comment."""
+    data = result.to_dict()
+    lo, hi = result.unexplained_rate_wilson95
+    lines = [
+        f"### segshadow parity: **{VERDICT_LABELS[result.verdict]}** "
+        f"({data['ruleset']['name']} v{data['ruleset']['version']})",
+        "",
+        f"{result.agree:,} of {result.pairs:,} (user, as-of) pairs agree ({percent(result.agree, result.pairs)}) "
+        f"over {result.as_of_rounds} as-ofs; {result.mismatch:,} differ.",
+        "",
+        "| cause | mismatches |",
+        "|---|---:|",
+        *(f"| {CAUSE_LABELS[c]} | {result.by_cause[c]:,} |" for c in CAUSES),
+        "",
+        f"Unexplained rate: {100 * result.unexplained_rate:.4f}% (95% CI {100 * lo:.4f}% – {100 * hi:.4f}%).",
+        "",
+        "| segment | both | legacy only | stream only | precision | recall |",
+        "|---|---:|---:|---:|---:|---:|",
+        *(
+            f"| {_md(name)} | {c.both:,} | {c.legacy_only:,} | {c.stream_only:,} | {share(c.precision)} | "
+            f"{share(c.recall)} |"
+            for name, c in result.per_segment.items()
+        ),
+        "",
+        _latency_line(result),
+    ]
+    if result.ground_truth is not None:
+        lines += ["", _truth_lines(result)]
+    for noise in result.noise:
+        lines += [
+            "",
+            f"Noise floor ({noise.side} run twice): {noise.mismatch:,} of {noise.pairs:,} pairs differ "
+            f"({percent(noise.mismatch, noise.pairs, 4)}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _latency_line(result: ParityResult) -> str:
+    parts = []
+    for side in ("legacy", "stream"):
+        s = result.latency[side]
+        parts.append(f"{side} p50 {duration(s.p50_ms)}, p99 {duration(s.p99_ms)}")
+    return "Freshness: " + "; ".join(parts) + "."
+
+
+def _truth_lines(result: ParityResult) -> str:
+    truth = result.ground_truth
+    assert truth is not None
+    rows = [
+        f"Ground truth over {truth.cells:,} present (user, as-of) cells ({truth.fraudulent:,} fraudulent):",
+        "",
+        "| tier | legacy FP | stream FP | legacy detection | stream detection |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for tier, legacy in truth.legacy.items():
+        stream = truth.stream[tier]
+        rows.append(
+            f"| {_md(tier)} | {share(legacy.false_positive_rate)} | {share(stream.false_positive_rate)} | "
+            f"{share(legacy.detection_rate)} | {share(stream.detection_rate)} |"
+        )
+    return "\n".join(rows)
+
+
+def _md(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return "".join("\\" + ch if ch in "|*_`[]<>\\" else ch for ch in text)
