@@ -60,7 +60,7 @@ from segments.db import backend, make_engine, run_transaction
 from segments.errors import RuleSetError, UsageError
 from segments.events import Event, Rejection
 from segments.outputs import Assignment, Transition
-from segments.rules import RuleSet, canonical_json, compile_ruleset
+from segments.rules import RuleSet, compile_ruleset
 from segments.timeutil import Clock, wall_clock_ms
 
 EVENT_BATCH = 10_000
@@ -192,17 +192,19 @@ def _segments_from(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
-def _json_number(value: Any) -> Any:
-    """JSON for a ``Decimal`` in attrs: a number when its shortest float spelling is the same value."""
+def _exact_json(value: Any) -> str:
+    """JSON text that keeps a ``Decimal`` (how events carry non-integer numbers) as the same number."""
     if isinstance(value, Decimal):
-        if value == value.to_integral_value():
-            return int(value)
-        as_float = float(value)
-        return as_float if Decimal(repr(as_float)) == value else str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+        return str(value)  # finite: parse_line refuses NaN and Infinity; str() is valid JSON number text
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{_exact_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_exact_json(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=True)
 
 
 def _payload(event: Event) -> str | None:
+    """The event's ``attrs`` and unknown fields as ASCII JSON (None when it has neither)."""
     if event.attrs is None and event.extra is None:
         return None
     body: dict[str, Any] = {}
@@ -210,7 +212,10 @@ def _payload(event: Event) -> str | None:
         body["attrs"] = event.attrs
     if event.extra is not None:
         body["extra"] = event.extra
-    return json.dumps(body, ensure_ascii=True, separators=(",", ":"), default=_json_number)
+    try:
+        return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
+    except TypeError:
+        return _exact_json(body)
 
 
 _payload_decoder = json.JSONDecoder(parse_float=Decimal)
@@ -323,7 +328,8 @@ class SqlStore:
             "name": ruleset.name,
             "version": ruleset.version,
             "digest": ruleset.digest,
-            "definition": canonical_json(ruleset.definition),
+            # key order kept (not canonical_json's sorted keys): aggregates come back in file order
+            "definition": json.dumps(ruleset.definition, ensure_ascii=False, separators=(",", ":")),
             "created_at": self.clock(),
         }
         table = rulesets_table
@@ -370,7 +376,8 @@ class SqlStore:
         query = sa.select(table.c.name, table.c.version, table.c.digest, table.c.created_at)
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
-        return sorted(StoredRuleSet(r.name, r.version, r.digest, r.created_at) for r in rows)  # type: ignore[type-var]
+        found = [StoredRuleSet(r.name, r.version, r.digest, r.created_at) for r in rows]
+        return sorted(found, key=lambda r: (r.name, r.version))
 
     # ---- events ---------------------------------------------------------------------------------
 
