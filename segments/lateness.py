@@ -73,13 +73,17 @@ class Gate:
 
     def admit(self, event: Event) -> Verdict:
         """Judge one event (in arrival order) and advance the watermark when it is applied."""
-        if not self._dedup.first(event):
+        seen = self._dedup.seen
+        if event.event_id in seen:
+            self._dedup.duplicates += 1
             return Verdict.DUPLICATE
+        seen.add(event.event_id)
         met = self.max_event_time
-        if met is not None and event.event_time < met - self._ooo - self._lateness:
+        event_time = event.event_time
+        if met is None or event_time > met:
+            self.max_event_time = event_time
+        elif event_time < met - self._ooo - self._lateness:
             return Verdict.TOO_LATE
-        if met is None or event.event_time > met:
-            self.max_event_time = event.event_time
         return Verdict.APPLIED
 
 

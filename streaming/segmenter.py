@@ -130,26 +130,30 @@ class ShardSegmenter:
     # ---- the two inputs -------------------------------------------------------------------------
 
     def apply(self, event: Applied, emitted_at: int) -> list[Transition]:
-        """Apply one event (after ``advance`` to its watermark) and return the transitions it causes."""
-        out = self.advance(event.watermark, emitted_at)
-        if event.kind not in self._kinds:
+        """Apply one event (after ``advance`` to its watermark) and return the transitions it causes.
+
+        ``event`` may be an ``Applied`` or the plain tuple of its fields (as batches carry it).
+        """
+        user_id, event_time, kind, micros, merchant, _, event_watermark = event
+        out = self.advance(event_watermark, emitted_at) if event_watermark > self.watermark else []
+        if kind not in self._kinds:
             return out  # no aggregate reads this kind: it cannot change any set
-        user = self.users.get(event.user_id)
+        user = self.users.get(user_id)
         if user is None:
-            user = self.users[event.user_id] = UserWindow(self._evaluator.additive_count)
-        fact = Fact(event.event_time, event.kind, event.amount_micros, event.merchant)
-        index = user.insert(fact, self._evaluator.deltas(event.kind, event.amount_micros))
+            user = self.users[user_id] = UserWindow(self._evaluator.additive_count)
+        index = user.insert(Fact(event_time, kind, micros, merchant), self._evaluator.deltas(kind, micros))
         watermark = self.watermark
+        pending = self.pending
         for width in self._widths:
-            point = event.event_time + width
+            point = event_time + width
             if point > watermark:
-                heapq.heappush(self.pending, (point, event.user_id))
-        if index == len(user.times) - 1 and event.event_time > watermark:
+                heapq.heappush(pending, (point, user_id))
+        if index == len(user.times) - 1 and event_time > watermark:
             # In order and ahead of the watermark: the event's own instant is the only due one it changes.
-            self._settle(event.user_id, user, event.event_time, emitted_at, "event", out)
+            self._settle(user_id, user, event_time, emitted_at, "event", out)
         else:
             # Late (behind the user's later events or the watermark): re-settle everything after it.
-            self._settle_from(event.user_id, user, event.event_time, emitted_at, "correction", out)
+            self._settle_from(user_id, user, event_time, emitted_at, "correction", out)
         return out
 
     def advance(self, watermark: int, emitted_at: int) -> list[Transition]:
