@@ -110,8 +110,8 @@ class Spans:
 def settle(user: np.ndarray, effective_time: np.ndarray, revision: np.ndarray, mask: np.ndarray) -> Spans:
     """SPEC §4: per (user, effective time) the highest revision wins; each value lasts until the next.
 
-    Ties on revision keep the row that comes last in the input. The last span of a
-    user has ``until`` = int64 max.
+    Ties on revision keep the row that comes first in the input (as ``Timeline``
+    does). The last span of a user has ``until`` = int64 max.
     """
     n = len(user)
     if n == 0:
@@ -126,11 +126,11 @@ def settle(user: np.ndarray, effective_time: np.ndarray, revision: np.ndarray, m
         order = np.argsort(key)
         sorted_key = key[order]
         starts = np.flatnonzero(np.concatenate([[True], sorted_key[1:] != sorted_key[:-1]]))
-        # the winner of a group: highest revision, then the row that comes last in the input
-        best = np.maximum.reduceat(rev[order] * n + order, starts)
-        winners = best % n
+        # the winner of a group: highest revision, then the row that comes first in the input
+        best = np.maximum.reduceat(rev[order] * n + (n - 1 - order), starts)
+        winners = n - 1 - best % n
     else:
-        order = np.lexsort((np.arange(n), rev, effective_time, user64))
+        order = np.lexsort((-np.arange(n), rev, effective_time, user64))
         u, e = user64[order], effective_time[order]
         last = np.ones(n, dtype=np.bool_)
         last[:-1] = (u[1:] != u[:-1]) | (e[1:] != e[:-1])
@@ -216,14 +216,23 @@ class Alignment:
         return left, right
 
 
-def align(schedule: np.ndarray, left: Cells, right: Cells, users: int, dtype: np.dtype[Any]) -> Alignment:
+def align(
+    schedule: np.ndarray,
+    left: Cells,
+    right: Cells,
+    users: int,
+    dtype: np.dtype[Any],
+    dense_bytes: int = DENSE_BYTES,
+) -> Alignment:
     """Pair the cells of two sides over ``users`` user codes and the as-ofs of ``schedule``.
 
-    Raises ``DuplicateCell`` when a side has two rows for one (user, as-of).
+    Dense scatter when users x as-ofs fits in ``dense_bytes`` per side, else sort and
+    merge; both give the same pairs. Raises ``DuplicateCell`` when a side has two
+    rows for one (user, as-of).
     """
     n = len(schedule)
     cells = users * n
-    if cells * dtype.itemsize <= DENSE_BYTES:
+    if cells * dtype.itemsize <= dense_bytes:
         return _align_dense(schedule, left, right, cells, dtype)
     return _align_sorted(schedule, left, right, dtype)
 
