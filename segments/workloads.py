@@ -295,10 +295,7 @@ def _risk(p: WorkloadParams, rng: random.Random, counts: WorkloadCounts) -> list
                     t += 3_000 + int(rand() * 12_000)
             else:
                 for _ in range(1 + int(rng.expovariate(1 / 0.3))):
-                    if rand() < 0.8:
-                        shop = favourites[int(rand() * len(favourites))]
-                    else:
-                        shop = _pick(rng, _MERCHANT_TABLE)
+                    shop = favourites[int(rand() * len(favourites))] if rand() < 0.8 else _pick(rng, _MERCHANT_TABLE)
                     txn(t, user, _price_cents(rng, 22.0, 0.8), shop, device, home, False)
                     t += 60_000 + int(rand() * 600_000)
         if role < _FRAUD_SHARE:
