@@ -1,9 +1,135 @@
-"""Commands of this part; filled in by the issue that builds it."""
+"""``segshadow shadow run``: the main job (SPEC §6).
+
+``--workload clickstream|risk`` generates a seeded workload into the run
+directory; ``--events PATH`` takes a file. Replay mode by default; ``--live``
+runs the real-time path (see ``shadow.live``). With no server configured the run
+is self-contained: a SQLite file in the run directory and an embedded Valkey.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from segments.config import sqlite_url
+from segments.embedded import redis_endpoint
+from segments.errors import UsageError
+from segments.rules import load_ruleset
+from segments.workloads import WORKLOADS, write_workload
+from segshadow.cmd_stream import LatenessOpt, OooOpt, ShardsOpt, gate_params
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, console, duration, settings
+
+shadow_app = typer.Typer(help="Shadow runs: both segmenters on the same events, compared.", no_args_is_help=True)
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+_STAGES = {
+    "ingest": "dual-write ingest",
+    "legacy": "legacy as-of runs",
+    "stream": "Beam stream",
+    "compare": "comparison",
+}
+
+
+class _Bars:
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(_STAGES.get(stage, stage), total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[_Bars]:
+    progress = Progress(
+        TextColumn("{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        yield _Bars(progress)
+
+
+@shadow_app.command("run", context_settings=_PASS_THROUGH)
+def run(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="run directory for every output")],
+    workload: Annotated[str | None, typer.Option("--workload", help="generate: clickstream or risk")] = None,
+    events: Annotated[Path | None, typer.Option("--events", help="or replay this events file")] = None,
+    rules: Annotated[str | None, typer.Option("--rules", help="rule set (default: the workload's)")] = None,
+    users: Annotated[int, typer.Option("--users", help="generated users")] = 2_000,
+    minutes: Annotated[int, typer.Option("--minutes", help="generated minutes of traffic")] = 30,
+    seed: Annotated[int, typer.Option("--seed", help="workload seed")] = 1,
+    every: Annotated[str, typer.Option("--every", help="legacy as-of interval")] = "5m",
+    max_out_of_orderness: OooOpt = "5s",
+    allowed_lateness: LatenessOpt = "60s",
+    shards: ShardsOpt = 8,
+    noise: Annotated[bool, typer.Option("--noise", help="also run the stream on jittered arrivals")] = False,
+    live: Annotated[bool, typer.Option("--live", help="real-time path instead of replay")] = False,
+    rate: Annotated[int, typer.Option("--rate", help="live: events per second")] = 1_000,
+    duration_text: Annotated[str, typer.Option("--duration", help="live: how long to produce")] = "60s",
+    database_url: DatabaseOpt = None,
+    redis_url: RedisOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The main job: dual-write events to both sides, run legacy and stream, compare, and report."""
+    if (workload is None) == (events is None):
+        raise UsageError("give exactly one of --workload clickstream|risk or --events PATH")
+    if workload is not None and workload not in WORKLOADS:
+        raise UsageError(f"--workload must be one of {', '.join(WORKLOADS)}, not {workload!r}")
+    every_ms = duration(every)
+    if every_ms <= 0:
+        raise UsageError("--every must be positive")
+    params = gate_params(max_out_of_orderness, allowed_lateness)
+    ruleset = load_ruleset(rules or workload or "clickstream")
+    out.mkdir(parents=True, exist_ok=True)
+    where = settings(database_url or None, redis_url, data_dir)
+    explicit_db = database_url or (where.database_url if not where.database_url.startswith("sqlite") else None)
+    db = explicit_db or sqlite_url(out.resolve() / "segshadow.db")
+
+    if live:
+        from shadow.live import LivePlan, run_live
+
+        seconds = duration(duration_text) / 1000
+        live_plan = LivePlan(ruleset, out, workload or "clickstream", every_ms, params, shards, rate, seconds, seed)
+        with redis_endpoint(where.redis_url) as url:
+            live_report = run_live(live_plan, db, url, list(ctx.args))
+        typer.echo(live_report.parity.summary_line())
+        typer.echo(f"report: {out / 'report.html'}")
+        return
+
+    from shadow.run import ShadowPlan, run_shadow
+
+    if workload is not None:
+        input_path = out / "input.jsonl"
+        counts = write_workload(workload, input_path, users=users, minutes=minutes, seed=seed)
+        typer.echo(f"workload {workload}: {counts['lines']} lines, {counts['users']} users -> {input_path}", err=True)
+    else:
+        assert events is not None
+        input_path = events
+    plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args))
+    with redis_endpoint(where.redis_url) as url, _progress() as bars:
+        report = run_shadow(plan, input_path, db, url, bars)
+    ingest = report.counts["ingest"]
+    typer.echo(
+        f"ingest: {ingest['accepted']} events dual-written ({ingest['rejected']} rejected, "
+        f"{ingest['journaled']} journaled, {ingest['replayed']} replayed); "
+        f"legacy {report.counts['legacy']['as_ofs']} as-ofs; stream {report.counts['stream'].get('transitions', 0)} "
+        f"transitions"
+    )
+    typer.echo(report.parity.summary_line())
+    typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  summary: {out / 'summary.md'}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this part's commands to the top-level app."""
+    """Add ``segshadow shadow ...`` to the top-level app."""
+    app.add_typer(shadow_app, name="shadow")

@@ -18,6 +18,7 @@ from streaming.pipeline import (
     DEAD,
     METRICS_NAMESPACE,
     ReadAndAdmitFile,
+    ReadAndAdmitRedisLog,
     StreamConfig,
     rejection_json,
     transitions_from,
@@ -46,11 +47,20 @@ def _write_text(pcoll: Any, path: Path, label: str) -> None:
 
 def _counters(result: Any) -> dict[str, int]:
     query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = dict.fromkeys(("lines", "applied", "duplicates", "too_late", "rejected", "transitions"), 0)
     for counter in query["counters"]:
         value = counter.committed if counter.committed is not None else counter.attempted
         counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + int(value or 0)
     return counts
+
+
+@dataclass(frozen=True)
+class RedisLog:
+    """Replay from a Redis Stream (the dual-write log) instead of the file; the file stays the provenance."""
+
+    redis_url: str
+    stream_key: str
+    field: str
 
 
 def run_replay(
@@ -60,10 +70,13 @@ def run_replay(
     redis_url: str | None = None,
     database_url: str | None = None,
     beam_args: Sequence[str] = (),
+    source: RedisLog | None = None,
 ) -> ReplayResult:
     """Run the stream over a recorded file; write transitions to ``out_path`` and dead letters beside it.
 
-    The sidecar ``out_path.meta.json`` is written last, after the pipeline has
+    With ``source``, the events are read from that Redis Stream (what dual-write
+    wrote) and ``events_path`` is the same log as a file, for provenance. The
+    sidecar ``out_path.meta.json`` is written last, after the pipeline has
     finished, so an interrupted run never looks complete. Raises ``InputError``
     when the events file cannot be read.
     """
@@ -78,10 +91,15 @@ def run_replay(
     options = pipeline_options(beam_args, REPLAY_RUNNER)
     started = wall_clock_ms()
     pipeline = beam.Pipeline(options=options)
+    reader: beam.DoFn = (
+        ReadAndAdmitFile(config)
+        if source is None
+        else ReadAndAdmitRedisLog(config, source.redis_url, source.stream_key, source.field)
+    )
     admitted = (
         pipeline
         | "Source" >> beam.Create([str(events)])
-        | "ReadAndAdmit" >> beam.ParDo(ReadAndAdmitFile(config)).with_outputs(DEAD, main="batches")
+        | "ReadAndAdmit" >> beam.ParDo(reader).with_outputs(DEAD, main="batches")
     )
     transitions = transitions_from(admitted.batches, config)
     _write_text(transitions | "TransitionsJSON" >> beam.Map(transitions_json), out, "WriteTransitions")
@@ -102,6 +120,7 @@ def run_replay(
                 "digest": config.ruleset.digest,
             },
             "events_path": str(events),
+            "source": "file" if source is None else f"redis-stream:{source.stream_key}",
             "events_sha256": file_sha256(events),
             "max_out_of_orderness_ms": config.params.max_out_of_orderness_ms,
             "allowed_lateness_ms": config.params.allowed_lateness_ms,
