@@ -18,8 +18,10 @@ The gates, in the order they are reported:
   at or above the threshold fails; a Wilson 95% upper bound below it passes; in
   between (the rate is fine but the data cannot yet show it) is inconclusive.
 - ``stream_freshness``: the stream's p99 freshness is at most the bound.
-- ``dead_letter``: the stream's dead-letter rate ``(rejected + too_late) / events`` is
-  at most legacy's ``rejected / events`` plus the tolerance (exact arithmetic).
+- ``dead_letter``: the share of what a side received that it dead-lettered: the stream's
+  ``(rejected + too_late) / (rejected + too_late + events)`` is at most legacy's
+  ``rejected / (rejected + events)`` plus the tolerance (``events``: events the side
+  applied; exact arithmetic).
 - ``false_positive_rate`` (risk evidence only): for every tier, the stream's rate is at
   most legacy's plus the tolerance.
 - ``min_time_in_stage``: the rollout has been at its current position that long;
@@ -34,6 +36,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
+from compare.stats import wilson_interval
 from rollout.plan import Gates, Plan
 from segments.durations import format_duration_ms
 from segments.timeutil import TimestampError, parse_rfc3339_ms
@@ -44,7 +47,6 @@ FAIL: Status = "fail"
 INCONCLUSIVE: Status = "inconclusive"
 EXIT_CODES: Mapping[Status, int] = {PASS: 0, FAIL: 1, INCONCLUSIVE: 3}
 CLOCK_SKEW_MS = 60_000
-Z95 = 1.959963984540054
 Number = int | float
 
 
@@ -68,18 +70,6 @@ def verdict(results: Iterable[GateResult]) -> Status:
     if FAIL in statuses:
         return FAIL
     return INCONCLUSIVE if INCONCLUSIVE in statuses else PASS
-
-
-def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of ``successes / trials``; ``(0, 1)`` when there are no trials."""
-    if trials <= 0:
-        return 0.0, 1.0
-    p = successes / trials
-    z2 = z * z
-    centre = p + z2 / (2 * trials)
-    spread = z * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
-    scale = 1 + z2 / trials
-    return max(0.0, (centre - spread) / scale), min(1.0, (centre + spread) / scale)
 
 
 # ---- reading the evidence tolerantly -------------------------------------------------------------
@@ -206,26 +196,25 @@ def freshness_gate(evidence: Mapping[str, Any], bound_ms: int) -> GateResult:
 
 
 def dead_letter_gate(evidence: Mapping[str, Any], tolerance: float) -> GateResult:
-    legacy_dead = _count(evidence, "dead_letter", "legacy", "rejected")
-    legacy_events = _count(evidence, "dead_letter", "legacy", "events")
-    stream_rejected = _count(evidence, "dead_letter", "stream", "rejected")
-    stream_late = _count(evidence, "dead_letter", "stream", "too_late")
-    stream_events = _count(evidence, "dead_letter", "stream", "events")
-    if None in (legacy_dead, legacy_events, stream_rejected, stream_late, stream_events):
+    legacy = [_count(evidence, "dead_letter", "legacy", k) for k in ("rejected", "events")]
+    stream = [_count(evidence, "dead_letter", "stream", k) for k in ("rejected", "too_late", "events")]
+    if None in legacy or None in stream:
         return _missing("dead_letter", "dead_letter counts for both sides", tolerance)
-    assert legacy_dead is not None and legacy_events is not None
-    assert stream_rejected is not None and stream_late is not None and stream_events is not None
-    if legacy_events == 0 or stream_events == 0:
+    legacy_dead, legacy_applied = (int(n or 0) for n in legacy)
+    stream_rejected, stream_late, stream_applied = (int(n or 0) for n in stream)
+    stream_dead = stream_rejected + stream_late
+    if legacy_dead + legacy_applied == 0 or stream_dead + stream_applied == 0:
         return GateResult("dead_letter", INCONCLUSIVE, None, tolerance, "a side received no events")
-    legacy_rate = Fraction(legacy_dead, legacy_events)
-    stream_rate = Fraction(stream_rejected + stream_late, stream_events)
+    legacy_rate = Fraction(legacy_dead, legacy_dead + legacy_applied)
+    stream_rate = Fraction(stream_dead, stream_dead + stream_applied)
     excess = stream_rate - legacy_rate
-    numbers = f"stream {float(stream_rate):.6g} vs legacy {float(legacy_rate):.6g}"
-    if excess <= Fraction(str(tolerance)):
-        return GateResult("dead_letter", PASS, float(excess), tolerance, f"{numbers} (within +{tolerance:g})")
-    return GateResult(
-        "dead_letter", FAIL, float(excess), tolerance, f"{numbers}: over legacy by more than {tolerance:g}"
+    numbers = (
+        f"stream {stream_dead} of {stream_dead + stream_applied} ({float(stream_rate):.4%}) "
+        f"vs legacy {legacy_dead} of {legacy_dead + legacy_applied} ({float(legacy_rate):.4%})"
     )
+    if excess <= Fraction(str(tolerance)):
+        return GateResult("dead_letter", PASS, float(excess), tolerance, f"{numbers}, within +{tolerance:g}")
+    return GateResult("dead_letter", FAIL, float(excess), tolerance, f"{numbers}: more than +{tolerance:g}")
 
 
 def false_positive_gate(evidence: Mapping[str, Any], tolerance: float) -> GateResult | None:

@@ -10,7 +10,7 @@ files and the store; a counter records each answer of the router. Rollout tools
 - ``segshadow_unexplained_mismatch_rate``, ``segshadow_unexplained_mismatch_rate_wilson95_upper``
 - ``segshadow_freshness_milliseconds{side, quantile}`` (0.5, 0.95, 0.99, 1 = max),
   ``segshadow_freshness_samples{side}``
-- ``segshadow_dead_letter_events{side, reason}``, ``segshadow_received_events{side}``
+- ``segshadow_dead_letter_events{side, reason}``, ``segshadow_applied_events{side}``
 - ``segshadow_evidence_age_seconds``, ``segshadow_evidence_info{ruleset, version, verdict}``
 - ``segshadow_rollout_stage{stage}`` (1 for the current stage), ``segshadow_rollout_percent``,
   ``segshadow_rollout_version``
@@ -28,8 +28,9 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from compare.stats import wilson_interval
 from rollout.evidence import EvidenceFile
-from rollout.gates import PASS, evaluate, wilson_interval
+from rollout.gates import PASS, evaluate
 from rollout.plan import Plan
 from rollout.router import Served, StageCache
 from rollout.stages import ORDER
@@ -116,7 +117,7 @@ class RolloutCollector(Collector):
                     family.add_metric([str(cause)], value)
             yield family
         unexplained = _num(data, "by_cause", "unexplained")
-        if pairs and unexplained is not None:
+        if pairs and unexplained is not None and unexplained <= pairs:
             yield GaugeMetricFamily(
                 "segshadow_unexplained_mismatch_rate",
                 "unexplained mismatches / pairs",
@@ -155,7 +156,7 @@ class RolloutCollector(Collector):
         letters = GaugeMetricFamily(
             "segshadow_dead_letter_events", "dead-lettered events", labels=["side", "reason"]
         )
-        received = GaugeMetricFamily("segshadow_received_events", "events a side received", labels=["side"])
+        applied = GaugeMetricFamily("segshadow_applied_events", "events a side applied", labels=["side"])
         for side, reasons in (("legacy", ("rejected",)), ("stream", ("rejected", "too_late"))):
             for reason in reasons:
                 value = _num(dead, side, reason)
@@ -163,9 +164,9 @@ class RolloutCollector(Collector):
                     letters.add_metric([side, reason], value)
             events = _num(dead, side, "events")
             if events is not None:
-                received.add_metric([side], events)
+                applied.add_metric([side], events)
         yield letters
-        yield received
+        yield applied
 
     def _provenance(self, data: Mapping[str, Any], now: int) -> Iterator[Metric]:
         generated = data.get("generated_at")

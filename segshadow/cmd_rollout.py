@@ -406,4 +406,4 @@ def register(app: typer.Typer) -> None:
                 f"segshadow: serving on http://{host}:{port}/ (dashboard /dashboard, metrics /metrics)",
                 file=sys.stderr,
             )
-            uvicorn.run(site, host=host, port=port, log_level="warning")
+            uvicorn.run(site, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -15,13 +15,14 @@ MINUTE = 60_000
 
 def good_evidence(generated_ms: int, **overrides: Any) -> dict[str, Any]:
     """A parity.json that passes every gate of the shipped clickstream plan at ``generated_ms``."""
+    misses = (14, 9, 17, 8, 11, 6, 9, 5, 6, 4, 5, 3)
     rounds = [
         {
             "as_of": format_ms(generated_ms - (12 - i) * 5 * MINUTE),
             "pairs": 1800 + 20 * i,
-            "agree": 1790 + 20 * i,
+            "agree": 1800 + 20 * i - m,
         }
-        for i in range(12)
+        for i, m in enumerate(misses)
     ]
     data: dict[str, Any] = {
         "pairs": 20_000,
@@ -65,7 +66,7 @@ def good_evidence(generated_ms: int, **overrides: Any) -> dict[str, Any]:
             "legacy": {"rejected": 12, "events": 50_000},
             "stream": {"rejected": 12, "too_late": 30, "events": 50_000},
         },
-        "verdict": "pass",
+        "verdict": "explained_differences",
     }
     data.update(overrides)
     return data
@@ -78,7 +79,7 @@ def bad_evidence(generated_ms: int) -> dict[str, Any]:
         agree=19_500,
         mismatch=500,
         by_cause={"late_arrival": 40, "dropped_too_late": 8, "mixed": 2, "unexplained": 450},
-        verdict="fail",
+        verdict="defects",
     )
 
 

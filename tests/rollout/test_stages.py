@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -133,3 +134,17 @@ def test_a_canary_takes_about_its_share_of_users() -> None:
     for percent in (1, 5, 25, 50):
         share = sum(cohort(u) < percent for u in users) / len(users) * 100
         assert abs(share - percent) < 1.5, (percent, share)
+
+
+def test_the_documented_stage_table_is_the_code() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "rollout" / "README.md").read_text(encoding="utf-8")
+    rows = {}
+    for line in readme.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("`") and cells[0].strip("`") in {s.value for s in ORDER}:
+            rows[Stage(cells[0].strip("`"))] = cells[1:]
+    assert set(rows) == set(ORDER)
+    for stage, (ingest, computes, compared, serves, fallback) in rows.items():
+        m = MEANINGS[stage]
+        assert (ingest, computes, serves) == (m.ingest, m.computes, m.serves), stage
+        assert (compared, fallback) == ("yes" if m.compared else "no", "yes" if m.fallback else "no"), stage

@@ -1,0 +1,219 @@
+"""The rollout dashboard's content: pure functions from evidence, stage and decisions to display values.
+
+Charts are drawn as SVG from numbers computed here (no script, no inline style), so
+the page works under a strict Content-Security-Policy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rollout.gates import GateResult
+from rollout.router import StageView
+from rollout.stages import ORDER, Position
+from rollout.store import Decision
+from segments.timeutil import TimestampError, format_ms, parse_rfc3339_ms
+
+CAUSES = ("late_arrival", "dropped_too_late", "mixed", "unexplained")
+CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 220, 48, 16, 14, 30
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A line chart in a ``CHART_W`` x ``CHART_H`` SVG: polyline points, an area path, and labelled ticks."""
+
+    line: str
+    area: str
+    dots: tuple[tuple[float, float, str], ...]
+    y_ticks: tuple[tuple[float, str], ...]
+    x_ticks: tuple[tuple[float, str], ...]
+
+
+def human_ms(ms: float | None) -> str:
+    """A latency for people: ``0.8 ms``, ``12 ms``, ``4.2 s``, ``5 min 3 s``; ``—`` when absent."""
+    if ms is None:
+        return "—"
+    if ms < 10:
+        return f"{ms:.1f} ms"
+    if ms < 1000:
+        return f"{ms:.0f} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f} s"
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+
+
+def _num(node: Any, *path: str) -> float | None:
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+
+
+def agreement_chart(series: Any) -> Chart | None:
+    """Agreement (agree / pairs) per as-of round; None without at least one round with pairs."""
+    points: list[tuple[str, float]] = []
+    if isinstance(series, Sequence):
+        for item in series:
+            pairs, agree = _num(item, "pairs"), _num(item, "agree")
+            if pairs and agree is not None and isinstance(item.get("as_of"), str):
+                points.append((item["as_of"], agree / pairs))
+    if not points:
+        return None
+    low = min(ratio for _, ratio in points)
+    floor = max(0.0, min(0.99, math.floor((low - 0.002) * 100) / 100))  # a whole percent below the lowest
+    span_x = CHART_W - PAD_L - PAD_R
+    span_y = CHART_H - PAD_T - PAD_B
+
+    def x(i: int) -> float:
+        return PAD_L + (span_x * i / (len(points) - 1) if len(points) > 1 else span_x / 2)
+
+    def y(ratio: float) -> float:
+        return PAD_T + span_y * (1 - (ratio - floor) / (1 - floor))
+
+    coords = [(round(x(i), 1), round(y(r), 1)) for i, (_, r) in enumerate(points)]
+    line = " ".join(f"{a},{b}" for a, b in coords)
+    base = PAD_T + span_y
+    area = (
+        f"M{coords[0][0]},{base} " + " ".join(f"L{a},{b}" for a, b in coords) + f" L{coords[-1][0]},{base} Z"
+    )
+    dots = tuple((a, b, f"{points[i][0]}: {points[i][1]:.2%}") for i, (a, b) in enumerate(coords))
+    steps = 4
+    y_ticks = tuple(
+        (round(y(floor + (1 - floor) * k / steps), 1), _percent(floor + (1 - floor) * k / steps))
+        for k in range(steps + 1)
+    )
+    picks = sorted({0, len(points) // 2, len(points) - 1})
+    x_ticks = tuple((coords[i][0], _short_time(points[i][0])) for i in picks)
+    return Chart(line, area, dots, y_ticks, x_ticks)
+
+
+def _percent(ratio: float) -> str:
+    return f"{ratio * 100:.2f}".rstrip("0").rstrip(".") + "%"
+
+
+def _short_time(text: str) -> str:
+    try:
+        return format_ms(parse_rfc3339_ms(text))[11:16]
+    except TimestampError:
+        return text[:16]
+
+
+def cause_bars(by_cause: Any) -> list[dict[str, Any]]:
+    """One bar per cause (SPEC §5), widths relative to the largest count."""
+    counts = {c: int(_num(by_cause, c) or 0) for c in CAUSES}
+    top = max(counts.values()) or 1
+    return [
+        {"cause": c, "label": c.replace("_", " "), "count": n, "width": round(360 * n / top, 1)}
+        for c, n in counts.items()
+    ]
+
+
+def freshness_rows(latency: Any) -> list[dict[str, Any]]:
+    rows = []
+    for side in ("legacy", "stream"):
+        rows.append(
+            {
+                "side": side,
+                **{k: human_ms(_num(latency, side, f"{k}_ms")) for k in ("p50", "p95", "p99", "max")},
+                "count": int(_num(latency, side, "count") or 0),
+            }
+        )
+    return rows
+
+
+def stage_steps(position: Position | None) -> list[dict[str, str]]:
+    """The seven stages with ``done``, ``current`` or ``todo``; the current canary shows its percentage."""
+    steps = []
+    for stage in ORDER:
+        if position is None:
+            state = "todo"
+        elif stage is position.stage:
+            state = "current"
+        else:
+            state = "done" if ORDER.index(stage) < ORDER.index(position.stage) else "todo"
+        label = (
+            str(position) if position is not None and state == "current" else stage.value.replace("_", " ")
+        )
+        steps.append({"stage": stage.value, "label": label, "state": state})
+    return steps
+
+
+def dashboard(
+    evidence: Mapping[str, Any] | None,
+    evidence_note: str | None,
+    view: StageView,
+    history: Sequence[Decision],
+    gates: Sequence[GateResult] | None,
+    now_ms: int,
+) -> dict[str, Any]:
+    """Everything the dashboard template shows."""
+    data = evidence or {}
+    pairs, agree = _num(data, "pairs"), _num(data, "agree")
+    unexplained = _num(data, "by_cause", "unexplained")
+    wilson = data.get("unexplained_rate_wilson95")
+    generated = data.get("generated_at")
+    age = None
+    if isinstance(generated, str):
+        try:
+            age = human_ms(max(0, now_ms - parse_rfc3339_ms(generated)))
+        except TimestampError:
+            age = None
+    ruleset = data.get("ruleset") if isinstance(data.get("ruleset"), Mapping) else {}
+    dead = data.get("dead_letter") if isinstance(data.get("dead_letter"), Mapping) else {}
+    return {
+        "has_evidence": evidence is not None,
+        "evidence_note": evidence_note,
+        "position": str(view.position) if view.position is not None else "unknown",
+        "stage_source": view.source,
+        "stage_trouble": view.trouble,
+        "version": view.version,
+        "steps": stage_steps(view.position),
+        "pairs": int(pairs) if pairs is not None else None,
+        "agreement": f"{agree / pairs:.2%}" if pairs and agree is not None else "—",
+        "unexplained": int(unexplained) if unexplained is not None else None,
+        "unexplained_rate": f"{unexplained / pairs:.3%}" if pairs and unexplained is not None else "—",
+        "wilson_upper": f"{wilson[1]:.3%}"
+        if isinstance(wilson, Sequence) and len(wilson) == 2 and isinstance(wilson[1], int | float)
+        else "—",
+        "verdict": str(data.get("verdict", "—")),
+        "ruleset": f"{ruleset.get('name')}@v{ruleset.get('version')}" if ruleset else "—",
+        "generated_at": generated if isinstance(generated, str) else "—",
+        "age": age or "—",
+        "rounds": data.get("as_of_rounds", "—"),
+        "chart": agreement_chart(data.get("agreement_over_time")),
+        "causes": cause_bars(data.get("by_cause")),
+        "freshness": freshness_rows(data.get("latency")),
+        "dead_letters": [
+            {
+                "side": "legacy",
+                "rejected": _num(dead, "legacy", "rejected"),
+                "too_late": None,
+                "events": _num(dead, "legacy", "events"),
+            },
+            {
+                "side": "stream",
+                "rejected": _num(dead, "stream", "rejected"),
+                "too_late": _num(dead, "stream", "too_late"),
+                "events": _num(dead, "stream", "events"),
+            },
+        ],
+        "gates": list(gates) if gates is not None else None,
+        "history": [
+            {
+                "id": d.id,
+                "at": format_ms(d.at_ms)[:19].replace("T", " "),
+                "actor": d.actor,
+                "move": f"{d.source} → {d.target}",
+                "action": d.action,
+                "forced": d.forced,
+                "verdict": d.verdict or "",
+                "reason": d.reason or "",
+            }
+            for d in reversed(history)
+        ],
+    }
