@@ -13,6 +13,12 @@ slows the primary beyond one ``queue.put_nowait``:
   writes resume. ``close`` waits for the queue and, if the shadow is back,
   drains the journal.
 
+A timed-out write is ambiguous: the server may still apply commands that were
+already on the wire (a frozen server does, once it resumes). So every entry gets
+its log id when the primary accepts it (``{arrival ms}-{sequence}``, strictly
+increasing), the journal keeps the ids, and the shadow skips an id it already
+holds: replaying what partly got through adds nothing twice and keeps the order.
+
 Counters: ``written`` (primary rows), ``shadowed`` (reached the shadow
 directly), ``journaled``, ``replayed``, ``rejected`` (lines that failed
 validation at ingest; they go to the ingest dead letters and to neither side).
@@ -40,10 +46,17 @@ class Primary(Protocol):
     def write(self, events: Sequence[Event]) -> int: ...
 
 
-class Shadow(Protocol):
-    """The side written in the background (stream: the Redis Stream); raises on failure."""
+Entry = tuple[str, str]
+"""(log id, raw JSON line)."""
 
-    def write(self, lines: Sequence[str]) -> None: ...
+
+class Shadow(Protocol):
+    """The side written in the background (stream: the Redis Stream); raises on failure.
+
+    ``write`` must skip entries whose id it already holds (and only those).
+    """
+
+    def write(self, entries: Sequence[Entry]) -> None: ...
 
     def healthy(self) -> bool: ...
 
@@ -75,7 +88,9 @@ class DualWriter:
         queue_batches: int = 64,
         retry_every_s: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        after_id: str | None = None,
     ) -> None:
+        """``after_id``: the shadow log's last id, when it already holds entries; new ids follow it."""
         self.primary = primary
         self.shadow = shadow
         self.journal = journal
@@ -84,6 +99,7 @@ class DualWriter:
         self._retry_every_s = retry_every_s
         self._sleep = sleep
         self._lock = threading.Lock()  # guards the journal and the counters the worker touches
+        self._last_ms, self._seq = (int(part) for part in after_id.split("-")) if after_id else (0, 0)
         self._worker = threading.Thread(target=self._run, name="segshadow-shadow-writer", daemon=True)
         self._worker.start()
 
@@ -97,23 +113,29 @@ class DualWriter:
         written = self.primary.write(events)
         self.counts.written += written
         if lines:
+            entries = [(self._next_id(event.arrival_time), line) for event, line in zip(events, lines, strict=True)]
             try:
-                self._queue.put_nowait(list(lines))
+                self._queue.put_nowait(entries)
             except queue.Full:
-                self._to_journal(list(lines), "shadow queue full")
+                self._to_journal(entries, "shadow queue full")
         return written
+
+    def _next_id(self, arrival_ms: int) -> str:
+        self._last_ms = max(self._last_ms, arrival_ms)
+        self._seq += 1
+        return f"{self._last_ms}-{self._seq}"
 
     def reject(self, count: int = 1) -> None:
         self.counts.rejected += count
 
     # ---- the shadow path (background thread) ----------------------------------------------------
 
-    def _to_journal(self, lines: list[str], why: str) -> None:
+    def _to_journal(self, entries: list[Entry], why: str) -> None:
         with self._lock:
             if self.journal.pending == 0:
                 log.warning("shadow write diverted to the journal: %s", why)
-            self.journal.append(lines)
-            self.counts.journaled += len(lines)
+            self.journal.append([f"{entry_id} {line}" for entry_id, line in entries])
+            self.counts.journaled += len(entries)
 
     def _run(self) -> None:
         while True:
@@ -121,16 +143,16 @@ class DualWriter:
             try:
                 if item is _STOP:
                     return
-                lines: list[str] = item  # type: ignore[assignment]
+                entries: list[Entry] = item  # type: ignore[assignment]
                 if self.journal.pending and not self._replay():
-                    self._to_journal(lines, "journal not yet replayed")
+                    self._to_journal(entries, "journal not yet replayed")
                     continue
                 try:
-                    self.shadow.write(lines)
-                    self.counts.shadowed += len(lines)
+                    self.shadow.write(entries)
+                    self.counts.shadowed += len(entries)
                 except Exception as exc:  # a shadow failure must never reach the primary path
                     self.counts.shadow_failures += 1
-                    self._to_journal(lines, f"{type(exc).__name__}: {exc}")
+                    self._to_journal(entries, f"{type(exc).__name__}: {exc}")
             finally:
                 self._queue.task_done()
 
@@ -142,8 +164,9 @@ class DualWriter:
             try:
                 replayed = 0
                 for chunk in self.journal.drain():
-                    self.shadow.write(chunk)
-                    replayed += len(chunk)
+                    entries = [tuple(line.split(" ", 1)) for line in chunk]
+                    self.shadow.write(entries)  # type: ignore[arg-type]
+                    replayed += len(entries)
             except Exception as exc:
                 self.counts.shadow_failures += 1
                 log.warning("journal replay failed, will retry: %s", exc)

@@ -22,9 +22,10 @@ class SqlEventsPrimary:
 
 
 class RedisStreamShadow:
-    """The stream's input: one ``XADD`` per event (pipelined), the raw JSON line in field ``e``.
+    """The stream's input: one ``XADD`` per event (pipelined) with the id dual-write gave it, line in field ``e``.
 
-    No client-side retry: a failure is the dual-writer's signal to journal.
+    No client-side retry: a failure is the dual-writer's signal to journal. An id
+    the stream already holds (a write that got through before a timeout) is skipped.
     """
 
     def __init__(self, url: str, stream_key: str = EVENTS_STREAM, timeout_s: float = 1.0) -> None:
@@ -32,17 +33,29 @@ class RedisStreamShadow:
         self.stream_key = stream_key
         self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
 
-    def write(self, lines: Sequence[str]) -> None:
+    def write(self, entries: Sequence[tuple[str, str]]) -> None:
         pipe = self.client.pipeline(transaction=False)
-        for line in lines:
-            pipe.xadd(self.stream_key, {FIELD: line})
-        pipe.execute()
+        for entry_id, line in entries:
+            pipe.xadd(self.stream_key, {FIELD: line}, id=entry_id)
+        for result in pipe.execute(raise_on_error=False):
+            if isinstance(result, redis.ResponseError) and "equal or smaller" in str(result):
+                continue  # already in the log: it got through before an earlier timeout
+            if isinstance(result, Exception):
+                raise result
 
     def healthy(self) -> bool:
         try:
             return bool(self.client.ping())
         except (redis.RedisError, OSError):
             return False
+
+    def last_id(self) -> str | None:
+        """The log's last id (``ms-seq``), or None for an empty or missing log."""
+        if not self.client.exists(self.stream_key):
+            return None
+        last = self.client.xinfo_stream(self.stream_key)["last-generated-id"]
+        text = last.decode() if isinstance(last, bytes) else str(last)
+        return None if text == "0-0" else text
 
     def length(self) -> int:
         return int(self.client.xlen(self.stream_key))
