@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Annotated
@@ -392,6 +393,9 @@ def register(app: typer.Typer) -> None:
         conf = settings(database_url, redis_url, data_dir)
         the_plan = load_plan(plan) if plan else None
         stale_ms = duration(stream_stale_after)
+        # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through Python instead lets the
+        # context managers below stop an embedded Valkey rather than leave it running.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         with _store(conf) as store, redis_endpoint(conf.redis_url) as url:
             client = serving_client(url)
             stages = StageCache(store, client)

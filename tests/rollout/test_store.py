@@ -197,3 +197,37 @@ def test_a_database_that_goes_away_after_opening_is_reported_not_half_applied(tm
         step(store, Position.at("shadow"))
     assert store.state().position == Position.at("dual_write")
     store.close()
+
+
+def test_the_cockroachdb_dialect_and_its_transaction_retry_path(database_url: str) -> None:
+    """CockroachDB has no server here: its dialect (and ``run_transaction``'s retry loop) runs on PostgreSQL."""
+    if not database_url.startswith("postgresql://"):
+        pytest.skip("the cockroachdb:// dialect speaks the PostgreSQL protocol; this run has SQLite only")
+    url = "cockroachdb://" + database_url.split("://", 1)[1]
+    stores = [RolloutStore.open(url) for _ in range(3)]
+    try:
+        assert stores[0].engine.dialect.name == "cockroachdb"
+        step(stores[0], Position.at("dual_write"))
+        base = stores[0].state()
+        barrier = threading.Barrier(len(stores))
+        outcomes: list[object] = []
+
+        def operator(store: RolloutStore) -> None:
+            draft = Draft("op", "advance", base.position, Position.at("shadow"))
+            barrier.wait()
+            try:
+                outcomes.append(store.record(base.version, draft))
+            except ConflictError as exc:
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=operator, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sum(isinstance(o, Decision) for o in outcomes) == 1
+        assert sum(isinstance(o, ConflictError) for o in outcomes) == len(stores) - 1
+        assert replay(stores[1].history()) == stores[2].state()
+    finally:
+        for s in stores:
+            s.close()
