@@ -200,7 +200,7 @@ def test_a_database_that_goes_away_after_opening_is_reported_not_half_applied(tm
 
 
 def test_the_cockroachdb_dialect_and_its_transaction_retry_path(database_url: str) -> None:
-    """CockroachDB has no server here: its dialect (and ``run_transaction``'s retry loop) runs on PostgreSQL."""
+    """CockroachDB has no server here: its dialect and run_transaction's retry path run on PostgreSQL."""
     if not database_url.startswith("postgresql://"):
         pytest.skip("the cockroachdb:// dialect speaks the PostgreSQL protocol; this run has SQLite only")
     url = "cockroachdb://" + database_url.split("://", 1)[1]
