@@ -140,14 +140,13 @@ class LegacyReport:
 
 def load_events(store: SqlStore, events: Sequence[Event], on_progress: ProgressHook | None = None) -> int:
     """Replace the events table's content with ``events`` (arrival order); returns how many were stored."""
-    store.clear_events()
-    stored = 0
     total = len(events)
-    for start in range(0, total, EVENT_BATCH):
-        stored += store.insert_events(events[start : start + EVENT_BATCH])
+
+    def loaded(done: int) -> None:
         if on_progress is not None:
-            on_progress("load", min(start + EVENT_BATCH, total), total)
-    return stored
+            on_progress("load", done, total)
+
+    return store.replace_events(events, EVENT_BATCH, loaded)
 
 
 def run_as_of(

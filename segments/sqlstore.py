@@ -47,7 +47,7 @@ PostgreSQL in ways handled here:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
@@ -58,7 +58,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from segments.db import backend, make_engine, run_transaction
 from segments.errors import RuleSetError, UsageError
-from segments.events import Event, Rejection
+from segments.events import Event, Rejection, dumps_exact
 from segments.outputs import Assignment, Transition
 from segments.rules import RuleSet, compile_ruleset
 from segments.timeutil import Clock, wall_clock_ms
@@ -192,19 +192,8 @@ def _segments_from(text: str) -> tuple[str, ...]:
     return tuple(json.loads(text))
 
 
-def _exact_json(value: Any) -> str:
-    """JSON text that keeps a ``Decimal`` (how events carry non-integer numbers) as the same number."""
-    if isinstance(value, Decimal):
-        return str(value)  # finite: parse_line refuses NaN and Infinity; str() is valid JSON number text
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{_exact_json(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(_exact_json(v) for v in value) + "]"
-    return json.dumps(value, ensure_ascii=True)
-
-
 def _payload(event: Event) -> str | None:
-    """The event's ``attrs`` and unknown fields as ASCII JSON (None when it has neither)."""
+    """The event's ``attrs`` and unknown fields as exact JSON (None when it has neither)."""
     if event.attrs is None and event.extra is None:
         return None
     body: dict[str, Any] = {}
@@ -212,10 +201,7 @@ def _payload(event: Event) -> str | None:
         body["attrs"] = event.attrs
     if event.extra is not None:
         body["extra"] = event.extra
-    try:
-        return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
-    except TypeError:
-        return _exact_json(body)
+    return dumps_exact(body)
 
 
 _payload_decoder = json.JSONDecoder(parse_float=Decimal)
@@ -386,14 +372,96 @@ class SqlStore:
 
         Pass events in arrival order: an ``event_id`` already stored (or earlier in the
         same call) is ignored, so the first arrival wins whatever the later payload.
+        The bulk path differs per backend (see ``_load_rows``); the result does not.
         """
         if batch < 1:
             raise UsageError("batch must be positive")
         inserted = 0
         for chunk in _chunks(events, batch):
-            rows = [_event_row(e) for e in chunk]
-            inserted += self._insert_batch(events_table, rows, "event_id")
+            rows: dict[str, tuple[Any, ...]] = {}
+            for event in chunk:
+                row = _event_row(event)
+                rows.setdefault(row[0], row)  # first arrival within the batch
+            values = list(rows.values())
+
+            def work(conn: Connection, values: list[tuple[Any, ...]] = values) -> int:
+                return self._load_rows(conn, values)
+
+            inserted += run_transaction(self.engine, work)
         return inserted
+
+    def replace_events(
+        self,
+        events: Sequence[Event],
+        batch: int = EVENT_BATCH,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> int:
+        """Make ``events`` (in arrival order) the whole content of the events table; returns how many
+        were stored (the first arrival of each id). ``on_batch(done)`` follows the progress.
+
+        The bulk path of a job that owns the table (the legacy run): the table is emptied,
+        ids are deduplicated here, and on PostgreSQL the rows are copied straight into the
+        table (about twice as fast as ``insert_events``). A concurrent writer of the same ids
+        makes it fail with an integrity error rather than be silently overwritten.
+        """
+        if batch < 1:
+            raise UsageError("batch must be positive")
+        self.clear_events()
+        if self.backend != "postgresql":
+            stored = 0
+            for start in range(0, len(events), batch):
+                stored += self.insert_events(events[start : start + batch], batch)
+                if on_batch is not None:
+                    on_batch(min(start + batch, len(events)))
+            return stored
+        seen: set[str] = set()
+        columns = ", ".join(EVENT_COLUMNS)
+        for start in range(0, len(events), batch):
+            rows = []
+            for event in events[start : start + batch]:
+                if event.event_id not in seen:
+                    seen.add(event.event_id)
+                    rows.append(_event_row(event))
+
+            def work(conn: Connection, rows: list[tuple[Any, ...]] = rows) -> None:
+                cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                with cursor.copy(f"COPY {events_table.name} ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+
+            run_transaction(self.engine, work)
+            if on_batch is not None:
+                on_batch(min(start + batch, len(events)))
+        return len(seen)
+
+    def _load_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+        """Insert event rows (``EVENT_COLUMNS`` order, ids unique among them) unless their id is stored.
+
+        SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING run by the driver's
+        executemany. PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT
+        ... ON CONFLICT DO NOTHING (COPY itself cannot skip conflicts). CockroachDB (temporary
+        tables are experimental there): multi-row INSERT ... ON CONFLICT DO NOTHING statements.
+        """
+        table = events_table.name
+        columns = ", ".join(EVENT_COLUMNS)
+        if self.backend == "sqlite":
+            marks = ", ".join("?" * len(EVENT_COLUMNS))
+            sql = f"INSERT INTO {table} ({columns}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+            return int(conn.exec_driver_sql(sql, rows).rowcount)
+        if self.backend == "postgresql":
+            staging = "segshadow_events_load"
+            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {staging} (LIKE {table}) ON COMMIT DROP")
+            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            result = conn.exec_driver_sql(
+                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {staging} ON CONFLICT DO NOTHING"
+            )
+            conn.exec_driver_sql(f"DROP TABLE {staging}")
+            return int(result.rowcount)
+        named = [dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows]
+        return self._insert_rows(conn, events_table, named, "event_id")
 
     def clear_events(self) -> None:
         """Empty the events table (TRUNCATE where the backend has it, in a transaction of its own)."""
@@ -594,18 +662,33 @@ class SqlStore:
             ]
 
 
-def _event_row(event: Event) -> dict[str, Any]:
-    return {
-        "event_id": to_sql_text(event.event_id),
-        "user_id": to_sql_text(event.user_id),
-        "event_time": event.event_time,
-        "arrival_time": event.arrival_time,
-        "kind": event.kind,
-        "amount_micros": event.amount_micros if event.has_amount else None,
-        "merchant": None if event.merchant is None else to_sql_text(event.merchant),
-        "seq": event.seq,
-        "payload": _payload(event),
-    }
+EVENT_COLUMNS = (
+    "event_id",
+    "user_id",
+    "event_time",
+    "arrival_time",
+    "kind",
+    "amount_micros",
+    "merchant",
+    "seq",
+    "payload",
+)
+
+
+def _event_row(event: Event) -> tuple[Any, ...]:
+    """The event's values in ``EVENT_COLUMNS`` order."""
+    merchant = event.merchant
+    return (
+        to_sql_text(event.event_id),
+        to_sql_text(event.user_id),
+        event.event_time,
+        event.arrival_time,
+        event.kind,
+        event.amount_micros if event.has_amount else None,
+        None if merchant is None else to_sql_text(merchant),
+        event.seq,
+        _payload(event),
+    )
 
 
 def _event_from_row(row: Any) -> Event:

@@ -100,6 +100,21 @@ def test_events_round_trip_exactly(store: SqlStore) -> None:
     assert store.arrival_span() == (5, events[0].arrival_time)
 
 
+def test_replace_events_keeps_first_arrivals_and_drops_what_was_there(store: SqlStore) -> None:
+    store.insert_events([_event('{"event_id":"old","user_id":"u","event_time":1,"kind":"view"}', 1)])
+    lines = [
+        '{"event_id":"a","user_id":"u","event_time":10,"kind":"view"}',
+        '{"event_id":"b","user_id":"nul\\u0000","event_time":11,"kind":"txn","amount":"2.5"}',
+        '{"event_id":"a","user_id":"v","event_time":12,"kind":"cart"}',
+        '{"event_id":"c","user_id":"w","event_time":13,"kind":"view","attrs":{"x":1.50}}',
+    ]
+    events = [_event(line, n) for n, line in enumerate(lines, start=1)]
+    progress: list[int] = []
+    assert store.replace_events(events, batch=2, on_batch=progress.append) == 3
+    assert progress == [2, 4]
+    assert store.read_events() == [events[0], events[1], events[3]]
+
+
 def test_clear_events_empties_the_table(store: SqlStore) -> None:
     store.insert_events([_event('{"event_id":"e","user_id":"u","event_time":1,"kind":"view"}', 1)])
     store.clear_events()
