@@ -61,6 +61,7 @@ class Evaluator:
         "_ruleset",
         "_segments",
         "_sets",
+        "_single_width",
         "additive_count",
         "span",
     )
@@ -91,6 +92,11 @@ class Evaluator:
             (i, a.window_ms, frozenset(a.weights)) for i, a in enumerate(ruleset.aggregates) if a.op == "count_distinct"
         )
         self._cache: dict[tuple[int, ...], frozenset[str]] = {}
+        # One window width, no distinct count, aggregates in slot order: the value tuple is the column differences.
+        widths = {width for _, width, _ in self._additive}
+        in_slot_order = all(index == slot for index, _, slot in self._additive)
+        simple = len(widths) == 1 and not self._distinct and in_slot_order
+        self._single_width: int | None = widths.pop() if simple else None
 
     def deltas(self, kind: str, amount_micros: int) -> tuple[int, ...]:
         """What one event adds to each additive aggregate (zeros for a kind none of them reads)."""
@@ -109,6 +115,22 @@ class Evaluator:
         """The segments at ``t`` for the user's facts."""
         times = user.times
         hi = bisect_right(times, t)
+        if self._single_width is not None:
+            lo = bisect_right(times, t - self._single_width, 0, hi)
+            key = tuple([column[hi] - column[lo] for column in user.sums])
+        else:
+            key = self._values(user, t, hi)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._classify(key)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    def _values(self, user: Indexed, t: int, hi: int) -> tuple[int, ...]:
+        """Every aggregate's value when windows differ in width or a distinct count is needed."""
+        times = user.times
         values = [0] * len(self._names)
         starts: dict[int, int] = {}
         sums = user.sums
@@ -123,14 +145,7 @@ class Evaluator:
             if lo is None:
                 lo = starts[width] = bisect_right(times, t - width, 0, hi)
             values[index] = len({f[3] for f in user.facts[lo:hi] if f[3] is not None and f[1] in kinds})
-        key = tuple(values)
-        found = self._cache.get(key)
-        if found is None:
-            found = self._classify(key)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = found
-        return found
+        return tuple(values)
 
     def _classify(self, values: tuple[int, ...]) -> frozenset[str]:
         """``RuleSet.classify`` over compiled predicates; equal results share one frozenset."""

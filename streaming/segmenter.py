@@ -35,7 +35,7 @@ from segments.rules import Fact, RuleSet
 from streaming.evaluate import Evaluator
 
 EMPTY: frozenset[str] = frozenset()
-PRUNE_EVERY_MS = 60_000  # event time between two sweeps of a shard's state
+PRUNE_EVERY_MS = 300_000  # event time between two sweeps of a shard's state (each sweep visits every user)
 
 
 class Applied(NamedTuple):
@@ -78,14 +78,20 @@ class UserWindow:
     def insert(self, fact: Fact, deltas: tuple[int, ...]) -> int:
         """Insert in event-time order (after equal times) and keep the prefix sums; returns the index."""
         times = self.times
-        index = bisect_right(times, fact[0])
-        times.insert(index, fact[0])
+        event_time = fact[0]
+        if not times or times[-1] <= event_time:  # in order: the common case
+            times.append(event_time)
+            self.facts.append(fact)
+            for column, delta in zip(self.sums, deltas):  # noqa: B905 (equal lengths by construction)
+                column.append(column[-1] + delta)
+            return len(times) - 1
+        index = bisect_right(times, event_time)
+        times.insert(index, event_time)
         self.facts.insert(index, fact)
-        tail = index + 2
-        for column, delta in zip(self.sums, deltas, strict=True):
+        for column, delta in zip(self.sums, deltas):  # noqa: B905
             column.insert(index + 1, column[index] + delta)
-            if delta and tail < len(column):
-                for j in range(tail, len(column)):
+            if delta:
+                for j in range(index + 2, len(column)):
                     column[j] += delta
         return index
 
