@@ -60,6 +60,6 @@ def run_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     if backend(engine) == "cockroachdb":
         from sqlalchemy_cockroachdb import run_transaction as crdb_run
 
-        return crdb_run(engine, work)  # type: ignore[no-any-return]
+        return crdb_run(engine, work)
     with engine.begin() as conn:
         return work(conn)

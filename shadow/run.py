@@ -37,7 +37,7 @@ from legacy_batch.schedule import schedule
 from segments.errors import InputError
 from segments.events import Event, Rejection, arrival_order, iter_lines, load_event_log, parse_line, write_jsonl
 from segments.lateness import GateParams
-from segments.outputs import file_sha256, write_meta
+from segments.outputs import Assignment, file_sha256, write_meta
 from segments.redisstore import RedisStore
 from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
@@ -142,7 +142,7 @@ def run_legacy_side(
     store.clear_legacy(plan.ruleset.ref)
     query_ms: list[float] = []
     run_ms: list[float] = []
-    assignments = []
+    assignments: list[Assignment] = []
     sink = LegacyWriterSink(redis_store)
     for done, result in enumerate(run_as_ofs(store, plan.ruleset, as_ofs, sink), start=1):
         query_ms.append(result.query_ms)

@@ -59,7 +59,7 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
-class PollAndAdmit(beam.DoFn):  # type: ignore[misc]
+class PollAndAdmit(beam.DoFn):
     """On each tick: read new stream entries, admit them in entry order, emit shard batches."""
 
     def __init__(self, config: StreamConfig, source: LiveSource) -> None:
@@ -70,7 +70,9 @@ class PollAndAdmit(beam.DoFn):  # type: ignore[misc]
         from segments.redisstore import connect
 
         self.counters = _Counters()
-        self.client = with_backoff("connect to Redis", lambda: connect(self.source.redis_url, decode_responses=False))
+        self.client: Any = with_backoff(
+            "connect to Redis", lambda: connect(self.source.redis_url, decode_responses=False)
+        )
         self.admission = Admission(self.config.params)
         self.flusher = Flusher(self.config.shards)
         self.seq = 0
@@ -97,9 +99,9 @@ class PollAndAdmit(beam.DoFn):  # type: ignore[misc]
             raw = fields.get(FIELD.encode()) or fields.get(FIELD)
             parsed = parse_line(_text(raw) if raw is not None else "", self.seq)
             self.counters.lines.inc()
-            if type(parsed) is not Event:
+            if not isinstance(parsed, Event):
                 self.counters.rejected.inc()
-                yield beam.pvalue.TaggedOutput(DEAD, self.admission.reject(parsed))  # type: ignore[arg-type]
+                yield beam.pvalue.TaggedOutput(DEAD, self.admission.reject(parsed))
                 continue
             result = self.admission.admit(parsed)
             if isinstance(result, Rejection):
@@ -187,7 +189,7 @@ def build_live(
         _ = transitions | "ToJSONL" >> beam.ParDo(AppendJsonl(out_path))
 
 
-class AppendJsonl(beam.DoFn):  # type: ignore[misc]
+class AppendJsonl(beam.DoFn):
     """Appends transition lines to a local file (local runners; on a cluster use the Redis/SQL sinks)."""
 
     def __init__(self, path: str) -> None:

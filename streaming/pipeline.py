@@ -120,7 +120,7 @@ def admit_events(
     counters.applied.inc(applied)
 
 
-class ReadAndAdmitFile(beam.DoFn):  # type: ignore[misc]
+class ReadAndAdmitFile(beam.DoFn):
     """Replay source: one element (a path) -> the whole recorded file, admitted in arrival order."""
 
     def __init__(self, config: StreamConfig) -> None:
@@ -135,7 +135,7 @@ class ReadAndAdmitFile(beam.DoFn):  # type: ignore[misc]
         for number, text in iter_lines(path):
             lines += 1
             parsed = parse_line(text, number)
-            if type(parsed) is Event:
+            if isinstance(parsed, Event):
                 valid.append(parsed)
             else:
                 self.counters.rejected.inc()
@@ -151,7 +151,7 @@ class ReadAndAdmitFile(beam.DoFn):  # type: ignore[misc]
         yield from flusher.flush(END_OF_TIME, last_arrival, final=True)
 
 
-class AdmitLines(beam.DoFn):  # type: ignore[misc]
+class AdmitLines(beam.DoFn):
     """Admission for any unbounded source of raw lines (TestStream, Pub/Sub, Kafka): stateful on one key.
 
     Input: ``(key, line)`` or ``(key, [lines])`` in arrival order (one key, so one
@@ -176,7 +176,7 @@ class AdmitLines(beam.DoFn):  # type: ignore[misc]
         for text in lines:
             seq += 1
             parsed = parse_line(text, seq)
-            if type(parsed) is Event:
+            if isinstance(parsed, Event):
                 valid.append(parsed)
             else:
                 self.counters.rejected.inc()
@@ -188,7 +188,7 @@ class AdmitLines(beam.DoFn):  # type: ignore[misc]
         state.write((admission, flusher, seq))
 
 
-class ReadAndAdmitRedisLog(beam.DoFn):  # type: ignore[misc]
+class ReadAndAdmitRedisLog(beam.DoFn):
     """Bounded replay of a Redis Stream (the dual-write log): entries up to the last one at start, in order.
 
     The stream's entry order is the arrival order, so no sort is needed; admission
@@ -208,7 +208,7 @@ class ReadAndAdmitRedisLog(beam.DoFn):  # type: ignore[misc]
     def process(self, _: Any) -> Iterator[Any]:
         from segments.redisstore import connect
 
-        client = connect(self.redis_url, decode_responses=False)
+        client: Any = connect(self.redis_url, decode_responses=False)
         try:
             info = client.xinfo_stream(self.stream_key) if client.exists(self.stream_key) else None
             end = info["last-generated-id"] if info else None
@@ -226,7 +226,7 @@ class ReadAndAdmitRedisLog(beam.DoFn):  # type: ignore[misc]
                     seq += 1
                     raw = fields.get(self.field, b"")
                     parsed = parse_line(raw.decode("utf-8", "surrogateescape"), seq)
-                    if type(parsed) is Event:
+                    if isinstance(parsed, Event):
                         valid.append(parsed)
                     else:
                         self.counters.rejected.inc()
@@ -273,7 +273,7 @@ def segment_batch(segmenter: ShardSegmenter, batch: ShardBatch, live: bool) -> l
     return out
 
 
-class SegmentShard(beam.DoFn):  # type: ignore[misc]
+class SegmentShard(beam.DoFn):
     """Stateful per shard: applies batches in sequence, emits each batch's transitions as one element."""
 
     STATE = ReadModifyWriteStateSpec("shard", PickleCoder())

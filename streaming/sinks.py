@@ -45,7 +45,7 @@ def with_backoff(what: str, work: Callable[[], T], attempts: int = 8, base_s: fl
     raise AssertionError("unreachable")
 
 
-class RedisTransitionsSink(beam.DoFn):  # type: ignore[misc]
+class RedisTransitionsSink(beam.DoFn):
     """Writes each user's latest transition to the Redis ``stream`` namespace."""
 
     def __init__(self, redis_url: str) -> None:
@@ -67,7 +67,7 @@ class RedisTransitionsSink(beam.DoFn):  # type: ignore[misc]
             store.close()
 
 
-class SqlTransitionsSink(beam.DoFn):  # type: ignore[misc]
+class SqlTransitionsSink(beam.DoFn):
     """Appends transitions to the durable SQL log (a row per user, effective time and revision)."""
 
     def __init__(self, database_url: str, ruleset_ref: str) -> None:
@@ -89,7 +89,7 @@ class SqlTransitionsSink(beam.DoFn):  # type: ignore[misc]
             store.close()
 
 
-class SqlDeadLetterSink(beam.DoFn):  # type: ignore[misc]
+class SqlDeadLetterSink(beam.DoFn):
     """Stores the stream's dead letters (rejected lines and too-late events) in SQL."""
 
     def __init__(self, database_url: str) -> None:
