@@ -400,13 +400,25 @@ class SqlStore:
         were stored (the first arrival of each id). ``on_batch(done)`` follows the progress.
 
         The bulk path of a job that owns the table (the legacy run): the table is emptied,
-        ids are deduplicated here, and on PostgreSQL the rows are copied straight into the
-        table (about twice as fast as ``insert_events``). A concurrent writer of the same ids
-        makes it fail with an integrity error rather than be silently overwritten.
+        its secondary indexes are dropped during the load and built again after it (on
+        SQLite and PostgreSQL; a load that dies half-way leaves them to the next call,
+        which drops them if present and always rebuilds them), ids are deduplicated here,
+        and on PostgreSQL the rows are copied straight into the table (about twice as fast
+        as ``insert_events``). A concurrent writer of the same ids makes it fail with an
+        integrity error rather than be silently overwritten.
         """
         if batch < 1:
             raise UsageError("batch must be positive")
         self.clear_events()
+        rebuild = self.backend in ("sqlite", "postgresql")
+        if rebuild:
+            run_transaction(self.engine, _drop_event_indexes)
+        stored = self._bulk_load(events, batch, on_batch)
+        if rebuild:
+            run_transaction(self.engine, _create_event_indexes)
+        return stored
+
+    def _bulk_load(self, events: Sequence[Event], batch: int, on_batch: Callable[[int], None] | None) -> int:
         if self.backend != "postgresql":
             stored = 0
             for start in range(0, len(events), batch):
@@ -660,6 +672,16 @@ class SqlStore:
                 )
                 for r in conn.execute(query)
             ]
+
+
+def _drop_event_indexes(conn: Connection) -> None:
+    for index in events_table.indexes:
+        index.drop(conn, checkfirst=True)
+
+
+def _create_event_indexes(conn: Connection) -> None:
+    for index in events_table.indexes:
+        index.create(conn, checkfirst=True)
 
 
 EVENT_COLUMNS = (

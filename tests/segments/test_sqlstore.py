@@ -113,6 +113,16 @@ def test_replace_events_keeps_first_arrivals_and_drops_what_was_there(store: Sql
     assert store.replace_events(events, batch=2, on_batch=progress.append) == 3
     assert progress == [2, 4]
     assert store.read_events() == [events[0], events[1], events[3]]
+    indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("segshadow_events")}
+    assert {"ix_segshadow_events_event_time", "ix_segshadow_events_arrival_time"} <= indexes
+
+
+def test_replace_events_rebuilds_an_index_a_dead_load_left_missing(store: SqlStore) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_segshadow_events_arrival_time"))
+    store.replace_events([_event('{"event_id":"a","user_id":"u","event_time":1,"kind":"view"}', 1)])
+    indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("segshadow_events")}
+    assert "ix_segshadow_events_arrival_time" in indexes
 
 
 def test_clear_events_empties_the_table(store: SqlStore) -> None:
