@@ -63,6 +63,34 @@ class RedisLog:
     field: str
 
 
+def build_replay(
+    pipeline: beam.Pipeline,
+    events: Path,
+    out: Path,
+    dead_path: Path,
+    config: StreamConfig,
+    redis_url: str | None = None,
+    database_url: str | None = None,
+    source: RedisLog | None = None,
+) -> None:
+    """Attach the replay source, segmentation and every sink to ``pipeline`` (runner-agnostic)."""
+    reader: beam.DoFn = (
+        ReadAndAdmitFile(config)
+        if source is None
+        else ReadAndAdmitRedisLog(config, source.redis_url, source.stream_key, source.field)
+    )
+    admitted = (
+        pipeline
+        | "Source" >> beam.Create([str(events)])
+        | "ReadAndAdmit" >> beam.ParDo(reader).with_outputs(DEAD, main="batches")
+    )
+    transitions = transitions_from(admitted.batches, config)
+    _write_text(transitions | "TransitionsJSON" >> beam.Map(transitions_json), out, "WriteTransitions")
+    dead = admitted[DEAD]
+    _write_text(dead | "DeadJSON" >> beam.Map(rejection_json), dead_path, "WriteDeadLetters")
+    sink_all(transitions, dead, redis_url, database_url, config.ruleset.ref)
+
+
 def run_replay(
     events_path: str | Path,
     out_path: str | Path,
@@ -91,21 +119,7 @@ def run_replay(
     options = pipeline_options(beam_args, REPLAY_RUNNER)
     started = wall_clock_ms()
     pipeline = beam.Pipeline(options=options)
-    reader: beam.DoFn = (
-        ReadAndAdmitFile(config)
-        if source is None
-        else ReadAndAdmitRedisLog(config, source.redis_url, source.stream_key, source.field)
-    )
-    admitted = (
-        pipeline
-        | "Source" >> beam.Create([str(events)])
-        | "ReadAndAdmit" >> beam.ParDo(reader).with_outputs(DEAD, main="batches")
-    )
-    transitions = transitions_from(admitted.batches, config)
-    _write_text(transitions | "TransitionsJSON" >> beam.Map(transitions_json), out, "WriteTransitions")
-    dead = admitted[DEAD]
-    _write_text(dead | "DeadJSON" >> beam.Map(rejection_json), dead_path, "WriteDeadLetters")
-    sink_all(transitions, dead, redis_url, database_url, config.ruleset.ref)
+    build_replay(pipeline, events, out, dead_path, config, redis_url, database_url, source)
     result = pipeline.run()
     result.wait_until_finish()
     seconds = (wall_clock_ms() - started) / 1000
