@@ -99,12 +99,23 @@ def run(
     if live:
         from shadow.live import LivePlan, run_live
 
+        if events is not None:
+            raise UsageError("--live produces a generated workload in real time: give --workload, not --events")
         seconds = duration(duration_text) / 1000
         live_plan = LivePlan(ruleset, out, workload or "clickstream", every_ms, params, shards, rate, seconds, seed)
+        typer.echo(f"live: starting the stream, then {rate} events/s for {duration_text}", err=True)
         with redis_endpoint(where.redis_url) as url:
             live_report = run_live(live_plan, db, url, list(ctx.args))
+        ingest, lat = live_report.counts["ingest"], live_report.latency
+        typer.echo(
+            f"ingest: {ingest['sent']} lines at {ingest['rate_achieved']:,.0f}/s ({ingest['rejected']} rejected, "
+            f"{ingest['journaled']} journaled); legacy {live_report.counts['legacy']['as_ofs_compared']} settled "
+            f"as-ofs compared; primary write p99 {lat['primary_write_ms']['p99_ms']} ms; stream emitted after "
+            f"ingest p50 {lat['stream_emitted_after_ingest_ms']['p50_ms']} ms, "
+            f"p99 {lat['stream_emitted_after_ingest_ms']['p99_ms']} ms"
+        )
         typer.echo(live_report.parity.summary_line())
-        typer.echo(f"report: {out / 'report.html'}")
+        typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  live: {out / 'live.json'}")
         return
 
     from shadow.run import ShadowPlan, run_shadow

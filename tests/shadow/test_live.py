@@ -1,0 +1,149 @@
+"""``shadow run --live``: a real-time producer into dual-write, legacy on its schedule, the Beam stream live."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from segments.events import Event, load_event_log, parse_line
+from segments.lateness import GateParams
+from segments.outputs import Transition, read_meta
+from segments.rules import load_ruleset
+from segments.sqlstore import SqlStore
+from segments.timeutil import wall_clock_ms
+from segshadow.cli import main
+from shadow.dualwrite import DualWriter
+from shadow.journal import Journal
+from shadow.live import Frontier, LivePlan, live_freshness, produce, retime, run_live, settled, workload_items
+from shadow.targets import RedisStreamShadow, SqlEventsPrimary
+
+
+def _event(user: str, event_time: int, arrival: int, event_id: str = "e") -> Event:
+    return Event(event_id, user, event_time, "view", 0, arrival, None, 1)
+
+
+def _transition(user: str, effective: int, emitted: int, cause: str = "event") -> Transition:
+    return Transition(user, ("window_shopper",), effective, 1, emitted, cause)
+
+
+def test_live_run_compares_settled_as_ofs_with_no_unexplained_mismatch(redis_url: str, tmp_path: Path):
+    """Ten seconds at 200 events/s, legacy every 2 s: every difference is explained, latencies are measured."""
+    out = tmp_path / "run"
+    plan = LivePlan(load_ruleset("clickstream"), out, "clickstream", 2_000, GateParams(), 2, 200, 10.0, 7, 4.0)
+    started = wall_clock_ms()
+    report = run_live(plan, f"sqlite:///{tmp_path / 'live.db'}", redis_url)
+
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["pairs"] > 0 and parity["agree"] + parity["mismatch"] == parity["pairs"]
+    assert parity["by_cause"]["unexplained"] == 0, parity["by_cause"]
+    stream_latency = parity["latency"]["stream"]
+    assert stream_latency["source"] == "live" and stream_latency["p99_ms"] is not None
+    assert stream_latency["count"] == len((out / "stream_latency.txt").read_text().split())
+
+    # Arrivals are the wall clock of this run, in order; the comparison read exactly that log.
+    log = load_event_log(out / "events.jsonl")
+    arrivals = [e.arrival_time for e in log.events]
+    assert arrivals == sorted(arrivals) and started <= arrivals[0] and arrivals[-1] <= wall_clock_ms()
+    assert len(log.events) + len(log.duplicates) == report.counts["ingest"]["accepted"] > 1_500
+
+    # Only as-ofs the stream had settled (at or before its final watermark) are compared.
+    legacy_meta = read_meta(out / "legacy.jsonl")
+    watermark = read_meta(out / "stream.jsonl")["final_watermark"]
+    assert legacy_meta["as_of_times"] and max(legacy_meta["as_of_times"]) <= watermark
+    assert all(t > watermark for t in legacy_meta["live"]["unsettled_as_ofs"])
+    assert parity["as_of_rounds"] == len(legacy_meta["as_of_times"]) >= 2
+
+    ingest = report.counts["ingest"]
+    assert ingest["shadowed"] == ingest["accepted"] and ingest["journaled"] == 0
+    assert report.latency["primary_write_ms"]["count"] == ingest["batches"] > 0
+    assert json.loads((out / "live.json").read_text())["verdict"] == report.parity.verdict
+
+
+def test_producer_stamps_the_wall_clock_keeps_lateness_and_moves_the_frontier(redis_url: str, tmp_path: Path):
+    """Each batch is stamped when taken, late events stay as late, and the frontier never runs ahead of SQL."""
+    items = workload_items("clickstream", 300, seed=2)
+    shadow = RedisStreamShadow(redis_url, "segshadow:test:live")
+    frontier = Frontier()
+    seen: list[tuple[int, set[str]]] = []  # (frontier, ids in SQL) observed while producing
+    with SqlStore.open(f"sqlite:///{tmp_path / 'p.db'}") as store:
+        writer = DualWriter(SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"))
+
+        def watch() -> None:
+            seen.append((frontier.through, {e.event_id for e in store.iter_events()}))
+
+        got = produce(writer, items, rate=250, duration_s=1.2, frontier=frontier, watch=watch)
+        writer.close()
+    shadow.close()
+
+    assert 250 <= len(got.events) + len(got.rejected) <= 300 and len(seen) >= 2
+    sent = [i for i in items if isinstance(i, Event)][: len(got.events)]
+    for event, original in zip(got.events, sent, strict=True):
+        assert event.event_id == original.event_id
+        assert event.arrival_time - event.event_time == original.arrival_time - original.event_time
+    arrivals = [e.arrival_time for e in got.events]
+    assert arrivals == sorted(arrivals) and frontier.first == arrivals[0]
+    assert [e.seq for e in got.events] == list(range(1, len(got.events) + 1))
+    assert [parse_line(line, 1) for line in got.lines] == [e._replace(seq=1) for e in got.events]
+    for through, stored in seen:  # everything that arrived by the frontier was already committed
+        assert {e.event_id for e in got.events if e.arrival_time <= through} <= stored
+        assert any(e.arrival_time <= through for e in got.events)
+
+
+def test_retime_keeps_the_workload_lateness():
+    """A line 90 s late in the workload arrives now and is still 90 s late."""
+    late = _event("u", 1_000, 91_000)
+    moved = retime(late, 5_000_000, 7)
+    assert (moved.arrival_time, moved.event_time, moved.seq) == (5_000_000, 4_910_000, 7)
+
+
+def test_live_freshness_attributes_each_transition_to_the_event_that_caused_it():
+    """The cause is the user's latest event arrived by the emission with an event time not after the effective time."""
+    applied = [
+        _event("a", 100, 1_000, "a1"),
+        _event("a", 500, 1_010, "a2"),  # arrived before the first transition was emitted, but later in event time
+        _event("b", 200, 1_020, "b1"),
+        _event("a", 50, 1_040, "a3"),  # late: its corrections are emitted after it arrived
+    ]
+    transitions = [
+        _transition("a", 100, 1_015),  # caused by a1 (a2's event time is after 100)
+        _transition("a", 500, 1_016),  # a2
+        _transition("b", 200, 1_030),  # b1
+        _transition("a", 100, 1_060, "correction"),  # a3 arrived at 1_040
+        _transition("a", 600_100, 1_070, "expiry"),  # no event: left out
+        _transition("c", 10, 1_080),  # no applied event of c: unattributed
+    ]
+    values, unattributed = live_freshness(transitions, applied)
+    assert values == [15, 6, 10, 20] and unattributed == 1
+
+
+def test_settled_splits_as_ofs_at_the_watermark():
+    """An as-of exactly at the watermark is settled; one after it is not."""
+    assert settled([1_000, 2_000, 3_000], 2_000) == ([1_000, 2_000], [3_000])
+
+
+def test_frontier_lets_an_as_of_run_only_once_ingest_committed_through_it():
+    """wait_for blocks until the frontier reaches t; after close, only as-ofs up to the limit run."""
+    frontier = Frontier()
+    results: list[bool] = []
+    waiter = threading.Thread(target=lambda: results.append(frontier.wait_for(2_000)))
+    waiter.start()
+    frontier.advance(1_999)
+    waiter.join(0.1)
+    assert waiter.is_alive(), "ran before ingest committed everything that arrived by 2000"
+    frontier.advance(2_000)
+    waiter.join(5)
+    assert results == [True]
+    frontier.close(limit=4_000)
+    assert frontier.wait_for(4_000) and not frontier.wait_for(6_000)
+
+
+def test_live_refuses_a_duration_that_settles_no_as_of(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """--duration 5s with --every 5m cannot compare anything: exit 2 with one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["shadow", "run", "--live", "--workload", "clickstream", "--duration", "5s", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("segshadow: error:") and "--every" in err[-1]
