@@ -11,7 +11,11 @@ the same edges as ``segments.windows.in_window``:
   over exact integer micro-units
 - ``count_distinct`` of merchants: ``COUNT(DISTINCT CASE WHEN ... THEN merchant END)``
 
-The rows go through ``RuleSet.classify``, the evaluation both segmenters share.
+``HAVING`` keeps the users for whom some segment's condition holds (the conditions
+compiled to SQL over the same aggregate expressions): exactly the users with a
+non-empty set, since a group only drops a segment when another of the group holds.
+Those rows then go through ``RuleSet.classify``, the evaluation both segmenters share,
+which decides the set (and the group exclusivity).
 When no segment can hold for a user with no event in any window (true for the
 shipped sets) the WHERE clause keeps only the events of the longest window and the
 rule set's kinds, which the ``event_time`` index serves. Otherwise every user with
@@ -24,7 +28,8 @@ the same SQL with new values.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from segments.outputs import Assignment
-from segments.rules import Aggregate, RuleSet
+from segments.rules import Aggregate, AllOf, Compare, Condition, RuleSet
 from segments.sqlstore import events_table, from_sql_text
 
 
@@ -59,7 +64,7 @@ class AggregateQuery:
         return values
 
     def aggregates_at(self, conn: Connection, t: int) -> Iterator[tuple[str, dict[str, int]]]:
-        """(user id, aggregate values) for every candidate user at ``t``, in no particular order."""
+        """(user id, aggregate values) for every user whose set at ``t`` is not empty, in no order."""
         names = self.columns
         for row in conn.execute(self.statement, self.params(t)):
             values = {name: int(value or 0) for name, value in zip(names, row[1:], strict=True)}
@@ -91,15 +96,33 @@ def build_query(ruleset: RuleSet, table: sa.Table = events_table) -> AggregateQu
             return [event_time > lows[width], event_time <= t]
         return [] if width == span else [event_time > lows[width]]
 
-    columns = [
-        _aggregate_column(table, agg, in_window(agg.window_ms)).label(f"a{i}")
-        for i, agg in enumerate(ruleset.aggregates)
-    ]
+    expressions = {agg.name: _aggregate_column(table, agg, in_window(agg.window_ms)) for agg in ruleset.aggregates}
+    columns = [expressions[agg.name].label(f"a{i}") for i, agg in enumerate(ruleset.aggregates)]
     where: list[sa.ColumnElement[bool]] = [table.c.arrival_time <= t]
     if not everyone:
         where += [event_time > lows[span], event_time <= t, table.c.kind.in_(sorted(ruleset.kinds))]
-    statement = sa.select(table.c.user_id, *columns).where(*where).group_by(table.c.user_id)
+    nonempty = sa.or_(*(_condition(segment.when, expressions) for segment in ruleset.segments))
+    statement = sa.select(table.c.user_id, *columns).where(*where).group_by(table.c.user_id).having(nonempty)
     return AggregateQuery(ruleset, statement, tuple(a.name for a in ruleset.aggregates), widths, everyone)
+
+
+_SQL_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def _condition(condition: Condition, expressions: Mapping[str, Any]) -> sa.ColumnElement[bool]:
+    """``holds(condition, values)`` as SQL over the aggregate expressions (thresholds bound)."""
+    if isinstance(condition, Compare):
+        threshold = sa.literal(condition.value, sa.BigInteger)
+        return _SQL_OPS[condition.op](expressions[condition.agg], threshold)
+    parts = [_condition(part, expressions) for part in condition.parts]
+    return sa.and_(*parts) if isinstance(condition, AllOf) else sa.or_(*parts)
 
 
 def _kind_in(table: sa.Table, kinds: list[str]) -> sa.ColumnElement[bool]:
