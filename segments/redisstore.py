@@ -353,6 +353,11 @@ class RedisStore:
         """Run ``script`` over ``entries`` (key, per-key args), BATCH_KEYS keys per call, many calls per
         round trip; returns the sum of the calls' results. One call runs even with no entries."""
         calls = [entries[i : i + BATCH_KEYS] for i in range(0, len(entries), BATCH_KEYS)] or [[]]
+        if len(calls) == 1:
+            # One call: EVALSHA straight away (a pipeline first asks SCRIPT EXISTS: a second round trip).
+            keys = head_keys + [key for key, _ in calls[0]]
+            argv = head_args + [arg for _, args in calls[0] for arg in args]
+            return int(script(keys=keys, args=argv))
         changed = 0
         for start in range(0, len(calls), CALLS_PER_ROUND_TRIP):
             pipe = self.client.pipeline(transaction=False)

@@ -53,6 +53,7 @@ class LiveSource:
     consumer: str = "stream-1"
     poll_ms: int = 5
     read_count: int = 5_000
+    heartbeat_ms: int = 100  # idle shards learn the watermark (and fire expiries) at least this often
 
 
 def _text(value: Any) -> str:
@@ -77,10 +78,17 @@ class PollAndAdmit(beam.DoFn):
         self.flusher = Flusher(self.config.shards)
         self.seq = 0
         self.rebuilt = False
+        self.unacked: list[Any] = []
+        self.last_heartbeat = 0.0
 
     def teardown(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
+            if self.unacked:
+                try:
+                    client.xack(self.source.stream_key, self.source.group, *self.unacked)
+                except Exception as exc:  # acknowledgement is bookkeeping; the log replay recovers anyway
+                    log.warning("could not acknowledge the last entries: %s", exc)
             client.close()
 
     def _ensure_group(self) -> None:
@@ -114,7 +122,11 @@ class PollAndAdmit(beam.DoFn):
                 self.counters.duplicates.inc()
         if entries:
             clock = wall_clock_ms() if live else 0
-            yield from self.flusher.flush(self.admission.gate.watermark, clock)
+            now = time.monotonic()
+            heartbeat = now - self.last_heartbeat >= self.source.heartbeat_ms / 1000
+            if heartbeat:
+                self.last_heartbeat = now
+            yield from self.flusher.flush(self.admission.gate.watermark, clock, heartbeat=heartbeat)
 
     def _rebuild(self) -> Iterator[Any]:
         """Re-apply the whole log in order (see the module doc), then point the group after it."""
@@ -146,20 +158,24 @@ class PollAndAdmit(beam.DoFn):
         import redis
 
         try:
-            reply = self.client.xreadgroup(
+            # The previous tick's acknowledgements ride along with this tick's read: one round trip.
+            pipe = self.client.pipeline(transaction=False)
+            if self.unacked:
+                pipe.xack(self.source.stream_key, self.source.group, *self.unacked)
+            pipe.xreadgroup(
                 self.source.group,
                 self.source.consumer,
                 {self.source.stream_key: ">"},
                 count=self.source.read_count,
             )
+            reply = pipe.execute()[-1]
+            self.unacked = []
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("Redis read failed, will retry on the next tick: %s", exc)
             return
         for _, entries in reply or []:
             yield from self._admit(entries)
-            ids = [entry_id for entry_id, _ in entries]
-            if ids:
-                self.client.xack(self.source.stream_key, self.source.group, *ids)
+            self.unacked.extend(entry_id for entry_id, _ in entries)
 
 
 def with_backoff_iter(produce: Any) -> Iterator[Any]:

@@ -71,12 +71,17 @@ class ShardBatch(NamedTuple):
 
 
 class Flusher:
-    """Buffers admitted events per shard and cuts ``ShardBatch`` elements for every shard at once."""
+    """Buffers admitted events per shard and cuts ``ShardBatch`` elements, numbered per shard.
+
+    A flush reaches every shard that has events; with ``heartbeat`` (and always
+    when ``final``) it reaches every shard, so that idle shards learn the new
+    watermark and fire their expiries.
+    """
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
         self.buffers: list[list[Applied]] = [[] for _ in range(shards)]
-        self.seq = 0
+        self.seqs = [0] * shards
         self.buffered = 0
 
     def add(self, event: Applied) -> None:
@@ -84,11 +89,16 @@ class Flusher:
         self.buffers[shard_of(event[0], self.shards)].append(tuple(event))  # type: ignore[arg-type]
         self.buffered += 1
 
-    def flush(self, watermark: int, clock: int, final: bool = False) -> Iterator[tuple[int, ShardBatch]]:
-        seq = self.seq
-        self.seq += 1
+    def flush(
+        self, watermark: int, clock: int, final: bool = False, heartbeat: bool = True
+    ) -> Iterator[tuple[int, ShardBatch]]:
         for shard in range(self.shards):
-            events, self.buffers[shard] = self.buffers[shard], []
+            events = self.buffers[shard]
+            if not events and not heartbeat and not final:
+                continue
+            self.buffers[shard] = []
+            seq = self.seqs[shard]
+            self.seqs[shard] = seq + 1
             yield shard, ShardBatch(seq, events, watermark, clock, final)
         self.buffered = 0
 

@@ -1,0 +1,181 @@
+"""Benchmark: live latency, XADD to the user's segments visible in Redis, at a fixed rate.
+
+    python bench/stream_live.py [--rate 10000] [--duration 60] [--users 50000] [--shards 4]
+
+A producer XADDs events to the Redis Stream at ``--rate`` events/s for
+``--duration`` s while ``segshadow stream live`` runs in its own process. Every
+event flips its user's ``high_value`` (purchases and refunds of 150 alternate per
+user), so every event makes a transition. A sampler follows 1 in ``--sample``
+events: right after its XADD it polls the user's key until the stored effective
+time reaches the event's, and records the delay (KLL sketch: p50, p99, max). The
+consumer group's lag is sampled every 5 s to show whether a backlog grows.
+Redis is ``SEGSHADOW_REDIS_URL`` or an embedded Valkey.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import redis
+from datasketches import kll_floats_sketch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segments.embedded import redis_endpoint
+from segments.redisstore import user_key
+from streaming.live import EVENTS_STREAM, FIELD
+
+
+def wait_for_consumer(client: redis.Redis, timeout_s: float = 60.0) -> None:
+    """Until the live pipeline has created its group and rebuilt (it reads nothing before)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            groups = client.xinfo_groups(EVENTS_STREAM)
+            if groups and groups[0].get("consumers", 0) >= 1:
+                return
+        except redis.ResponseError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the live pipeline did not start reading in time")
+
+
+def sampler(url: str, jobs: queue.Queue, sketch: kll_floats_sketch, misses: list[int]) -> None:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        user, event_time, sent = job
+        key = user_key("stream", user)
+        deadline = sent + 5.0
+        while True:
+            stored = client.hget(key, "time")
+            if stored is not None and int(stored) >= event_time:
+                sketch.update((time.perf_counter() - sent) * 1000)
+                break
+            if time.perf_counter() > deadline:
+                misses[0] += 1
+                break
+            time.sleep(0.0005)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=10_000)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--users", type=int, default=50_000)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--sample", type=int, default=100)
+    parser.add_argument("--poll", default="5ms")
+    args = parser.parse_args()
+
+    with redis_endpoint(os.environ.get("SEGSHADOW_REDIS_URL") or "embedded") as url:
+        client = redis.Redis.from_url(url)
+        client.delete(EVENTS_STREAM)
+        for side in ("stream",):
+            for key in client.scan_iter(f"segshadow:{side}:*", count=10_000):
+                client.delete(key)
+        stream = subprocess.Popen(
+            [
+                sys.executable, "-m", "segshadow.cli", "stream", "live", "--rules", "clickstream",
+                "--redis-url", url, "--no-sql", "--shards", str(args.shards), "--poll", args.poll,
+                "--duration", f"{int(args.duration) + 60}s",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            client.xadd(EVENTS_STREAM, {FIELD: "{}"})  # makes the stream exist; rejected as bad input
+            wait_for_consumer(client)
+            sketch = kll_floats_sketch(400)
+            misses = [0]
+            jobs: queue.Queue = queue.Queue()
+            threads = [threading.Thread(target=sampler, args=(url, jobs, sketch, misses)) for _ in range(2)]
+            for t in threads:
+                t.start()
+            lag: list[tuple[float, int]] = []
+            tick = 0.005
+            per_tick = max(1, round(args.rate * tick))
+            counts = [0] * args.users
+            start = time.perf_counter()
+            base_ms = int(time.time() * 1000)
+            produced = 0
+            next_lag = start + 5
+            while True:
+                now = time.perf_counter()
+                elapsed = now - start
+                if elapsed >= args.duration:
+                    break
+                due = int(elapsed * args.rate) - produced
+                if due <= 0:
+                    time.sleep(max(0.0, tick - (now - start - elapsed)))
+                    continue
+                pipe = client.pipeline(transaction=False)
+                batch = []
+                wall = base_ms + int(elapsed * 1000)
+                for i in range(min(due, per_tick * 4)):
+                    n = produced + i
+                    user = n % args.users
+                    kind = "purchase" if counts[user] % 2 == 0 else "refund"
+                    counts[user] += 1
+                    event_time = wall
+                    line = json.dumps(
+                        {"event_id": f"b{n}", "user_id": f"u{user}", "event_time": event_time,
+                         "kind": kind, "amount": "150"}
+                    )
+                    pipe.xadd(EVENTS_STREAM, {FIELD: line})
+                    if n % args.sample == 0:
+                        batch.append((f"u{user}", event_time))
+                pipe.execute()
+                sent = time.perf_counter()
+                for user, event_time in batch:
+                    jobs.put((user, event_time, sent))
+                produced += min(due, per_tick * 4)
+                if now >= next_lag:
+                    groups = client.xinfo_groups(EVENTS_STREAM)
+                    lag.append((round(elapsed, 1), int(groups[0].get("lag") or 0) if groups else -1))
+                    next_lag += 5
+            for _ in threads:
+                jobs.put(None)
+            for t in threads:
+                t.join()
+            seconds = time.perf_counter() - start
+        finally:
+            stream.terminate()
+            try:
+                _, err = stream.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                stream.kill()
+                _, err = stream.communicate()
+    report = {
+        "rate_target": args.rate,
+        "rate_achieved": round(produced / seconds),
+        "duration_s": round(seconds, 1),
+        "events": produced,
+        "samples": sketch.n,
+        "missed_samples": misses[0],
+        "latency_ms": {
+            "p50": round(sketch.get_quantile(0.5), 2) if sketch.n else None,
+            "p99": round(sketch.get_quantile(0.99), 2) if sketch.n else None,
+            "max": round(sketch.get_max_value(), 2) if sketch.n else None,
+        },
+        "group_lag_every_5s": lag,
+        "target": "p99 <= 50 ms at 10,000 events/s for 60 s, no growing lag",
+    }
+    print(json.dumps(report, indent=2))
+    if stream.returncode not in (0, -15, None) and err:
+        print(err[-2000:], file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
