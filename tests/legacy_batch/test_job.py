@@ -21,6 +21,7 @@ from segments.redisstore import RedisStore
 from segments.rules import RuleSet, load_ruleset, parse_ruleset_text
 from segments.sqlstore import SqlStore
 from tests.legacy_batch.brute import brute_legacy
+from tests.legacy_batch.crdb import DIALECTS, with_dialect
 
 BASE = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a multiple of every --every used here
 MIN = 60_000
@@ -54,9 +55,11 @@ segments:
 RULESETS = [load_ruleset("clickstream"), load_ruleset("risk"), PROBE]
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[SqlStore]:
-    with SqlStore.open(database_url) as opened:
+@pytest.fixture(params=DIALECTS)
+def store(database_url: str, request: pytest.FixtureRequest) -> Iterator[SqlStore]:
+    """A store on each backend, and on PostgreSQL also through the cockroachdb dialect."""
+    with SqlStore.open(with_dialect(database_url, request.param)) as opened:
+        assert opened.backend == ("cockroachdb" if request.param == "cockroachdb" else opened.backend)
         yield opened
 
 

@@ -18,6 +18,7 @@ from segments.events import Event, Rejection, parse_line
 from segments.outputs import Assignment, Transition
 from segments.rules import compile_ruleset, load_ruleset
 from segments.sqlstore import LegacyRun, SqlStore, from_sql_text, metadata, to_sql_text
+from tests.legacy_batch.crdb import DIALECTS, with_dialect
 
 HOSTILE_IDS = [
     ":",
@@ -37,9 +38,11 @@ HOSTILE_IDS = [
 ]
 
 
-@pytest.fixture
-def store(database_url: str) -> Iterator[SqlStore]:
-    with SqlStore.open(database_url, clock=lambda: 1_700_000_000_000) as opened:
+@pytest.fixture(params=DIALECTS)
+def store(database_url: str, request: pytest.FixtureRequest) -> Iterator[SqlStore]:
+    """A store on each backend, and on PostgreSQL also through the cockroachdb dialect."""
+    with SqlStore.open(with_dialect(database_url, request.param), clock=lambda: 1_700_000_000_000) as opened:
+        assert opened.backend == ("cockroachdb" if request.param == "cockroachdb" else opened.backend)
         yield opened
 
 
