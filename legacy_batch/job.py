@@ -40,7 +40,8 @@ from segments.timeutil import Clock, wall_clock_ms
 
 Timer = Callable[[], float]
 ProgressHook = Callable[[str, int, int], None]
-"""Called as ``hook(stage, done, total)`` with stage ``load`` (events) or ``as_of`` (runs)."""
+"""Called as ``hook(stage, done, total)``: stage ``read`` (the file, 0 then 1 of 1), ``load``
+(events into SQL) or ``as_of`` (runs)."""
 
 OUTPUT_KIND = "legacy_assignments"
 
@@ -209,7 +210,11 @@ def run_legacy(
     completes.
     """
     start = timer()
+    if on_progress is not None:
+        on_progress("read", 0, 1)
     log = load_event_log(events_path)
+    if on_progress is not None:
+        on_progress("read", 1, 1)
     if not log.events:
         detail = f"no valid events ({log.lines} lines, {len(log.rejected)} rejected)"
         raise InputError(detail, str(events_path))

@@ -26,7 +26,7 @@ from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, console, duratio
 
 legacy_app = typer.Typer(help="The legacy SQL batch segmenter.", no_args_is_help=True)
 
-_STAGES = {"load": "loading events into SQL", "as_of": "as-of runs"}
+_STAGES = {"read": "reading events", "load": "loading events into SQL", "as_of": "as-of runs"}
 
 
 class _Bars:
@@ -97,7 +97,12 @@ def run(
     redis_url: RedisOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Run the legacy batch segmenter over an events file at every as-of time and write the assignments."""
+    """Run the legacy batch segmenter over an events file at every as-of time and write the assignments.
+
+    The run replaces the database's events table and this rule set's earlier legacy
+    assignments. Assignments also go to the Redis ``legacy`` namespace when a Redis server
+    is named (--redis-url or SEGSHADOW_REDIS_URL); no embedded Valkey is started for it.
+    """
     every_ms = duration(every)
     if every_ms <= 0:
         raise UsageError(f"--every must be positive, not {every!r}")
