@@ -22,8 +22,7 @@ from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
 from segshadow.cmd_legacy import resolve_rules
 from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
-from streaming.live import EVENTS_STREAM, GROUP
-from streaming.pipeline import StreamConfig
+from streaming.config import EVENTS_STREAM, GROUP, StreamConfig
 
 stream_app = typer.Typer(help="The Beam streaming segmenter.", no_args_is_help=True)
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}

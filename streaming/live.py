@@ -34,13 +34,11 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 from segments.events import Event, Rejection, parse_line
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission
-from streaming.pipeline import DEAD, Flusher, StreamConfig, _Counters, transitions_from
+from streaming.config import EVENTS_STREAM, FIELD, GROUP, StreamConfig
+from streaming.pipeline import DEAD, Flusher, _Counters, transitions_from
 from streaming.sinks import sink_all, with_backoff
 
 log = logging.getLogger("segshadow.stream")
-EVENTS_STREAM = "segshadow:events"
-GROUP = "segshadow-stream"
-FIELD = "e"
 
 
 @dataclass(frozen=True)

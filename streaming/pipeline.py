@@ -25,7 +25,6 @@ events travel in one element, and nothing relies on runner timer semantics):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Tuple  # noqa: UP035 -- Beam reads typing.Tuple hints
 
 import apache_beam as beam
@@ -34,30 +33,15 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from segments.events import Event, Rejection, arrival_order, iter_lines, parse_line
-from segments.lateness import END_OF_TIME, GateParams
+from segments.lateness import END_OF_TIME
 from segments.outputs import Transition
-from segments.rules import RuleSet
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission, shard_of
+from streaming.config import StreamConfig
 from streaming.segmenter import Applied, ShardSegmenter
 
 DEAD = "dead_letter"
 METRICS_NAMESPACE = "segshadow.stream"
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """Everything the pipeline needs, validated before it is built."""
-
-    ruleset: RuleSet
-    params: GateParams = field(default_factory=GateParams)
-    shards: int = 8
-    batch_events: int = 20_000
-    live: bool = False  # live: stamp emitted_at with the wall clock; replay: with the arrival clock
-
-    def __post_init__(self) -> None:
-        if self.shards < 1 or self.batch_events < 1:
-            raise ValueError("shards and batch size must be at least 1")
 
 
 class ShardBatch(NamedTuple):
