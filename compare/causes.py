@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from compare.keys import SortedRows
 from segments.events import Event
 from segments.windows import in_window
 
 CAUSES = ("late_arrival", "dropped_too_late", "mixed", "unexplained")
 LATE, DROPPED, MIXED, UNEXPLAINED = range(4)
-_PACK_LIMIT = 1 << 62
 
 
 def cause_of(late: bool, dropped: bool) -> str:
@@ -92,76 +92,45 @@ class Causes:
 
 
 def window_events(
-    users: np.ndarray,
-    times: np.ndarray,
-    event_user: np.ndarray,
-    event_time: np.ndarray,
-    eligible: np.ndarray,
-    span_ms: int,
+    users: np.ndarray, times: np.ndarray, events: SortedRows, eligible: np.ndarray, span_ms: int
 ) -> WindowEvents:
-    """For each (user, t), the eligible events of that user with event time in ``(t - span_ms, t]``."""
+    """For each (user, t), the eligible events of that user with event time in ``(t - span_ms, t]``.
+
+    ``events`` is the event log sorted by (user, event time); ``eligible`` is in log order.
+    """
     m = len(users)
-    candidates = np.flatnonzero(eligible)
-    if m and len(candidates):
-        wanted = np.zeros(int(max(event_user.max(initial=0), users.max(initial=0))) + 1, dtype=np.bool_)
-        wanted[users] = True
-        candidates = candidates[wanted[event_user[candidates]]]
-    if m == 0 or len(candidates) == 0:
+    if m == 0 or len(events) == 0:
         empty = np.zeros(m, dtype=np.int64)
         return WindowEvents(np.zeros(0, dtype=np.int64), empty, empty)
-    cu = event_user[candidates].astype(np.int64)
-    ct = event_time[candidates]
-    floor = int(ct.min()) - 1
-    top = int(ct.max())
-    width = top - floor + 1
-    if (int(max(cu.max(), users.max())) + 1) * width >= _PACK_LIMIT:
-        return _window_events_slow(users, times, cu, ct, candidates, span_ms)
-    keys = cu * width + (ct - floor)
-    order = np.argsort(keys)
-    keys = keys[order]
-    qu = users.astype(np.int64) * width
-    lo = np.searchsorted(keys, qu + (np.clip(times - span_ms, floor, top) - floor), side="right")
-    hi = np.searchsorted(keys, qu + (np.clip(times, floor, top) - floor), side="right")
-    return _expand(candidates[order], lo, hi)
-
-
-def _window_events_slow(
-    users: np.ndarray, times: np.ndarray, cu: np.ndarray, ct: np.ndarray, candidates: np.ndarray, span_ms: int
-) -> WindowEvents:
-    order = np.lexsort((ct, cu))
-    su, st = cu[order], ct[order]
-    lo = np.zeros(len(users), dtype=np.int64)
-    hi = np.zeros(len(users), dtype=np.int64)
-    for i, (u, t) in enumerate(zip(users.tolist(), times.tolist(), strict=True)):
-        a = int(np.searchsorted(su, u, side="left"))
-        b = int(np.searchsorted(su, u, side="right"))
-        lo[i] = a + int(np.searchsorted(st[a:b], t - span_ms, side="right"))
-        hi[i] = a + int(np.searchsorted(st[a:b], t, side="right"))
-    return _expand(candidates[order], lo, hi)
-
-
-def _expand(sorted_events: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> WindowEvents:
+    lo = events.after(users, times - span_ms)
+    hi = events.after(users, times)
     count = (hi - lo).astype(np.int64)
-    start = np.zeros(len(count), dtype=np.int64)
+    rows = np.repeat(np.arange(m), count)
+    start = np.zeros(m, dtype=np.int64)
     np.cumsum(count[:-1], out=start[1:])
-    total = int(count.sum())
-    rows = np.repeat(np.arange(len(count)), count)
-    positions = lo[rows] + (np.arange(total, dtype=np.int64) - start[rows])
-    return WindowEvents(sorted_events[positions], start, count)
+    positions = events.order[lo[rows] + (np.arange(int(count.sum()), dtype=np.int64) - start[rows])]
+    keep = eligible[positions]
+    count = np.bincount(rows[keep], minlength=m).astype(np.int64)
+    start = np.zeros(m, dtype=np.int64)
+    np.cumsum(count[:-1], out=start[1:])
+    return WindowEvents(positions[keep], start, count)
 
 
 def classify(
     users: np.ndarray,
     times: np.ndarray,
-    event_user: np.ndarray,
-    event_time: np.ndarray,
+    events: SortedRows,
     arrival_time: np.ndarray,
     too_late: np.ndarray,
     relevant: np.ndarray,
     span_ms: int,
 ) -> Causes:
-    """``cause_for`` for every mismatch (``users[i]`` at ``times[i]``) at once."""
-    windows = window_events(users, times, event_user, event_time, relevant, span_ms)
+    """``cause_for`` for every mismatch (``users[i]`` at ``times[i]``) at once.
+
+    ``events`` is the event log sorted by (user, event time); the other event
+    columns are in log order.
+    """
+    windows = window_events(users, times, events, relevant, span_ms)
     m = len(users)
     rows = np.repeat(np.arange(m), windows.count)
     ev = windows.events

@@ -8,18 +8,23 @@ already in memory; ``run_comparison`` reads and checks the files
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from compare.alignment import Alignment, Cells, DuplicateCell, align, legacy_cells, settle, stream_cells
+from compare.alignment import Alignment, Cells, DuplicateCell, Side, align, legacy_cells, settle
 from compare.causes import classify
 from compare.frames import SegmentCodec, UserIndex
 from compare.groundtruth import GroundTruth, evaluate, present_cells, tiers
 from compare.inputs import ComparisonInputs, GateFlags, NoiseInput, load_inputs
+from compare.keys import KeySpace, SortedRows
 from compare.latency import LatencySketch, LatencySummary, legacy_freshness, read_measurements, stream_freshness
 from compare.mismatches import Mismatches
 from compare.parity import AsOfAgreement, NoiseFloor, ParityResult, SegmentCounts
@@ -28,6 +33,10 @@ from segments.events import EventLog
 from segments.lateness import GateParams
 from segments.rules import RuleSet, load_ruleset
 from segments.timeutil import Clock, format_ms, wall_clock_ms
+
+PARALLEL = True
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @dataclass(frozen=True)
@@ -42,61 +51,111 @@ def _numpy(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy()
 
 
+def _both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """Run two independent steps at once (numpy and Arrow release the GIL in their kernels)."""
+    if not PARALLEL:
+        return first(), second()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        later = pool.submit(second)
+        return first(), later.result()
+
+
 def _cells(
     side: str,
     table: pa.Table,
     users: np.ndarray,
+    masks: np.ndarray,
     schedule: np.ndarray,
-    codec: SegmentCodec,
     label: str,
+    space: KeySpace | None,
     drop_outside: bool = False,
-) -> Cells:
-    masks = codec.masks(table.column("segments"))
+) -> tuple[Side, SortedRows | None]:
+    """One side as alignment takes it (legacy cells, or a stream's settled timelines), and for a stream
+    its transitions sorted by (user, effective time)."""
     if side == "legacy":
-        return legacy_cells(schedule, _numpy(table, "as_of"), users, masks, label, drop_outside)
-    spans = settle(users, _numpy(table, "effective_time"), _numpy(table, "revision"), masks)
-    return stream_cells(schedule, spans, label)
+        return legacy_cells(schedule, _numpy(table, "as_of"), users, masks, label, drop_outside), None
+    rows = SortedRows.of(users, _numpy(table, "effective_time"), space)
+    return settle(rows, _numpy(table, "revision"), masks), rows
+
+
+def _legacy_side(
+    inputs: ComparisonInputs, users: np.ndarray, masks: np.ndarray, event_user: np.ndarray, space: KeySpace | None
+) -> tuple[Side, SortedRows, LatencySummary]:
+    """Legacy cells, the event log sorted by (user, event time), and legacy freshness."""
+    schedule = inputs.schedule.times
+    cells, _ = _cells("legacy", inputs.legacy, users, masks, schedule, "legacy", space)
+    return cells, SortedRows.of(event_user, inputs.events.event_time, space), _legacy_latency(inputs)
+
+
+def _stream_side(
+    inputs: ComparisonInputs, users: np.ndarray, masks: np.ndarray, space: KeySpace | None
+) -> tuple[Side, SortedRows | None]:
+    """The stream's settled timelines and its transitions sorted by (user, effective time)."""
+    return _cells("stream", inputs.stream, users, masks, inputs.schedule.times, "stream", space)
+
+
+def _pairing(
+    inputs: ComparisonInputs,
+    sides: dict[str, Side],
+    codes: list[np.ndarray],
+    masks: list[np.ndarray],
+    n_users: int,
+    codec: SegmentCodec,
+    space: KeySpace | None,
+) -> tuple[Alignment, tuple[NoiseFloor, ...]]:
+    """The alignment of both sides, and each noise run against its side."""
+    schedule = inputs.schedule.times
+    alignment = align(schedule, sides["legacy"], sides["stream"], n_users, codec.dtype)
+    noise = tuple(
+        _noise_floor(n, sides[n.side], codes[3 + i], masks[2 + i], n_users, codec, schedule, space)
+        for i, n in enumerate(inputs.noise)
+    )
+    return alignment, noise
 
 
 def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms) -> Comparison:
-    """Compare two checked outputs; raises ``InputError`` for a side with two lines for one pair."""
+    """Compare two checked outputs; raises ``InputError`` for a side with two lines for one pair.
+
+    Independent steps run two at a time (the work is in numpy and Arrow kernels,
+    which release the GIL); big intermediates are dropped as soon as they are used.
+    """
     ruleset = inputs.ruleset
     frame = inputs.events
     schedule = inputs.schedule.times
     tables = [inputs.legacy, inputs.stream, *(n.table for n in inputs.noise)]
-    users, codes = UserIndex.build([frame.user_id, *(t.column("user_id") for t in tables)])
+    (users, codes), (codec, masks) = _both(
+        partial(UserIndex.build, [frame.user_id, *(t.column("user_id") for t in tables)]),
+        partial(SegmentCodec.encode_all, ruleset, [t.column("segments") for t in tables]),
+    )
     event_user = codes[0]
-    codec = SegmentCodec.for_outputs(ruleset, [t.column("segments") for t in tables])
+    space = KeySpace.of(
+        len(users),
+        [frame.event_time, schedule - ruleset.span_ms, schedule]
+        + [_numpy(t, "effective_time") for t in tables[1:] if "effective_time" in t.column_names],
+    )
     try:
-        legacy = _cells("legacy", inputs.legacy, codes[1], schedule, codec, "legacy")
-        stream = _cells("stream", inputs.stream, codes[2], schedule, codec, "stream")
-        alignment = align(schedule, legacy, stream, len(users), codec.dtype)
-        noise = tuple(
-            _noise_floor(n, codes[3 + i], legacy, stream, codec, len(users), schedule)
-            for i, n in enumerate(inputs.noise)
+        (legacy, events, legacy_latency), (stream, transitions) = _both(
+            partial(_legacy_side, inputs, codes[1], masks[0], event_user, space),
+            partial(_stream_side, inputs, codes[2], masks[1], space),
+        )
+        assert transitions is not None
+        sides = {"legacy": legacy, "stream": stream}
+        del legacy, stream
+        codes[1] = codes[2] = codes[0][:0]  # spent: the cells and sorted transitions carry them now
+        (alignment, noise), stream_latency = _both(
+            partial(_pairing, inputs, sides, codes, masks, len(users), codec, space),
+            partial(_stream_latency, inputs, events, transitions),
         )
     except DuplicateCell as dup:
         raise InputError(
             f"the {dup.side} output has more than one line for user {users.name(dup.user)!r} "
             f"at as-of {format_ms(int(schedule[dup.as_idx]))}"
         ) from None
-
-    mism = alignment.mismatches()
-    m_user = alignment.user[mism]
-    m_time = schedule[alignment.as_idx[mism]]
-    causes = classify(
-        m_user,
-        m_time,
-        event_user,
-        frame.event_time,
-        frame.arrival_time,
-        frame.too_late,
-        frame.relevant,
-        ruleset.span_ms,
-    )
-    mismatches = Mismatches(
-        m_time, m_user, alignment.left[mism], alignment.right[mism], causes, users, codec, frame
-    )
+    del sides, transitions, codes, masks  # the alignment holds what is needed from here
+    m_user, m_idx, left, right = alignment.mismatches()
+    m_time = schedule[m_idx]
+    causes = classify(m_user, m_time, events, frame.arrival_time, frame.too_late, frame.relevant, ruleset.span_ms)
+    mismatches = Mismatches(m_time, m_user, left, right, causes, users, codec, frame)
     per_segment = {
         name: SegmentCounts(*counts)
         for name, counts in zip(codec.names, alignment.per_bit(len(codec.names)), strict=True)
@@ -115,7 +174,7 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms) -> Co
         by_cause=causes.counts(),
         per_segment=per_segment,
         agreement_over_time=over_time,
-        latency=_latency(inputs, event_user, codes[2]),
+        latency={"legacy": legacy_latency, "stream": stream_latency},
         dead_letter={
             "legacy": {"rejected": frame.rejected, "events": len(frame)},
             "stream": {
@@ -138,30 +197,25 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms) -> Co
     return Comparison(result, mismatches)
 
 
-def _latency(inputs: ComparisonInputs, event_user: np.ndarray, stream_user: np.ndarray) -> dict[str, LatencySummary]:
+def _legacy_latency(inputs: ComparisonInputs) -> LatencySummary:
     frame = inputs.events
     schedule = inputs.schedule
-    relevant = frame.relevant
-    values, never = legacy_freshness(frame.arrival_time[relevant], schedule.times, schedule.run_ms)
-    legacy_source = "as_of_schedule+run_time" if schedule.durations_known else "as_of_schedule"
-    legacy = LatencySketch.of(values).summary(legacy_source, never_visible=never)
+    arrivals = frame.arrival_time if bool(frame.relevant.all()) else frame.arrival_time[frame.relevant]
+    values, never = legacy_freshness(arrivals, schedule.times, schedule.run_ms)
+    source = "as_of_schedule+run_time" if schedule.durations_known else "as_of_schedule"
+    return LatencySketch.of(values).summary(source, never_visible=never)
+
+
+def _stream_latency(inputs: ComparisonInputs, events: SortedRows, transitions: SortedRows) -> LatencySummary:
     if inputs.live_latency is not None:
-        stream = LatencySketch.of(inputs.live_latency).summary("live")
-    else:
-        table = inputs.stream
-        expiry = pc.fill_null(pc.equal(table.column("cause"), "expiry"), False).to_numpy(zero_copy_only=False)
-        values, unattributed = stream_freshness(
-            stream_user,
-            _numpy(table, "effective_time"),
-            _numpy(table, "emitted_at"),
-            expiry,
-            event_user,
-            frame.event_time,
-            frame.arrival_time,
-            frame.applied,
-        )
-        stream = LatencySketch.of(values).summary("transitions", unattributed=unattributed)
-    return {"legacy": legacy, "stream": stream}
+        return LatencySketch.of(inputs.live_latency).summary("live")
+    frame = inputs.events
+    table = inputs.stream
+    expiry = pc.fill_null(pc.equal(table.column("cause"), "expiry"), False).to_numpy(zero_copy_only=False)
+    values, unattributed = stream_freshness(
+        transitions, _numpy(table, "emitted_at"), expiry, events, frame.arrival_time, frame.applied
+    )
+    return LatencySketch.of(values).summary("transitions", unattributed=unattributed)
 
 
 def _ground_truth(
@@ -179,19 +233,20 @@ def _ground_truth(
 
 def _noise_floor(
     noise: NoiseInput,
+    first: Side,
     users: np.ndarray,
-    legacy: Cells,
-    stream: Cells,
-    codec: SegmentCodec,
+    masks: np.ndarray,
     n_users: int,
+    codec: SegmentCodec,
     schedule: np.ndarray,
+    space: KeySpace | None,
 ) -> NoiseFloor:
-    """The primary output of a side against a second run of the same side, at the same as-ofs."""
+    """The primary output of a side (``first``) against a second run of it, at the same as-ofs."""
     side = noise.side
-    second = _cells(side, noise.table, users, schedule, codec, f"{side} noise", drop_outside=True)
-    first = legacy if side == "legacy" else stream
+    second, _ = _cells(side, noise.table, users, masks, schedule, f"{side} noise", space, drop_outside=True)
     pairing = align(schedule, first, second, n_users, codec.dtype)
-    return NoiseFloor(side, pairing.pairs, pairing.agreement(), str(noise.path), noise.events_sha256, second.outside)
+    outside = second.outside if isinstance(second, Cells) else 0
+    return NoiseFloor(side, pairing.pairs, pairing.agreement(), str(noise.path), noise.events_sha256, outside)
 
 
 def run_comparison(

@@ -87,17 +87,25 @@ class SegmentCodec:
     @classmethod
     def for_outputs(cls, ruleset: RuleSet, lists: Sequence[pa.ChunkedArray | pa.Array]) -> SegmentCodec:
         """The rule set's names, then any other name found in ``lists`` (sorted), so every set is encodable."""
-        known = list(ruleset.segment_names)
+        return cls.encode_all(ruleset, lists)[0]
+
+    @classmethod
+    def encode_all(
+        cls, ruleset: RuleSet, lists: Sequence[pa.ChunkedArray | pa.Array]
+    ) -> tuple[SegmentCodec, list[np.ndarray]]:
+        """``for_outputs`` and every column's masks, in one pass over the names when all are the rule set's."""
+        codec = cls(ruleset.segment_names)
+        results = [codec._masks(column) for column in lists]
+        if all(complete for _, complete in results):
+            return codec, [masks for masks, _ in results]
+        known = pa.array(codec.names, pa.string())
         extra: set[str] = set()
-        value_set = pa.array(known, pa.string())
         for column in lists:
             flat = _flatten(column)
-            if len(flat) == 0:
-                continue
-            unknown = flat.filter(pc.invert(pc.is_in(flat, value_set=value_set)))
-            if len(unknown):
-                extra.update(pc.unique(unknown).to_pylist())
-        return cls(tuple(known) + tuple(sorted(extra)))
+            unknown = flat.filter(pc.invert(pc.fill_null(pc.is_in(flat, value_set=known), True)))
+            extra.update(v for v in pc.unique(unknown).to_pylist() if v is not None)
+        codec = cls(codec.names + tuple(sorted(extra)))
+        return codec, [codec._masks(column)[0] for column in lists]
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -121,23 +129,42 @@ class SegmentCodec:
         return mask
 
     def masks(self, lists: pa.ChunkedArray | pa.Array) -> np.ndarray:
-        """One mask per list (a set: repeated names count once; an empty or null list is 0)."""
-        array = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+        """One mask per list (a set: repeated names count once; an empty or null list is 0).
+
+        Names that are not in the codec are ignored here; ``encode_all`` finds them first.
+        """
+        return self._masks(lists)[0]
+
+    def _masks(self, lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, bool]:
+        """(masks, whether every name in ``lists`` is one of the codec's)."""
+        chunks = lists.chunks if isinstance(lists, pa.ChunkedArray) else [lists]
+        parts = [self._chunk_masks(chunk) for chunk in chunks]
+        masks = np.concatenate([m for m, _ in parts]) if parts else np.zeros(0, dtype=self.dtype)
+        return masks, all(complete for _, complete in parts)
+
+    def _chunk_masks(self, array: pa.Array) -> tuple[np.ndarray, bool]:
         rows = len(array)
-        flat = pc.list_flatten(array)
+        offsets = np.asarray(array.offsets)
+        # the values the offsets point at (``flatten`` would leave out those under null lists)
+        flat = array.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])) if rows else array.flatten()
         bits = np.zeros(len(flat), dtype=self.dtype)
         for i, name in enumerate(self.names):
-            hit = pc.fill_null(pc.equal(flat, name), False).to_numpy(zero_copy_only=False)
-            bits[hit] |= self.dtype.type(1 << i)
+            equal = pc.equal(flat, name)
+            if equal.null_count:
+                equal = pc.fill_null(equal, False)
+            hit = equal.to_numpy(zero_copy_only=False)
+            np.bitwise_or(bits, hit.astype(self.dtype) << self.dtype.type(i), out=bits)
+        complete = bool(np.all(bits != 0))
         if rows == 0:
-            return np.zeros(0, dtype=self.dtype)
-        sizes = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        starts = np.zeros(rows, dtype=np.int64)
-        np.cumsum(sizes[:-1], out=starts[1:])
+            return np.zeros(0, dtype=self.dtype), complete
+        starts = offsets[:-1] - offsets[0]
+        empty = offsets[1:] == offsets[:-1]
+        if array.null_count:
+            empty |= np.asarray(array.is_null())
         padded = np.append(bits, self.dtype.type(0))
         out = np.bitwise_or.reduceat(padded, np.minimum(starts, len(bits)))
-        out[sizes == 0] = 0
-        return out.astype(self.dtype, copy=False)
+        out[empty] = 0
+        return out.astype(self.dtype, copy=False), complete
 
 
 def _flatten(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -162,22 +189,28 @@ class UserIndex:
 
     @classmethod
     def build(cls, columns: Sequence[pa.ChunkedArray | pa.Array]) -> tuple[UserIndex, list[np.ndarray]]:
-        """One index over every column, and each column's codes (int32, one per row)."""
-        encoded = []
-        for column in columns:
-            array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        """One index over every column, and each column's codes (int32, one per row).
+
+        The first column is dictionary-encoded; the others are looked up in the
+        ids found so far (a hash probe, cheaper than encoding), new ids appended.
+        """
+        names = pa.array([], pa.string())
+        codes = []
+        for array in columns:
             if array.null_count:
                 raise InputError("a user_id is missing")
-            encoded.append(pc.dictionary_encode(array) if len(array) else None)
-        dictionaries = [e.dictionary for e in encoded if e is not None]
-        names = pc.unique(pa.concat_arrays(dictionaries)) if dictionaries else pa.array([], pa.string())
-        codes = []
-        for e in encoded:
-            if e is None:
-                codes.append(np.zeros(0, dtype=np.int32))
+            if len(names) == 0 and len(array):
+                whole = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+                encoded = pc.dictionary_encode(whole)
+                names = encoded.dictionary
+                codes.append(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False))
                 continue
-            remap = pc.index_in(e.dictionary, value_set=names).to_numpy(zero_copy_only=False).astype(np.int32)
-            codes.append(remap[e.indices.to_numpy(zero_copy_only=False)])
+            found = pc.index_in(array, value_set=names)
+            if found.null_count:
+                unseen = pc.unique(array.filter(pc.is_null(found)))
+                names = pa.concat_arrays([names, unseen])
+                found = pc.index_in(array, value_set=names)
+            codes.append(found.to_numpy().astype(np.int32, copy=False))
         return cls(names), codes
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from compare.alignment import Alignment
+from compare.alignment import Alignment, first_at_or_after
 from compare.frames import SegmentCodec
 from compare.stats import rate
 from segments.rules import RuleSet
@@ -91,8 +91,8 @@ def present_cells(
     """(user, as-of index, fraudulent) for every cell where a user is present."""
     pick = np.flatnonzero(relevant)
     et = event_time[pick]
-    lo = np.searchsorted(schedule, et, side="left")
-    hi = np.searchsorted(schedule, et + span_ms, side="left")
+    lo = first_at_or_after(schedule, et)
+    hi = first_at_or_after(schedule, et + span_ms)
     counts = hi - lo
     rows = np.repeat(np.arange(len(pick)), counts)
     starts = np.zeros(len(pick), dtype=np.int64)

@@ -24,11 +24,12 @@ from typing import Any
 import numpy as np
 from datasketches import kll_doubles_sketch
 
+from compare.alignment import first_at_or_after
+from compare.keys import SortedRows
 from segments.errors import InputError
 
 K = 200
 CURVE_POINTS = 101
-_PACK_LIMIT = 1 << 62
 
 
 class LatencySketch:
@@ -115,65 +116,62 @@ def legacy_freshness(
     arrival_time: np.ndarray, schedule: np.ndarray, run_ms: np.ndarray
 ) -> tuple[np.ndarray, int]:
     """(freshness per visible event in ms, how many events arrived after the last as-of)."""
-    idx = np.searchsorted(schedule, arrival_time, side="left")
+    idx = first_at_or_after(schedule, arrival_time)
     visible = idx < len(schedule)
-    at = idx[visible]
-    values = (schedule[at] - arrival_time[visible]).astype(np.float64) + run_ms[at]
-    return values, int(np.count_nonzero(~visible))
+    hidden = int(np.count_nonzero(~visible))
+    at = idx[visible] if hidden else idx
+    values = schedule.take(at).astype(np.float64)
+    values -= arrival_time[visible] if hidden else arrival_time
+    values += run_ms.take(at)
+    return values, hidden
 
 
 def stream_freshness(
-    user: np.ndarray,
-    effective_time: np.ndarray,
+    transitions: SortedRows,
     emitted_at: np.ndarray,
     expiry: np.ndarray,
-    event_user: np.ndarray,
-    event_time: np.ndarray,
+    events: SortedRows,
     arrival_time: np.ndarray,
     applied: np.ndarray,
 ) -> tuple[np.ndarray, int]:
-    """(freshness per attributed transition in ms, how many transitions had no causing event)."""
-    out = np.empty(len(user), dtype=np.float64)
-    out[expiry] = (emitted_at[expiry] - effective_time[expiry]).astype(np.float64)
-    caused = np.flatnonzero(~expiry)
-    arrival = _latest_arrival(
-        user[caused], effective_time[caused], event_user[applied], event_time[applied], arrival_time[applied]
+    """(freshness per attributed transition in ms, how many transitions had no causing event).
+
+    ``transitions`` are sorted by (user, effective time) and ``events`` by (user,
+    event time); ``emitted_at``, ``expiry``, ``arrival_time`` and ``applied`` are in
+    input order.
+    """
+    n = len(transitions)
+    if n == 0:
+        return np.zeros(0, dtype=np.float64), 0
+    latest = np.full(len(events), -1, dtype=np.int64)
+    if len(events):
+        starts = events.group_starts()
+        arrivals = arrival_time.take(events.order)
+        arrivals[~applied.take(events.order)] = -1
+        latest[starts] = np.maximum.reduceat(arrivals, starts)
+        del arrivals, starts
+    same_space = transitions.space is not None and transitions.space == events.space
+    if same_space:
+        empty = np.zeros(0, dtype=np.int64)
+        position = events.find(empty, empty, transitions.keys)
+    else:
+        position = events.find(transitions.users(), transitions.times())
+    missing = position < 0
+    np.maximum(position, 0, out=position)
+    arrival = latest.take(position)
+    del latest, position
+    arrival[missing] = -1
+    order = transitions.order
+    is_expiry = expiry[order]
+    emitted = emitted_at[order]
+    found = ~is_expiry & (arrival >= 0)
+    values = np.concatenate(
+        [
+            (emitted[is_expiry] - transitions.times(np.flatnonzero(is_expiry))).astype(np.float64),
+            (emitted[found] - arrival[found]).astype(np.float64),
+        ]
     )
-    found = arrival >= 0
-    out[caused[found]] = (emitted_at[caused[found]] - arrival[found]).astype(np.float64)
-    keep = np.ones(len(user), dtype=np.bool_)
-    keep[caused[~found]] = False
-    return out[keep], int(np.count_nonzero(~found))
-
-
-def _latest_arrival(
-    user: np.ndarray, at: np.ndarray, event_user: np.ndarray, event_time: np.ndarray, arrival: np.ndarray
-) -> np.ndarray:
-    """For each (user, time), the latest arrival of an event of that user at exactly that time; -1 if none."""
-    result = np.full(len(user), -1, dtype=np.int64)
-    if len(user) == 0 or len(event_user) == 0:
-        return result
-    eu = event_user.astype(np.int64)
-    floor = int(min(event_time.min(), at.min()))
-    width = int(max(event_time.max(), at.max())) - floor + 1
-    if (int(max(eu.max(), user.max())) + 1) * width >= _PACK_LIMIT:
-        latest: dict[tuple[int, int], int] = {}
-        for u, t, a in zip(eu.tolist(), event_time.tolist(), arrival.tolist(), strict=True):
-            if a > latest.get((u, t), -1):
-                latest[(u, t)] = a
-        return np.array([latest.get((u, t), -1) for u, t in zip(user.tolist(), at.tolist(), strict=True)])
-    keys = eu * width + (event_time - floor)
-    order = np.argsort(keys)
-    keys = keys[order]
-    starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
-    best = np.maximum.reduceat(arrival[order], starts)
-    keys = keys[starts]
-    wanted = user.astype(np.int64) * width + (at - floor)
-    pos = np.searchsorted(keys, wanted)
-    clipped = np.minimum(pos, len(keys) - 1)
-    hit = (pos < len(keys)) & (keys[clipped] == wanted)
-    result[hit] = best[clipped[hit]]
-    return result
+    return values, int(np.count_nonzero(~is_expiry & (arrival < 0)))
 
 
 def read_measurements(path: str | Path) -> np.ndarray:

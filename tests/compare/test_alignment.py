@@ -10,9 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compare.alignment import DuplicateCell, align, legacy_cells, settle, stream_cells
+from compare.alignment import (
+    DuplicateCell,
+    align,
+    as_of_index,
+    first_at_or_after,
+    legacy_cells,
+    settle,
+    stream_cells,
+)
 from compare.comparison import run_comparison
 from compare.frames import SegmentCodec, UserIndex, legacy_table, stream_table
+from compare.keys import KeySpace, SortedRows
 from segments.outputs import Assignment, Transition, timelines
 from segments.rules import load_ruleset
 from tests.compare.builders import MIN, T0, event, write_events, write_legacy, write_stream
@@ -39,30 +48,33 @@ _stream = st.lists(
 
 
 def _engine(
-    assignments: list[Assignment], transitions: list[Transition], dense_bytes: int
+    assignments: list[Assignment],
+    transitions: list[Transition],
+    dense_bytes: int,
+    packed: bool = True,
+    as_spans: bool = True,
 ) -> set[tuple[int, str, frozenset[str], frozenset[str]]]:
     legacy, stream = legacy_table(assignments), stream_table(transitions)
     users, (lu, su) = UserIndex.build([legacy.column("user_id"), stream.column("user_id")])
     codec = SegmentCodec.for_outputs(CLICK, [legacy.column("segments"), stream.column("segments")])
     schedule = np.array(SCHEDULE, dtype=np.int64)
     left = legacy_cells(schedule, legacy.column("as_of").to_numpy(), lu, codec.masks(legacy.column("segments")))
+    effective = stream.column("effective_time").to_numpy()
+    space = KeySpace.of(len(users), [effective]) if packed else None
     spans = settle(
-        su,
-        stream.column("effective_time").to_numpy(),
+        SortedRows.of(su, effective, space),
         stream.column("revision").to_numpy(),
         codec.masks(stream.column("segments")),
     )
-    right = stream_cells(schedule, spans)
+    right = spans if as_spans else stream_cells(schedule, spans)
     pairing = align(schedule, left, right, len(users), codec.dtype, dense_bytes)
-    return {
-        (
-            SCHEDULE[int(pairing.as_idx[i])],
-            users.name(int(pairing.user[i])),
-            frozenset(codec.decode(int(pairing.left[i]))),
-            frozenset(codec.decode(int(pairing.right[i]))),
-        )
-        for i in range(pairing.pairs)
+    user, as_idx, left_masks, right_masks = pairing.all_pairs()
+    got = {
+        (SCHEDULE[a], users.name(u), frozenset(codec.decode(lm)), frozenset(codec.decode(rm)))
+        for u, a, lm, rm in zip(user.tolist(), as_idx.tolist(), left_masks.tolist(), right_masks.tolist(), strict=True)
     }
+    assert len(got) == pairing.pairs
+    return got
 
 
 def _oracle(
@@ -84,15 +96,21 @@ def _transitions(rows: list[tuple[str, frozenset[str], int, int]]) -> list[Trans
     return [Transition(u, tuple(sorted(s)), e, r, e, "event") for u, s, e, r in rows]
 
 
-@pytest.mark.parametrize("dense_bytes", [1 << 30, 0], ids=["dense", "sorted"])
+@pytest.mark.parametrize(
+    ("dense_bytes", "packed", "as_spans"),
+    [(1 << 30, True, True), (1 << 30, True, False), (0, True, True), (1 << 30, False, True)],
+    ids=["dense-timelines", "dense-cells", "sorted", "lexsort"],
+)
 @settings(max_examples=120, deadline=None)
 @given(legacy=_legacy, stream=_stream)
-def test_pairs_equal_the_timeline_oracle(dense_bytes: int, legacy: dict, stream: list) -> None:
+def test_pairs_equal_the_timeline_oracle(
+    dense_bytes: int, packed: bool, as_spans: bool, legacy: dict, stream: list
+) -> None:
     """Pairs are the users non-empty on either side at each as-of, the stream read from its settled timeline;
     agree + mismatch = pairs."""
     assignments = [Assignment(t, u, tuple(sorted(s))) for (t, u), s in legacy.items()]
     transitions = _transitions(stream)
-    got = _engine(assignments, transitions, dense_bytes)
+    got = _engine(assignments, transitions, dense_bytes, packed, as_spans)
     assert got == _oracle(assignments, transitions)
     agree = sum(1 for _, _, left, right in got if left == right)
     assert agree + sum(1 for _, _, left, right in got if left != right) == len(got)
@@ -117,9 +135,12 @@ def test_identical_inputs_give_no_mismatch(legacy: dict, offsets: list[int]) -> 
 
 def test_highest_revision_wins_whatever_the_order() -> None:
     """Per (user, effective time) the highest revision wins, even when it comes first in the file."""
-    user = np.array([0, 0, 0], dtype=np.int32)
-    spans = settle(user, np.array([5, 5, 5]), np.array([3, 1, 2]), np.array([4, 1, 2], dtype=np.uint8))
-    assert spans.mask.tolist() == [4]
+    user = np.array([0, 0, 0, 0], dtype=np.int32)
+    times = np.array([5, 5, 5, 5])
+    for space in (KeySpace.of(1, [times]), None):
+        rows = SortedRows.of(user, times, space)
+        spans = settle(rows, np.array([2, 3, 1, 3]), np.array([4, 1, 2, 8], dtype=np.uint8))
+        assert spans.mask.tolist() == [1]  # revision 3 twice: the first in the input wins
 
 
 def test_two_lines_for_one_pair_are_refused() -> None:
@@ -154,3 +175,22 @@ def test_identical_outputs_give_parity(tmp_path: Path) -> None:
     )
     result = run_comparison(events, legacy, stream, CLICK)
     assert (result.pairs, result.agree, result.mismatch, result.verdict) == (1, 1, 0, "parity")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    first=st.integers(0, 10**13),
+    step=st.integers(1, 10**7),
+    n=st.integers(1, 30),
+    offsets=st.lists(st.integers(-(10**8), 10**9), max_size=30),
+    extremes=st.booleans(),
+)
+def test_schedule_lookup_by_arithmetic_equals_searchsorted(
+    first: int, step: int, n: int, offsets: list[int], extremes: bool
+) -> None:
+    """For an evenly spaced schedule the arithmetic lookup is exactly ``searchsorted``, up to int64 max."""
+    schedule = first + step * np.arange(n, dtype=np.int64)
+    times = np.array([first + o for o in offsets] + ([0, np.iinfo(np.int64).max] if extremes else []), np.int64)
+    assert first_at_or_after(schedule, times).tolist() == np.searchsorted(schedule, times).tolist()
+    _, found = as_of_index(schedule, times)
+    assert found.tolist() == [bool(t in set(schedule.tolist())) for t in times.tolist()]

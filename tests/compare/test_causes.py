@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from compare.causes import CAUSES, cause_for, classify
 from compare.comparison import run_comparison
+from compare.keys import KeySpace, SortedRows
 from segments.events import load_event_log, too_late
 from segments.lateness import GateParams, too_late_ids
 from segments.rules import load_ruleset
@@ -152,8 +153,9 @@ _event = st.tuples(
 @given(
     events=st.lists(_event, max_size=40),
     pairs=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 45)), min_size=1, max_size=12),
+    packed=st.booleans(),
 )
-def test_bulk_causes_equal_the_one_pair_definition(events: list, pairs: list) -> None:
+def test_bulk_causes_equal_the_one_pair_definition(events: list, pairs: list, packed: bool) -> None:
     """``classify`` (numpy, all mismatches at once) agrees with ``cause_for`` on every pair."""
     from segments.events import Event
 
@@ -164,11 +166,13 @@ def test_bulk_causes_equal_the_one_pair_definition(events: list, pairs: list) ->
     dropped = {f"e{i}" for i, e in enumerate(events) if e[4]}
     users = np.array([u for u, _ in pairs], dtype=np.int64)
     times = np.array([T0 + m * MIN for _, m in pairs], dtype=np.int64)
+    event_user = np.array([e[0] for e in events], dtype=np.int64)
+    event_time = np.array([o.event_time for o in objs], dtype=np.int64)
+    space = KeySpace.of(4, [event_time, times, times - CLICK.span_ms]) if packed else None
     result = classify(
         users,
         times,
-        np.array([e[0] for e in events], dtype=np.int64),
-        np.array([o.event_time for o in objs], dtype=np.int64),
+        SortedRows.of(event_user, event_time, space),
         np.array([o.arrival_time for o in objs], dtype=np.int64),
         np.array([e[4] for e in events], dtype=np.bool_),
         np.array([o.kind in CLICK.kinds for o in objs], dtype=np.bool_),

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from compare.keys import KeySpace, SortedRows
 from compare.latency import LatencySketch, legacy_freshness, read_measurements, stream_freshness
 from segments.errors import InputError
 
@@ -26,18 +27,19 @@ def test_legacy_freshness_is_the_next_as_of_plus_its_run_time() -> None:
 def test_stream_freshness_uses_the_latest_arrival_of_the_causing_event() -> None:
     """event/correction: emitted_at minus the latest arrival of an applied event at the effective time;
     expiry: emitted_at minus the effective time; no such event: unattributed."""
-    values, unattributed = stream_freshness(
-        user=np.array([0, 0, 1, 1]),
-        effective_time=np.array([9_000, 20_000, 9_000, 7_000]),
-        emitted_at=np.array([12_000, 25_000, 9_500, 8_000]),
-        expiry=np.array([False, True, False, False]),
-        event_user=np.array([0, 0, 0, 1, 1]),
-        event_time=np.array([9_000, 9_000, 9_000, 9_000, 9_000]),
-        arrival_time=np.array([9_000, 11_000, 11_500, 9_100, 9_000]),
-        applied=np.array([True, True, False, True, True]),
-    )
-    assert values.tolist() == [1_000, 5_000, 400]
-    assert unattributed == 1
+    user, effective = np.array([0, 0, 1, 1]), np.array([9_000, 20_000, 9_000, 7_000])
+    event_user, event_time = np.array([0, 0, 0, 1, 1]), np.array([9_000] * 5)
+    for space in (KeySpace.of(2, [effective, event_time]), None):
+        values, unattributed = stream_freshness(
+            SortedRows.of(user, effective, space),
+            emitted_at=np.array([12_000, 25_000, 9_500, 8_000]),
+            expiry=np.array([False, True, False, False]),
+            events=SortedRows.of(event_user, event_time, space),
+            arrival_time=np.array([9_000, 11_000, 11_500, 9_100, 9_000]),
+            applied=np.array([True, True, False, True, True]),
+        )
+        assert sorted(values.tolist()) == [400, 1_000, 5_000]
+        assert unattributed == 1
 
 
 def test_sketch_summary_and_merge() -> None:
