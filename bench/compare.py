@@ -26,7 +26,9 @@ Prints pairs/s, peak RSS per stage and the ratio to the baseline.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -86,7 +88,7 @@ def rss_mb() -> float:
 class Synthetic:
     """The seeded workload: Arrow tables for both sides and the event columns."""
 
-    def __init__(self, users: int, as_ofs: int) -> None:
+    def __init__(self, users: int, as_ofs: int, tables: bool = True) -> None:
         rng = np.random.default_rng(SEED)
         self.users, self.as_ofs = users, as_ofs
         self.schedule = T0 + EVERY * np.arange(1, as_ofs + 1, dtype=np.int64)
@@ -102,7 +104,7 @@ class Synthetic:
         emitted = arrival + rng.integers(1, 20, n)
         tmask = value[tu, tk]
         order = np.argsort(eff, kind="stable")  # the stream writes in emission order
-        self.stream = pa.table(
+        self.stream = pa.table({}) if not tables else pa.table(
             {
                 "user_id": names.take(pa.array(tu[order])),
                 "segments": SETS.take(pa.array(tmask[order])),
@@ -123,7 +125,7 @@ class Synthetic:
         legacy_mask = sampled
         legacy_mask[altered] ^= rng.integers(1, 4, len(altered), dtype=np.uint8)
         keep = np.flatnonzero(legacy_mask != 0)
-        self.legacy = pa.table(
+        self.legacy = pa.table({}) if not tables else pa.table(
             {
                 "as_of": pa.array(self.schedule[keep % as_ofs]),
                 "user_id": names.take(pa.array(keep // as_ofs)),
@@ -187,9 +189,12 @@ def stage_engine(args: argparse.Namespace) -> dict[str, object]:
     inputs_rss = rss_mb()
     reset_peak()
     seconds = []
+    cpu = []
     comparison = None
     for _ in range(args.repeat):
+        started = time.process_time()
         comparison, elapsed = _timed(lambda: compare_inputs(inputs))
+        cpu.append(time.process_time() - started)
         seconds.append(elapsed)
     assert comparison is not None
     result = comparison.result
@@ -201,6 +206,7 @@ def stage_engine(args: argparse.Namespace) -> dict[str, object]:
         "by_cause": dict(result.by_cause),
         "seconds": seconds,
         "median_s": statistics.median(seconds),
+        "median_cpu_s": statistics.median(cpu),
         "write_outputs_s": write_s,
         "legacy_rows": data.legacy.num_rows,
         "transitions": data.stream.num_rows,
@@ -246,8 +252,7 @@ def stage_write(args: argparse.Namespace) -> dict[str, object]:
 
 def stage_files(args: argparse.Namespace) -> dict[str, object]:
     directory = Path(args.dir)
-    data = Synthetic(args.users, args.as_ofs)
-    del data.legacy, data.stream
+    data = Synthetic(args.users, args.as_ofs, tables=False)
     generated_rss = rss_mb()
     reset_peak()
     legacy, read_legacy_s = _timed(lambda: read_legacy(directory / "legacy.jsonl"))
@@ -341,6 +346,8 @@ def main() -> None:
     parser.add_argument("--dir")
     args = parser.parse_args()
     if args.stage:
+        with contextlib.suppress(AttributeError, NotImplementedError, pa.ArrowException):
+            pa.jemalloc_set_decay_ms(0)  # give freed Arrow memory back at once, so RSS means what is in use
         print(json.dumps(STAGES[args.stage](args)))
         return
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as directory:
@@ -352,7 +359,8 @@ def main() -> None:
               f"{engine['events']:,} events); mismatches {engine['mismatch']:,}: {engine['by_cause']}")
         runs = ", ".join(f"{s:.2f}" for s in engine["seconds"])  # type: ignore[attr-defined]
         print(f"engine (Arrow tables in memory -> compare_inputs): median {engine['median_s']:.2f} s "
-              f"[{runs}] = {rate:,.0f} pairs/s")
+              f"[{runs}] = {rate:,.0f} pairs/s; CPU {engine['median_cpu_s']:.2f} s over both threads "
+              f"(load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         print(f"  RSS: inputs resident {engine['inputs_rss_mb']:,.0f} MB; peak while comparing "
               f"{engine['compare_peak_rss_mb']:,.0f} MB (inputs included); peak incl. writing outputs "
               f"{engine['peak_rss_mb']:,.0f} MB; the generator's own peak {engine['generator_peak_rss_mb']:,.0f} MB")
