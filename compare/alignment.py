@@ -72,6 +72,11 @@ def first_at_or_after(schedule: np.ndarray, times: np.ndarray) -> np.ndarray:
     return np.searchsorted(schedule, times, side="left")
 
 
+def _cell_type(users: int, as_ofs: int) -> type[np.signedinteger[Any]]:
+    """int32 cell keys when users x as-ofs fits (half the memory), else int64."""
+    return np.int32 if (users + 1) * (as_ofs + 1) < 2**31 else np.int64
+
+
 def as_of_index(schedule: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The position of each time in the sorted ``schedule`` and whether it is one of its times."""
     idx = first_at_or_after(schedule, times)
@@ -100,9 +105,9 @@ def legacy_cells(
     all_found = bool(found.all())
     if not all_found and not drop_outside:
         raise AsOfOutsideSchedule(side, int(as_of[np.flatnonzero(~found)[0]]))
-    key = user.astype(np.int64)
+    key = user.astype(_cell_type(int(user.max(initial=0)) + 1, len(schedule)))
     key *= len(schedule)
-    key += idx
+    np.add(key, idx, out=key, casting="unsafe")  # idx < len(schedule): the sum fits the key type
     del idx
     keep = found & (mask != 0)
     if bool(keep.all()):
@@ -126,12 +131,18 @@ class AsOfOutsideSchedule(InputError):
 
 @dataclass(frozen=True)
 class Spans:
-    """Settled timelines: for each user, sorted starts; the value holds on ``[start, until)``."""
+    """Settled timelines: per user, sorted starts; each value holds until the user's next start."""
 
     user: np.ndarray
     start: np.ndarray
-    until: np.ndarray
     mask: np.ndarray
+
+    def until(self) -> np.ndarray:
+        """Where each span ends: the next start of the same user, else int64 max."""
+        until = np.full(len(self.user), np.iinfo(np.int64).max, dtype=np.int64)
+        same = self.user[1:] == self.user[:-1]
+        until[:-1][same] = self.start[1:][same]
+        return until
 
 
 def settle(rows: SortedRows, revision: np.ndarray, mask: np.ndarray) -> Spans:
@@ -139,12 +150,12 @@ def settle(rows: SortedRows, revision: np.ndarray, mask: np.ndarray) -> Spans:
 
     ``rows`` are the transitions sorted by (user, effective time); ``revision`` and
     ``mask`` are in input order. Ties on revision keep the row that comes first in
-    the input (as ``Timeline`` does). The last span of a user has ``until`` = int64 max.
+    the input (as ``Timeline`` does).
     """
     n = len(rows)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Spans(empty, empty, empty, mask[:0])
+        return Spans(empty, empty, mask[:0])
     starts = rows.group_starts()
     rev = revision[rows.order].astype(np.int64, copy=False)
     if (int(rev.max()) + 1) * n < _PACK_LIMIT:
@@ -160,11 +171,7 @@ def settle(rows: SortedRows, revision: np.ndarray, mask: np.ndarray) -> Spans:
         ends = np.append(starts[1:], n)
         firsts = [a + int(np.lexsort((rows.order[a:b], -rev[a:b]))[0]) for a, b in zip(starts, ends, strict=True)]
         winners = rows.order[np.array(firsts, dtype=np.int64)]
-    u, e, m = rows.users(starts), rows.times(starts), mask[winners]
-    until = np.full(len(u), np.iinfo(np.int64).max, dtype=np.int64)
-    same = u[1:] == u[:-1]
-    until[:-1][same] = e[1:][same]
-    return Spans(u, e, until, m)
+    return Spans(rows.users(starts), rows.times(starts), mask[winners])
 
 
 def stream_cells(schedule: np.ndarray, spans: Spans, side: str = "stream") -> Cells:
@@ -174,7 +181,7 @@ def stream_cells(schedule: np.ndarray, spans: Spans, side: str = "stream") -> Ce
     """
     keep = spans.mask != 0
     lo = first_at_or_after(schedule, spans.start[keep])
-    hi = first_at_or_after(schedule, spans.until[keep])
+    hi = first_at_or_after(schedule, spans.until()[keep])
     counts = hi - lo
     total = int(counts.sum())
     rows = np.repeat(np.arange(len(counts)), counts)
@@ -305,19 +312,19 @@ def _grid(schedule: np.ndarray, side: Side, cells: int, dtype: np.dtype[Any]) ->
         return grid
     # a timeline: mark each span's first as-of with an increasing id (2i + 1) and the as-of where it ends
     # with the next id (2i + 2, an empty set); a running maximum then carries each id over its span
-    user, start, until, masks = side.user, side.start, side.until, side.mask
+    user, start, masks = side.user, side.start, side.mask
+    hi = first_at_or_after(schedule, side.until())
     keep = masks != 0
     if not keep.all():
-        user, start, until, masks = user[keep], start[keep], until[keep], masks[keep]
+        user, start, masks, hi = user[keep], start[keep], masks[keep], hi[keep]
     lo = first_at_or_after(schedule, start)
-    hi = first_at_or_after(schedule, until)
     some = hi > lo
     if not some.all():
         user, lo, hi, masks = user[some], lo[some], hi[some], masks[some]
     base = user * n
     lo += base
     hi += base
-    del base, user, start, until
+    del base, user, start
     count = len(masks)
     marker_type = np.int32 if 2 * count + 2 < 2**31 else np.int64
     markers = np.zeros(cells + 1, dtype=marker_type)

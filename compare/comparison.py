@@ -34,7 +34,6 @@ from segments.lateness import GateParams
 from segments.rules import RuleSet, load_ruleset
 from segments.timeutil import Clock, format_ms, wall_clock_ms
 
-PARALLEL = True
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -51,9 +50,9 @@ def _numpy(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy()
 
 
-def _both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
-    """Run two independent steps at once (numpy and Arrow release the GIL in their kernels)."""
-    if not PARALLEL:
+def _both(first: Callable[[], A], second: Callable[[], B], parallel: bool) -> tuple[A, B]:
+    """Run two independent steps, at once when ``parallel`` (numpy and Arrow release the GIL in their kernels)."""
+    if not parallel:
         return first(), second()
     with ThreadPoolExecutor(max_workers=1) as pool:
         later = pool.submit(second)
@@ -113,11 +112,12 @@ def _pairing(
     return alignment, noise
 
 
-def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms) -> Comparison:
+def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms, parallel: bool = True) -> Comparison:
     """Compare two checked outputs; raises ``InputError`` for a side with two lines for one pair.
 
-    Independent steps run two at a time (the work is in numpy and Arrow kernels,
-    which release the GIL); big intermediates are dropped as soon as they are used.
+    With ``parallel``, independent steps run two at a time (the work is in numpy
+    and Arrow kernels, which release the GIL); the result is the same either way.
+    Big intermediates are dropped as soon as they are used.
     """
     ruleset = inputs.ruleset
     frame = inputs.events
@@ -126,6 +126,7 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms) -> Co
     (users, codes), (codec, masks) = _both(
         partial(UserIndex.build, [frame.user_id, *(t.column("user_id") for t in tables)]),
         partial(SegmentCodec.encode_all, ruleset, [t.column("segments") for t in tables]),
+        parallel,
     )
     event_user = codes[0]
     space = KeySpace.of(
@@ -137,6 +138,7 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms) -> Co
         (legacy, events, legacy_latency), (stream, transitions) = _both(
             partial(_legacy_side, inputs, codes[1], masks[0], event_user, space),
             partial(_stream_side, inputs, codes[2], masks[1], space),
+            parallel,
         )
         assert transitions is not None
         sides = {"legacy": legacy, "stream": stream}
@@ -145,6 +147,7 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms) -> Co
         (alignment, noise), stream_latency = _both(
             partial(_pairing, inputs, sides, codes, masks, len(users), codec, space),
             partial(_stream_latency, inputs, events, transitions),
+            parallel,
         )
     except DuplicateCell as dup:
         raise InputError(

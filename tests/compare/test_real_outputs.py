@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from compare.comparison import run_comparison
+from compare.comparison import compare_inputs, run_comparison
+from compare.inputs import load_inputs
 from legacy_batch.job import run_legacy
 from segments.rules import load_ruleset
 from segments.sqlstore import SqlStore
@@ -38,3 +39,10 @@ def test_real_outputs_differ_only_for_explained_reasons(tmp_path: Path, database
     records = (tmp_path / "out" / "mismatches.jsonl").read_text().splitlines()
     assert len(records) == result.mismatch
     assert all(json.loads(r)["cause"] != "unexplained" for r in records)
+    inputs = load_inputs(events, tmp_path / "legacy.jsonl", tmp_path / "stream.jsonl", ruleset)
+    serial = compare_inputs(inputs, clock=lambda: result.generated_at, parallel=False).result.to_dict()
+    expected = result.to_dict()
+    for data in (serial, expected):  # KLL sketches compact at random: quantiles vary by a rank error or so
+        data["latency"] = {side: (v["count"], v["max_ms"]) for side, v in data["latency"].items()}
+        data.pop("inputs")
+    assert serial == expected
