@@ -215,10 +215,19 @@ def _stream_latency(inputs: ComparisonInputs, events: SortedRows, transitions: S
     frame = inputs.events
     table = inputs.stream
     expiry = pc.fill_null(pc.equal(table.column("cause"), "expiry"), False).to_numpy(zero_copy_only=False)
-    values, unattributed = stream_freshness(
+    values, expiry_delay, unattributed = stream_freshness(
         transitions, _numpy(table, "emitted_at"), expiry, events, frame.arrival_time, frame.applied
     )
-    return LatencySketch.of(values).summary("transitions", unattributed=unattributed)
+    expiries = LatencySketch.of(expiry_delay).summary("expiry")
+    # A replay stamps emitted_at on the arrival clock: it shows ordering delays, not processing
+    # latency, so the source says so and the rollout's freshness gate asks for a live measurement.
+    return LatencySketch.of(values).summary(
+        "replay",
+        unattributed=unattributed,
+        expiry_count=expiries.count,
+        expiry_p50_ms=int(expiries.p50_ms or 0),
+        expiry_p99_ms=int(expiries.p99_ms or 0),
+    )
 
 
 def _ground_truth(

@@ -133,45 +133,63 @@ def stream_freshness(
     events: SortedRows,
     arrival_time: np.ndarray,
     applied: np.ndarray,
-) -> tuple[np.ndarray, int]:
-    """(freshness per attributed transition in ms, how many transitions had no causing event).
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(processing delay per event-caused transition, delay per expiry, transitions with no trigger), in ms.
 
-    ``transitions`` are sorted by (user, effective time) and ``events`` by (user,
-    event time); ``emitted_at``, ``expiry``, ``arrival_time`` and ``applied`` are in
-    input order.
+    An ``event`` or ``correction`` transition is emitted because an event of its
+    user arrived: its trigger is the latest-arriving applied event of that user
+    that arrived at or before ``emitted_at`` (for a correction, the late event, not
+    the earlier event whose instant it rewrites), and its delay is ``emitted_at``
+    minus that arrival. An ``expiry`` is due at its effective time; its delay,
+    ``emitted_at - effective_time``, includes the watermark's max out-of-orderness
+    by design, so it is reported apart. ``transitions`` are sorted by (user,
+    effective time) and ``events`` by (user, event time); the arrays are in input order.
     """
     n = len(transitions)
     if n == 0:
-        return np.zeros(0, dtype=np.float64), 0
-    latest = np.full(len(events), -1, dtype=np.int64)
-    if len(events):
-        starts = events.group_starts()
-        arrivals = arrival_time.take(events.order)
-        arrivals[~applied.take(events.order)] = -1
-        latest[starts] = np.maximum.reduceat(arrivals, starts)
-        del arrivals, starts
-    same_space = transitions.space is not None and transitions.space == events.space
-    if same_space:
-        empty = np.zeros(0, dtype=np.int64)
-        position = events.find(empty, empty, transitions.keys)
-    else:
-        position = events.find(transitions.users(), transitions.times())
-    missing = position < 0
-    np.maximum(position, 0, out=position)
-    arrival = latest.take(position)
-    del latest, position
-    arrival[missing] = -1
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64), 0
     order = transitions.order
     is_expiry = expiry[order]
-    emitted = emitted_at[order]
-    found = ~is_expiry & (arrival >= 0)
-    values = np.concatenate(
-        [
-            (emitted[is_expiry] - transitions.times(np.flatnonzero(is_expiry))).astype(np.float64),
-            (emitted[found] - arrival[found]).astype(np.float64),
-        ]
-    )
-    return values, int(np.count_nonzero(~is_expiry & (arrival < 0)))
+    emitted = emitted_at[order].astype(np.int64)
+    tr_user = transitions.users().astype(np.int64)
+    expiry_delay = (emitted[is_expiry] - transitions.times(np.flatnonzero(is_expiry))).astype(np.float64)
+
+    keep = applied.take(events.order)
+    ev_user = events.users()[keep].astype(np.int64)
+    ev_arrival = arrival_time.take(events.order)[keep].astype(np.int64)
+    caused = ~is_expiry
+    if len(ev_user) == 0:
+        return np.zeros(0, dtype=np.float64), expiry_delay, int(np.count_nonzero(caused))
+    floor = min(int(ev_arrival.min()), int(emitted.min()))
+    width = max(int(ev_arrival.max()), int(emitted.max())) - floor + 2
+    users = int(max(ev_user.max(), tr_user.max())) + 1
+    if users * width < 2**62:
+        ev_key = ev_user * width + (ev_arrival - floor)
+        sort = np.argsort(ev_key, kind="stable")
+        ev_key, ev_arrival, ev_user = ev_key[sort], ev_arrival[sort], ev_user[sort]
+        probe = tr_user[caused] * width + (emitted[caused] - floor)
+        at = np.searchsorted(ev_key, probe, side="right") - 1
+    else:  # key space too wide to pack: sort by (user, arrival) and search per transition
+        sort = np.lexsort((ev_arrival, ev_user))
+        ev_arrival, ev_user = ev_arrival[sort], ev_user[sort]
+        at = np.array(
+            [
+                _last_at_or_before(ev_user, ev_arrival, u, e)
+                for u, e in zip(tr_user[caused], emitted[caused], strict=True)
+            ],
+            dtype=np.int64,
+        )
+    found = at >= 0
+    found[found] = ev_user[at[found]] == tr_user[caused][found]
+    delay = (emitted[caused][found] - ev_arrival[at[found]]).astype(np.float64)
+    return delay, expiry_delay, int(np.count_nonzero(~found))
+
+
+def _last_at_or_before(users: np.ndarray, arrivals: np.ndarray, user: int, moment: int) -> int:
+    lo = int(np.searchsorted(users, user, side="left"))
+    hi = int(np.searchsorted(users, user, side="right"))
+    index = lo + int(np.searchsorted(arrivals[lo:hi], moment, side="right")) - 1
+    return index if index >= lo else -1
 
 
 def read_measurements(path: str | Path) -> np.ndarray:

@@ -125,6 +125,7 @@ class LegacyReport:
             "events_sha256": self.events_sha256,
             "every_ms": self.every_ms,
             "as_of_count": len(self.as_ofs),
+            "as_of_times": list(self.as_ofs),
             "as_of_first": self.as_ofs[0] if self.as_ofs else None,
             "as_of_last": self.as_ofs[-1] if self.as_ofs else None,
             "assignments": self.assignments,

@@ -25,12 +25,12 @@ def test_legacy_freshness_is_the_next_as_of_plus_its_run_time() -> None:
 
 
 def test_stream_freshness_uses_the_latest_arrival_of_the_causing_event() -> None:
-    """event/correction: emitted_at minus the latest arrival of an applied event at the effective time;
-    expiry: emitted_at minus the effective time; no such event: unattributed."""
+    """event/correction: emitted_at minus the latest arrival of an applied event of the user at or before
+    emitted_at (its trigger); expiry, apart: emitted_at minus the effective time; no trigger: unattributed."""
     user, effective = np.array([0, 0, 1, 1]), np.array([9_000, 20_000, 9_000, 7_000])
     event_user, event_time = np.array([0, 0, 0, 1, 1]), np.array([9_000] * 5)
     for space in (KeySpace.of(2, [effective, event_time]), None):
-        values, unattributed = stream_freshness(
+        values, expiries, unattributed = stream_freshness(
             SortedRows.of(user, effective, space),
             emitted_at=np.array([12_000, 25_000, 9_500, 8_000]),
             expiry=np.array([False, True, False, False]),
@@ -38,8 +38,9 @@ def test_stream_freshness_uses_the_latest_arrival_of_the_causing_event() -> None
             arrival_time=np.array([9_000, 11_000, 11_500, 9_100, 9_000]),
             applied=np.array([True, True, False, True, True]),
         )
-        assert sorted(values.tolist()) == [400, 1_000, 5_000]
-        assert unattributed == 1
+        assert sorted(values.tolist()) == [400, 1_000]  # 12_000 - 11_000 (11_500 was not applied), 9_500 - 9_100
+        assert expiries.tolist() == [5_000]
+        assert unattributed == 1  # user 1 at 8_000: nothing of theirs had arrived yet
 
 
 def test_sketch_summary_and_merge() -> None:

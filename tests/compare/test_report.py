@@ -82,8 +82,10 @@ def test_parity_json_has_the_stable_keys(tmp_path: Path) -> None:
     ]
     assert data["unexplained_rate"] == 1 / 4
     assert set(data["latency"]["stream"]) >= {"p50_ms", "p95_ms", "p99_ms", "max_ms", "count"}
-    assert data["latency"]["stream"]["count"] == 4
-    assert data["latency"]["stream"]["max_ms"] == 5_000  # the expiry, 5 s after its effective time
+    assert data["latency"]["stream"]["count"] == 3  # the event-caused transitions
+    assert data["latency"]["stream"]["source"] == "replay"
+    assert data["latency"]["stream"]["expiry_count"] == 1
+    assert data["latency"]["stream"]["expiry_p99_ms"] == 5_000  # the expiry, 5 s after its effective time
     assert data["dead_letter"]["stream"] == {"rejected": 0, "too_late": 0, "events": 6, "source": "dead_letter"}
     assert data["ground_truth"] is None and data["noise"] is None
 

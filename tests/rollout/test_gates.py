@@ -127,6 +127,14 @@ def test_freshness_p99_at_the_bound_passes_and_above_it_fails() -> None:
     assert freshness_gate(good_evidence(T0, latency=_latency(3, count=0)), 50).status == INCONCLUSIVE
 
 
+def test_freshness_from_a_replay_is_inconclusive_not_a_pass() -> None:
+    """A replay's arrival clock says nothing of processing latency, however small its numbers."""
+    replay = {"stream": {"p50_ms": 0, "p95_ms": 0, "p99_ms": 0, "max_ms": 0, "count": 100, "source": "replay"}}
+    assert freshness_gate(good_evidence(T0, latency=replay), 50).status == INCONCLUSIVE
+    live = {"stream": {**replay["stream"], "source": "live"}}
+    assert freshness_gate(good_evidence(T0, latency=live), 50).status == PASS
+
+
 def _dead(legacy: int, rejected: int, too_late: int, received: int = 1000) -> dict[str, object]:
     """Both sides received ``received`` events; ``events`` is what each applied."""
     return {
