@@ -102,11 +102,14 @@ class UserWindow:
         for column in self.sums:
             del column[:cut]
 
-    def __getstate__(self) -> tuple[object, ...]:
+    def to_plain(self) -> tuple[object, ...]:
         return (self.times, self.facts, self.sums, self.pub_times, self.pub_values, self.revision)
 
-    def __setstate__(self, state: tuple[object, ...]) -> None:
-        (self.times, self.facts, self.sums, self.pub_times, self.pub_values, self.revision) = state  # type: ignore[assignment]
+    @classmethod
+    def from_plain(cls, plain: tuple[object, ...]) -> UserWindow:
+        user = cls.__new__(cls)
+        (user.times, user.facts, user.sums, user.pub_times, user.pub_values, user.revision) = plain  # type: ignore[assignment]
+        return user
 
 
 class ShardSegmenter:
@@ -125,12 +128,17 @@ class ShardSegmenter:
         self._pruned_at = NO_WATERMARK
 
     def __getstate__(self) -> dict[str, object]:
+        # Beam pickles this state at every bundle commit: plain containers only (no per-user objects,
+        # no NamedTuples), which pickle's C fast path handles many times faster.
         state = dict(self.__dict__)
         del state["_evaluator"]
+        state["users"] = {user_id: user.to_plain() for user_id, user in self.users.items()}
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
+        plain: dict[str, tuple[object, ...]] = state.pop("users")  # type: ignore[assignment]
         self.__dict__.update(state)
+        self.users = {user_id: UserWindow.from_plain(values) for user_id, values in plain.items()}
         self._evaluator = Evaluator(self.ruleset)
 
     # ---- the two inputs -------------------------------------------------------------------------
@@ -147,7 +155,9 @@ class ShardSegmenter:
         user = self.users.get(user_id)
         if user is None:
             user = self.users[user_id] = UserWindow(self._evaluator.additive_count)
-        index = user.insert(Fact(event_time, kind, micros, merchant), self._evaluator.deltas(kind, micros))
+        # A plain tuple with Fact's fields: it pickles several times faster than the NamedTuple (state commits).
+        fact: Fact = (event_time, kind, micros, merchant)  # type: ignore[assignment]
+        index = user.insert(fact, self._evaluator.deltas(kind, micros))
         watermark = self.watermark
         pending = self.pending
         for width in self._widths:
