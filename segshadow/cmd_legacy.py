@@ -11,50 +11,20 @@ Valkey started for one run would be gone when it ends, so none is started.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from legacy_batch.job import AssignmentSink, LegacyWriterSink, run_legacy
 from segments.errors import RuleSetError, UsageError
 from segments.rules import RuleSet, load_ruleset
 from segments.sqlstore import SqlStore
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, console, duration, settings
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, progress_bars, settings
 
 legacy_app = typer.Typer(help="The legacy SQL batch segmenter.", no_args_is_help=True)
 
 _STAGES = {"read": "reading events", "load": "loading events into SQL", "as_of": "as-of runs"}
-
-
-class _Bars:
-    """A rich progress bar per stage on stderr, shown only when stderr is a terminal."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.tasks: dict[str, TaskID] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(_STAGES.get(stage, stage), total=total)
-        self.progress.update(self.tasks[stage], completed=done, total=total)
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[_Bars]:
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-    with progress:
-        yield _Bars(progress)
 
 
 def resolve_rules(ref: str, store: SqlStore) -> RuleSet:
@@ -111,7 +81,7 @@ def run(
         store = stack.enter_context(SqlStore.open(where.database_url))
         ruleset = resolve_rules(rules, store)
         sink = None if where.redis_embedded else _redis_sink(where.redis_url, stack)
-        bars = stack.enter_context(_progress())
+        bars = stack.enter_context(progress_bars(_STAGES))
         report = run_legacy(events, ruleset, every_ms, out, store, sink, on_progress=bars)
     counts = report.counts
     typer.echo(

@@ -8,13 +8,10 @@ is self-contained: a SQLite file in the run directory and an embedded Valkey.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from segments.config import sqlite_url
 from segments.embedded import redis_endpoint
@@ -22,7 +19,7 @@ from segments.errors import UsageError
 from segments.rules import load_ruleset
 from segments.workloads import WORKLOADS, write_workload
 from segshadow.cmd_stream import LatenessOpt, OooOpt, ShardsOpt, gate_params
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, console, duration, settings
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, progress_bars, settings
 
 shadow_app = typer.Typer(help="Shadow runs: both segmenters on the same events, compared.", no_args_is_help=True)
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -32,31 +29,6 @@ _STAGES = {
     "stream": "Beam stream",
     "compare": "comparison",
 }
-
-
-class _Bars:
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
-        self.tasks: dict[str, TaskID] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(_STAGES.get(stage, stage), total=total)
-        self.progress.update(self.tasks[stage], completed=done, total=total)
-
-
-@contextlib.contextmanager
-def _progress() -> Iterator[_Bars]:
-    progress = Progress(
-        TextColumn("{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
-    with progress:
-        yield _Bars(progress)
 
 
 @shadow_app.command("run", context_settings=_PASS_THROUGH)
@@ -128,7 +100,7 @@ def run(
         assert events is not None
         input_path = events
     plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args))
-    with redis_endpoint(where.redis_url) as url, _progress() as bars:
+    with redis_endpoint(where.redis_url) as url, progress_bars(_STAGES, transient=False) as bars:
         report = run_shadow(plan, input_path, db, url, bars)
     ingest = report.counts["ingest"]
     typer.echo(

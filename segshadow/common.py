@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from segments.config import Settings, resolve_settings
 from segments.durations import parse_duration_ms
@@ -34,3 +37,33 @@ def settings(database_url: str | None, redis_url: str | None, data_dir: str | No
 def duration(text: str) -> int:
     """A command-line duration (``500ms``, ``5s``, ``10m``, ``1h``) in ms; ``UsageError`` otherwise."""
     return parse_duration_ms(text)
+
+
+class StageBars:
+    """A rich progress bar per stage; called as ``bars(stage, done, total)`` (a progress hook)."""
+
+    def __init__(self, progress: Progress, labels: Mapping[str, str]) -> None:
+        self.progress = progress
+        self.labels = labels
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(self.labels.get(stage, stage), total=total)
+        self.progress.update(self.tasks[stage], completed=done, total=total)
+
+
+@contextlib.contextmanager
+def progress_bars(labels: Mapping[str, str], transient: bool = True) -> Iterator[StageBars]:
+    """Progress bars on stderr, shown only when stderr is a terminal (logs and CI stay clean)."""
+    progress = Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=transient,
+        disable=not console.is_terminal,
+    )
+    with progress:
+        yield StageBars(progress, labels)

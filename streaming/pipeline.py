@@ -24,7 +24,7 @@ events travel in one element, and nothing relies on runner timer semantics):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Tuple  # noqa: UP035 -- Beam reads typing.Tuple hints
 
 import apache_beam as beam
@@ -115,6 +115,22 @@ def admit_events(
     counters.applied.inc(applied)
 
 
+def parse_into(
+    valid: list[Event], numbered: Iterable[tuple[int, str]], admission: Admission, counters: _Counters
+) -> Iterator[Any]:
+    """Parse numbered lines, appending events to ``valid``; yield each bad line as a counted dead letter."""
+    lines = 0
+    for number, text in numbered:
+        lines += 1
+        parsed = parse_line(text, number)
+        if isinstance(parsed, Event):
+            valid.append(parsed)
+        else:
+            counters.rejected.inc()
+            yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
+    counters.lines.inc(lines)
+
+
 class ReadAndAdmitFile(beam.DoFn):
     """Replay source: one element (a path) -> the whole recorded file, admitted in arrival order."""
 
@@ -125,20 +141,11 @@ class ReadAndAdmitFile(beam.DoFn):
         self.counters = _Counters()
 
     def process(self, path: str) -> Iterator[Any]:
+        admission = Admission(self.config.params)
         valid: list[Event] = []
-        lines = 0
-        for number, text in iter_lines(path):
-            lines += 1
-            parsed = parse_line(text, number)
-            if isinstance(parsed, Event):
-                valid.append(parsed)
-            else:
-                self.counters.rejected.inc()
-                yield beam.pvalue.TaggedOutput(DEAD, parsed)
-        self.counters.lines.inc(lines)
+        yield from parse_into(valid, iter_lines(path), admission, self.counters)
         ordered = arrival_order(valid)
         del valid
-        admission = Admission(self.config.params)
         flusher = Flusher(self.config.shards)
         yield from admit_events(admission, ordered, flusher, self.config.batch_events, self.counters)
         self.counters.duplicates.inc(admission.counts.duplicates)
@@ -168,15 +175,8 @@ class AdmitLines(beam.DoFn):
         admission, flusher, seq = held if held is not None else (Admission(self.config.params), None, 0)
         flusher = flusher or Flusher(self.config.shards)
         valid: list[Event] = []
-        for text in lines:
-            seq += 1
-            parsed = parse_line(text, seq)
-            if isinstance(parsed, Event):
-                valid.append(parsed)
-            else:
-                self.counters.rejected.inc()
-                yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
-        self.counters.lines.inc(len(lines))
+        yield from parse_into(valid, enumerate(lines, start=seq + 1), admission, self.counters)
+        seq += len(lines)
         yield from admit_events(admission, valid, flusher, self.config.batch_events, self.counters)
         clock = wall_clock_ms() if self.config.live else (valid[-1].arrival_time if valid else 0)
         yield from flusher.flush(admission.gate.watermark, clock)
@@ -217,16 +217,9 @@ class ReadAndAdmitRedisLog(beam.DoFn):
                 if not entries:
                     break
                 valid: list[Event] = []
-                for _, fields in entries:
-                    seq += 1
-                    raw = fields.get(self.field, b"")
-                    parsed = parse_line(raw.decode("utf-8", "surrogateescape"), seq)
-                    if isinstance(parsed, Event):
-                        valid.append(parsed)
-                    else:
-                        self.counters.rejected.inc()
-                        yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
-                self.counters.lines.inc(len(entries))
+                texts = (fields.get(self.field, b"").decode("utf-8", "surrogateescape") for _, fields in entries)
+                yield from parse_into(valid, enumerate(texts, start=seq + 1), admission, self.counters)
+                seq += len(entries)
                 if valid:
                     last_arrival = valid[-1].arrival_time
                 yield from admit_events(admission, valid, flusher, self.config.batch_events, self.counters)
