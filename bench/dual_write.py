@@ -19,13 +19,17 @@ whether the log ended complete and in order, and CPU per event: this process
 (all threads, including the shadow writer's) and the healthy Redis server's. On a
 small shared machine the Redis server competes with the primary for the same
 cores, so the CPU columns say where a throughput loss comes from.
-Modes are interleaved over ``--repeats`` rounds and the medians reported, since
-the machine is noisy. Targets (issue 4): healthy shadow <= 5% throughput loss and
+Modes are interleaved over ``--repeats`` rounds, each round starting with another
+mode, and the medians reported, since the machine is noisy. Targets (issue 4): healthy shadow <= 5% throughput loss and
 p99 + <= 1 ms; no primary error while the shadow is down.
 
 Runs on SQLite (a fresh file) and, when ``SEGSHADOW_DATABASE_URL`` names a
 PostgreSQL server, on PostgreSQL in a private schema dropped afterwards. The
-healthy shadow is ``SEGSHADOW_REDIS_URL`` or an embedded Valkey.
+healthy shadow is a Valkey server of the benchmark's own (``--redis-url`` names another;
+a shared server's other clients, e.g. tests that flush it, would spoil the check of the log).
+``--pin`` puts that server on CPU 1 and this process on CPU 0, so the server's own
+CPU (about 5 us per event for the XADDs) does not compete with the primary, as
+when Redis runs on another host; without it both share the machine's cores.
 
     .venv/bin/python bench/dual_write.py [--events 100000] [--batch 500] [--repeats 3]
 """
@@ -48,9 +52,8 @@ from typing import Any
 import redis
 import sqlalchemy as sa
 
-from segments.config import DATABASE_ENV, REDIS_ENV
+from segments.config import DATABASE_ENV
 from segments.db import normalize_url
-from segments.embedded import embedded_valkey
 from segments.events import Event, arrival_order, parse_line
 from segments.sqlstore import SqlStore
 from segments.workloads import generate
@@ -224,8 +227,8 @@ def bench_backend(
         with SqlStore.open(url) as store:
             shadow_of = {"on": redis_url, "down-refused": refused, "down-frozen": private.url}
             trial("off", store, rows[: args.batch * 20], args.batch, None)  # warm up the table and the connection
-            for _ in range(args.repeats):
-                for mode in modes:
+            for round_ in range(args.repeats):
+                for mode in modes[round_ % len(modes) :] + modes[: round_ % len(modes)]:  # no mode always first
                     frozen = private if mode == "down-frozen" else None
                     trials[mode].append(trial(mode, store, rows, args.batch, shadow_of.get(mode), frozen))
     finally:
@@ -270,6 +273,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--redis-url", default=None, help="the healthy shadow (default: a private Valkey)")
+    parser.add_argument("--pin", action="store_true", help="pin the private shadow server and this process apart")
     parser.add_argument("--only", choices=("sqlite", "postgresql"), default=None)
     parser.add_argument(
         "--modes", default=",".join(MODES), help="comma-separated, of " + ", ".join(MODES + DIAGNOSTIC)
@@ -277,7 +282,18 @@ def main() -> None:
     args = parser.parse_args()
     rows = _rows(args.events, args.seed)
     with contextlib.ExitStack() as stack:
-        redis_url = os.environ.get(REDIS_ENV) or stack.enter_context(embedded_valkey())
+        if args.redis_url:
+            redis_url = args.redis_url
+        else:
+            healthy = PrivateValkey()
+            stack.callback(healthy.stop)
+            redis_url = healthy.url
+            if args.pin:
+                # The shadow server on its own core, this process (primary client and shadow writer) on the
+                # other: what a deployment with Redis on another host looks like to the primary.
+                os.sched_setaffinity(healthy.pid, {1})
+                os.sched_setaffinity(0, {0})
+                print("pinned: the healthy shadow server to CPU 1, this process to CPU 0")
         print(f"healthy shadow: {redis_url}")
         if args.only in (None, "sqlite"):
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dualwrite-"))

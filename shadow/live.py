@@ -568,7 +568,6 @@ def run_live(
         frontier = Frontier()
         schedule = LegacySchedule(plan.ruleset, plan.every_ms, database_url, redis_url, frontier, clock)
         timed = TimedShadow(target, clock)
-        writer = DualWriter(SqlEventsPrimary(store), timed, Journal(paths["journal.jsonl"]))
         ingested = Ingested()
 
         def watch() -> None:
@@ -580,6 +579,7 @@ def run_live(
             waited = child.wait_reading(target.client, stream_key, GROUP, STREAM_START_TIMEOUT_S)
             seconds["stream_start"] = round(waited, 3)
             started = time.perf_counter()
+            writer = DualWriter(SqlEventsPrimary(store), timed, Journal(paths["journal.jsonl"]))
             schedule.start()
             try:
                 ingested = produce(writer, items, plan.rate, plan.duration_s, frontier, watch, clock)
