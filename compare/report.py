@@ -340,7 +340,8 @@ def _latency_line(result: ParityResult) -> str:
     parts = []
     for side in ("legacy", "stream"):
         s = result.latency[side]
-        parts.append(f"{side} p50 {duration(s.p50_ms)}, p99 {duration(s.p99_ms)}")
+        note = " (replay: arrival clock, not processing latency; measure with `shadow run --live`)"
+        parts.append(f"{side} p50 {duration(s.p50_ms)}, p99 {duration(s.p99_ms)}{note if s.source == 'replay' else ''}")
     return "Freshness: " + "; ".join(parts) + "."
 
 
