@@ -83,21 +83,22 @@ class RedisStreamShadow:
         if lines.count(b"\n") != len(batch) - 1:
             self._write_each(batch)
             return
-        tail = (
-            self._head
-            + _bulk(b"%d" % batch.after_ms)
-            + _bulk(b"%d" % batch.after_seq)
-            + _bulk(batch.packed_arrivals())
-            + _bulk(lines)
-        )
+        arrivals = batch.packed_arrivals()
+        tail = [
+            self._head,
+            _bulk(b"%d" % batch.after_ms),
+            _bulk(b"%d" % batch.after_seq),
+            b"$%d\r\n" % len(arrivals), arrivals, b"\r\n",
+            b"$%d\r\n" % len(lines), lines, b"\r\n",
+        ]  # fmt: skip
         try:
             self._call(b"EVALSHA", self._script.sha.encode(), tail)
         except redis.exceptions.NoScriptError:
             self._call(b"EVAL", _APPEND.encode(), tail)  # loads it for the next EVALSHA
 
-    def _call(self, command: bytes, script: bytes, tail: bytes) -> None:
+    def _call(self, command: bytes, script: bytes, tail: list[bytes]) -> None:
         """One ``EVAL``/``EVALSHA`` packed by hand (redis-py would encode each argument in Python)."""
-        payload = b"*9\r\n" + _bulk(command) + _bulk(script) + _bulk(b"1") + tail
+        payload = b"".join([b"*9\r\n", _bulk(command), _bulk(script), _bulk(b"1"), *tail])
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
