@@ -41,6 +41,8 @@ def make_engine(url: str, check: bool = True) -> Engine:
     try:
         if url.startswith("sqlite"):
             engine = sa.create_engine(normalize_url(url), connect_args={"timeout": 30})
+            if ":memory:" not in url and url.rstrip("/") != "sqlite:":
+                sa.event.listen(engine, "connect", _sqlite_wal)
         else:
             engine = sa.create_engine(normalize_url(url), pool_pre_ping=True, connect_args={"connect_timeout": 5})
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ValueError) as exc:
@@ -53,6 +55,13 @@ def make_engine(url: str, check: bool = True) -> Engine:
             engine.dispose()
             raise StoreUnavailable("the database", url, exc.orig if hasattr(exc, "orig") else exc) from None
     return engine
+
+
+def _sqlite_wal(dbapi_connection: object, _record: object) -> None:
+    """Write-ahead logging: readers (legacy's as-of queries) no longer block the live writers and back."""
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
 
 
 def run_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
