@@ -5,40 +5,60 @@ two together), but O(log n) per instant for counts and sums: each user keeps,
 per additive aggregate, the running (prefix) sum of that aggregate's per-event
 contributions in event-time order, so a window's value is a difference of two
 prefix sums found by bisection. Distinct counts (merchants) scan their window.
-``RuleSet.classify`` is memoised on the tuple of aggregate values, so equal
-results are the same frozenset object.
+``RuleSet.classify`` is compiled once per rule set into one generated function
+(aggregate values -> bit mask of segments), and equal results are the same
+frozenset object.
 """
 
 from __future__ import annotations
 
-import operator
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from segments.rules import AllOf, Compare, Condition, Fact, RuleSet
 
-_CACHE_LIMIT = 1 << 16
-_OPS: dict[str, Callable[[int, int], bool]] = {
-    ">": operator.gt,
-    ">=": operator.ge,
-    "<": operator.lt,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-}
-Predicate = Callable[[Sequence[int]], bool]
+_OPS = frozenset((">", ">=", "<", "<=", "==", "!="))
+MaskFunction = Callable[[Sequence[int]], int]
 
 
-def compile_condition(condition: Condition, index_of: dict[str, int]) -> Predicate:
-    """The condition as a closure over the tuple of aggregate values (same meaning as ``rules.holds``)."""
+def condition_source(condition: Condition, index_of: dict[str, int]) -> str:
+    """The condition as a Python expression over ``v``, the tuple of aggregate values (``rules.holds``'s meaning).
+
+    Only validated parts reach the text: an aggregate's index, one of six
+    comparison operators and an integer threshold.
+    """
     if isinstance(condition, Compare):
-        index, test, bound = index_of[condition.agg], _OPS[condition.op], condition.value
-        return lambda values: test(values[index], bound)
-    parts = tuple(compile_condition(part, index_of) for part in condition.parts)
-    if isinstance(condition, AllOf):
-        return lambda values: all(part(values) for part in parts)
-    return lambda values: any(part(values) for part in parts)
+        if condition.op not in _OPS:
+            raise ValueError(f"unknown comparison {condition.op!r}")
+        return f"(v[{int(index_of[condition.agg])}] {condition.op} {int(condition.value)})"
+    joiner = " and " if isinstance(condition, AllOf) else " or "
+    return "(" + joiner.join(condition_source(part, index_of) for part in condition.parts) + ")"
+
+
+def compile_classifier(ruleset: RuleSet, index_of: dict[str, int]) -> MaskFunction:
+    """``RuleSet.classify`` as one generated function: aggregate values -> bit mask of the segments that hold.
+
+    Segment ``n`` is bit ``1 << n``; within a group only the first segment that
+    holds is taken. Generated once per rule set: on the stream's hot path one call
+    with inline comparisons costs a fraction of walking the condition tree.
+    """
+    flags = {group: f"g{i}" for i, group in enumerate(dict.fromkeys(s.group for s in ruleset.segments if s.group))}
+    lines = ["def classify(v):", "    m = 0", *(f"    {flag} = False" for flag in flags.values())]
+    for n, segment in enumerate(ruleset.segments):
+        test = condition_source(segment.when, index_of)
+        if segment.group is None:
+            lines.append(f"    if {test}:")
+            lines.append(f"        m |= {1 << n}")
+        else:
+            flag = flags[segment.group]
+            lines.append(f"    if not {flag} and {test}:")
+            lines.append(f"        m |= {1 << n}")
+            lines.append(f"        {flag} = True")
+    lines.append("    return m")
+    namespace: dict[str, object] = {"__builtins__": {}}
+    exec(compile("\n".join(lines), f"<rule set {ruleset.name}>", "exec"), namespace)
+    return namespace["classify"]  # type: ignore[return-value]
 
 
 class Indexed(Protocol):
@@ -54,12 +74,11 @@ class Evaluator:
 
     __slots__ = (
         "_additive",
-        "_cache",
         "_contrib",
         "_distinct",
+        "_mask_of",
         "_names",
         "_ruleset",
-        "_segments",
         "_sets",
         "_single_width",
         "additive_count",
@@ -83,15 +102,11 @@ class Evaluator:
             )
             self._contrib[kind] = (const, weighted)
         index_of = {name: i for i, name in enumerate(self._names)}
-        self._segments = tuple(
-            (1 << n, segment.group, compile_condition(segment.when, index_of))
-            for n, segment in enumerate(ruleset.segments)
-        )
+        self._mask_of = compile_classifier(ruleset, index_of)
         self._sets: dict[int, frozenset[str]] = {}
         self._distinct = tuple(
             (i, a.window_ms, frozenset(a.weights)) for i, a in enumerate(ruleset.aggregates) if a.op == "count_distinct"
         )
-        self._cache: dict[tuple[int, ...], frozenset[str]] = {}
         # One window width, no distinct count, aggregates in slot order: the value tuple is the column differences.
         widths = {width for _, width, _ in self._additive}
         in_slot_order = all(index == slot for index, _, slot in self._additive)
@@ -120,12 +135,21 @@ class Evaluator:
             key = tuple([column[hi] - column[lo] for column in user.sums])
         else:
             key = self._values(user, t, hi)
-        found = self._cache.get(key)
+        return self.classify(key)
+
+    @property
+    def single_width(self) -> int | None:
+        """The one window width when the value tuple is just the prefix-sum differences (the fast path)."""
+        return self._single_width
+
+    def classify(self, values: Sequence[int]) -> frozenset[str]:
+        """``RuleSet.classify`` for a tuple of aggregate values; equal results are one frozenset object."""
+        mask = self._mask_of(values)
+        found = self._sets.get(mask)
         if found is None:
-            found = self._classify(key)
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = found
+            found = self._sets[mask] = frozenset(
+                s.name for n, s in enumerate(self._ruleset.segments) if mask & (1 << n)
+            )
         return found
 
     def _values(self, user: Indexed, t: int, hi: int) -> tuple[int, ...]:
@@ -146,24 +170,6 @@ class Evaluator:
                 lo = starts[width] = bisect_right(times, t - width, 0, hi)
             values[index] = len({f[3] for f in user.facts[lo:hi] if f[3] is not None and f[1] in kinds})
         return tuple(values)
-
-    def _classify(self, values: tuple[int, ...]) -> frozenset[str]:
-        """``RuleSet.classify`` over compiled predicates; equal results share one frozenset."""
-        mask = 0
-        taken: set[str] = set()
-        for bit, group, predicate in self._segments:
-            if group is not None and group in taken:
-                continue
-            if predicate(values):
-                mask |= bit
-                if group is not None:
-                    taken.add(group)
-        found = self._sets.get(mask)
-        if found is None:
-            found = self._sets[mask] = frozenset(
-                s.name for n, s in enumerate(self._ruleset.segments) if mask & (1 << n)
-            )
-        return found
 
 
 class Window:

@@ -275,10 +275,7 @@ class ShardState(CacheAware):
 
 def segment_batch(segmenter: ShardSegmenter, batch: ShardBatch, live: bool) -> list[Transition]:
     """Apply one batch to a shard: each event after the watermark that held before it, then the batch's."""
-    out: list[Transition] = []
-    apply = segmenter.apply
-    for event in batch.events:
-        out.extend(apply(event, wall_clock_ms() if live else event[5]))  # [5]: arrival_time
+    out = segmenter.apply_batch(batch.events, wall_clock_ms if live else None)
     if batch.final and batch.watermark >= END_OF_TIME:
         out.extend(segmenter.finish(batch.clock))
     else:

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from segments.lateness import END_OF_TIME, NO_WATERMARK, GateParams
@@ -48,6 +49,10 @@ class Applied(NamedTuple):
     merchant: str | None
     arrival_time: int
     watermark: int
+
+
+# An applied event as batches carry it: ``Applied``'s fields in a plain tuple.
+Row = tuple[str, int, str, int, str | None, int, int]
 
 
 class UserWindow:
@@ -119,19 +124,23 @@ class ShardSegmenter:
         self.ruleset = ruleset
         self.params = params
         self.users: dict[str, UserWindow] = {}
-        self.pending: list[tuple[int, str]] = []  # change points not yet due, as a heap
+        # Change points not yet due, (point, user_id): those that come in order (the common case) queue
+        # in ``ordered``, the rest in the heap ``pending``; popping merges the two in (point, user_id) order.
+        self.pending: list[tuple[int, str]] = []
+        self.ordered: deque[tuple[int, str]] = deque()
         self.watermark = NO_WATERMARK
         self._evaluator = Evaluator(ruleset)
         self._widths = ruleset.widths
         self._span = ruleset.span_ms
         self._kinds = ruleset.kinds
         self._pruned_at = NO_WATERMARK
+        self._names: dict[frozenset[str], tuple[str, ...]] = {}  # a set's names, sorted, as transitions carry them
 
     def __getstate__(self) -> dict[str, object]:
         # Beam pickles this state at every bundle commit: plain containers only (no per-user objects,
         # no NamedTuples), which pickle's C fast path handles many times faster.
         state = dict(self.__dict__)
-        del state["_evaluator"]
+        del state["_evaluator"], state["_names"]
         state["users"] = {user_id: user.to_plain() for user_id, user in self.users.items()}
         return state
 
@@ -140,49 +149,82 @@ class ShardSegmenter:
         self.__dict__.update(state)
         self.users = {user_id: UserWindow.from_plain(values) for user_id, values in plain.items()}
         self._evaluator = Evaluator(self.ruleset)
+        self._names = {}
 
     # ---- the two inputs -------------------------------------------------------------------------
 
-    def apply(self, event: Applied, emitted_at: int) -> list[Transition]:
+    def apply(self, event: Row, emitted_at: int) -> list[Transition]:
         """Apply one event (after ``advance`` to its watermark) and return the transitions it causes.
 
         ``event`` may be an ``Applied`` or the plain tuple of its fields (as batches carry it).
         """
-        user_id, event_time, kind, micros, merchant, _, event_watermark = event
+        user_id, _, kind, _, _, _, event_watermark = event
         out = self.advance(event_watermark, emitted_at) if event_watermark > self.watermark else []
         if kind not in self._kinds:
             return out  # no aggregate reads this kind: it cannot change any set
         user = self.users.get(user_id)
         if user is None:
             user = self.users[user_id] = UserWindow(self._evaluator.additive_count)
+        self._apply_to(user_id, user, event, emitted_at, out)
+        return out
+
+    def _apply_to(self, user_id: str, user: UserWindow, event: Row, emitted_at: int, out: list[Transition]) -> None:
+        """Insert the event's fact, queue its window edges, settle every instant it changed."""
+        _, event_time, kind, micros, merchant, _, _ = event
         # A plain tuple with Fact's fields: it pickles several times faster than the NamedTuple (state commits).
         fact: Fact = (event_time, kind, micros, merchant)  # type: ignore[assignment]
         index = user.insert(fact, self._evaluator.deltas(kind, micros))
         watermark = self.watermark
-        pending = self.pending
         for width in self._widths:
             point = event_time + width
             if point > watermark:
-                heapq.heappush(pending, (point, user_id))
+                self._push_point((point, user_id))
         if index == len(user.times) - 1 and event_time > watermark:
             # In order and ahead of the watermark: the event's own instant is the only due one it changes.
             self._settle(user_id, user, event_time, emitted_at, "event", out)
         else:
             # Late (behind the user's later events or the watermark): re-settle everything after it.
             self._settle_from(user_id, user, event_time, emitted_at, "correction", out)
-        return out
 
-    def advance(self, watermark: int, emitted_at: int) -> list[Transition]:
-        """Move the watermark forward; emit every expiry that became due. Never moves it back."""
-        out: list[Transition] = []
+    def advance(self, watermark: int, emitted_at: int, out: list[Transition] | None = None) -> list[Transition]:
+        """Move the watermark forward; emit every expiry that became due (appended to ``out`` if
+        given). Never moves it back."""
+        if out is None:
+            out = []
         if watermark <= self.watermark:
             return out
-        pending = self.pending
         users = self.users
-        while pending and pending[0][0] <= watermark:
-            point, user_id = heapq.heappop(pending)
+        ordered = self.ordered
+        pending = self.pending
+        evaluator = self._evaluator
+        width = evaluator.single_width
+        while True:  # pop due points in (point, user_id) order: ``_pop_point``, inlined (the hot loop)
+            if ordered and (not pending or ordered[0] <= pending[0]):
+                if ordered[0][0] > watermark:
+                    break
+                point, user_id = ordered.popleft()
+            elif pending and pending[0][0] <= watermark:
+                point, user_id = heapq.heappop(pending)
+            else:
+                break
             user = users.get(user_id)
-            if user is not None and self._settle(user_id, user, point, emitted_at, "expiry", out):
+            if user is None:
+                continue
+            # Most expiries change nothing: compare before settling (``_settle``'s test, inlined).
+            pub_times = user.pub_times
+            if pub_times and pub_times[-1] <= point:
+                published = user.pub_values[-1]
+            else:
+                index = bisect_right(pub_times, point)
+                published = user.pub_values[index - 1] if index else EMPTY
+            if width is None:
+                desired = evaluator.at(user, point)
+            else:
+                times = user.times
+                hi = bisect_right(times, point)
+                lo = bisect_right(times, point - width, 0, hi)
+                desired = evaluator.classify(tuple([column[hi] - column[lo] for column in user.sums]))
+            if desired != published and self._settle(user_id, user, point, emitted_at, "expiry", out):
                 self.watermark = point
                 self._settle_from(user_id, user, point + 1, emitted_at, "expiry", out)
         self.watermark = watermark
@@ -198,10 +240,9 @@ class ShardSegmenter:
         it (its instant plus the max out-of-orderness), and never before ``emitted_at_of``.
         """
         out: list[Transition] = []
-        pending = self.pending
         ooo = self.params.max_out_of_orderness_ms
-        while pending:
-            point, user_id = heapq.heappop(pending)
+        while (entry := self._pop_point(END_OF_TIME)) is not None:
+            point, user_id = entry
             user = self.users.get(user_id)
             if user is None:
                 continue
@@ -212,7 +253,102 @@ class ShardSegmenter:
         self.watermark = END_OF_TIME
         return out
 
+    def apply_batch(self, events: Iterable[Row], clock: Callable[[], int] | None = None) -> list[Transition]:
+        """``apply`` each event in order, stamped with its arrival time (or ``clock()``, live): the batch path.
+
+        The same transitions in the same order as ``apply`` per event (a property
+        test pins the two together). It inlines the common case, under a rule set
+        of one window width: an event in order for its user, ahead of the
+        watermark, after everything published for the user. Any other event
+        takes ``apply``'s general path.
+        """
+        out: list[Transition] = []
+        evaluator = self._evaluator
+        width = evaluator.single_width
+        if width is None or self._widths != (width,):
+            for event in events:
+                out.extend(self.apply(event, clock() if clock is not None else event[5]))
+            return out
+        users = self.users
+        kinds = self._kinds
+        ordered = self.ordered
+        pending = self.pending
+        deltas_of = evaluator.deltas
+        classify = evaluator.classify
+        additive = evaluator.additive_count
+        names = self._names
+        for event in events:
+            user_id, event_time, kind, micros, merchant, arrival, event_watermark = event
+            emitted_at = clock() if clock is not None else arrival
+            if event_watermark > self.watermark:
+                if (
+                    (ordered and ordered[0][0] <= event_watermark)
+                    or (pending and pending[0][0] <= event_watermark)
+                    or event_watermark - self._pruned_at >= PRUNE_EVERY_MS
+                ):
+                    self.advance(event_watermark, emitted_at, out)
+                else:
+                    self.watermark = event_watermark
+            if kind not in kinds:
+                continue
+            user = users.get(user_id)
+            if user is None:
+                user = users[user_id] = UserWindow(additive)
+            times = user.times
+            pub_times = user.pub_times
+            if not (
+                event_time > self.watermark
+                and (not times or times[-1] <= event_time)
+                and (not pub_times or pub_times[-1] <= event_time)
+            ):
+                self._apply_to(user_id, user, event, emitted_at, out)
+                continue
+            # In order: append the fact and its prefix sums, queue its window edge, settle its instant.
+            times.append(event_time)
+            user.facts.append((event_time, kind, micros, merchant))  # type: ignore[arg-type]  # Fact's fields
+            sums = user.sums
+            for column, delta in zip(sums, deltas_of(kind, micros)):  # noqa: B905 (equal lengths by construction)
+                column.append(column[-1] + delta)
+            entry = (event_time + width, user_id)
+            if not ordered or ordered[-1] <= entry:
+                ordered.append(entry)
+            else:
+                heapq.heappush(pending, entry)
+            hi = len(times)
+            lo = bisect_right(times, event_time - width, 0, hi)
+            desired = classify(tuple([column[hi] - column[lo] for column in sums]))
+            if desired == (user.pub_values[-1] if pub_times else EMPTY):
+                continue
+            if pub_times and pub_times[-1] == event_time:
+                user.pub_values[-1] = desired
+            else:
+                pub_times.append(event_time)
+                user.pub_values.append(desired)
+            user.revision += 1
+            segments = names.get(desired)
+            if segments is None:
+                segments = names[desired] = tuple(sorted(desired))
+            out.append(Transition(user_id, segments, event_time, user.revision, emitted_at, "event"))
+        return out
+
     # ---- internals --------------------------------------------------------------------------------
+
+    def _push_point(self, entry: tuple[int, str]) -> None:
+        ordered = self.ordered
+        if not ordered or ordered[-1] <= entry:
+            ordered.append(entry)
+        else:
+            heapq.heappush(self.pending, entry)
+
+    def _pop_point(self, limit: int) -> tuple[int, str] | None:
+        """The least queued (point, user_id) if its point is at or before ``limit``, removed; else None."""
+        ordered = self.ordered
+        pending = self.pending
+        if ordered and (not pending or ordered[0] <= pending[0]):
+            return ordered.popleft() if ordered[0][0] <= limit else None
+        if pending and pending[0][0] <= limit:
+            return heapq.heappop(pending)
+        return None
 
     def _due_points(self, user: UserWindow, start: int) -> list[int]:
         """The due change points of ``user`` at or after ``start``, ascending.
@@ -256,7 +392,10 @@ class ShardSegmenter:
             return False
         user.publish(point, desired)
         user.revision += 1
-        out.append(Transition(user_id, tuple(sorted(desired)), point, user.revision, emitted_at, cause))
+        segments = self._names.get(desired)
+        if segments is None:
+            segments = self._names[desired] = tuple(sorted(desired))
+        out.append(Transition(user_id, segments, point, user.revision, emitted_at, cause))
         return True
 
     def prune(self) -> None:
@@ -290,8 +429,6 @@ def run_shard(
 ) -> list[Transition]:
     """Apply events in order, then finish: the whole stream for one shard, without Beam (tests, oracle)."""
     shard = ShardSegmenter(ruleset, params)
-    out: list[Transition] = []
-    for event in events:
-        out.extend(shard.apply(event, event.arrival_time))
+    out = shard.apply_batch(events)
     out.extend(shard.finish(final_emitted_at))
     return out

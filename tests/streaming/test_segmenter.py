@@ -86,6 +86,21 @@ def test_revisions_increase_per_user_and_effective_time(lines):
         seen[key] = tr.revision
 
 
+@settings(max_examples=100, deadline=None)
+@given(lines=event_lines(("view", "cart", "purchase", "refund")), ruleset=st.sampled_from([CLICK, RISK]))
+def test_the_batch_path_emits_what_applying_one_event_at_a_time_emits(lines, ruleset):
+    """``apply_batch`` (with its inlined in-order path) and ``apply`` per event: the same transitions, in order."""
+    events = arrival_order(parse_all(lines))
+    applied, _, _ = admit_all(events, PARAMS)
+    one_at_a_time = ShardSegmenter(ruleset, PARAMS)
+    expected = [tr for a in applied for tr in one_at_a_time.apply(a, a.arrival_time)]
+    batched = ShardSegmenter(ruleset, PARAMS)
+    got = batched.apply_batch([tuple(a) for a in applied])
+    assert got == expected
+    final = max((e.arrival_time for e in events), default=0)
+    assert batched.finish(final) == one_at_a_time.finish(final)
+
+
 def _applied(user, t, kind="purchase", micros=150_000_000, arrival=None, watermark=-(2**62)):
     return Applied(user, t, kind, micros, None, t if arrival is None else arrival, watermark)
 
