@@ -9,6 +9,7 @@ things that are not comparable.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from bisect import bisect_right
@@ -57,10 +58,18 @@ class Transition(NamedTuple):
         # Written by hand: this runs for every transition the stream emits (json.dumps was 3x slower).
         return (
             f'{{"user_id":{encode_basestring(self.user_id)},'
-            f'"segments":[{",".join(map(encode_basestring, self.segments))}],'
+            f'"segments":{_names_json(self.segments)},'
             f'"effective_time":"{format_ms(self.effective_time)}","revision":{self.revision},'
-            f'"emitted_at":"{format_ms(self.emitted_at)}","cause":{encode_basestring(self.cause)}}}'
+            f'"emitted_at":"{format_ms(self.emitted_at)}","cause":{_names_json(self.cause)}}}'
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_json(names: tuple[str, ...] | str) -> str:
+    """A segment tuple as a JSON array, or a cause as a JSON string: few distinct values, memoised."""
+    if isinstance(names, str):
+        return encode_basestring(names)
+    return f"[{','.join(map(encode_basestring, names))}]"
 
 
 def _time(value: Any, where: str) -> int:

@@ -27,7 +27,9 @@ pipeline is safe. When the server stays unreachable, ``StoreUnavailable`` is rai
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -99,8 +101,13 @@ def _check_side(side: str) -> Side:
     return side
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")  # the characters quote() never changes
+
+
 def encode_user_id(user_id: str) -> str:
     """The injective, key-safe spelling of a user id (percent-encoded UTF-8); see the module doc."""
+    if _UNRESERVED.fullmatch(user_id):
+        return user_id  # what quote() would return, without its cost (every key the stream writes)
     if not user_id:
         raise ValueError("empty user id")
     return quote(user_id, safe="", errors="surrogatepass")
@@ -136,6 +143,12 @@ def _nonempty_key(prefix: str) -> str:
 
 
 def _segments_json(segments: Iterable[str]) -> str:
+    return _segments_text(tuple(segments))
+
+
+@functools.lru_cache(maxsize=4096)
+def _segments_text(segments: tuple[str, ...]) -> str:
+    """The stored spelling of a segment set; there are few distinct sets, so memoised (hot in the stream sink)."""
     return json.dumps(sorted(segments), separators=(",", ":"))
 
 
@@ -330,10 +343,11 @@ class RedisStore:
             held = best.get(tr.user_id)
             if held is None or (tr.effective_time, tr.revision) > (held.effective_time, held.revision):
                 best[tr.user_id] = tr
+        head_key = f"{self.prefix}:stream:u:"  # user_key("stream", ...) without its per-call checks
         entries = [
             (
-                user_key("stream", tr.user_id, self.prefix),
-                [_segments_json(tr.segments), str(tr.effective_time), str(tr.revision)],
+                head_key + encode_user_id(tr.user_id),
+                [_segments_text(tr.segments), str(tr.effective_time), str(tr.revision)],
             )
             for tr in best.values()
         ]

@@ -14,24 +14,12 @@ from dataclasses import dataclass, field
 
 from segments.events import Event, Rejection, too_late
 from segments.lateness import Gate, GateParams, Verdict
-from streaming.segmenter import Applied
+from streaming.segmenter import Applied, Row
 
 
 def shard_of(user_id: str, shards: int) -> int:
     """The shard that owns ``user_id``: stable across runs, processes and machines."""
     return zlib.crc32(user_id.encode("utf-8", "surrogatepass")) % shards
-
-
-def applied(event: Event, watermark: int) -> Applied:
-    return Applied(
-        event.user_id,
-        event.event_time,
-        event.kind,
-        event.amount_micros,
-        event.merchant,
-        event.arrival_time,
-        watermark,
-    )
 
 
 @dataclass
@@ -66,11 +54,27 @@ class Admission:
 
     def admit(self, event: Event) -> Applied | Rejection | None:
         """``Applied`` (with the watermark before it), a too-late ``Rejection``, or None for a duplicate."""
-        watermark = self.gate.watermark
-        verdict = self.gate.admit(event)
+        result = self.admit_row(event)
+        if result is None or isinstance(result, Rejection):
+            return result
+        return Applied._make(result)
+
+    def admit_row(self, event: Event) -> Row | Rejection | None:
+        """``admit`` for the pipeline: an applied event as a plain ``Row`` (what batches carry)."""
+        gate = self.gate
+        watermark = gate.watermark
+        verdict = gate.admit(event)
         if verdict is Verdict.APPLIED:
             self.counts.applied += 1
-            return applied(event, watermark)
+            return (
+                event.user_id,
+                event.event_time,
+                event.kind,
+                event.amount_micros,
+                event.merchant,
+                event.arrival_time,
+                watermark,
+            )
         if verdict is Verdict.DUPLICATE:
             self.counts.duplicates += 1
             return None

@@ -31,7 +31,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
-from segments.events import Event, Rejection, parse_line
+from segments.events import Event, parse_line
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission
 from streaming.config import EVENTS_STREAM, FIELD, GROUP, StreamConfig
@@ -110,11 +110,11 @@ class PollAndAdmit(beam.DoFn):
             if not isinstance(parsed, Event):
                 yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
                 continue
-            result = admission.admit(parsed)
-            if isinstance(result, Rejection):
-                yield beam.pvalue.TaggedOutput(DEAD, result)
-            elif result is not None:
+            result = admission.admit_row(parsed)
+            if type(result) is tuple:
                 flusher.add(result)
+            elif result is not None:
+                yield beam.pvalue.TaggedOutput(DEAD, result)
         # Beam counters once per poll, not per event (each increment costs about a microsecond).
         self.counters.lines.inc(len(entries))
         self.counters.applied.inc(counts.applied - before[0])

@@ -39,7 +39,7 @@ from segments.outputs import Transition
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission, shard_of
 from streaming.config import StreamConfig
-from streaming.segmenter import Applied, ShardSegmenter
+from streaming.segmenter import Row, ShardSegmenter
 
 DEAD = "dead_letter"
 METRICS_NAMESPACE = "segshadow.stream"
@@ -49,7 +49,7 @@ class ShardBatch(NamedTuple):
     """One flush of admission for one shard: its events in arrival order and the watermark after them."""
 
     seq: int
-    events: list[Applied]  # carried as plain tuples of the same fields
+    events: list[Row]  # ``Applied``'s fields as plain tuples
     watermark: int
     clock: int  # the arrival (replay) or wall (live) time of the flush
     final: bool
@@ -65,13 +65,13 @@ class Flusher:
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
-        self.buffers: list[list[Applied]] = [[] for _ in range(shards)]
+        self.buffers: list[list[Row]] = [[] for _ in range(shards)]
         self.seqs = [0] * shards
         self.buffered = 0
 
-    def add(self, event: Applied) -> None:
-        # A plain tuple travels through the shuffle about 4x cheaper than the NamedTuple.
-        self.buffers[shard_of(event[0], self.shards)].append(tuple(event))  # type: ignore[arg-type]
+    def add(self, event: Row) -> None:
+        # A plain tuple (not the NamedTuple ``Applied``) travels through the shuffle about 4x cheaper.
+        self.buffers[shard_of(event[0], self.shards)].append(event)
         self.buffered += 1
 
     def flush(
@@ -102,9 +102,10 @@ def admit_events(
 ) -> Iterator[Any]:
     """Run admission over arrival-ordered events; yield shard batches and tagged dead letters."""
     applied = 0
+    admit = admission.admit_row
     for event in events:
-        result = admission.admit(event)
-        if type(result) is Applied:
+        result = admit(event)
+        if type(result) is tuple:
             flusher.add(result)
             applied += 1
             if flusher.buffered >= batch_events:

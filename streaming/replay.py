@@ -13,7 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from segments.errors import InputError
 from segments.outputs import file_sha256, write_meta
 from segments.timeutil import wall_clock_ms
-from streaming.options import REPLAY_RUNNER, pipeline_options, runner_name
+from streaming.options import REPLAY_RUNNER, collector_tuned, pipeline_options, runner_name
 from streaming.pipeline import (
     DEAD,
     METRICS_NAMESPACE,
@@ -120,8 +120,9 @@ def run_replay(
     started = wall_clock_ms()
     pipeline = beam.Pipeline(options=options)
     build_replay(pipeline, events, out, dead_path, config, redis_url, database_url, source)
-    result = pipeline.run()
-    result.wait_until_finish()
+    with collector_tuned(options):
+        result = pipeline.run()
+        result.wait_until_finish()
     seconds = (wall_clock_ms() - started) / 1000
     counts = _counters(result)
     write_meta(
