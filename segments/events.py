@@ -174,6 +174,8 @@ def _no_constants(name: str) -> Any:
 
 
 _decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants)
+_scan = _decoder.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
+_new_tuple = tuple.__new__
 # Reads NaN/Infinity as non-finite Decimals, only to tell a non-finite amount from other bad JSON.
 _lenient_decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal)
 
@@ -271,16 +273,38 @@ def event_from_object(obj: Any, seq: int) -> Event:
     extra = None
     if len(obj) > len(_KNOWN_FIELDS) or not _KNOWN_FIELDS.issuperset(obj):
         extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS} or None
-    return Event(event_id, user_id, event_time, kind, micros, arrival_time, merchant, seq, has_amount, attrs, extra)
+    # Every field is given, and NamedTuple's own __new__ (Python) costs a third of this function.
+    fields = (event_id, user_id, event_time, kind, micros, arrival_time, merchant, seq, has_amount, attrs, extra)
+    return _new_tuple(Event, fields)
 
 
 def parse_line(line: str, seq: int) -> Event | Rejection:
     """Parse one JSON line into an ``Event``, or a ``Rejection`` naming the reason. Never raises."""
+    if line[:1] == "{":
+        # The common case, a bare object: the C scanner straight away (``decode`` wraps it in Python).
+        # Anything else, or any failure, takes the full path below, which also words the error.
+        try:
+            obj, end = _scan(line, 0)
+        except (StopIteration, ValueError, RecursionError):
+            end = -1
+        if end == len(line):
+            try:
+                return event_from_object(obj, seq)
+            except _Reject as exc:
+                return _rejection(obj, exc, seq, line)
+    return parse_line_in_full(line, seq)
+
+
+def parse_line_in_full(line: str, seq: int) -> Event | Rejection:
+    """``parse_line`` without its fast path: ``JSONDecoder.decode``, which words every JSON error."""
     try:
         obj = _decoder.decode(line)
     except _NonFinite as exc:
         # NaN and Infinity are not JSON; when the line is otherwise an event, name the field at fault.
-        obj = _lenient_decoder.decode(line)
+        try:
+            obj = _lenient_decoder.decode(line)
+        except (ValueError, RecursionError) as other:  # a non-finite number in a line broken elsewhere too
+            return Rejection("bad_json", f"not valid JSON: {other}", seq, line)
         try:
             event_from_object(obj, seq)
         except _Reject as inner:

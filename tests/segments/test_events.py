@@ -19,6 +19,7 @@ from segments.events import (
     format_micros,
     load_event_log,
     parse_line,
+    parse_line_in_full,
 )
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -174,6 +175,7 @@ REJECTED: list[tuple[str, str]] = [
     ("{", "bad_json"),
     ("", "bad_json"),
     ('{"event_id":"e1",}', "bad_json"),
+    ('{"event_id":NaN "e1"}', "bad_json"),  # a non-finite number in a line broken elsewhere too
     ("{'event_id': 'e1'}", "bad_json"),
     (line() + " trailing", "bad_json"),
     ('{"event_id":"e","user_id":"u","event_time":0,"kind":"view","attrs":{"x":NaN}}', "bad_json"),
@@ -400,3 +402,20 @@ def test_any_amount_in_range_round_trips_exactly(whole: int, frac: int, form: st
     assert e.amount_micros == whole * 1_000_000 + frac
     assert e.amount == Decimal(text)
     assert event(e.to_json()).amount_micros == e.amount_micros
+
+
+_FRAGMENTS = st.sampled_from(
+    [" ", "\t", "{", "}", "[]", ",", ":", '"', "x", "NaN", "-Infinity", "1e400", "12.5", "0.1234567", "null",
+     "true", '"\\ud800"', "\ud800", '"amount":', '"attrs":{"merchant":"m"}', '"arrival_time":"2024-01-01T00:00:00Z"',
+     '"kind":"purchase"', '"kind":"nope"', "99999999999999999999999"]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_FRAGMENTS, max_size=6), st.integers(0, 90), st.lists(_FRAGMENTS, max_size=3))
+def test_the_fast_path_parses_exactly_as_the_full_decoder(middle: list[str], cut: int, tail: list[str]) -> None:
+    """Valid lines cut, padded and spliced with JSON fragments: same event or same rejection either way."""
+    base = line(kind="purchase", amount="12.50", attrs={"merchant": "m"})
+    text = base[:cut] + "".join(middle) + base[cut:] + "".join(tail)
+    assert parse_line(text, 3) == parse_line_in_full(text, 3)
+    assert parse_line(base, 3) == parse_line_in_full(base, 3)
