@@ -20,9 +20,11 @@ import os
 import queue
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 from datasketches import kll_floats_sketch
@@ -34,13 +36,21 @@ from segments.redisstore import user_key
 from streaming.live import EVENTS_STREAM, FIELD
 
 
-def wait_for_consumer(client: redis.Redis, timeout_s: float = 60.0) -> None:
-    """Until the live pipeline has created its group and rebuilt (it reads nothing before)."""
+def wait_for_consumer(client: redis.Redis, stream: subprocess.Popen, log: Any, timeout_s: float = 60.0) -> None:
+    """Until the live pipeline has rebuilt from the log and moved its group's cursor to the last entry.
+
+    (Not "until the group has a consumer": Redis 7.0 creates the consumer only
+    when XREADGROUP returns entries, and nothing is produced before this returns.)
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if stream.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"the live pipeline exited ({stream.returncode}):\n{log.read()[-2000:]}")
         try:
             groups = client.xinfo_groups(EVENTS_STREAM)
-            if groups and groups[0].get("consumers", 0) >= 1:
+            last = client.xinfo_stream(EVENTS_STREAM)["last-generated-id"]
+            if groups and groups[0].get("last-delivered-id") == last:
                 return
         except redis.ResponseError:
             pass
@@ -78,7 +88,10 @@ def main() -> None:
     parser.add_argument("--poll", default="5ms")
     args = parser.parse_args()
 
-    with redis_endpoint(os.environ.get("SEGSHADOW_REDIS_URL") or "embedded") as url:
+    with (
+        redis_endpoint(os.environ.get("SEGSHADOW_REDIS_URL") or "embedded") as url,
+        tempfile.TemporaryFile(mode="w+") as log,
+    ):
         client = redis.Redis.from_url(url)
         client.delete(EVENTS_STREAM)
         for side in ("stream",):
@@ -91,12 +104,11 @@ def main() -> None:
                 "--duration", f"{int(args.duration) + 60}s",
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+            stderr=log,  # a file, not a pipe: nobody reads a pipe while it runs, and a full one blocks it
         )
         try:
             client.xadd(EVENTS_STREAM, {FIELD: "{}"})  # makes the stream exist; rejected as bad input
-            wait_for_consumer(client)
+            wait_for_consumer(client, stream, log)
             sketch = kll_floats_sketch(400)
             misses = [0]
             jobs: queue.Queue = queue.Queue()
@@ -153,10 +165,12 @@ def main() -> None:
         finally:
             stream.terminate()
             try:
-                _, err = stream.communicate(timeout=30)
+                stream.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 stream.kill()
-                _, err = stream.communicate()
+                stream.wait()
+            log.seek(0)
+            err = log.read()
     report = {
         "rate_target": args.rate,
         "rate_achieved": round(produced / seconds),
