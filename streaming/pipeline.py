@@ -24,14 +24,15 @@ events travel in one element, and nothing relies on runner timer semantics):
 
 from __future__ import annotations
 
+import os
+import pickle
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple, Tuple  # noqa: UP035 -- Beam reads typing.Tuple hints
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import BytesCoder, PickleCoder
 from apache_beam.metrics import Metrics
-from apache_beam.runners.worker.statecache import CacheAware
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
 from segments.events import Event, Rejection, arrival_order, iter_lines, parse_line
 from segments.lateness import END_OF_TIME
@@ -231,38 +232,15 @@ class ReadAndAdmitRedisLog(beam.DoFn):
             client.close()
 
 
-class _Weight:
-    """Stands in for the shard's object graph when Beam's state cache weighs it (see ``ShardState``)."""
-
-    __slots__ = ("nbytes",)
-
-    def __init__(self, nbytes: int) -> None:
-        self.nbytes = nbytes
-
-    def __sizeof__(self) -> int:
-        return self.nbytes
-
-
-class ShardState(CacheAware):
-    """What a shard keeps in Beam state: the segmenter and the reorder buffer of batches.
-
-    Beam's SDK state cache weighs each cached value by walking its whole object
-    graph; for a shard of many users that walk cost more than the segmentation
-    itself. The weight is estimated from the retained facts and users instead.
-    """
-
-    FACT_BYTES = 160  # a fact tuple, its prefix-sum entries and list slots
-    USER_BYTES = 600  # a user's window object, lists and published timeline
+class ShardState:
+    """What a shard holds: the segmenter and the reorder buffer of batches that came early."""
 
     def __init__(self, segmenter: ShardSegmenter) -> None:
         self.segmenter = segmenter
         self.next_seq = 0
         self.parked: dict[int, ShardBatch] = {}
-
-    def get_referents_for_cache(self) -> list[Any]:
-        segmenter = self.segmenter
-        estimate = segmenter.retained_facts * self.FACT_BYTES + len(segmenter.users) * self.USER_BYTES
-        return [_Weight(max(estimate, 1))]
+        self.logged_events = 0  # events in the batches logged since this state's snapshot
+        self.logged_batches = 0  # and batches
 
     def ready(self, batch: ShardBatch) -> Iterator[ShardBatch]:
         """Batches in sequence order, holding back any that arrive before their predecessors."""
@@ -285,9 +263,34 @@ def segment_batch(segmenter: ShardSegmenter, batch: ShardBatch, live: bool) -> l
 
 
 class SegmentShard(beam.DoFn):
-    """Stateful per shard: applies batches in sequence, emits each batch's transitions as one element."""
+    """Stateful per shard: applies batches in sequence, emits each batch's transitions as one element.
 
-    STATE = ReadModifyWriteStateSpec("shard", PickleCoder())
+    The shard's state is log-structured, so that committing a bundle costs its
+    batches, not the shard (pickling a shard of 12,000 users at every commit was
+    most of the live path's time):
+
+    - ``SNAPSHOT``: the pickled ``ShardState`` as of some batch, rewritten once
+      ``SNAPSHOT_EVENTS`` events or ``SNAPSHOT_BATCHES`` batches have been logged
+      since the last one;
+    - ``LOG``: the batches received since that snapshot, in the order received,
+      each pickled (Beam's state cache re-weighs a cached bag at every append by
+      walking it: bytes are the cheapest thing to walk);
+    - ``HEAD``: a random token, new at every change, naming the pair.
+
+    The DoFn keeps each shard's ``ShardState`` in memory beside the token it
+    corresponds to, and uses it only while the stored token is the same; after a
+    retried bundle, a restart or a key that moved between workers, the state is
+    rebuilt from the snapshot by replaying the log (the segmenter is
+    deterministic, so the replay reproduces it exactly; its transitions were
+    already emitted and are dropped). Nothing is lost by the cache, since Beam's
+    state is written first; only the pickling is saved.
+    """
+
+    SNAPSHOT = ReadModifyWriteStateSpec("snapshot", BytesCoder())
+    LOG = BagStateSpec("log", BytesCoder())
+    HEAD = ReadModifyWriteStateSpec("head", BytesCoder())
+    SNAPSHOT_EVENTS = 200_000
+    SNAPSHOT_BATCHES = 2_000
 
     def __init__(self, config: StreamConfig) -> None:
         self.config = config
@@ -295,22 +298,56 @@ class SegmentShard(beam.DoFn):
     def setup(self) -> None:
         self.transitions = Metrics.counter(METRICS_NAMESPACE, "transitions")
         self.users = Metrics.gauge(METRICS_NAMESPACE, "users_in_state")
+        self.rebuilds = Metrics.counter(METRICS_NAMESPACE, "shard_rebuilds")
+        self.held: dict[int, tuple[bytes, ShardState]] = {}  # shard -> (token, its state)
 
     def process(
-        self, element: tuple[int, ShardBatch], state: Any = beam.DoFn.StateParam(STATE)
+        self,
+        element: tuple[int, ShardBatch],
+        snapshot: Any = beam.DoFn.StateParam(SNAPSHOT),
+        log: Any = beam.DoFn.StateParam(LOG),
+        head: Any = beam.DoFn.StateParam(HEAD),
     ) -> Iterator[list[Transition]]:
-        _, batch = element
-        shard_state: ShardState | None = state.read()
+        shard, batch = element
+        token = head.read()
+        # Taken out while it changes: if applying fails half-way, it is not reused.
+        held = self.held.pop(shard, None)
+        shard_state = held[1] if held is not None and token is not None and held[0] == token else None
         if shard_state is None:
-            shard_state = ShardState(ShardSegmenter(self.config.ruleset, self.config.params))
+            shard_state = self._rebuild(snapshot.read(), log.read())
         out: list[Transition] = []
         for ready in shard_state.ready(batch):
             out.extend(segment_batch(shard_state.segmenter, ready, self.config.live))
-        state.write(shard_state)
+        shard_state.logged_events += len(batch.events)
+        shard_state.logged_batches += 1
+        if shard_state.logged_events >= self.SNAPSHOT_EVENTS or shard_state.logged_batches >= self.SNAPSHOT_BATCHES:
+            shard_state.logged_events = shard_state.logged_batches = 0
+            snapshot.write(pickle.dumps(shard_state, pickle.HIGHEST_PROTOCOL))
+            log.clear()
+        else:
+            log.add(pickle.dumps(batch, pickle.HIGHEST_PROTOCOL))
+        token = os.urandom(16)
+        head.write(token)
+        self.held[shard] = (token, shard_state)
         self.users.set(len(shard_state.segmenter.users))
         if out:
             self.transitions.inc(len(out))
             yield out
+
+    def _rebuild(self, snapshot: bytes | None, logged: Iterable[bytes]) -> ShardState:
+        """The shard's state from its snapshot and the batches logged since (their output dropped)."""
+        self.rebuilds.inc()
+        if snapshot is None:
+            shard_state = ShardState(ShardSegmenter(self.config.ruleset, self.config.params))
+        else:
+            shard_state = pickle.loads(snapshot)  # our own bytes, from Beam state
+        for pickled in logged:
+            batch: ShardBatch = pickle.loads(pickled)  # our own bytes, from Beam state
+            for ready in shard_state.ready(batch):
+                segment_batch(shard_state.segmenter, ready, self.config.live)
+            shard_state.logged_events += len(batch.events)
+            shard_state.logged_batches += 1
+        return shard_state
 
 
 def transitions_from(batches: beam.PCollection, config: StreamConfig) -> beam.PCollection:

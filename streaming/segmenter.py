@@ -117,6 +117,46 @@ class UserWindow:
         return user
 
 
+# A shard's users as flat columns (see ``ShardSegmenter.__getstate__``): ids, fact counts, the facts' times,
+# kinds, amounts and merchants, the prefix-sum columns (a user's run is its count plus one), published
+# counts, times and values, revisions.
+Columns = tuple[
+    list[str],
+    list[int],
+    list[int],
+    list[str],
+    list[int],
+    list[str | None],
+    list[list[int]],
+    list[int],
+    list[int],
+    list[frozenset[str]],
+    list[int],
+]
+
+
+def users_from_columns(columns: Columns) -> dict[str, UserWindow]:
+    """The inverse of the columns ``ShardSegmenter.__getstate__`` writes."""
+    ids, counts, times, kinds, micros, merchants, sums, pub_counts, pub_times, pub_values, revisions = columns
+    users: dict[str, UserWindow] = {}
+    fact = point = 0
+    for index, user_id in enumerate(ids):
+        user = UserWindow.__new__(UserWindow)
+        n = counts[index]
+        end = fact + n
+        user.times = times[fact:end]
+        user.facts = list(zip(user.times, kinds[fact:end], micros[fact:end], merchants[fact:end]))  # type: ignore[arg-type]  # noqa: B905
+        user.sums = [column[fact + index : end + index + 1] for column in sums]
+        q = pub_counts[index]
+        user.pub_times = pub_times[point : point + q]
+        user.pub_values = pub_values[point : point + q]
+        user.revision = revisions[index]
+        users[user_id] = user
+        fact = end
+        point += q
+    return users
+
+
 class ShardSegmenter:
     """The users of one shard. Deterministic: the same inputs in the same order give the same output."""
 
@@ -137,19 +177,72 @@ class ShardSegmenter:
         self._names: dict[frozenset[str], tuple[str, ...]] = {}  # a set's names, sorted, as transitions carry them
 
     def __getstate__(self) -> dict[str, object]:
-        # Beam pickles this state at every bundle commit: plain containers only (no per-user objects,
-        # no NamedTuples), which pickle's C fast path handles many times faster.
+        """A snapshot in columns: a few flat lists pickle an order of magnitude faster than a user's objects.
+
+        The queue of change points is left out: it is exactly the window edges of
+        the retained facts that the watermark has not reached, so loading rebuilds it.
+        """
         state = dict(self.__dict__)
-        del state["_evaluator"], state["_names"]
-        state["users"] = {user_id: user.to_plain() for user_id, user in self.users.items()}
+        for derived in ("_evaluator", "_names", "users", "pending", "ordered"):
+            del state[derived]
+        canon = {kind: kind for kind in self._kinds}  # one object per kind: pickle writes the rest as references
+        counts: list[int] = []
+        times: list[int] = []
+        kinds: list[str] = []
+        micros: list[int] = []
+        merchants: list[str | None] = []
+        sums: list[list[int]] = [[] for _ in range(self._evaluator.additive_count)]
+        pub_counts: list[int] = []
+        pub_times: list[int] = []
+        pub_values: list[frozenset[str]] = []
+        revisions: list[int] = []
+        for user in self.users.values():
+            counts.append(len(user.times))
+            times += user.times
+            if user.facts:
+                _, fact_kinds, fact_micros, fact_merchants = zip(*user.facts)  # noqa: B905 (four fields)
+                kinds += map(canon.__getitem__, fact_kinds)
+                micros += fact_micros
+                merchants += fact_merchants
+            for flat, column in zip(sums, user.sums):  # noqa: B905 (equal lengths by construction)
+                flat += column
+            pub_counts.append(len(user.pub_times))
+            pub_times += user.pub_times
+            pub_values += user.pub_values
+            revisions.append(user.revision)
+        columns: Columns = (
+            list(self.users),
+            counts,
+            times,
+            kinds,
+            micros,
+            merchants,
+            sums,
+            pub_counts,
+            pub_times,
+            pub_values,
+            revisions,
+        )
+        state["columns"] = columns
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        plain: dict[str, tuple[object, ...]] = state.pop("users")  # type: ignore[assignment]
+        columns: Columns = state.pop("columns")  # type: ignore[assignment]
         self.__dict__.update(state)
-        self.users = {user_id: UserWindow.from_plain(values) for user_id, values in plain.items()}
         self._evaluator = Evaluator(self.ruleset)
         self._names = {}
+        self.users = users_from_columns(columns)
+        watermark = self.watermark
+        self.pending = []
+        self.ordered = deque(
+            sorted(
+                (t + width, user_id)
+                for user_id, user in self.users.items()
+                for t in user.times
+                for width in self._widths
+                if t + width > watermark
+            )
+        )
 
     # ---- the two inputs -------------------------------------------------------------------------
 

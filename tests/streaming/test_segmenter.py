@@ -101,6 +101,26 @@ def test_the_batch_path_emits_what_applying_one_event_at_a_time_emits(lines, rul
     assert batched.finish(final) == one_at_a_time.finish(final)
 
 
+@settings(max_examples=60, deadline=None)
+@given(lines=event_lines(("view", "cart", "purchase", "refund")), ruleset=st.sampled_from([CLICK, RISK]))
+def test_a_pickled_snapshot_at_any_point_continues_exactly_as_the_original(lines, ruleset):
+    """The columnar snapshot (its queue of change points rebuilt on load) changes nothing that follows."""
+    import pickle
+
+    events = arrival_order(parse_all(lines))
+    applied, _, _ = admit_all(events, PARAMS)
+    rows = [tuple(a) for a in applied]
+    final = max((e.arrival_time for e in events), default=0)
+    original = ShardSegmenter(ruleset, PARAMS)
+    expected = original.apply_batch(rows) + original.finish(final)
+    for split in range(len(rows) + 1):
+        before = ShardSegmenter(ruleset, PARAMS)
+        head = before.apply_batch(rows[:split])
+        copy = pickle.loads(pickle.dumps(before, pickle.HIGHEST_PROTOCOL))
+        assert sorted([*copy.ordered, *copy.pending]) == sorted([*before.ordered, *before.pending]), split
+        assert head + copy.apply_batch(rows[split:]) + copy.finish(final) == expected, split
+
+
 def _applied(user, t, kind="purchase", micros=150_000_000, arrival=None, watermark=-(2**62)):
     return Applied(user, t, kind, micros, None, t if arrival is None else arrival, watermark)
 
