@@ -270,8 +270,9 @@ class SegmentShard(beam.DoFn):
     most of the live path's time):
 
     - ``SNAPSHOT``: the pickled ``ShardState`` as of some batch, rewritten once
-      ``SNAPSHOT_EVENTS`` events or ``SNAPSHOT_BATCHES`` batches have been logged
-      since the last one;
+      ``SNAPSHOT_EVENTS`` events or ``SNAPSHOT_BATCHES`` batches (times 1 to 2,
+      by shard, so that shards do not all stop to snapshot at once) have been
+      logged since the last one;
     - ``LOG``: the batches received since that snapshot, in the order received,
       each pickled (Beam's state cache re-weighs a cached bag at every append by
       walking it: bytes are the cheapest thing to walk);
@@ -320,7 +321,12 @@ class SegmentShard(beam.DoFn):
             out.extend(segment_batch(shard_state.segmenter, ready, self.config.live))
         shard_state.logged_events += len(batch.events)
         shard_state.logged_batches += 1
-        if shard_state.logged_events >= self.SNAPSHOT_EVENTS or shard_state.logged_batches >= self.SNAPSHOT_BATCHES:
+        # Shards receive batches in step; a shard-dependent cadence keeps them from all snapshotting at once.
+        stagger = 1 + shard % self.config.shards / self.config.shards
+        if (
+            shard_state.logged_events >= self.SNAPSHOT_EVENTS * stagger
+            or shard_state.logged_batches >= self.SNAPSHOT_BATCHES * stagger
+        ):
             shard_state.logged_events = shard_state.logged_batches = 0
             snapshot.write(pickle.dumps(shard_state, pickle.HIGHEST_PROTOCOL))
             log.clear()

@@ -28,6 +28,8 @@ import heapq
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable
+from itertools import chain
+from operator import itemgetter
 from typing import NamedTuple
 
 from segments.lateness import END_OF_TIME, NO_WATERMARK, GateParams
@@ -186,30 +188,19 @@ class ShardSegmenter:
         for derived in ("_evaluator", "_names", "users", "pending", "ordered"):
             del state[derived]
         canon = {kind: kind for kind in self._kinds}  # one object per kind: pickle writes the rest as references
-        counts: list[int] = []
-        times: list[int] = []
-        kinds: list[str] = []
-        micros: list[int] = []
-        merchants: list[str | None] = []
-        sums: list[list[int]] = [[] for _ in range(self._evaluator.additive_count)]
-        pub_counts: list[int] = []
-        pub_times: list[int] = []
-        pub_values: list[frozenset[str]] = []
-        revisions: list[int] = []
-        for user in self.users.values():
-            counts.append(len(user.times))
-            times += user.times
-            if user.facts:
-                _, fact_kinds, fact_micros, fact_merchants = zip(*user.facts)  # noqa: B905 (four fields)
-                kinds += map(canon.__getitem__, fact_kinds)
-                micros += fact_micros
-                merchants += fact_merchants
-            for flat, column in zip(sums, user.sums):  # noqa: B905 (equal lengths by construction)
-                flat += column
-            pub_counts.append(len(user.pub_times))
-            pub_times += user.pub_times
-            pub_values += user.pub_values
-            revisions.append(user.revision)
+        users = list(self.users.values())
+        flat = chain.from_iterable  # each column is one C-level pass over the users (or the facts)
+        counts = [len(user.times) for user in users]
+        times = list(flat(user.times for user in users))
+        facts = list(flat(user.facts for user in users))
+        kinds = list(map(canon.__getitem__, map(itemgetter(1), facts)))
+        micros = list(map(itemgetter(2), facts))
+        merchants = list(map(itemgetter(3), facts))
+        sums = [list(flat(user.sums[slot] for user in users)) for slot in range(self._evaluator.additive_count)]
+        pub_counts = [len(user.pub_times) for user in users]
+        pub_times = list(flat(user.pub_times for user in users))
+        pub_values = list(flat(user.pub_values for user in users))
+        revisions = [user.revision for user in users]
         columns: Columns = (
             list(self.users),
             counts,
