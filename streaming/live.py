@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from segments.events import Event, parse_line
 from segments.timeutil import wall_clock_ms
@@ -37,6 +36,7 @@ from streaming.admission import Admission
 from streaming.config import EVENTS_STREAM, FIELD, GROUP, StreamConfig
 from streaming.pipeline import DEAD, Flusher, _Counters, transitions_from
 from streaming.sinks import sink_all, with_backoff
+from streaming.ticks import Ticks
 
 log = logging.getLogger("segshadow.stream")
 
@@ -50,6 +50,7 @@ class LiveSource:
     group: str = GROUP
     consumer: str = "stream-1"
     poll_ms: int = 5
+    hold_ms: int = 40  # how long a bundle stays open, polling (streaming.ticks)
     read_count: int = 5_000
     heartbeat_ms: int = 100  # idle shards learn the watermark (and fire expiries) at least this often
 
@@ -196,9 +197,7 @@ def build_live(
     """Attach the live source, segmentation and sinks to ``pipeline``."""
     start = time.time()
     stop = start + duration_s if duration_s else float(2**40)
-    ticks = pipeline | "Tick" >> PeriodicImpulse(
-        start_timestamp=start, stop_timestamp=stop, fire_interval=source.poll_ms / 1000
-    )
+    ticks = pipeline | "Tick" >> Ticks(start, stop, source.poll_ms / 1000, source.hold_ms / 1000)
     admitted = ticks | "PollAndAdmit" >> beam.ParDo(PollAndAdmit(config, source)).with_outputs(DEAD, main="batches")
     transitions = transitions_from(admitted.batches, config)
     sink_all(transitions, admitted[DEAD], source.redis_url, database_url, config.ruleset.ref)
