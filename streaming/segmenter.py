@@ -25,9 +25,10 @@ timeline has gone back to empty for good is forgotten.
 from __future__ import annotations
 
 import heapq
+import zlib
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from operator import itemgetter
 from typing import NamedTuple
@@ -39,6 +40,12 @@ from streaming.evaluate import Evaluator
 
 EMPTY: frozenset[str] = frozenset()
 PRUNE_EVERY_MS = 300_000  # event time between two sweeps of a shard's state (each sweep visits every user)
+
+
+def part_of(user_id: str, parts: int) -> int:
+    """The part of its shard a user's state is snapshotted with: stable, and independent of the shard
+    (``shard_of`` takes the CRC's low bits modulo the shard count; this takes bits 16 and up)."""
+    return (zlib.crc32(user_id.encode("utf-8", "surrogatepass")) >> 16) % parts
 
 
 class Applied(NamedTuple):
@@ -177,18 +184,34 @@ class ShardSegmenter:
         self._kinds = ruleset.kinds
         self._pruned_at = NO_WATERMARK
         self._names: dict[frozenset[str], tuple[str, ...]] = {}  # a set's names, sorted, as transitions carry them
+        # While a shard is rebuilt from part snapshots taken at different batches: the parts whose users are
+        # already past the batch being replayed (their events are skipped and sweeps leave them alone).
+        self._frozen: frozenset[int] = frozenset()
+        self._parts = 1
 
     def __getstate__(self) -> dict[str, object]:
-        """A snapshot in columns: a few flat lists pickle an order of magnitude faster than a user's objects.
+        """A snapshot of the whole shard in columns (see ``snapshot_part``)."""
+        return self._snapshot(list(self.users.items()))
 
-        The queue of change points is left out: it is exactly the window edges of
-        the retained facts that the watermark has not reached, so loading rebuilds it.
+    def snapshot_part(self, part: int, parts: int) -> dict[str, object]:
+        """A snapshot of the users of ``part`` (of ``parts``, by ``part_of``) and the shard-wide fields.
+
+        A few flat lists pickle an order of magnitude faster than a user's
+        objects. The queue of change points is left out: it is exactly the
+        window edges of the retained facts that the watermark has not reached, so
+        loading rebuilds it. ``from_parts`` puts snapshots of every part, taken
+        at different batches, back together.
         """
+        return self._snapshot([(u, w) for u, w in self.users.items() if part_of(u, parts) == part])
+
+    def _snapshot(self, items: list[tuple[str, UserWindow]]) -> dict[str, object]:
+        if self._frozen:
+            raise RuntimeError("a shard is snapshotted only once its rebuild has finished")
         state = dict(self.__dict__)
-        for derived in ("_evaluator", "_names", "users", "pending", "ordered"):
+        for derived in ("_evaluator", "_names", "users", "pending", "ordered", "_frozen", "_parts"):
             del state[derived]
         canon = {kind: kind for kind in self._kinds}  # one object per kind: pickle writes the rest as references
-        users = list(self.users.values())
+        users = [user for _, user in items]
         flat = chain.from_iterable  # each column is one C-level pass over the users (or the facts)
         counts = [len(user.times) for user in users]
         times = list(flat(user.times for user in users))
@@ -202,7 +225,7 @@ class ShardSegmenter:
         pub_values = list(flat(user.pub_values for user in users))
         revisions = [user.revision for user in users]
         columns: Columns = (
-            list(self.users),
+            [user_id for user_id, _ in items],
             counts,
             times,
             kinds,
@@ -222,18 +245,57 @@ class ShardSegmenter:
         self.__dict__.update(state)
         self._evaluator = Evaluator(self.ruleset)
         self._names = {}
+        self._frozen = frozenset()
+        self._parts = 1
         self.users = users_from_columns(columns)
-        watermark = self.watermark
         self.pending = []
-        self.ordered = deque(
-            sorted(
-                (t + width, user_id)
-                for user_id, user in self.users.items()
-                for t in user.times
-                for width in self._widths
-                if t + width > watermark
-            )
+        self.ordered = deque(self._edges(self.users, self.watermark))
+
+    def _edges(self, users: dict[str, UserWindow], watermark: int) -> list[tuple[int, str]]:
+        """The queued change points of ``users`` as of ``watermark``: their window edges not yet reached."""
+        widths = self._widths
+        return sorted(
+            (t + width, user_id)
+            for user_id, user in users.items()
+            for t in user.times
+            for width in widths
+            if t + width > watermark
         )
+
+    @classmethod
+    def from_parts(
+        cls, snapshots: Sequence[dict[str, object] | None], base: int, ruleset: RuleSet, params: GateParams
+    ) -> ShardSegmenter:
+        """A shard from one snapshot per part (``snapshot_part``; None: the part's empty initial state).
+
+        ``base`` is a part whose snapshot is the oldest (None if some part has
+        none): the shard-wide fields (the watermark, the sweep schedule) come
+        from it, and replaying the batches since then brings them forward. Every
+        other part starts frozen, since its users are already as of some later
+        batch; ``thaw`` each once that batch has been replayed.
+        """
+        first = snapshots[base]
+        if first is None:
+            shard = cls(ruleset, params)
+        else:
+            shard = cls.__new__(cls)
+            shard.__setstate__(dict(first))
+        edges = list(shard.ordered)
+        for part, snapshot in enumerate(snapshots):
+            if snapshot is None or part == base:
+                continue
+            users = users_from_columns(snapshot["columns"])  # type: ignore[arg-type]
+            shard.users.update(users)
+            edges.extend(shard._edges(users, snapshot["watermark"]))  # type: ignore[arg-type]
+        edges.sort()
+        shard.ordered = deque(edges)
+        shard._parts = len(snapshots)
+        shard._frozen = frozenset(part for part in range(len(snapshots)) if part != base)
+        return shard
+
+    def thaw(self, part: int) -> None:
+        """The replay has reached the batch ``part`` was snapshotted at: its users take part from now on."""
+        self._frozen = self._frozen - {part}
 
     # ---- the two inputs -------------------------------------------------------------------------
 
@@ -246,6 +308,8 @@ class ShardSegmenter:
         out = self.advance(event_watermark, emitted_at) if event_watermark > self.watermark else []
         if kind not in self._kinds:
             return out  # no aggregate reads this kind: it cannot change any set
+        if self._frozen and part_of(user_id, self._parts) in self._frozen:
+            return out  # rebuilding: this user's state is already past this event
         user = self.users.get(user_id)
         if user is None:
             user = self.users[user_id] = UserWindow(self._evaluator.additive_count)
@@ -282,6 +346,7 @@ class ShardSegmenter:
         pending = self.pending
         evaluator = self._evaluator
         width = evaluator.single_width
+        frozen = self._frozen
         while True:  # pop due points in (point, user_id) order: ``_pop_point``, inlined (the hot loop)
             if ordered and (not pending or ordered[0] <= pending[0]):
                 if ordered[0][0] > watermark:
@@ -292,7 +357,7 @@ class ShardSegmenter:
             else:
                 break
             user = users.get(user_id)
-            if user is None:
+            if user is None or (frozen and part_of(user_id, self._parts) in frozen):
                 continue
             # Most expiries change nothing: compare before settling (``_settle``'s test, inlined).
             pub_times = user.pub_times
@@ -328,7 +393,7 @@ class ShardSegmenter:
         while (entry := self._pop_point(END_OF_TIME)) is not None:
             point, user_id = entry
             user = self.users.get(user_id)
-            if user is None:
+            if user is None or (self._frozen and part_of(user_id, self._parts) in self._frozen):
                 continue
             stamp = max(point + ooo, emitted_at_of)
             if self._settle(user_id, user, point, stamp, "expiry", out):
@@ -375,6 +440,8 @@ class ShardSegmenter:
                     self.watermark = event_watermark
             if kind not in kinds:
                 continue
+            if self._frozen and part_of(user_id, self._parts) in self._frozen:
+                continue  # rebuilding: this user's state is already past this event
             user = users.get(user_id)
             if user is None:
                 user = users[user_id] = UserWindow(additive)
@@ -489,7 +556,10 @@ class ShardSegmenter:
             return
         keep_after = horizon - self._span
         gone: list[str] = []
+        frozen, parts = self._frozen, self._parts
         for user_id, user in self.users.items():
+            if frozen and part_of(user_id, parts) in frozen:
+                continue  # rebuilding: already swept as of a later batch
             cut = bisect_right(user.times, keep_after)
             if cut:
                 user.drop_before(cut)

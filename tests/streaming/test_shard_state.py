@@ -1,4 +1,5 @@
-"""The shard's log-structured state: rebuilt from snapshot and log, it gives what the in-memory copy gives."""
+"""The shard's log-structured state: rebuilt from part snapshots and the log, it gives what the in-memory
+copy gives; a held copy that another worker has moved past is not reused."""
 
 from __future__ import annotations
 
@@ -22,12 +23,13 @@ class _Forgets(dict):  # type: ignore[type-arg]
         pass
 
 
-@pytest.mark.parametrize(("snapshot_events", "snapshot_batches"), [(1, 10**9), (97, 10**9), (10**9, 5), (10**9, 10**9)])
-def test_a_shard_rebuilt_from_snapshot_and_log_at_every_batch_emits_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snapshot_events: int, snapshot_batches: int
+@pytest.mark.parametrize(("epoch_events", "epoch_batches"), [(1, 10**9), (97, 10**9), (10**9, 3), (10**9, 10**9)])
+def test_a_shard_rebuilt_from_part_snapshots_and_log_at_every_batch_emits_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch_events: int, epoch_batches: int
 ) -> None:
-    """Snapshots every batch, every ~100 events, every 5 batches or never; rebuilt at every batch: the same
-    transitions as the state held in memory."""
+    """A part snapshotted after every batch (so the ring of log bags turns every batch and the parts stand at
+    eight different batches), every ~100 events, every 3 batches, or never; the shard rebuilt at every batch:
+    the same transitions as the state held in memory."""
     ruleset = load_ruleset("clickstream")
     lines = list(generate("clickstream", users=50, minutes=30, seed=5, late_share=0.1, dup_share=0.05))
     events = tmp_path / "events.jsonl"
@@ -43,11 +45,94 @@ def test_a_shard_rebuilt_from_snapshot_and_log_at_every_batch_emits_the_same(
         self.held = _Forgets()
 
     monkeypatch.setattr(SegmentShard, "setup", forgetful_setup)
-    monkeypatch.setattr(SegmentShard, "SNAPSHOT_EVENTS", snapshot_events)
-    monkeypatch.setattr(SegmentShard, "SNAPSHOT_BATCHES", snapshot_batches)
+    monkeypatch.setattr(SegmentShard, "EPOCH_EVENTS", epoch_events)
+    monkeypatch.setattr(SegmentShard, "EPOCH_BATCHES", epoch_batches)
     rebuilt = run_replay(events, tmp_path / "rebuilt.jsonl", config)
 
     batches = rebuilt.counts["shard_rebuilds"]
     assert batches > 3 * len(lines) // 40 // 3, "every batch was rebuilt"
     assert read_transitions(rebuilt.out_path) == read_transitions(held.out_path)
     assert rebuilt.counts["transitions"] == held.counts["transitions"] > 0
+
+
+class _Value:
+    """A ReadModifyWriteState whose writes are committed at once."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def read(self) -> Any:
+        return self.value
+
+    def write(self, value: Any) -> None:
+        self.value = value
+
+
+class _Bag:
+    """A BagState whose writes are committed at once."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+
+    def read(self) -> list[bytes]:
+        return list(self.items)
+
+    def add(self, item: bytes) -> None:
+        self.items.append(item)
+
+    def clear(self) -> None:
+        self.items = []
+
+
+def _batches(lines: list[str], per_batch: int) -> list[Any]:
+    from segments.events import Event, arrival_order, parse_line
+    from streaming.admission import Admission
+    from streaming.pipeline import Flusher
+
+    admission = Admission(GateParams())
+    flusher = Flusher(1)
+    batches: list[Any] = []
+    events = [e for n, line in enumerate(lines) if isinstance(e := parse_line(line, n), Event)]
+    for event in arrival_order(events):
+        row = admission.admit_row(event)
+        if type(row) is tuple:
+            flusher.add(row)
+            if flusher.buffered >= per_batch:
+                batches.extend(b for _, b in flusher.flush(admission.gate.watermark, event.arrival_time))
+    return batches
+
+
+@pytest.mark.parametrize("epoch_batches", [2, 10**9])
+def test_a_held_shard_that_another_worker_moved_past_is_rebuilt_not_reused(
+    monkeypatch: pytest.MonkeyPatch, epoch_batches: int
+) -> None:
+    """Two DoFn instances take turns on one key (as two workers or two bundle processors can): each finds
+    the other's commits in the log, rebuilds, and together they emit what one instance emits."""
+    monkeypatch.setattr(SegmentShard, "EPOCH_BATCHES", epoch_batches)
+    ruleset = load_ruleset("clickstream")
+    config = StreamConfig(ruleset, GateParams(), shards=1, batch_events=10)
+    lines = list(generate("clickstream", users=40, minutes=60, seed=9, late_share=0.1, dup_share=0.05))
+    batches = _batches(lines, 10)
+    assert len(batches) > 20
+
+    def run(turns: list[int]) -> tuple[list[Any], list[SegmentShard]]:
+        workers = [SegmentShard(config), SegmentShard(config)]
+        for worker in workers:
+            worker.setup()
+        snapshots, logs = _Value(), [_Bag() for _ in SegmentShard.LOGS]
+        out: list[Any] = []
+        for turn, batch in zip(turns, batches):  # noqa: B905
+            worker = workers[turn]
+            worker.start_bundle()
+            for emitted in worker.process((0, batch), snapshots, *logs):
+                out.extend(emitted)
+        return out, workers
+
+    alone, _ = run([0] * len(batches))
+    turns = [(i // 3) % 2 for i in range(len(batches))]  # three batches each, in turn
+    shared, workers = run(turns)
+    assert [t.to_json() for t in shared] == [t.to_json() for t in alone]
+    assert len(alone) > 0
+    switches = sum(1 for a, b in zip(turns, turns[1:]) if a != b)  # noqa: B905
+    assert sum(len(w.held) for w in workers) == 2, "each worker still holds the shard it last had"
+    assert switches > 5
