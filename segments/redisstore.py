@@ -338,6 +338,16 @@ class RedisStore:
         revision after a newer one, changes nothing. Transitions may come in any order
         and several per user; the greatest wins.
         """
+        head, argv, entries = self._stream_entries(transitions)
+        try:
+            return self._pipelined(self._stream, head, argv, entries)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from None
+
+    def _stream_entries(
+        self, transitions: Sequence[Transition]
+    ) -> tuple[list[str], list[str], list[tuple[str, list[str]]]]:
+        """The stream script's head keys, head arguments and per-user entries (the greatest transition each)."""
         best: dict[str, Transition] = {}
         for tr in transitions:
             held = best.get(tr.user_id)
@@ -351,11 +361,11 @@ class RedisStore:
             )
             for tr in best.values()
         ]
-        head = [meta_key("stream", self.prefix)]
-        try:
-            return self._pipelined(self._stream, head, [str(self.clock())], entries)
-        except redis.RedisError as exc:
-            raise self._unavailable(exc) from None
+        return [meta_key("stream", self.prefix)], [str(self.clock())], entries
+
+    def stream_writer(self) -> StreamWriter:
+        """A writer that sends stream transitions without waiting for each reply (see ``StreamWriter``)."""
+        return StreamWriter(self)
 
     def _pipelined(
         self,
@@ -464,3 +474,87 @@ class RedisStore:
         except redis.RedisError as exc:
             raise self._unavailable(exc) from None
         return deleted
+
+
+class StreamWriter:
+    """Stream transitions sent without waiting for their replies; ``drain`` waits for them all.
+
+    ``send`` writes the script calls to the socket at once and returns: Redis
+    runs each call as it arrives, so the values are visible as soon as with a
+    round trip per call, but the caller does not sit idle for the round trip.
+    ``drain`` reads every outstanding reply and returns how many values
+    changed. If anything went wrong (a dropped connection, a server that lost
+    its scripts), ``drain`` sends every call since the last drain again, the
+    ordinary way: the stream script is idempotent, so calls that had already
+    run change nothing. Until ``drain`` returns, nothing sent counts as written.
+    """
+
+    DRAIN_AFTER = 1_000  # calls outstanding before ``send`` drains by itself (replies queue in the socket)
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.connection: Any = None
+        self.sent: list[tuple[list[str], list[str], list[tuple[str, list[str]]]]] = []
+        self.broken = False
+        self.connects = 0  # a reconnect between a send and the drain loses the replies on the old socket
+
+    def _connected(self, _connection: Any) -> None:
+        self.connects += 1
+
+    def send(self, transitions: Sequence[Transition]) -> None:
+        head, argv, entries = self.store._stream_entries(transitions)
+        self.sent.append((head, argv, entries))
+        if self.broken:
+            return  # ``drain`` sends it the ordinary way
+        try:
+            if self.connection is None:
+                self.connection = self.store.client.connection_pool.get_connection()
+                self.connection.register_connect_callback(self._connected)
+                self.connects = 0
+            before = self.connects
+            for start in range(0, max(len(entries), 1), BATCH_KEYS):
+                chunk = entries[start : start + BATCH_KEYS]
+                keys = head + [key for key, _ in chunk]
+                args = argv + [arg for _, call_args in chunk for arg in call_args]
+                self.connection.send_command("EVALSHA", self.store._stream.sha, len(keys), *keys, *args)
+            if self.connects != before and len(self.sent) > 1:
+                self.broken = True  # it reconnected: the earlier calls' replies (if they ran) are lost
+        except (redis.RedisError, OSError):
+            self.broken = True
+        if len(self.sent) >= self.DRAIN_AFTER:
+            self.drain()
+
+    def drain(self) -> int:
+        """Wait for every reply; returns how many values changed. ``StoreUnavailable`` if Redis stays down."""
+        if not self.sent:
+            return 0
+        changed = 0
+        if not self.broken and self.connection is not None:
+            try:
+                calls = sum(max(1, -(-len(entries) // BATCH_KEYS)) for _, _, entries in self.sent)
+                for _ in range(calls):
+                    changed += int(self.connection.read_response())
+                self.sent = []
+                return changed
+            except (redis.RedisError, OSError):
+                pass  # below: start over on a fresh connection
+        self._release(broken=True)
+        changed = 0
+        for head, argv, entries in self.sent:
+            try:
+                changed += self.store._pipelined(self.store._stream, head, argv, entries)
+            except redis.RedisError as exc:
+                raise self.store._unavailable(exc) from None
+        self.sent = []
+        self.broken = False
+        return changed
+
+    def close(self) -> None:
+        self._release(broken=bool(self.sent))
+
+    def _release(self, broken: bool) -> None:
+        if self.connection is not None:
+            if broken:
+                self.connection.disconnect()
+            self.store.client.connection_pool.release(self.connection)
+            self.connection = None

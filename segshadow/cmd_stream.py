@@ -128,7 +128,7 @@ def live(
         config = _config(ruleset, params, shards, live=True)
         pipeline = beam.Pipeline(options=options)
         build_live(pipeline, config, source, seconds, None if no_sql else where.database_url, str(out) if out else None)
-        with collector_tuned(options):
+        with collector_tuned(options, live=True):
             pipeline.run().wait_until_finish()
     typer.echo(f"stream live {ruleset.ref}: stopped")
 

@@ -50,7 +50,7 @@ class LiveSource:
     group: str = GROUP
     consumer: str = "stream-1"
     poll_ms: int = 5
-    hold_ms: int = 40  # how long a bundle stays open, polling (streaming.ticks)
+    hold_ms: int = 25  # how long a bundle stays open, polling (streaming.ticks)
     read_count: int = 5_000
     heartbeat_ms: int = 100  # idle shards learn the watermark (and fire expiries) at least this often
 

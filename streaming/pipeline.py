@@ -312,7 +312,7 @@ class SegmentShard(beam.DoFn):
     SNAPSHOTS = ReadModifyWriteStateSpec("snapshots", BytesCoder())
     LOGS = tuple(BagStateSpec(f"log{i}", BytesCoder()) for i in range(PARTS))
     EPOCH_EVENTS = 25_000
-    EPOCH_BATCHES = 250
+    EPOCH_BATCHES = 1_000
     TOKEN_BYTES = 16
     HEADER_BYTES = TOKEN_BYTES + _POSITION.size
 
@@ -401,8 +401,9 @@ class SegmentShard(beam.DoFn):
         )
         state = ShardState(segmenter, parts)
         state.epoch, state.blobs, state.received = epoch, list(blobs), oldest
-        if taken[base] is not None:
-            state.next_seq, state.parked = taken[base][1], dict(taken[base][2])
+        first = taken[base]
+        if first is not None:
+            state.next_seq, state.parked = first[1], dict(first[2])
         pending = {part for part, at in enumerate(positions) if at > oldest}
         for part in set(range(parts)) - pending:
             segmenter.thaw(part)

@@ -46,7 +46,13 @@ def with_backoff(what: str, work: Callable[[], T], attempts: int = 8, base_s: fl
 
 
 class RedisTransitionsSink(beam.DoFn):
-    """Writes each user's latest transition to the Redis ``stream`` namespace."""
+    """Writes each user's latest transition to the Redis ``stream`` namespace.
+
+    Each batch is sent as it comes, without waiting for Redis to answer (it is
+    visible as soon as Redis has run it); the answers are collected at the end
+    of the bundle, so a bundle succeeds only once all its writes have. A write
+    that failed is sent again then, with backoff; the writes are idempotent.
+    """
 
     def __init__(self, redis_url: str) -> None:
         self.redis_url = redis_url
@@ -55,13 +61,19 @@ class RedisTransitionsSink(beam.DoFn):
         from segments.redisstore import RedisStore
 
         self.store = with_backoff("connect to Redis", lambda: RedisStore.open(self.redis_url))
+        self.writer = self.store.stream_writer()
         self.written = Metrics.counter(NAMESPACE, "redis_writes")
 
     def process(self, batch: list[Transition]) -> None:
-        changed = with_backoff("write transitions to Redis", lambda: self.store.write_stream(batch))
-        self.written.inc(changed)
+        self.writer.send(batch)
+
+    def finish_bundle(self) -> None:
+        self.written.inc(with_backoff("write transitions to Redis", self.writer.drain))
 
     def teardown(self) -> None:
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.close()
         store = getattr(self, "store", None)
         if store is not None:
             store.close()

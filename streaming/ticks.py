@@ -63,11 +63,11 @@ class _EmitTicks(beam.DoFn):
             now = time.time()
             index = max(index, math.floor((now - start) / interval))  # skip ticks a long poll overran
             due = start + interval * index
+            if max(due, now) > until:  # the hold is over, whether or not the polls kept up
+                _advance(watermark, due)
+                tracker.defer_remainder(Timestamp.of(due))
+                return
             if due > now:
-                if due > until:
-                    _advance(watermark, due)
-                    tracker.defer_remainder(Timestamp.of(due))
-                    return
                 time.sleep(due - now)
             if not tracker.try_claim(index):
                 return

@@ -367,3 +367,39 @@ def test_connect_uses_the_hiredis_parser(redis_url: str) -> None:
         client.connection_pool.release(connection)
     finally:
         client.close()
+
+
+def test_the_stream_writer_sends_without_waiting_and_drains_the_changes(store: RedisStore, redis_url: str) -> None:
+    """Sent batches are visible before the drain; the drain counts what changed; resending changes nothing."""
+    users = [f"w{i}" for i in range(600)]  # three script calls: more than one chunk of keys
+    writer = store.stream_writer()
+    writer.send([tr(u, ("high_value",), 10) for u in users])
+    writer.send([tr("w0", ("high_value",), 11, 2), tr("w1", (), 5)])  # one newer, one older than stored
+    probe = RedisStore.open(redis_url)
+    deadline = time.monotonic() + 2.0
+    while (found := probe.get("stream", "w599")) is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert found is not None and found.time == 10, "visible before any reply was read"
+    assert writer.drain() == 601
+    assert store.get("stream", "w0").time == 11  # type: ignore[union-attr]
+    assert store.get("stream", "w1").time == 10  # type: ignore[union-attr]
+    writer.send([tr(u, ("high_value",), 10) for u in users[:5]])
+    assert writer.drain() == 0
+    writer.close()
+    probe.close()
+
+
+def test_the_stream_writer_resends_everything_when_the_connection_drops(store: RedisStore) -> None:
+    """A connection lost between send and drain: the drain sends the batches again on a fresh one."""
+    writer = store.stream_writer()
+    writer.send([tr("x1", ("high_value",), 10)])
+    writer.connection.disconnect()  # the replies are gone with it
+    writer.send([tr("x2", ("high_value",), 20)])  # on a new socket: the writer cannot match replies any more
+    assert writer.broken
+    writer.drain()  # sends both again, the ordinary way
+    assert not writer.broken and not writer.sent
+    assert store.get("stream", "x1").time == 10  # type: ignore[union-attr]
+    assert store.get("stream", "x2").time == 20  # type: ignore[union-attr]
+    writer.send([tr("x3", ("risky",), 30)])
+    assert writer.drain() == 1, "the writer works again afterwards"
+    writer.close()

@@ -3,6 +3,7 @@ copy gives; a held copy that another worker has moved past is not reused."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,6 @@ def test_a_held_shard_that_another_worker_moved_past_is_rebuilt_not_reused(
     shared, workers = run(turns)
     assert [t.to_json() for t in shared] == [t.to_json() for t in alone]
     assert len(alone) > 0
-    switches = sum(1 for a, b in zip(turns, turns[1:]) if a != b)  # noqa: B905
+    switches = sum(1 for a, b in itertools.pairwise(turns) if a != b)
     assert sum(len(w.held) for w in workers) == 2, "each worker still holds the shard it last had"
     assert switches > 5
