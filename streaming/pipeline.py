@@ -243,7 +243,7 @@ class ShardState:
         self.next_seq = 0
         self.parked: dict[int, ShardBatch] = {}
         self.received = 0  # batches logged so far: the position of the last one
-        self.epoch = 0  # its log bag is ``epoch % parts``; at its end, part ``epoch % parts`` is snapshotted
+        self.epoch = 0  # logged in bag ``SegmentShard.bag_of(epoch)``; at its end part ``epoch % parts`` is taken
         self.epoch_events = 0
         self.epoch_batches = 0
         self.blobs: list[bytes | None] = [None] * parts  # each part's latest snapshot, as stored
@@ -285,14 +285,15 @@ class SegmentShard(beam.DoFn):
       of then; the parts are snapshotted in turn, one at the end of each
       *epoch* (``EPOCH_EVENTS`` events or ``EPOCH_BATCHES`` batches, times 1 to 2
       by shard so that shards do not all snapshot at once).
-    - ``LOG0`` ... ``LOG7``: a ring of bags, one per epoch, holding each batch
-      received, pickled behind a random token and its position (an epoch's bag
-      starts with a token alone). When part ``k`` has been snapshotted, the
-      oldest snapshot is part ``k + 1``'s, taken at the end of the epoch whose
-      bag comes next in the ring: that bag's batches are no longer needed, so it
-      is cleared and reused. A plain commit appends to one bag: Beam's state
-      cache re-weighs each state it commits by walking it (a fixed ~0.4 ms plus
-      ~1 us an entry), and bytes are the cheapest thing to walk.
+    - ``log0`` ... ``log8``: a ring of ``BAGS`` bags, each holding
+      ``EPOCHS_PER_BAG`` consecutive epochs: every batch received, pickled
+      behind a random token and its position (a bag starts with a token alone).
+      The oldest part snapshot is always ``PARTS`` epochs back, so when a new
+      bag is started, the bag after it in the ring holds only batches at or
+      before every part's snapshot: it is the one cleared and reused. A plain
+      commit appends to one bag: Beam's state cache re-weighs each state it
+      commits by walking it (a fixed ~0.4 ms plus ~1 us an entry), and bytes
+      are the cheapest thing to walk.
     - Rebuilding (``_rebuild``) loads every part, takes the shard-wide fields
       and the reorder buffer from the oldest, and replays the logged batches
       after it in order; a part's users are left alone (frozen) until the replay
@@ -308,11 +309,15 @@ class SegmentShard(beam.DoFn):
     lost by the cache, since Beam's state is written first; only the work is saved.
     """
 
-    PARTS = 8  # the state's layout: changing it needs a fresh state
+    # The state's layout (changing it needs a fresh state): BAGS * EPOCHS_PER_BAG must exceed PARTS.
+    PARTS = 32
+    EPOCHS_PER_BAG = 4
+    BAGS = 9
     SNAPSHOTS = ReadModifyWriteStateSpec("snapshots", BytesCoder())
-    LOGS = tuple(BagStateSpec(f"log{i}", BytesCoder()) for i in range(PARTS))
-    EPOCH_EVENTS = 25_000
-    EPOCH_BATCHES = 1_000
+    LOGS = tuple(BagStateSpec(f"log{i}", BytesCoder()) for i in range(BAGS))
+    # A whole turn of the parts every 200,000 events or 8,000 batches (40 s of live polls) per shard.
+    EPOCH_EVENTS = 6_250
+    EPOCH_BATCHES = 250
     TOKEN_BYTES = 16
     HEADER_BYTES = TOKEN_BYTES + _POSITION.size
 
@@ -341,14 +346,14 @@ class SegmentShard(beam.DoFn):
         log5: Any = beam.DoFn.StateParam(LOGS[5]),
         log6: Any = beam.DoFn.StateParam(LOGS[6]),
         log7: Any = beam.DoFn.StateParam(LOGS[7]),
+        log8: Any = beam.DoFn.StateParam(LOGS[8]),
     ) -> Iterator[list[Transition]]:
         shard, batch = element
-        logs = (log0, log1, log2, log3, log4, log5, log6, log7)
-        parts = self.PARTS
+        logs = (log0, log1, log2, log3, log4, log5, log6, log7, log8)
         # Taken out while it changes: if applying fails half-way, it is not reused.
         held = self.held.pop(shard, None)
         if held is not None and shard not in self.checked:
-            current = logs[held[1].epoch % parts]
+            current = logs[self.bag_of(held[1].epoch)]
             if _last(current.read())[: self.TOKEN_BYTES] != held[0]:
                 held = None  # someone else committed this key since: the held copy is stale
         state = held[1] if held is not None else self._rebuild(snapshots.read(), logs)
@@ -360,29 +365,35 @@ class SegmentShard(beam.DoFn):
         state.epoch_events += len(batch.events)
         state.epoch_batches += 1
         token = os.urandom(self.TOKEN_BYTES)
-        logs[state.epoch % parts].add(
+        logs[self.bag_of(state.epoch)].add(
             token + _POSITION.pack(state.received) + pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
         )
         # Shards receive batches in step; a shard-dependent cadence keeps them from all snapshotting at once.
         stagger = 1 + shard % self.config.shards / self.config.shards
         if state.epoch_events >= self.EPOCH_EVENTS * stagger or state.epoch_batches >= self.EPOCH_BATCHES * stagger:
-            token = self._end_epoch(state, snapshots, logs)
+            token = self._end_epoch(state, snapshots, logs) or token
         self.held[shard] = (token, state)
         self.users.set(len(state.segmenter.users))
         if out:
             self.transitions.inc(len(out))
             yield out
 
-    def _end_epoch(self, state: ShardState, snapshots: Any, logs: tuple[Any, ...]) -> bytes:
-        """Snapshot the epoch's part, start the next epoch in the next bag of the ring; its token."""
+    @classmethod
+    def bag_of(cls, epoch: int) -> int:
+        return epoch // cls.EPOCHS_PER_BAG % cls.BAGS
+
+    def _end_epoch(self, state: ShardState, snapshots: Any, logs: tuple[Any, ...]) -> bytes | None:
+        """Snapshot the epoch's part; if the next epoch starts a bag, clear it and mark it (the mark's token)."""
         part = state.epoch % self.PARTS
         taken = (state.received, state.next_seq, state.parked, state.segmenter.snapshot_part(part, self.PARTS))
         state.blobs[part] = pickle.dumps(taken, pickle.HIGHEST_PROTOCOL)
         state.epoch += 1
         state.epoch_events = state.epoch_batches = 0
         snapshots.write(pickle.dumps((state.epoch, state.blobs), pickle.HIGHEST_PROTOCOL))
+        if state.epoch % self.EPOCHS_PER_BAG:
+            return None  # the next epoch logs on in the same bag
         token = os.urandom(self.TOKEN_BYTES)
-        following = logs[state.epoch % self.PARTS]
+        following = logs[self.bag_of(state.epoch)]
         following.clear()  # its batches are all at or before the oldest part's snapshot now
         following.add(token + _POSITION.pack(state.received))
         return token
@@ -407,21 +418,23 @@ class SegmentShard(beam.DoFn):
         pending = {part for part, at in enumerate(positions) if at > oldest}
         for part in set(range(parts)) - pending:
             segmenter.thaw(part)
+        # The current epoch began where the previous one's part was snapshotted.
+        current_start = positions[(epoch - 1) % parts] if epoch else 0
         header, size = self.HEADER_BYTES, self.TOKEN_BYTES
         logged = sorted(
-            (_POSITION.unpack_from(entry, size)[0], bag, entry)
-            for bag, log in enumerate(logs)
+            (_POSITION.unpack_from(entry, size)[0], entry)
+            for log in logs
             for entry in log.read()
             if len(entry) > header
         )
-        for position, bag, entry in logged:
+        for position, entry in logged:
             if position <= oldest:
                 continue
             batch: ShardBatch = pickle.loads(entry[header:])  # our own bytes, from Beam state
             for ready in state.ready(batch):
                 segment_batch(segmenter, ready, self.config.live)
             state.received = position
-            if bag == epoch % parts:
+            if position > current_start:
                 state.epoch_events += len(batch.events)
                 state.epoch_batches += 1
             for part in [p for p in pending if positions[p] <= position]:

@@ -67,9 +67,10 @@ Row = tuple[str, int, str, int, str | None, int, int]
 class UserWindow:
     """One user's retained facts (sorted by event time) and published timeline."""
 
-    __slots__ = ("facts", "pub_times", "pub_values", "revision", "sums", "times")
+    __slots__ = ("facts", "part", "pub_times", "pub_values", "revision", "sums", "times")
 
-    def __init__(self, additive: int) -> None:
+    def __init__(self, additive: int, part: int = 0) -> None:
+        self.part = part  # which part of the shard it is snapshotted with (``part_of``)
         self.times: list[int] = []
         self.facts: list[Fact] = []
         self.sums: list[list[int]] = [[0] for _ in range(additive)]
@@ -123,6 +124,7 @@ class UserWindow:
     def from_plain(cls, plain: tuple[object, ...]) -> UserWindow:
         user = cls.__new__(cls)
         (user.times, user.facts, user.sums, user.pub_times, user.pub_values, user.revision) = plain  # type: ignore[assignment]
+        user.part = 0
         return user
 
 
@@ -144,8 +146,8 @@ Columns = tuple[
 ]
 
 
-def users_from_columns(columns: Columns) -> dict[str, UserWindow]:
-    """The inverse of the columns ``ShardSegmenter.__getstate__`` writes."""
+def users_from_columns(columns: Columns, parts: int = 1) -> dict[str, UserWindow]:
+    """The inverse of the columns ``ShardSegmenter._snapshot`` writes (each user's part out of ``parts``)."""
     ids, counts, times, kinds, micros, merchants, sums, pub_counts, pub_times, pub_values, revisions = columns
     users: dict[str, UserWindow] = {}
     fact = point = 0
@@ -160,6 +162,7 @@ def users_from_columns(columns: Columns) -> dict[str, UserWindow]:
         user.pub_times = pub_times[point : point + q]
         user.pub_values = pub_values[point : point + q]
         user.revision = revisions[index]
+        user.part = part_of(user_id, parts) if parts > 1 else 0
         users[user_id] = user
         fact = end
         point += q
@@ -169,7 +172,7 @@ def users_from_columns(columns: Columns) -> dict[str, UserWindow]:
 class ShardSegmenter:
     """The users of one shard. Deterministic: the same inputs in the same order give the same output."""
 
-    def __init__(self, ruleset: RuleSet, params: GateParams) -> None:
+    def __init__(self, ruleset: RuleSet, params: GateParams, parts: int = 1) -> None:
         self.ruleset = ruleset
         self.params = params
         self.users: dict[str, UserWindow] = {}
@@ -187,7 +190,7 @@ class ShardSegmenter:
         # While a shard is rebuilt from part snapshots taken at different batches: the parts whose users are
         # already past the batch being replayed (their events are skipped and sweeps leave them alone).
         self._frozen: frozenset[int] = frozenset()
-        self._parts = 1
+        self._parts = parts  # users are split into parts for snapshots (``snapshot_part``)
 
     def __getstate__(self) -> dict[str, object]:
         """A snapshot of the whole shard in columns (see ``snapshot_part``)."""
@@ -202,13 +205,15 @@ class ShardSegmenter:
         loading rebuilds it. ``from_parts`` puts snapshots of every part, taken
         at different batches, back together.
         """
-        return self._snapshot([(u, w) for u, w in self.users.items() if part_of(u, parts) == part])
+        if parts != self._parts:
+            raise ValueError(f"this shard is split into {self._parts} parts, not {parts}")
+        return self._snapshot([(u, w) for u, w in self.users.items() if w.part == part])
 
     def _snapshot(self, items: list[tuple[str, UserWindow]]) -> dict[str, object]:
         if self._frozen:
             raise RuntimeError("a shard is snapshotted only once its rebuild has finished")
         state = dict(self.__dict__)
-        for derived in ("_evaluator", "_names", "users", "pending", "ordered", "_frozen", "_parts"):
+        for derived in ("_evaluator", "_names", "users", "pending", "ordered", "_frozen"):
             del state[derived]
         canon = {kind: kind for kind in self._kinds}  # one object per kind: pickle writes the rest as references
         users = [user for _, user in items]
@@ -246,8 +251,7 @@ class ShardSegmenter:
         self._evaluator = Evaluator(self.ruleset)
         self._names = {}
         self._frozen = frozenset()
-        self._parts = 1
-        self.users = users_from_columns(columns)
+        self.users = users_from_columns(columns, self._parts)
         self.pending = []
         self.ordered = deque(self._edges(self.users, self.watermark))
 
@@ -276,7 +280,7 @@ class ShardSegmenter:
         """
         first = snapshots[base]
         if first is None:
-            shard = cls(ruleset, params)
+            shard = cls(ruleset, params, len(snapshots))
         else:
             shard = cls.__new__(cls)
             shard.__setstate__(dict(first))
@@ -284,14 +288,16 @@ class ShardSegmenter:
         for part, snapshot in enumerate(snapshots):
             if snapshot is None or part == base:
                 continue
-            users = users_from_columns(snapshot["columns"])  # type: ignore[arg-type]
+            users = users_from_columns(snapshot["columns"], len(snapshots))  # type: ignore[arg-type]
             shard.users.update(users)
             edges.extend(shard._edges(users, snapshot["watermark"]))  # type: ignore[arg-type]
         edges.sort()
         shard.ordered = deque(edges)
-        shard._parts = len(snapshots)
         shard._frozen = frozenset(part for part in range(len(snapshots)) if part != base)
         return shard
+
+    def _new_part(self, user_id: str) -> int:
+        return part_of(user_id, self._parts) if self._parts > 1 else 0
 
     def thaw(self, part: int) -> None:
         """The replay has reached the batch ``part`` was snapshotted at: its users take part from now on."""
@@ -308,11 +314,11 @@ class ShardSegmenter:
         out = self.advance(event_watermark, emitted_at) if event_watermark > self.watermark else []
         if kind not in self._kinds:
             return out  # no aggregate reads this kind: it cannot change any set
-        if self._frozen and part_of(user_id, self._parts) in self._frozen:
-            return out  # rebuilding: this user's state is already past this event
         user = self.users.get(user_id)
+        if self._frozen and (user.part if user is not None else part_of(user_id, self._parts)) in self._frozen:
+            return out  # rebuilding: this user's state is already past this event
         if user is None:
-            user = self.users[user_id] = UserWindow(self._evaluator.additive_count)
+            user = self.users[user_id] = UserWindow(self._evaluator.additive_count, self._new_part(user_id))
         self._apply_to(user_id, user, event, emitted_at, out)
         return out
 
@@ -357,7 +363,7 @@ class ShardSegmenter:
             else:
                 break
             user = users.get(user_id)
-            if user is None or (frozen and part_of(user_id, self._parts) in frozen):
+            if user is None or (frozen and user.part in frozen):
                 continue
             # Most expiries change nothing: compare before settling (``_settle``'s test, inlined).
             pub_times = user.pub_times
@@ -393,7 +399,7 @@ class ShardSegmenter:
         while (entry := self._pop_point(END_OF_TIME)) is not None:
             point, user_id = entry
             user = self.users.get(user_id)
-            if user is None or (self._frozen and part_of(user_id, self._parts) in self._frozen):
+            if user is None or (self._frozen and user.part in self._frozen):
                 continue
             stamp = max(point + ooo, emitted_at_of)
             if self._settle(user_id, user, point, stamp, "expiry", out):
@@ -440,11 +446,11 @@ class ShardSegmenter:
                     self.watermark = event_watermark
             if kind not in kinds:
                 continue
-            if self._frozen and part_of(user_id, self._parts) in self._frozen:
-                continue  # rebuilding: this user's state is already past this event
             user = users.get(user_id)
+            if self._frozen and (user.part if user is not None else part_of(user_id, self._parts)) in self._frozen:
+                continue  # rebuilding: this user's state is already past this event
             if user is None:
-                user = users[user_id] = UserWindow(additive)
+                user = users[user_id] = UserWindow(additive, self._new_part(user_id))
             times = user.times
             pub_times = user.pub_times
             if not (
@@ -556,9 +562,9 @@ class ShardSegmenter:
             return
         keep_after = horizon - self._span
         gone: list[str] = []
-        frozen, parts = self._frozen, self._parts
+        frozen = self._frozen
         for user_id, user in self.users.items():
-            if frozen and part_of(user_id, parts) in frozen:
+            if frozen and user.part in frozen:
                 continue  # rebuilding: already swept as of a later batch
             cut = bisect_right(user.times, keep_after)
             if cut:

@@ -103,7 +103,7 @@ def _batches(lines: list[str], per_batch: int) -> list[Any]:
     return batches
 
 
-@pytest.mark.parametrize("epoch_batches", [2, 10**9])
+@pytest.mark.parametrize("epoch_batches", [1, 3, 10**9])
 def test_a_held_shard_that_another_worker_moved_past_is_rebuilt_not_reused(
     monkeypatch: pytest.MonkeyPatch, epoch_batches: int
 ) -> None:
@@ -111,10 +111,10 @@ def test_a_held_shard_that_another_worker_moved_past_is_rebuilt_not_reused(
     the other's commits in the log, rebuilds, and together they emit what one instance emits."""
     monkeypatch.setattr(SegmentShard, "EPOCH_BATCHES", epoch_batches)
     ruleset = load_ruleset("clickstream")
-    config = StreamConfig(ruleset, GateParams(), shards=1, batch_events=10)
-    lines = list(generate("clickstream", users=40, minutes=60, seed=9, late_share=0.1, dup_share=0.05))
-    batches = _batches(lines, 10)
-    assert len(batches) > 20
+    config = StreamConfig(ruleset, GateParams(), shards=1, batch_events=2)
+    lines = list(generate("clickstream", users=60, minutes=60, seed=9, late_share=0.1, dup_share=0.05))
+    batches = _batches(lines, 2)
+    assert len(batches) > 2 * SegmentShard.BAGS * SegmentShard.EPOCHS_PER_BAG, "the ring of bags turns twice"
 
     def run(turns: list[int]) -> tuple[list[Any], list[SegmentShard]]:
         workers = [SegmentShard(config), SegmentShard(config)]
