@@ -1,8 +1,9 @@
 """``stream live``: the same pipeline fed from a Redis Stream through a consumer group.
 
-Beam Python has no Redis source, so this is one: ``PeriodicImpulse`` (a
-splittable DoFn, run live by FnApiRunner) ticks every ``poll_ms``, and
-``PollAndAdmit`` reads what arrived since the last tick with ``XREADGROUP``,
+Beam Python has no Redis source, so this is one: ``Ticks`` (a splittable DoFn,
+run live by FnApiRunner; see ``streaming.ticks``) ticks every ``poll_ms`` and
+keeps each bundle open for ``hold_ms``, and ``PollAndAdmit`` reads what arrived
+since the last tick with ``XREADGROUP``,
 runs the same ``Admission`` as replay (the stream entry order is the arrival
 order), and emits per-shard batches to the same ``SegmentShard`` and sinks.
 

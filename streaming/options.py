@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from segments.errors import UsageError
 
 REPLAY_RUNNER = "FnApiRunner"  # fastest local runner; the pipeline needs no timer semantics
-LIVE_RUNNER = "FnApiRunner"  # runs PeriodicImpulse (a splittable DoFn) live
+LIVE_RUNNER = "FnApiRunner"  # runs the Ticks splittable DoFn live
 TEST_STREAM_RUNNER = "BundleBasedDirectRunner"  # real watermarks; runs TestStream
 IN_PROCESS_RUNNERS = frozenset({"FnApiRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "DirectRunner"})
 YOUNG_GENERATION = 50_000  # allocations between two young collections (CPython's default is 700)

@@ -6,9 +6,10 @@ events travel in one element, and nothing relies on runner timer semantics):
 - **replay source** (``ReadAndAdmitFile``): reads the recorded file, parses and
   validates every line, orders valid events by arrival (ties in file order) and
   runs admission inline, because arrival order is only known there;
-- **live source** (``streaming.live``): PeriodicImpulse polls a Redis Stream
-  through a consumer group; chunks of entries go through ``AdmitChunks``, a
-  stateful DoFn on one key, which runs the same ``Admission``;
+- **live source** (``streaming.live``): ``Ticks`` drives ``PollAndAdmit``, which
+  reads a Redis Stream through a consumer group and runs the same ``Admission``
+  (one instance: the ticks are one element); other unbounded sources of lines
+  can use ``AdmitLines``, a stateful DoFn on one key;
 - both emit ``ShardBatch`` elements keyed by shard (a stable hash of the user):
   the shard's events in arrival order, each with its watermark, and the
   watermark after the batch. Every flush reaches every shard, so expiry advances
@@ -315,9 +316,9 @@ class SegmentShard(beam.DoFn):
     BAGS = 9
     SNAPSHOTS = ReadModifyWriteStateSpec("snapshots", BytesCoder())
     LOGS = tuple(BagStateSpec(f"log{i}", BytesCoder()) for i in range(BAGS))
-    # A whole turn of the parts every 200,000 events or 8,000 batches (40 s of live polls) per shard.
+    # A whole turn of the parts every 200,000 events or 4,000 batches (20 s of live polls) per shard.
     EPOCH_EVENTS = 6_250
-    EPOCH_BATCHES = 250
+    EPOCH_BATCHES = 125
     TOKEN_BYTES = 16
     HEADER_BYTES = TOKEN_BYTES + _POSITION.size
 
