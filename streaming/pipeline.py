@@ -310,7 +310,8 @@ class SegmentShard(beam.DoFn):
     lost by the cache, since Beam's state is written first; only the work is saved.
     """
 
-    # The state's layout (changing it needs a fresh state): BAGS * EPOCHS_PER_BAG must exceed PARTS.
+    # The state's layout (changing it needs a fresh state). The bag a new one clears must be older than the
+    # oldest part, PARTS epochs back: (BAGS - 1) * EPOCHS_PER_BAG >= PARTS.
     PARTS = 32
     EPOCHS_PER_BAG = 1
     BAGS = 33

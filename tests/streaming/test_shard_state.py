@@ -137,3 +137,11 @@ def test_a_held_shard_that_another_worker_moved_past_is_rebuilt_not_reused(
     switches = sum(1 for a, b in itertools.pairwise(turns) if a != b)
     assert sum(len(w.held) for w in workers) == 2, "each worker still holds the shard it last had"
     assert switches > 5
+
+
+def test_the_bag_a_new_epoch_clears_is_older_than_every_part() -> None:
+    """The ring's layout leaves a whole bag's worth of epochs between the newest bag and the oldest part."""
+    assert (SegmentShard.BAGS - 1) * SegmentShard.EPOCHS_PER_BAG >= SegmentShard.PARTS
+    assert len(SegmentShard.LOGS) == SegmentShard.BAGS
+    bags = {SegmentShard.bag_of(epoch) for epoch in range(SegmentShard.BAGS * SegmentShard.EPOCHS_PER_BAG)}
+    assert bags == set(range(SegmentShard.BAGS)), "every bag of the ring is used in turn"
