@@ -399,15 +399,15 @@ class SegmentShard(beam.DoFn):
         logs[self.bag_of(state.epoch)].add(
             token + _POSITION.pack(state.received) + pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
         )
+        if out:
+            self.transitions.inc(len(out))
+            yield out  # on a fused stage the sinks write it now, before any snapshot below
         # Shards receive batches in step; a shard-dependent cadence keeps them from all snapshotting at once.
         stagger = 1 + shard % self.config.shards / self.config.shards
         if state.epoch_events >= self.EPOCH_EVENTS * stagger or state.epoch_batches >= self.EPOCH_BATCHES * stagger:
             token = self._end_epoch(state, snapshots, logs) or token
         self.held[shard] = (token, state)
         self.users.set(len(state.segmenter.users))
-        if out:
-            self.transitions.inc(len(out))
-            yield out
 
     @classmethod
     def bag_of(cls, epoch: int) -> int:
