@@ -262,6 +262,22 @@ return changed
 """
 
 
+# One script call: its keys and its arguments.
+ScriptCall = tuple[list[str], list[str]]
+
+
+def _script_calls(
+    head_keys: list[str], head_args: list[str], entries: Sequence[tuple[str, list[str]]]
+) -> list[ScriptCall]:
+    """``entries`` (key, per-key args) cut into calls of BATCH_KEYS keys, each led by the head keys and
+    arguments; one call even with no entries."""
+    chunks = [entries[i : i + BATCH_KEYS] for i in range(0, len(entries), BATCH_KEYS)] or [[]]
+    return [
+        (head_keys + [key for key, _ in chunk], head_args + [arg for _, args in chunk for arg in args])
+        for chunk in chunks
+    ]
+
+
 class RedisStore:
     """Each side's current segments per user (see the module doc for keys and guarantees).
 
@@ -376,18 +392,18 @@ class RedisStore:
     ) -> int:
         """Run ``script`` over ``entries`` (key, per-key args), BATCH_KEYS keys per call, many calls per
         round trip; returns the sum of the calls' results. One call runs even with no entries."""
-        calls = [entries[i : i + BATCH_KEYS] for i in range(0, len(entries), BATCH_KEYS)] or [[]]
+        return self._run_calls(script, _script_calls(head_keys, head_args, entries))
+
+    def _run_calls(self, script: Script, calls: Sequence[ScriptCall]) -> int:
+        """Run ``script`` once per (keys, args) call, many calls per round trip; the sum of their results."""
         if len(calls) == 1:
             # One call: EVALSHA straight away (a pipeline first asks SCRIPT EXISTS: a second round trip).
-            keys = head_keys + [key for key, _ in calls[0]]
-            argv = head_args + [arg for _, args in calls[0] for arg in args]
+            keys, argv = calls[0]
             return int(script(keys=keys, args=argv))
         changed = 0
         for start in range(0, len(calls), CALLS_PER_ROUND_TRIP):
             pipe = self.client.pipeline(transaction=False)
-            for call in calls[start : start + CALLS_PER_ROUND_TRIP]:
-                keys = head_keys + [key for key, _ in call]
-                argv = head_args + [arg for _, args in call for arg in args]
+            for keys, argv in calls[start : start + CALLS_PER_ROUND_TRIP]:
                 script(keys=keys, args=argv, client=pipe)
             changed += sum(int(n) for n in pipe.execute())
         return changed
@@ -494,7 +510,7 @@ class StreamWriter:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         self.connection: Any = None
-        self.sent: list[tuple[list[str], list[str], list[tuple[str, list[str]]]]] = []
+        self.sent: list[ScriptCall] = []  # every call since the last drain, in order
         self.broken = False
         self.connects = 0  # a reconnect between a send and the drain loses the replies on the old socket
 
@@ -502,8 +518,9 @@ class StreamWriter:
         self.connects += 1
 
     def send(self, transitions: Sequence[Transition]) -> None:
-        head, argv, entries = self.store._stream_entries(transitions)
-        self.sent.append((head, argv, entries))
+        calls = _script_calls(*self.store._stream_entries(transitions))
+        earlier = len(self.sent)
+        self.sent.extend(calls)
         if self.broken:
             return  # ``drain`` sends it the ordinary way
         try:
@@ -512,12 +529,9 @@ class StreamWriter:
                 self.connection.register_connect_callback(self._connected)
                 self.connects = 0
             before = self.connects
-            for start in range(0, max(len(entries), 1), BATCH_KEYS):
-                chunk = entries[start : start + BATCH_KEYS]
-                keys = head + [key for key, _ in chunk]
-                args = argv + [arg for _, call_args in chunk for arg in call_args]
+            for keys, args in calls:
                 self.connection.send_command("EVALSHA", self.store._stream.sha, len(keys), *keys, *args)
-            if self.connects != before and len(self.sent) > 1:
+            if self.connects != before and earlier:
                 self.broken = True  # it reconnected: the earlier calls' replies (if they ran) are lost
         except (redis.RedisError, OSError):
             self.broken = True
@@ -531,20 +545,17 @@ class StreamWriter:
         changed = 0
         if not self.broken and self.connection is not None:
             try:
-                calls = sum(max(1, -(-len(entries) // BATCH_KEYS)) for _, _, entries in self.sent)
-                for _ in range(calls):
+                for _ in self.sent:
                     changed += int(self.connection.read_response())
                 self.sent = []
                 return changed
             except (redis.RedisError, OSError):
                 pass  # below: start over on a fresh connection
         self._release(broken=True)
-        changed = 0
-        for head, argv, entries in self.sent:
-            try:
-                changed += self.store._pipelined(self.store._stream, head, argv, entries)
-            except redis.RedisError as exc:
-                raise self.store._unavailable(exc) from None
+        try:
+            changed = self.store._run_calls(self.store._stream, self.sent)
+        except redis.RedisError as exc:
+            raise self.store._unavailable(exc) from None
         self.sent = []
         self.broken = False
         return changed
