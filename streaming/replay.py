@@ -13,7 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from segments.errors import InputError
 from segments.outputs import file_sha256, write_meta
 from segments.timeutil import wall_clock_ms
-from streaming.options import REPLAY_RUNNER, collector_tuned, pipeline_options, runner_name
+from streaming.options import REPLAY_RUNNER, in_process_tuned, pipeline_options, runner_name
 from streaming.pipeline import (
     DEAD,
     METRICS_NAMESPACE,
@@ -120,7 +120,7 @@ def run_replay(
     started = wall_clock_ms()
     pipeline = beam.Pipeline(options=options)
     build_replay(pipeline, events, out, dead_path, config, redis_url, database_url, source)
-    with collector_tuned(options):
+    with in_process_tuned(options):
         result = pipeline.run()
         result.wait_until_finish()
     seconds = (wall_clock_ms() - started) / 1000

@@ -61,3 +61,36 @@ def test_pipeline_options_reject_a_positional_argument():
     """A stray word after -- is a usage error, not silently ignored."""
     with pytest.raises(UsageError):
         pipeline_options(["FlinkRunner"], "FnApiRunner")
+
+
+def test_in_process_tuning_weighs_state_as_beam_does_and_restores_beam_after():
+    import gc
+    import pickle
+
+    from apache_beam.runners.worker import statecache
+
+    from streaming.options import in_process_tuned
+
+    values = [[b"x" * 100] * 10, [pickle.dumps(list(range(100)))] * 3, [], {"a": [1, 2, (3, "four")]}]
+    beams_own = statecache.get_deep_size
+    expected = [beams_own(v) for v in values]
+    thresholds = gc.get_threshold()
+    with in_process_tuned(pipeline_options([], "FnApiRunner"), live=True):
+        assert statecache.get_deep_size is not beams_own
+        assert [statecache.get_deep_size(v) for v in values] == expected
+        assert gc.get_threshold() != thresholds
+    assert statecache.get_deep_size is beams_own
+    assert gc.get_threshold() == thresholds
+
+
+def test_in_process_tuning_leaves_a_distributed_runner_alone():
+    import gc
+
+    from apache_beam.runners.worker import statecache
+
+    from streaming.options import in_process_tuned
+
+    beams_own, thresholds = statecache.get_deep_size, gc.get_threshold()
+    with in_process_tuned(pipeline_options(["--runner=FlinkRunner"], "FnApiRunner")):
+        assert statecache.get_deep_size is beams_own
+        assert gc.get_threshold() == thresholds
