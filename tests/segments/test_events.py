@@ -419,3 +419,55 @@ def test_the_fast_path_parses_exactly_as_the_full_decoder(middle: list[str], cut
     text = base[:cut] + "".join(middle) + base[cut:] + "".join(tail)
     assert parse_line(text, 3) == parse_line_in_full(text, 3)
     assert parse_line(base, 3) == parse_line_in_full(base, 3)
+
+
+def _amount_outcome(parse: Any, value: Any) -> Any:
+    from segments.events import _Reject
+
+    try:
+        return parse(value)
+    except _Reject as exc:
+        return ("rejected", exc.args)
+
+
+_amount_texts = st.one_of(
+    st.from_regex(r"\A[+-]?[0-9]{0,14}(\.[0-9]{0,8})?\Z"),
+    st.sampled_from(["150", "0150", "150.", ".5", "1e2", "1E+2", " 1", "-0", "+1.5", "NaN", "1.2000000", "١٥٠"]),
+    st.text(max_size=8),
+)
+_amount_values = st.one_of(
+    _amount_texts,
+    _amount_texts.filter(lambda t: t.strip() != "").map(lambda t: Decimal(t) if _is_decimal(t) else t),
+    st.integers(min_value=-(10**13), max_value=10**13),
+    st.decimals(allow_nan=True, allow_infinity=True, places=None),
+    st.booleans(),
+    st.none(),
+    st.floats(),
+)
+
+
+def _is_decimal(text: str) -> bool:
+    try:
+        Decimal(text)
+    except ArithmeticError:
+        return False
+    return True
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_amount_values)
+def test_the_plain_amount_fast_path_agrees_with_the_decimal_path(value: Any):
+    from segments.events import parse_amount_micros, parse_amount_micros_in_full
+
+    assert _amount_outcome(parse_amount_micros, value) == _amount_outcome(parse_amount_micros_in_full, value)
+
+
+@pytest.mark.parametrize(
+    ("value", "micros"),
+    [("150", 150_000_000), ("0.000001", 1), ("12.5", 12_500_000), (Decimal("12.34"), 12_340_000), (7, 7_000_000),
+     ("999999999999.999999", 999_999_999_999_999_999), ("0", 0)],
+)  # fmt: skip
+def test_plain_amounts_are_exact_micro_units(value: Any, micros: int):
+    from segments.events import parse_amount_micros
+
+    assert parse_amount_micros(value) == micros
