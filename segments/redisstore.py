@@ -278,6 +278,18 @@ def _script_calls(
     ]
 
 
+def _packed_evalsha(sha: str, calls: Sequence[ScriptCall]) -> bytes:
+    """``calls`` as EVALSHA commands in the Redis protocol, in one buffer: what redis-py's ``send_command``
+    would write for each, at about half its cost, and then one write to the socket instead of one a call."""
+    head = sha.encode()
+    out: list[bytes] = []
+    for keys, args in calls:
+        words = [b"EVALSHA", head, b"%d" % len(keys), *(key.encode() for key in keys), *(arg.encode() for arg in args)]
+        out.append(b"*%d\r\n" % len(words))
+        out.extend(b"$%d\r\n%s\r\n" % (len(word), word) for word in words)
+    return b"".join(out)
+
+
 class RedisStore:
     """Each side's current segments per user (see the module doc for keys and guarantees).
 
@@ -529,8 +541,7 @@ class StreamWriter:
                 self.connection.register_connect_callback(self._connected)
                 self.connects = 0
             before = self.connects
-            for keys, args in calls:
-                self.connection.send_command("EVALSHA", self.store._stream.sha, len(keys), *keys, *args)
+            self.connection.send_packed_command([_packed_evalsha(self.store._stream.sha, calls)], check_health=False)
             if self.connects != before and earlier:
                 self.broken = True  # it reconnected: the earlier calls' replies (if they ran) are lost
         except (redis.RedisError, OSError):

@@ -403,3 +403,21 @@ def test_the_stream_writer_resends_everything_when_the_connection_drops(store: R
     writer.send([tr("x3", ("risky",), 30)])
     assert writer.drain() == 1, "the writer works again afterwards"
     writer.close()
+
+
+def test_the_stream_writer_packs_what_redis_py_would_send(store: RedisStore) -> None:
+    """The hand-packed EVALSHA buffer is byte for byte redis-py's own commands, non-ASCII and chunks included."""
+    from segments.redisstore import _packed_evalsha, _script_calls
+
+    users = [f"p{i}" for i in range(300)] + ["zoë/ü", "a b", "\u65e5\u672c"]
+    calls = _script_calls(*store._stream_entries([tr(u, ("high_value", "segment_é"), 10) for u in users]))
+    assert len(calls) == 2
+    connection = store.client.connection_pool.get_connection()
+    try:
+        expected = b"".join(
+            b"".join(connection.pack_command("EVALSHA", store._stream.sha, len(keys), *keys, *args))
+            for keys, args in calls
+        )
+    finally:
+        store.client.connection_pool.release(connection)
+    assert _packed_evalsha(store._stream.sha, calls) == expected
