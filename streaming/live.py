@@ -196,7 +196,8 @@ class PollAndAdmit(beam.DoFn):
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             log.warning("Redis read failed, will retry on the next tick: %s", exc)
             return
-        for _, entries in reply or []:
+        # RESP3 (redis-py's default protocol may be either) answers with a map of stream -> entries.
+        for _, entries in reply.items() if isinstance(reply, dict) else reply or []:
             yield from self._admit(entries)
             self.unacked.extend(entry_id for entry_id, _ in entries)
 

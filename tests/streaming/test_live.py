@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -28,6 +30,15 @@ def _produce(url: str, lines: list[str]) -> None:
     client.close()
 
 
+def _produce_over(url: str, lines: list[str], after_s: float, over_s: float) -> None:
+    """After ``after_s``, produce ``lines`` in ten slices spread over ``over_s``."""
+    time.sleep(after_s)
+    step = max(1, len(lines) // 10)
+    for start in range(0, len(lines), step):
+        _produce(url, lines[start : start + step])
+        time.sleep(over_s / 10)
+
+
 def _run_live(config: StreamConfig, url: str, database_url: str, seconds: float) -> None:
     pipeline = beam.Pipeline(options=pipeline_options([], LIVE_RUNNER, streaming=True))
     build_live(pipeline, config, LiveSource(url, poll_ms=5), seconds, database_url)
@@ -42,8 +53,13 @@ def test_live_restart_mid_stream_loses_nothing_and_counts_nothing_twice(redis_ur
     half = len(lines) // 2
     database_url = f"sqlite:///{tmp_path / 'live.db'}"
 
-    _produce(redis_url, lines[:half])
-    _run_live(config, redis_url, database_url, 2.0)
+    quarter = half // 2
+    _produce(redis_url, lines[:quarter])  # replayed from the log when the first run starts
+    # read through the consumer group while the first run is up
+    producer = threading.Thread(target=_produce_over, args=(redis_url, lines[quarter:half], 1.0, 1.0))
+    producer.start()
+    _run_live(config, redis_url, database_url, 3.0)
+    producer.join()
     _produce(redis_url, lines[half:])  # arrives while the stream is down
     _run_live(config, redis_url, database_url, 2.0)
 
