@@ -173,11 +173,20 @@ def _no_constants(name: str) -> Any:
     raise _NonFinite(f"non-finite number {name}")
 
 
-_decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=_no_constants)
+def _json_number(text: str) -> Decimal:
+    """A JSON number with a fraction or exponent, exactly; one whose exponent Decimal cannot hold
+    (``1e40000000000000000000``) is a ``ValueError``, so it reads as bad JSON instead of escaping."""
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        raise ValueError(f"number out of range: {text[:40]}") from None
+
+
+_decoder = json.JSONDecoder(parse_float=_json_number, parse_constant=_no_constants)
 _scan = _decoder.scan_once  # type: ignore[attr-defined]  # set by JSONDecoder.__init__
 _new_tuple = tuple.__new__
 # Reads NaN/Infinity as non-finite Decimals, only to tell a non-finite amount from other bad JSON.
-_lenient_decoder = json.JSONDecoder(parse_float=Decimal, parse_constant=Decimal)
+_lenient_decoder = json.JSONDecoder(parse_float=_json_number, parse_constant=Decimal)
 
 
 def parse_time(value: Any, name: str) -> int:
@@ -210,7 +219,7 @@ def parse_amount_micros(value: Any) -> int:
     kind = type(value)
     if kind is int:
         if 0 <= value < _INT_LIMIT:
-            return value * MICROS  # type: ignore[no-any-return]
+            return value * MICROS
     elif kind is str or kind is Decimal:
         plain = _PLAIN_AMOUNT.fullmatch(value if kind is str else str(value))
         if plain is not None:

@@ -471,3 +471,19 @@ def test_plain_amounts_are_exact_micro_units(value: Any, micros: int):
     from segments.events import parse_amount_micros
 
     assert parse_amount_micros(value) == micros
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"event_id":"e1","user_id":"u1","event_time":1704067200000,"kind":"purchase","amount":1e40099999999999999999999}',
+        '{"event_id":"e1","user_id":"u1","event_time":1704067200000,"kind":"view","attrs":{"x":1e-99999999999999999999}}',
+        '{"event_id":"e1","user_id":"u1","event_time":1704067200000,"kind":"purchase","amount":NaN,"y":1e99999999999999999999}',
+        "1e40099999999999999999999",
+    ],
+)
+def test_a_number_whose_exponent_decimal_cannot_hold_is_bad_json_not_an_exception(text: str):
+    """Decimal raises InvalidOperation (not a ValueError) for such exponents; parsing must still never raise."""
+    for parse in (parse_line, parse_line_in_full):
+        rejected = parse(text, 1)
+        assert isinstance(rejected, Rejection) and rejected.reason == "bad_json" and "out of range" in rejected.detail
