@@ -71,7 +71,15 @@ def test_in_process_tuning_weighs_state_as_beam_does_and_restores_beam_after():
 
     from streaming.options import in_process_tuned
 
-    values = [[b"x" * 100] * 10, [pickle.dumps(list(range(100)))] * 3, [], {"a": [1, 2, (3, "four")]}]
+    entry = b"y" * 50
+    values = [
+        [b"x" * 100] * 10,  # one object ten times: counted once
+        [pickle.dumps(list(range(100))), entry, entry, b"", bytes(1000)],
+        [],
+        [b"a", "b"],  # not all bytes: the general walk
+        [pickle.dumps(i) for i in range(600)],
+        {"a": [1, 2, (3, "four")]},
+    ]
     beams_own = statecache.get_deep_size
     expected = [beams_own(v) for v in values]
     thresholds = gc.get_threshold()
