@@ -294,7 +294,8 @@ class SegmentShard(beam.DoFn):
       before every part's snapshot: it is the one cleared and reused. A plain
       commit appends to one bag: Beam's state cache re-weighs each state it
       commits by walking it (a fixed ~0.4 ms plus ~1 us an entry), and bytes
-      are the cheapest thing to walk.
+      are the cheapest thing to walk (local runs weigh a bag of bytes in C:
+      ``streaming.options.state_cache_weighed_cheaply``).
     - Rebuilding (``_rebuild``) loads every part, takes the shard-wide fields
       and the reorder buffer from the oldest, and replays the logged batches
       after it in order; a part's users are left alone (frozen) until the replay
@@ -312,15 +313,16 @@ class SegmentShard(beam.DoFn):
 
     # The state's layout (changing it needs a fresh state). The bag a new one clears must be older than the
     # oldest part, PARTS epochs back: (BAGS - 1) * EPOCHS_PER_BAG >= PARTS.
-    PARTS = 32
-    EPOCHS_PER_BAG = 1
+    PARTS = 64
+    EPOCHS_PER_BAG = 2
     BAGS = 33
     SNAPSHOTS = ReadModifyWriteStateSpec("snapshots", BytesCoder())
     LOGS = tuple(BagStateSpec(f"log{i}", BytesCoder()) for i in range(BAGS))
-    # A whole turn of the parts every 200,000 events or 16,000 batches (80 s of live polls) per shard: at ten
-    # minutes of history a part of a 12,500-user shard takes ~55 ms to snapshot here, so a turn costs ~2%.
-    EPOCH_EVENTS = 6_250
-    EPOCH_BATCHES = 500
+    # A whole turn of the parts every 200,000 events or 16,000 batches (80 s of live polls) per shard, as with
+    # 32 parts of 6,250 events; 64 halve each snapshot's stall (12 ms median in bench/stream_live.py at 32
+    # parts, ~27 ms at ten minutes of history) for the same total cost, and two epochs a bag keep 33 bags.
+    EPOCH_EVENTS = 3_125
+    EPOCH_BATCHES = 250
     TOKEN_BYTES = 16
     HEADER_BYTES = TOKEN_BYTES + _POSITION.size
 
