@@ -1,6 +1,6 @@
 """Benchmark: live latency, XADD to the user's segments visible in Redis, at a fixed rate.
 
-    python bench/stream_live.py [--rate 10000] [--duration 60] [--users 50000] [--shards 4]
+    python bench/stream_live.py [--rate 10000] [--duration 60] [--users 50000] [--shards 4] [--history-minutes M]
 
 A producer XADDs events to the Redis Stream at ``--rate`` events/s for
 ``--duration`` s while ``segshadow stream live`` runs in its own process. Every
@@ -123,6 +123,48 @@ def windows(timeline: list[tuple[float, float]], start: float, width: float) -> 
     return out
 
 
+def fill_history(
+    client: redis.Redis, rate: int, users: int, minutes: float, counts: list[int]
+) -> tuple[int, str, int]:
+    """XADD ``minutes`` of events at ``rate`` ending now (event times spread evenly), in the live run's pattern
+    (users in turn, each alternating purchase and refund); returns how many, and the last one's user and time."""
+    total = int(minutes * 60 * rate)
+    if not total:
+        return 0, "", 0
+    connection = client.connection_pool.get_connection()
+    first_ms = int(time.time() * 1000) - int(minutes * 60_000)
+    key, field = EVENTS_STREAM.encode(), FIELD.encode()
+    for begin in range(0, total, 2_000):
+        commands = []
+        for n in range(begin, min(total, begin + 2_000)):
+            user = n % users
+            kind = "purchase" if counts[user] % 2 == 0 else "refund"
+            counts[user] += 1
+            line = (
+                f'{{"event_id": "h{n}", "user_id": "u{user}", "event_time": {first_ms + n * 1000 // rate}, '
+                f'"kind": "{kind}", "amount": "150"}}'
+            )
+            commands.append(resp(b"XADD", key, b"*", field, line.encode()))
+        connection.send_packed_command([b"".join(commands)], check_health=False)
+        for _ in commands:
+            connection.read_response()
+    client.connection_pool.release(connection)
+    last = total - 1
+    return total, f"u{last % users}", first_ms + last * 1000 // rate
+
+
+def wait_for_history(client: redis.Redis, user: str, event_time: int, timeout_s: float) -> None:
+    """Until the last history event's segments are visible: the group's cursor moves when the log has been
+    read, before the shards have applied it, and a run that started then would measure the catch-up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stored = client.hget(user_key("stream", user), "time")
+        if stored is not None and int(stored) >= event_time:
+            return
+        time.sleep(0.1)
+    raise SystemExit("the live pipeline did not catch up with the history in time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=int, default=10_000)
@@ -131,6 +173,13 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--sample", type=int, default=100)
     parser.add_argument("--poll", default="5ms")
+    parser.add_argument(
+        "--history-minutes",
+        type=float,
+        default=0.0,
+        help="first fill the log with this many minutes of events at --rate (the pipeline rebuilds from it), "
+        "so the run measures a shard holding that much history per user instead of an empty one",
+    )
     args = parser.parse_args()
 
     with (
@@ -142,18 +191,25 @@ def main() -> None:
         for side in ("stream",):
             for key in client.scan_iter(f"segshadow:{side}:*", count=10_000):
                 client.delete(key)
+        counts = [0] * args.users
+        history, last_user, last_time = fill_history(client, args.rate, args.users, args.history_minutes, counts)
+        allowance = 60 + 120 * args.history_minutes  # for the rebuild from the log, before the measured run
+        started = time.perf_counter()
         stream = subprocess.Popen(
             [
                 sys.executable, "-m", "segshadow.cli", "stream", "live", "--rules", "clickstream",
                 "--redis-url", url, "--no-sql", "--shards", str(args.shards), "--poll", args.poll,
-                "--duration", f"{int(args.duration) + 60}s",
+                "--duration", f"{int(args.duration + allowance)}s",
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,  # a file, not a pipe: nobody reads a pipe while it runs, and a full one blocks it
         )
         try:
             client.xadd(EVENTS_STREAM, {FIELD: "{}"})  # makes the stream exist; rejected as bad input
-            wait_for_consumer(client, stream, log)
+            wait_for_consumer(client, stream, log, timeout_s=allowance)
+            if history:
+                wait_for_history(client, last_user, last_time, allowance)
+            rebuild_s = time.perf_counter() - started
             sketch = kll_floats_sketch(400)
             misses = [0]
             jobs: queue.Queue = queue.Queue()
@@ -164,7 +220,6 @@ def main() -> None:
             lag: list[tuple[float, int]] = []
             tick = 0.005
             per_tick = max(1, round(args.rate * tick))
-            counts = [0] * args.users
             producer = client.connection_pool.get_connection()
             stream_key = EVENTS_STREAM.encode()
             start = time.perf_counter()
@@ -226,6 +281,8 @@ def main() -> None:
         "rate_achieved": round(produced / seconds),
         "duration_s": round(seconds, 1),
         "events": produced,
+        "history_events": history,
+        "startup_with_rebuild_s": round(rebuild_s, 1),
         "samples": sketch.n,
         "missed_samples": misses[0],
         "latency_ms": {
