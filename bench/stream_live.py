@@ -123,6 +123,18 @@ def windows(timeline: list[tuple[float, float]], start: float, width: float) -> 
     return out
 
 
+def rss_mb(pid: int) -> int:
+    """Resident memory of process ``pid`` in MB (Linux), -1 if unknown."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return -1
+
+
 def fill_history(
     client: redis.Redis, rate: int, users: int, minutes: float, counts: list[int]
 ) -> tuple[int, str, int]:
@@ -218,6 +230,7 @@ def main() -> None:
             for t in threads:
                 t.start()
             lag: list[tuple[float, int]] = []
+            rss: list[tuple[float, int]] = []  # the pipeline process's resident memory, MB
             tick = 0.005
             per_tick = max(1, round(args.rate * tick))
             producer = client.connection_pool.get_connection()
@@ -261,6 +274,7 @@ def main() -> None:
                 if now >= next_lag:
                     groups = client.xinfo_groups(EVENTS_STREAM)
                     lag.append((round(elapsed, 1), int(groups[0].get("lag") or 0) if groups else -1))
+                    rss.append((round(elapsed, 1), rss_mb(stream.pid)))
                     next_lag += 5
             for _ in threads:
                 jobs.put(None)
@@ -292,6 +306,7 @@ def main() -> None:
         },
         "group_lag_every_5s": lag,
         "p99_and_max_ms_every_10s": windows(timeline, start, 10.0),
+        "pipeline_rss_mb_every_5s": rss,
         "target": "p99 <= 50 ms at 10,000 events/s for 60 s, no growing lag",
     }
     print(json.dumps(report, indent=2))
