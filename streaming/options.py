@@ -138,8 +138,9 @@ def state_cache_weighed_cheaply(options: PipelineOptions) -> Iterator[None]:
     with four shards. Beam's own filter already skips modules, types and
     functions, the only ways into module globals, so the weights come out the
     same without that scan; and a bag of bytes is then summed in C instead of
-    walked (~1 us an entry, up to 500 entries a log bag). Workers of a distributed runner are other
-    processes and are left alone; Beam's function comes back afterwards.
+    walked (~1 us an entry, up to 500 entries a log bag). Workers of a
+    distributed runner are other processes and are left alone; Beam's function
+    comes back afterwards.
     """
     if runner_name(options) not in IN_PROCESS_RUNNERS:
         yield

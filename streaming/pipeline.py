@@ -319,8 +319,9 @@ class SegmentShard(beam.DoFn):
     SNAPSHOTS = ReadModifyWriteStateSpec("snapshots", BytesCoder())
     LOGS = tuple(BagStateSpec(f"log{i}", BytesCoder()) for i in range(BAGS))
     # A whole turn of the parts every 200,000 events or 16,000 batches (80 s of live polls) per shard, as with
-    # 32 parts of 6,250 events; 64 halve each snapshot's stall (12 ms median in bench/stream_live.py at 32
-    # parts, ~27 ms at ten minutes of history) for the same total cost, and two epochs a bag keep 33 bags.
+    # 32 parts of 6,250 events; 64 halve each snapshot's stall for the same total cost (at 32 parts, 12 ms at
+    # the median in bench/stream_live.py from empty), and two epochs a bag keep 33 bags. With three minutes of
+    # history a part took 43 ms (--history-minutes 3): a turn then costs ~11% of a core over four shards.
     EPOCH_EVENTS = 3_125
     EPOCH_BATCHES = 250
     TOKEN_BYTES = 16
