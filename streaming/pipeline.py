@@ -239,7 +239,7 @@ class ShardState:
     """What a shard holds: the segmenter, the reorder buffer of batches that came early, and where its
     log stands (see ``SegmentShard``)."""
 
-    def __init__(self, segmenter: ShardSegmenter, parts: int) -> None:
+    def __init__(self, segmenter: ShardSegmenter) -> None:
         self.segmenter = segmenter
         self.next_seq = 0
         self.parked: dict[int, ShardBatch] = {}
@@ -247,7 +247,6 @@ class ShardState:
         self.epoch = 0  # logged in bag ``SegmentShard.bag_of(epoch)``; at its end part ``epoch % parts`` is taken
         self.epoch_events = 0
         self.epoch_batches = 0
-        self.blobs: list[bytes | None] = [None] * parts  # each part's latest snapshot, as stored
 
     def ready(self, batch: ShardBatch) -> Iterator[ShardBatch]:
         """Batches in sequence order, holding back any that arrive before their predecessors."""
@@ -280,12 +279,19 @@ class SegmentShard(beam.DoFn):
     commit was most of the live path's time, and pickling it even every few
     seconds stalled the live stream for ~120 ms each time.
 
-    - Its users are split into ``PARTS`` parts (``part_of``). ``SNAPSHOTS``
-      holds the latest snapshot of every part, each taken after some batch
-      (its *position*, counted in batches received) with the reorder buffer as
-      of then; the parts are snapshotted in turn, one at the end of each
-      *epoch* (``EPOCH_EVENTS`` events or ``EPOCH_BATCHES`` batches, times 1 to 2
-      by shard so that shards do not all snapshot at once).
+    - Its users are split into ``PARTS`` parts (``part_of``). The parts are
+      snapshotted in turn, one at the end of each *epoch* (``EPOCH_EVENTS``
+      events or ``EPOCH_BATCHES`` batches, times 1 to 2 by shard so that shards
+      do not all snapshot at once), each after some batch (its *position*,
+      counted in batches received) with the reorder buffer as of then.
+    - ``parts0`` and ``parts1`` (``SNAPSHOTS``): each epoch appends its part's
+      snapshot, behind the epoch's number, to the bag of its *turn* (``PARTS``
+      epochs), the even turns to one and the odd to the other. A turn's first
+      snapshot clears its bag first: what it held, the turn before last, has
+      been superseded part by part by the last turn. So an epoch writes one
+      part, never the whole shard, and the latest snapshot of every part is in
+      one bag or the other. (One value holding every part's blob, rewritten
+      each epoch, cost 10-18 MB a shard per epoch with three minutes of history.)
     - ``log0`` ... ``log32``: a ring of ``BAGS`` bags, each holding
       ``EPOCHS_PER_BAG`` consecutive epochs: every batch received, pickled
       behind a random token and its position (a bag starts with a token alone).
@@ -296,12 +302,13 @@ class SegmentShard(beam.DoFn):
       commits by walking it (a fixed ~0.4 ms plus ~1 us an entry), and bytes
       are the cheapest thing to walk (local runs weigh a bag of bytes in C:
       ``streaming.options.state_cache_weighed_cheaply``).
-    - Rebuilding (``_rebuild``) loads every part, takes the shard-wide fields
-      and the reorder buffer from the oldest, and replays the logged batches
-      after it in order; a part's users are left alone (frozen) until the replay
-      passes the batch that part was snapshotted after. The segmenter is
-      deterministic, so this reproduces the shard exactly; the transitions the
-      replay emits were emitted before and are dropped.
+    - Rebuilding (``_rebuild``) loads the latest snapshot of every part, takes
+      the shard-wide fields and the reorder buffer from the oldest, and replays
+      the logged batches after it in order; a part's users are left alone
+      (frozen) until the replay passes the batch that part was snapshotted
+      after. The segmenter is deterministic, so this reproduces the shard
+      exactly; the transitions the replay emits were emitted before and are
+      dropped.
 
     The DoFn keeps each shard's ``ShardState`` in memory beside the token of the
     last entry it logged, and uses it only while the current bag still ends with
@@ -316,7 +323,7 @@ class SegmentShard(beam.DoFn):
     PARTS = 64
     EPOCHS_PER_BAG = 2
     BAGS = 33
-    SNAPSHOTS = ReadModifyWriteStateSpec("snapshots", BytesCoder())
+    SNAPSHOTS = (BagStateSpec("parts0", BytesCoder()), BagStateSpec("parts1", BytesCoder()))
     LOGS = tuple(BagStateSpec(f"log{i}", BytesCoder()) for i in range(BAGS))
     # A whole turn of the parts every 200,000 events or 16,000 batches (80 s of live polls) per shard, as with
     # 32 parts of 6,250 events; 64 halve each snapshot's stall for the same total cost (at 32 parts, 12 ms at
@@ -343,7 +350,8 @@ class SegmentShard(beam.DoFn):
     def process(
         self,
         element: tuple[int, ShardBatch],
-        snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),
+        parts0: Any = beam.DoFn.StateParam(SNAPSHOTS[0]),
+        parts1: Any = beam.DoFn.StateParam(SNAPSHOTS[1]),
         log0: Any = beam.DoFn.StateParam(LOGS[0]),
         log1: Any = beam.DoFn.StateParam(LOGS[1]),
         log2: Any = beam.DoFn.StateParam(LOGS[2]),
@@ -390,7 +398,8 @@ class SegmentShard(beam.DoFn):
             current = logs[self.bag_of(held[1].epoch)]
             if _last(current.read())[: self.TOKEN_BYTES] != held[0]:
                 held = None  # someone else committed this key since: the held copy is stale
-        state = held[1] if held is not None else self._rebuild(snapshots.read(), logs)
+        snapshot_bags = (parts0, parts1)
+        state = held[1] if held is not None else self._rebuild(snapshot_bags, logs)
         self.checked.add(shard)
         out: list[Transition] = []
         for ready in state.ready(batch):
@@ -408,7 +417,7 @@ class SegmentShard(beam.DoFn):
         # Shards receive batches in step; a shard-dependent cadence keeps them from all snapshotting at once.
         stagger = 1 + shard % self.config.shards / self.config.shards
         if state.epoch_events >= self.EPOCH_EVENTS * stagger or state.epoch_batches >= self.EPOCH_BATCHES * stagger:
-            token = self._end_epoch(state, snapshots, logs) or token
+            token = self._end_epoch(state, snapshot_bags, logs) or token
         self.held[shard] = (token, state)
         self.users.set(len(state.segmenter.users))
 
@@ -416,14 +425,16 @@ class SegmentShard(beam.DoFn):
     def bag_of(cls, epoch: int) -> int:
         return epoch // cls.EPOCHS_PER_BAG % cls.BAGS
 
-    def _end_epoch(self, state: ShardState, snapshots: Any, logs: tuple[Any, ...]) -> bytes | None:
+    def _end_epoch(self, state: ShardState, snapshot_bags: tuple[Any, Any], logs: tuple[Any, ...]) -> bytes | None:
         """Snapshot the epoch's part; if the next epoch starts a bag, clear it and mark it (the mark's token)."""
-        part = state.epoch % self.PARTS
+        turn, part = divmod(state.epoch, self.PARTS)
         taken = (state.received, state.next_seq, state.parked, state.segmenter.snapshot_part(part, self.PARTS))
-        state.blobs[part] = pickle.dumps(taken, pickle.HIGHEST_PROTOCOL)
+        snapshots = snapshot_bags[turn % 2]  # a turn's snapshots go to one bag, the next turn's to the other
+        if part == 0:
+            snapshots.clear()  # the turn before last: the last turn snapshotted every part since
+        snapshots.add(_POSITION.pack(state.epoch) + pickle.dumps(taken, pickle.HIGHEST_PROTOCOL))
         state.epoch += 1
         state.epoch_events = state.epoch_batches = 0
-        snapshots.write(pickle.dumps((state.epoch, state.blobs), pickle.HIGHEST_PROTOCOL))
         if state.epoch % self.EPOCHS_PER_BAG:
             return None  # the next epoch logs on in the same bag
         token = os.urandom(self.TOKEN_BYTES)
@@ -432,20 +443,30 @@ class SegmentShard(beam.DoFn):
         following.add(token + _POSITION.pack(state.received))
         return token
 
-    def _rebuild(self, stored: bytes | None, logs: tuple[Any, ...]) -> ShardState:
+    def _rebuild(self, snapshot_bags: tuple[Any, Any], logs: tuple[Any, ...]) -> ShardState:
         """The shard's state from its part snapshots and the batches logged since (their output dropped)."""
         self.rebuilds.inc()
         parts = self.PARTS
-        epoch, blobs = pickle.loads(stored) if stored is not None else (0, [None] * parts)  # our own bytes
-        taken = [pickle.loads(blob) if blob is not None else None for blob in blobs]
+        latest: dict[int, tuple[int, bytes]] = {}  # part -> (the epoch it ended, its snapshot entry)
+        for bag in snapshot_bags:
+            for entry in bag.read():
+                ended = _POSITION.unpack_from(entry)[0]
+                part = ended % parts
+                if part not in latest or latest[part][0] < ended:
+                    latest[part] = (ended, entry)
+        epoch = max(ended for ended, _ in latest.values()) + 1 if latest else 0
+        taken = [
+            pickle.loads(latest[part][1][_POSITION.size :]) if part in latest else None  # our own bytes
+            for part in range(parts)
+        ]
         positions = [t[0] if t is not None else 0 for t in taken]
         oldest = min(positions)
         base = positions.index(oldest)
         segmenter = ShardSegmenter.from_parts(
             [t[3] if t is not None else None for t in taken], base, self.config.ruleset, self.config.params
         )
-        state = ShardState(segmenter, parts)
-        state.epoch, state.blobs, state.received = epoch, list(blobs), oldest
+        state = ShardState(segmenter)
+        state.epoch, state.received = epoch, oldest
         first = taken[base]
         if first is not None:
             state.next_seq, state.parked = first[1], dict(first[2])

@@ -56,19 +56,6 @@ def test_a_shard_rebuilt_from_part_snapshots_and_log_at_every_batch_emits_the_sa
     assert rebuilt.counts["transitions"] == held.counts["transitions"] > 0
 
 
-class _Value:
-    """A ReadModifyWriteState whose writes are committed at once."""
-
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def read(self) -> Any:
-        return self.value
-
-    def write(self, value: Any) -> None:
-        self.value = value
-
-
 class _Bag:
     """A BagState whose writes are committed at once."""
 
@@ -115,18 +102,21 @@ def test_a_held_shard_that_another_worker_moved_past_is_rebuilt_not_reused(
     lines = list(generate("clickstream", users=60, minutes=60, seed=9, late_share=0.1, dup_share=0.05))
     batches = _batches(lines, 2)
     assert len(batches) > 2 * SegmentShard.BAGS * SegmentShard.EPOCHS_PER_BAG, "the ring of bags turns twice"
+    assert len(batches) > 3 * SegmentShard.PARTS, "at an epoch a batch, each snapshot bag is cleared and reused"
 
     def run(turns: list[int]) -> tuple[list[Any], list[SegmentShard]]:
         workers = [SegmentShard(config), SegmentShard(config)]
         for worker in workers:
             worker.setup()
-        snapshots, logs = _Value(), [_Bag() for _ in SegmentShard.LOGS]
+        snapshots, logs = [_Bag() for _ in SegmentShard.SNAPSHOTS], [_Bag() for _ in SegmentShard.LOGS]
         out: list[Any] = []
         for turn, batch in zip(turns, batches):  # noqa: B905
             worker = workers[turn]
             worker.start_bundle()
-            for emitted in worker.process((0, batch), snapshots, *logs):
+            for emitted in worker.process((0, batch), *snapshots, *logs):
                 out.extend(emitted)
+            stored = sum(len(bag.items) for bag in snapshots)
+            assert stored <= 2 * SegmentShard.PARTS, "the snapshot bags hold two turns at most"
         return out, workers
 
     alone, _ = run([0] * len(batches))
