@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segments.embedded import redis_endpoint
 from segments.redisstore import resp_command, user_key
+from streaming.admission import shard_of
 from streaming.live import EVENTS_STREAM, FIELD
 
 
@@ -131,14 +132,12 @@ def rss_mb(pid: int) -> int:
     return -1
 
 
-def fill_history(
-    client: redis.Redis, rate: int, users: int, minutes: float, counts: list[int]
-) -> tuple[int, str, int]:
+def fill_history(client: redis.Redis, rate: int, users: int, minutes: float, counts: list[int]) -> int:
     """XADD ``minutes`` of events at ``rate`` ending now (event times spread evenly), in the live run's pattern
-    (users in turn, each alternating purchase and refund); returns how many, and the last one's user and time."""
+    (users in turn, each alternating purchase and refund); returns how many."""
     total = int(minutes * 60 * rate)
     if not total:
-        return 0, "", 0
+        return 0
     connection = client.connection_pool.get_connection()
     first_ms = int(time.time() * 1000) - int(minutes * 60_000)
     key, field = EVENTS_STREAM.encode(), FIELD.encode()
@@ -157,19 +156,34 @@ def fill_history(
         for _ in commands:
             connection.read_response()
     client.connection_pool.release(connection)
-    last = total - 1
-    return total, f"u{last % users}", first_ms + last * 1000 // rate
+    return total
 
 
-def wait_for_history(client: redis.Redis, user: str, event_time: int, timeout_s: float) -> None:
-    """Until the last history event's segments are visible: the group's cursor moves when the log has been
-    read, before the shards have applied it, and a run that started then would measure the catch-up."""
+def wait_until_live(client: redis.Redis, shards: int, timeout_s: float) -> None:
+    """Until one probe event per shard, written after the history, is visible: every shard has applied the
+    history and the bundle that read it has ended. (Waiting for the last history event alone started the run
+    while other shards were still applying theirs; the first live poll then came ~0.5 s later and every
+    sample of that half second waited for it: start-up, reported as ``startup_with_rebuild_s``, not the
+    steady state the run measures.)"""
+    probes: dict[int, str] = {}
+    n = 0
+    while len(probes) < shards:
+        user = f"probe{n}"
+        probes.setdefault(shard_of(user, shards), user)
+        n += 1
+    now = int(time.time() * 1000)
+    for user in probes.values():
+        line = (
+            f'{{"event_id": "{user}-{now}", "user_id": "{user}", "event_time": {now}, "kind": "purchase", '
+            f'"amount": "150"}}'
+        )
+        client.xadd(EVENTS_STREAM, {FIELD: line})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        stored = client.hget(user_key("stream", user), "time")
-        if stored is not None and int(stored) >= event_time:
+        seen = [client.hget(user_key("stream", user), "time") for user in probes.values()]
+        if all(stored is not None and int(stored) >= now for stored in seen):
             return
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise SystemExit("the live pipeline did not catch up with the history in time")
 
 
@@ -200,14 +214,27 @@ def main() -> None:
             for key in client.scan_iter(f"segshadow:{side}:*", count=10_000):
                 client.delete(key)
         counts = [0] * args.users
-        history, last_user, last_time = fill_history(client, args.rate, args.users, args.history_minutes, counts)
+        history = fill_history(client, args.rate, args.users, args.history_minutes, counts)
         allowance = 60 + 120 * args.history_minutes  # for the rebuild from the log, before the measured run
         started = time.perf_counter()
         stream = subprocess.Popen(
             [
-                sys.executable, "-m", "segshadow.cli", "stream", "live", "--rules", "clickstream",
-                "--redis-url", url, "--no-sql", "--shards", str(args.shards), "--poll", args.poll,
-                "--duration", f"{int(args.duration + allowance)}s",
+                sys.executable,
+                "-m",
+                "segshadow.cli",
+                "stream",
+                "live",
+                "--rules",
+                "clickstream",
+                "--redis-url",
+                url,
+                "--no-sql",
+                "--shards",
+                str(args.shards),
+                "--poll",
+                args.poll,
+                "--duration",
+                f"{int(args.duration + allowance)}s",
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,  # a file, not a pipe: nobody reads a pipe while it runs, and a full one blocks it
@@ -215,8 +242,7 @@ def main() -> None:
         try:
             client.xadd(EVENTS_STREAM, {FIELD: "{}"})  # makes the stream exist; rejected as bad input
             wait_for_consumer(client, stream, log, timeout_s=allowance)
-            if history:
-                wait_for_history(client, last_user, last_time, allowance)
+            wait_until_live(client, args.shards, allowance)
             rebuild_s = time.perf_counter() - started
             sketch = kll_floats_sketch(400)
             misses = [0]
