@@ -381,7 +381,7 @@ class ShardSegmenter:
                 desired = evaluator.classify(tuple([column[hi] - column[lo] for column in user.sums]))
             if desired != published and self._settle(user_id, user, point, emitted_at, "expiry", out):
                 self.watermark = point
-                self._settle_from(user_id, user, point + 1, emitted_at, "expiry", out)
+                self._settle_after_expiry(user_id, user, point, emitted_at, out)
         self.watermark = watermark
         if watermark - self._pruned_at >= PRUNE_EVERY_MS:
             self._pruned_at = watermark
@@ -404,7 +404,7 @@ class ShardSegmenter:
             stamp = max(point + ooo, emitted_at_of)
             if self._settle(user_id, user, point, stamp, "expiry", out):
                 self.watermark = point
-                self._settle_from(user_id, user, point + 1, stamp, "expiry", out)
+                self._settle_after_expiry(user_id, user, point, stamp, out)
         self.watermark = END_OF_TIME
         return out
 
@@ -507,17 +507,17 @@ class ShardSegmenter:
             return heapq.heappop(pending)
         return None
 
-    def _due_points(self, user: UserWindow, start: int) -> list[int]:
-        """The due change points of ``user`` at or after ``start``, ascending.
+    def _due_points(self, user: UserWindow, start: int, end: int = END_OF_TIME) -> list[int]:
+        """The due change points of ``user`` in ``[start, end)``, ascending.
 
         Due: every event instant, and every window edge ``e + width`` the
         watermark has reached. Only instants at or after ``start`` can be changed
         by an event at ``start`` or by a publish at ``start - 1``.
         """
         times = user.times
-        watermark = self.watermark
+        watermark = min(self.watermark, end - 1)
         points: set[int] = set()
-        for i in range(bisect_left(times, start - self._span), len(times)):
+        for i in range(bisect_left(times, start - self._span), bisect_left(times, end)):
             t = times[i]
             if t >= start:
                 points.add(t)
@@ -539,6 +539,24 @@ class ShardSegmenter:
         """Make the published timeline equal the rules at every due instant at or after ``start``."""
         for point in self._due_points(user, start):
             self._settle(user_id, user, point, emitted_at, cause, out)
+
+    def _settle_after_expiry(
+        self, user_id: str, user: UserWindow, point: int, emitted_at: int, out: list[Transition]
+    ) -> None:
+        """After an expiry published a change at ``point``: settle the due instants it can have made wrong.
+
+        An expiry changes no fact, so the rules' value stays what it was at every
+        instant; only the published timeline changed, and only up to its next
+        change after ``point`` (those later changes were settled against the same
+        facts and still hold). So just the due instants in between are re-settled,
+        not every later event of the user (with a full ten-minute window, ~120 of
+        them, for every expiry that changes a set).
+        """
+        pub_times = user.pub_times
+        index = bisect_right(pub_times, point)
+        end = pub_times[index] if index < len(pub_times) else END_OF_TIME
+        for due in self._due_points(user, point + 1, end):
+            self._settle(user_id, user, due, emitted_at, "expiry", out)
 
     def _settle(
         self, user_id: str, user: UserWindow, point: int, emitted_at: int, cause: str, out: list[Transition]
