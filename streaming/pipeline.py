@@ -43,7 +43,7 @@ from segments.outputs import Transition
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission, shard_of
 from streaming.config import StreamConfig
-from streaming.segmenter import Row, ShardSegmenter
+from streaming.segmenter import PRUNE_EVERY_MS, Row, ShardSegmenter
 
 DEAD = "dead_letter"
 METRICS_NAMESPACE = "segshadow.stream"
@@ -399,7 +399,7 @@ class SegmentShard(beam.DoFn):
             if _last(current.read())[: self.TOKEN_BYTES] != held[0]:
                 held = None  # someone else committed this key since: the held copy is stale
         snapshot_bags = (parts0, parts1)
-        state = held[1] if held is not None else self._rebuild(snapshot_bags, logs)
+        state = held[1] if held is not None else self._rebuild(shard, snapshot_bags, logs)
         self.checked.add(shard)
         out: list[Transition] = []
         for ready in state.ready(batch):
@@ -443,7 +443,7 @@ class SegmentShard(beam.DoFn):
         following.add(token + _POSITION.pack(state.received))
         return token
 
-    def _rebuild(self, snapshot_bags: tuple[Any, Any], logs: tuple[Any, ...]) -> ShardState:
+    def _rebuild(self, shard: int, snapshot_bags: tuple[Any, Any], logs: tuple[Any, ...]) -> ShardState:
         """The shard's state from its part snapshots and the batches logged since (their output dropped)."""
         self.rebuilds.inc()
         parts = self.PARTS
@@ -463,7 +463,11 @@ class SegmentShard(beam.DoFn):
         oldest = min(positions)
         base = positions.index(oldest)
         segmenter = ShardSegmenter.from_parts(
-            [t[3] if t is not None else None for t in taken], base, self.config.ruleset, self.config.params
+            [t[3] if t is not None else None for t in taken],
+            base,
+            self.config.ruleset,
+            self.config.params,
+            prune_phase_ms=PRUNE_EVERY_MS * shard // self.config.shards,  # shards sweep their users in turn
         )
         state = ShardState(segmenter)
         state.epoch, state.received = epoch, oldest

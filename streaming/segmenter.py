@@ -172,7 +172,7 @@ def users_from_columns(columns: Columns, parts: int = 1) -> dict[str, UserWindow
 class ShardSegmenter:
     """The users of one shard. Deterministic: the same inputs in the same order give the same output."""
 
-    def __init__(self, ruleset: RuleSet, params: GateParams, parts: int = 1) -> None:
+    def __init__(self, ruleset: RuleSet, params: GateParams, parts: int = 1, prune_phase_ms: int = 0) -> None:
         self.ruleset = ruleset
         self.params = params
         self.users: dict[str, UserWindow] = {}
@@ -185,7 +185,10 @@ class ShardSegmenter:
         self._widths = ruleset.widths
         self._span = ruleset.span_ms
         self._kinds = ruleset.kinds
-        self._pruned_at = NO_WATERMARK
+        # Sweeps are due each time the watermark passes a multiple of PRUNE_EVERY_MS plus the phase: shards
+        # given different phases sweep at different times, not all in the same batch.
+        self._prune_phase = prune_phase_ms % PRUNE_EVERY_MS
+        self._next_prune = NO_WATERMARK
         self._names: dict[frozenset[str], tuple[str, ...]] = {}  # a set's names, sorted, as transitions carry them
         # While a shard is rebuilt from part snapshots taken at different batches: the parts whose users are
         # already past the batch being replayed (their events are skipped and sweeps leave them alone).
@@ -268,7 +271,12 @@ class ShardSegmenter:
 
     @classmethod
     def from_parts(
-        cls, snapshots: Sequence[dict[str, object] | None], base: int, ruleset: RuleSet, params: GateParams
+        cls,
+        snapshots: Sequence[dict[str, object] | None],
+        base: int,
+        ruleset: RuleSet,
+        params: GateParams,
+        prune_phase_ms: int = 0,
     ) -> ShardSegmenter:
         """A shard from one snapshot per part (``snapshot_part``; None: the part's empty initial state).
 
@@ -280,7 +288,7 @@ class ShardSegmenter:
         """
         first = snapshots[base]
         if first is None:
-            shard = cls(ruleset, params, len(snapshots))
+            shard = cls(ruleset, params, len(snapshots), prune_phase_ms)
         else:
             shard = cls.__new__(cls)
             shard.__setstate__(dict(first))
@@ -383,8 +391,8 @@ class ShardSegmenter:
                 self.watermark = point
                 self._settle_after_expiry(user_id, user, point, emitted_at, out)
         self.watermark = watermark
-        if watermark - self._pruned_at >= PRUNE_EVERY_MS:
-            self._pruned_at = watermark
+        if watermark >= self._next_prune:
+            self._next_prune = watermark + PRUNE_EVERY_MS - (watermark - self._prune_phase) % PRUNE_EVERY_MS
             self.prune()
         return out
 
@@ -439,7 +447,7 @@ class ShardSegmenter:
                 if (
                     (ordered and ordered[0][0] <= event_watermark)
                     or (pending and pending[0][0] <= event_watermark)
-                    or event_watermark - self._pruned_at >= PRUNE_EVERY_MS
+                    or event_watermark >= self._next_prune
                 ):
                     self.advance(event_watermark, emitted_at, out)
                 else:

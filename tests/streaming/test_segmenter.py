@@ -155,3 +155,24 @@ def test_state_is_bounded_users_are_forgotten_after_their_window_and_lateness():
     shard.prune()
     assert "u" not in shard.users
     assert shard.retained_facts == 0
+
+
+def test_shards_given_different_phases_sweep_their_state_at_different_watermarks():
+    """A sweep is due each time the watermark passes a multiple of PRUNE_EVERY_MS plus the shard's phase, so
+    shards do not all visit every user in the same batch."""
+    from streaming.segmenter import PRUNE_EVERY_MS
+
+    def sweeps(phase: int) -> list[int]:
+        shard = ShardSegmenter(CLICK, PARAMS, prune_phase_ms=phase)
+        seen: list[int] = []
+        shard.prune = lambda: seen.append(shard.watermark)  # type: ignore[method-assign]
+        for watermark in range(0, 4 * PRUNE_EVERY_MS, 7_000):
+            shard.advance(watermark, watermark)
+        return seen
+
+    step = 7_000  # a sweep comes at the first watermark (a multiple of 7 s) at or past its instant
+    for phase in (0, PRUNE_EVERY_MS // 4, PRUNE_EVERY_MS // 2):
+        due = [k * PRUNE_EVERY_MS + phase for k in range(4) if 0 < k * PRUNE_EVERY_MS + phase < 4 * PRUNE_EVERY_MS]
+        expected = [0] + [-(-instant // step) * step for instant in due]
+        assert sweeps(phase) == expected
+    assert sweeps(0)[1:] != sweeps(PRUNE_EVERY_MS // 2)[1:]
