@@ -320,17 +320,18 @@ class SegmentShard(beam.DoFn):
 
     # The state's layout (changing it needs a fresh state). The bag a new one clears must be older than the
     # oldest part, PARTS epochs back: (BAGS - 1) * EPOCHS_PER_BAG >= PARTS.
-    PARTS = 64
-    EPOCHS_PER_BAG = 2
+    PARTS = 256
+    EPOCHS_PER_BAG = 8
     BAGS = 33
     SNAPSHOTS = (BagStateSpec("parts0", BytesCoder()), BagStateSpec("parts1", BytesCoder()))
     LOGS = tuple(BagStateSpec(f"log{i}", BytesCoder()) for i in range(BAGS))
-    # A whole turn of the parts every 200,000 events or 16,000 batches (80 s of live polls) per shard, as with
-    # 32 parts of 6,250 events; 64 halve each snapshot's stall for the same total cost (at 32 parts, 12 ms at
-    # the median in bench/stream_live.py from empty), and two epochs a bag keep 33 bags. With three minutes of
-    # history a part took 43 ms (--history-minutes 3): a turn then costs ~11% of a core over four shards.
-    EPOCH_EVENTS = 3_125
-    EPOCH_BATCHES = 250
+    # A whole turn of the parts every ~200,000 events or ~16,000 batches (80 s of live polls) per shard. What a
+    # snapshot stalls the stream for is a part's size: with ten minutes of history (120 facts a user, 12,500
+    # users a shard) a part of 64 took ~36 ms at the median in bench/stream_live.py and the p99 was 68-97 ms
+    # per 10-s window; 256 parts (a quarter of the events an epoch, eight epochs a bag, the same 33 bags and
+    # the same turn) take ~9 ms each for the same total, and the windows' p99 fell to 31-60 ms.
+    EPOCH_EVENTS = 800
+    EPOCH_BATCHES = 64
     TOKEN_BYTES = 16
     HEADER_BYTES = TOKEN_BYTES + _POSITION.size
 

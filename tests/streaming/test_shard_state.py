@@ -99,7 +99,7 @@ def test_a_held_shard_that_another_worker_moved_past_is_rebuilt_not_reused(
     monkeypatch.setattr(SegmentShard, "EPOCH_BATCHES", epoch_batches)
     ruleset = load_ruleset("clickstream")
     config = StreamConfig(ruleset, GateParams(), shards=1, batch_events=2)
-    lines = list(generate("clickstream", users=60, minutes=60, seed=9, late_share=0.1, dup_share=0.05))
+    lines = list(generate("clickstream", users=60, minutes=200, seed=9, late_share=0.1, dup_share=0.05))
     batches = _batches(lines, 2)
     assert len(batches) > 2 * SegmentShard.BAGS * SegmentShard.EPOCHS_PER_BAG, "the ring of bags turns twice"
     assert len(batches) > 3 * SegmentShard.PARTS, "at an epoch a batch, each snapshot bag is cleared and reused"
