@@ -515,17 +515,17 @@ class ShardSegmenter:
             return heapq.heappop(pending)
         return None
 
-    def _due_points(self, user: UserWindow, start: int, end: int = END_OF_TIME) -> list[int]:
-        """The due change points of ``user`` in ``[start, end)``, ascending.
+    def _due_points(self, user: UserWindow, start: int) -> list[int]:
+        """The due change points of ``user`` at or after ``start``, ascending.
 
         Due: every event instant, and every window edge ``e + width`` the
         watermark has reached. Only instants at or after ``start`` can be changed
         by an event at ``start`` or by a publish at ``start - 1``.
         """
         times = user.times
-        watermark = min(self.watermark, end - 1)
+        watermark = self.watermark
         points: set[int] = set()
-        for i in range(bisect_left(times, start - self._span), bisect_left(times, end)):
+        for i in range(bisect_left(times, start - self._span), len(times)):
             t = times[i]
             if t >= start:
                 points.add(t)
@@ -563,7 +563,10 @@ class ShardSegmenter:
         pub_times = user.pub_times
         index = bisect_right(pub_times, point)
         end = pub_times[index] if index < len(pub_times) else END_OF_TIME
-        for due in self._due_points(user, point + 1, end):
+        # The due instants in (point, end): with the watermark at ``point`` (both callers set it) no window
+        # edge after it is due yet, so they are the user's event instants there.
+        times = user.times
+        for due in sorted(set(times[bisect_right(times, point) : bisect_left(times, end)])):
             self._settle(user_id, user, due, emitted_at, "expiry", out)
 
     def _settle(
