@@ -257,7 +257,7 @@ def main() -> None:
                 "--poll",
                 args.poll,
                 "--duration",
-                f"{int(args.warmup + args.duration + allowance)}s",
+                f"{int(args.warmup + args.duration + 2 * allowance)}s",  # both waits below may take an allowance
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,  # a file, not a pipe: nobody reads a pipe while it runs, and a full one blocks it
@@ -283,6 +283,7 @@ def main() -> None:
             start = time.perf_counter()
             base_ms = int(time.time() * 1000)
             produced = 0
+            regular = 0  # events of the --users users: they keep their turns whatever is sampled
             measured_from = start + args.warmup  # before it the same load runs, unsampled
             measured_events = 0
             next_lag = measured_from + 5
@@ -306,7 +307,8 @@ def main() -> None:
                         user_id, kind = f"s{n}", "purchase"
                         batch.append((user_id, event_time))
                     else:
-                        user = n % args.users
+                        user = regular % args.users
+                        regular += 1
                         user_id, kind = f"u{user}", "purchase" if counts[user] % 2 == 0 else "refund"
                         counts[user] += 1
                     line = (
@@ -329,11 +331,11 @@ def main() -> None:
                     lag.append((at, int(groups[0].get("lag") or 0) if groups else -1))
                     rss.append((at, rss_mb(stream.pid)))
                     next_lag += 5
+            seconds = time.perf_counter() - measured_from  # the producing, not the sampler's drain below
             for _ in threads:
                 jobs.put(None)
             for t in threads:
                 t.join()
-            seconds = time.perf_counter() - measured_from
         finally:
             stream.terminate()
             try:
