@@ -139,6 +139,31 @@ def rss_mb(pid: int) -> int:
     return -1
 
 
+def event_line(event_id: str, user_id: str, event_time: int, kind: str) -> str:
+    """An event of the benchmark: every one is a purchase or a refund of 150."""
+    return (
+        f'{{"event_id": "{event_id}", "user_id": "{user_id}", "event_time": {event_time}, "kind": "{kind}", '
+        f'"amount": "150"}}'
+    )
+
+
+def steady_kind(counts: list[int], user: int) -> str:
+    """The next event of one of the ``--users`` users: purchases and refunds alternate (counted in ``counts``)."""
+    kind = "purchase" if counts[user] % 2 == 0 else "refund"
+    counts[user] += 1
+    return kind
+
+
+def xadd_all(connection: Any, lines: list[str]) -> None:
+    """XADD ``lines`` to the events stream in one write of raw RESP, then read every reply."""
+    key, field = EVENTS_STREAM.encode(), FIELD.encode()
+    connection.send_packed_command(
+        [b"".join(resp_command(b"XADD", key, b"*", field, line.encode()) for line in lines)], check_health=False
+    )
+    for _ in lines:
+        connection.read_response()
+
+
 def fill_history(client: redis.Redis, rate: int, users: int, minutes: float, counts: list[int]) -> int:
     """XADD ``minutes`` of events at ``rate`` ending now (event times spread evenly), in the live run's pattern
     (users in turn, each alternating purchase and refund); returns how many."""
@@ -147,21 +172,14 @@ def fill_history(client: redis.Redis, rate: int, users: int, minutes: float, cou
         return 0
     connection = client.connection_pool.get_connection()
     first_ms = int(time.time() * 1000) - int(minutes * 60_000)
-    key, field = EVENTS_STREAM.encode(), FIELD.encode()
     for begin in range(0, total, 2_000):
-        commands = []
-        for n in range(begin, min(total, begin + 2_000)):
-            user = n % users
-            kind = "purchase" if counts[user] % 2 == 0 else "refund"
-            counts[user] += 1
-            line = (
-                f'{{"event_id": "h{n}", "user_id": "u{user}", "event_time": {first_ms + n * 1000 // rate}, '
-                f'"kind": "{kind}", "amount": "150"}}'
-            )
-            commands.append(resp_command(b"XADD", key, b"*", field, line.encode()))
-        connection.send_packed_command([b"".join(commands)], check_health=False)
-        for _ in commands:
-            connection.read_response()
+        xadd_all(
+            connection,
+            [
+                event_line(f"h{n}", f"u{n % users}", first_ms + n * 1000 // rate, steady_kind(counts, n % users))
+                for n in range(begin, min(total, begin + 2_000))
+            ],
+        )
     client.connection_pool.release(connection)
     return total
 
@@ -189,11 +207,7 @@ def wait_until_live(client: redis.Redis, shards: int, timeout_s: float) -> None:
     for kind in ("purchase", "refund"):  # each makes a transition: into high_value, then out of it
         now = int(time.time() * 1000)
         for user in probes.values():
-            line = (
-                f'{{"event_id": "{user}-{kind}", "user_id": "{user}", "event_time": {now}, "kind": "{kind}", '
-                f'"amount": "150"}}'
-            )
-            client.xadd(EVENTS_STREAM, {FIELD: line})
+            client.xadd(EVENTS_STREAM, {FIELD: event_line(f"{user}-{kind}", user, now, kind)})
         while True:
             seen = [client.hget(user_key("stream", user), "time") for user in probes.values()]
             if all(stored is not None and int(stored) >= now for stored in seen):
@@ -279,7 +293,6 @@ def main() -> None:
             tick = 0.005
             per_tick = max(1, round(args.rate * tick))
             producer = client.connection_pool.get_connection()
-            stream_key, field = EVENTS_STREAM.encode(), FIELD.encode()
             start = time.perf_counter()
             base_ms = int(time.time() * 1000)
             produced = 0
@@ -296,29 +309,21 @@ def main() -> None:
                 if due <= 0:
                     time.sleep(max(0.0, tick - (now - start - elapsed)))
                     continue
-                commands = []
+                lines = []
                 batch = []
                 wall = base_ms + int(elapsed * 1000)
                 measuring = now >= measured_from
                 for i in range(min(due, per_tick * 4)):
                     n = produced + i
-                    event_time = wall
                     if measuring and n % args.sample == 0:
                         user_id, kind = f"s{n}", "purchase"
-                        batch.append((user_id, event_time))
+                        batch.append((user_id, wall))
                     else:
                         user = regular % args.users
                         regular += 1
-                        user_id, kind = f"u{user}", "purchase" if counts[user] % 2 == 0 else "refund"
-                        counts[user] += 1
-                    line = (
-                        f'{{"event_id": "b{n}", "user_id": "{user_id}", "event_time": {event_time}, '
-                        f'"kind": "{kind}", "amount": "150"}}'
-                    )
-                    commands.append(resp_command(b"XADD", stream_key, b"*", field, line.encode()))
-                producer.send_packed_command([b"".join(commands)], check_health=False)
-                for _ in commands:
-                    producer.read_response()
+                        user_id, kind = f"u{user}", steady_kind(counts, user)
+                    lines.append(event_line(f"b{n}", user_id, wall, kind))
+                xadd_all(producer, lines)
                 sent = time.perf_counter()
                 for user, event_time in batch:
                     jobs.put((user, event_time, sent))
