@@ -1,7 +1,8 @@
 """The one exception root of segshadow and its named subclasses.
 
-The command line turns every ``SegshadowError`` into one line on stderr and exit
-code 2; anything else is a bug and keeps its traceback.
+The command line turns every ``SegshadowError`` into one line on stderr and its
+``exit_code``: 2 for bad usage or input, 1 for a check that failed or a run that
+failed part-way (``CheckFailed``, ``RunFailed``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ class ConflictError(SegshadowError):
 
 class CheckFailed(SegshadowError):
     """A gate or check that ran and failed; exit code 1, with the reasons."""
+
+    exit_code = 1
+
+
+class RunFailed(SegshadowError):
+    """A run that failed part-way (a server lost mid-run, a timeout): exit code 1.
+
+    The message names what failed and what was kept (e.g. "the previous complete
+    legacy run stays published").
+    """
 
     exit_code = 1
 
