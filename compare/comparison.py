@@ -25,7 +25,14 @@ from compare.frames import SegmentCodec, UserIndex
 from compare.groundtruth import GroundTruth, evaluate, present_cells, tiers
 from compare.inputs import ComparisonInputs, GateFlags, NoiseInput, load_inputs
 from compare.keys import KeySpace, SortedRows
-from compare.latency import LatencySketch, LatencySummary, legacy_freshness, read_measurements, stream_freshness
+from compare.latency import (
+    LatencySummary,
+    legacy_freshness,
+    not_measured,
+    read_measurements,
+    stream_freshness,
+    summarize,
+)
 from compare.mismatches import Mismatches
 from compare.parity import AsOfAgreement, NoiseFloor, ParityResult, SegmentCounts
 from segments.errors import InputError
@@ -206,23 +213,25 @@ def _legacy_latency(inputs: ComparisonInputs) -> LatencySummary:
     arrivals = frame.arrival_time if bool(frame.relevant.all()) else frame.arrival_time[frame.relevant]
     values, never = legacy_freshness(arrivals, schedule.times, schedule.run_ms)
     source = "as_of_schedule+run_time" if schedule.durations_known else "as_of_schedule"
-    return LatencySketch.of(values).summary(source, never_visible=never)
+    return summarize(values, source, never_visible=never)
 
 
 def _stream_latency(inputs: ComparisonInputs, events: SortedRows, transitions: SortedRows) -> LatencySummary:
     if inputs.live_latency is not None:
-        return LatencySketch.of(inputs.live_latency).summary("live")
+        return summarize(inputs.live_latency, "live")
     frame = inputs.events
     table = inputs.stream
     expiry = pc.fill_null(pc.equal(table.column("cause"), "expiry"), False).to_numpy(zero_copy_only=False)
     values, expiry_delay, unattributed = stream_freshness(
         transitions, _numpy(table, "emitted_at"), expiry, events, frame.arrival_time, frame.applied
     )
-    expiries = LatencySketch.of(expiry_delay).summary("expiry")
-    # A replay stamps emitted_at on the arrival clock: it shows ordering delays, not processing
-    # latency, so the source says so and the rollout's freshness gate asks for a live measurement.
-    return LatencySketch.of(values).summary(
+    expiries = summarize(expiry_delay, "expiry")
+    # A replay stamps emitted_at on the arrival clock: its delays are ordering delays, not processing
+    # latency, so stream freshness is not measured (no figure at all, never 0 ms); the freshness gate
+    # says inconclusive and asks for a live measurement.
+    return not_measured(
         "replay",
+        transitions_attributed=len(values),
         unattributed=unattributed,
         expiry_count=expiries.count,
         expiry_p50_ms=int(expiries.p50_ms or 0),

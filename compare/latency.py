@@ -11,12 +11,26 @@
   old event left the window). A transition with no such event is counted apart
   (``unattributed``). A live measurement (one value per line) replaces this when given.
 
-Values go into KLL sketches (``datasketches.kll_doubles_sketch``, k=200: rank error
-about 1.3%, exact while fewer than k values), which merge across runs and shards.
+**One figure for every output.** ``summarize`` is the only function that turns
+samples into p50/p95/p99/max: up to ``EXACT_LIMIT`` samples it takes the exact
+nearest-rank quantiles (the smallest sample with at least ``q`` of the samples at
+or below it), so the same samples always give the same figure; beyond it the
+samples go into a KLL sketch (``datasketches.kll_doubles_sketch``, k=200, rank
+error about 1.3%) and each quantile is read at ``q`` plus the sketch's rank error,
+so the figure is not below the exact one (with the sketch's 99% confidence) and
+``exact`` says which it is. The console, ``live.json``, ``parity.json``, the
+report, ``summary.md``, the dashboard, Prometheus and the freshness gate all show
+the figure ``parity.json`` holds; none computes its own.
+
+A replay has no processing clock (``emitted_at`` is stamped on the arrival
+clock), so its stream freshness is **not measured**: ``source: replay``, ``count``
+0 and every quantile ``null``; what the replay's ordering delays were is not a
+freshness figure and is not reported as one.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +44,9 @@ from segments.errors import InputError
 
 K = 200
 CURVE_POINTS = 101
+EXACT_LIMIT = 1_000_000
+"""Up to this many samples the quantiles are exact (8 MB of float64); beyond it, a sketch's upper rank bound."""
+NOT_MEASURED_REPLAY = "not measured (replay)"
 
 
 class LatencySketch:
@@ -65,22 +82,44 @@ class LatencySketch:
         return int(self._sketch.n)
 
     def summary(self, source: str, **extra: int) -> LatencySummary:
-        """p50/p95/p99/max and count; quantiles are None when there is no value."""
+        """p50/p95/p99/max and count from the sketch alone, each read at its rank plus the sketch's
+        rank error (never below the exact quantile, with the sketch's confidence); None when empty."""
         s = self._sketch
         if s.is_empty():
             return LatencySummary(source, 0, None, None, None, None, (), dict(extra))
+        error = float(s.normalized_rank_error(False))
         ranks = np.linspace(0.0, 1.0, CURVE_POINTS)
-        curve = tuple((float(r), float(q)) for r, q in zip(ranks, s.get_quantiles(ranks), strict=True))
-        return LatencySummary(
-            source,
-            int(s.n),
-            float(s.get_quantile(0.5)),
-            float(s.get_quantile(0.95)),
-            float(s.get_quantile(0.99)),
-            float(s.get_max_value()),
-            curve,
-            dict(extra),
-        )
+        upper = [float(s.get_quantile(min(1.0, float(r) + error))) for r in ranks]
+        curve = tuple((float(r), q) for r, q in zip(ranks, upper, strict=True))
+        p50, p95, p99 = (float(s.get_quantile(min(1.0, q + error))) for q in (0.5, 0.95, 0.99))
+        return LatencySummary(source, int(s.n), p50, p95, p99, float(s.get_max_value()), curve, dict(extra), False)
+
+
+def exact_quantile(ordered: np.ndarray, q: float) -> float:
+    """The nearest-rank ``q`` quantile of ``ordered`` (sorted, non-empty): the smallest value with at
+    least ``q`` of the values at or below it."""
+    rank = max(1, math.ceil(q * len(ordered) - 1e-9))
+    return float(ordered[rank - 1])
+
+
+def summarize(values: np.ndarray | list[float] | list[int], source: str, **extra: int) -> LatencySummary:
+    """The one freshness figure of ``values`` (ms): exact up to ``EXACT_LIMIT`` samples, else the
+    sketch's upper rank bound (see the module doc). Every output that shows a p99 shows this one."""
+    array = np.asarray(values, dtype=np.float64)
+    if len(array) > EXACT_LIMIT:
+        return LatencySketch.of(array).summary(source, **extra)
+    if len(array) == 0:
+        return LatencySummary(source, 0, None, None, None, None, (), dict(extra))
+    ordered = np.sort(array)
+    ranks = np.linspace(0.0, 1.0, CURVE_POINTS)
+    curve = tuple((float(r), exact_quantile(ordered, float(r))) for r in ranks)
+    p50, p95, p99 = (exact_quantile(ordered, q) for q in (0.5, 0.95, 0.99))
+    return LatencySummary(source, len(array), p50, p95, p99, float(ordered[-1]), curve, dict(extra), True)
+
+
+def not_measured(source: str, **extra: int) -> LatencySummary:
+    """A side whose freshness was not measured (a replay's stream): no count, no quantile."""
+    return LatencySummary(source, 0, None, None, None, None, (), dict(extra), False)
 
 
 @dataclass(frozen=True)
@@ -95,6 +134,7 @@ class LatencySummary:
     max_ms: float | None
     curve: tuple[tuple[float, float], ...] = field(repr=False)
     extra: dict[str, int] = field(default_factory=dict)
+    exact: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +144,7 @@ class LatencySummary:
             "max_ms": _round(self.max_ms),
             "count": self.count,
             "source": self.source,
+            "exact": self.exact,
             **self.extra,
         }
 

@@ -17,7 +17,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 
 from compare.causes import CAUSES
 from compare.comparison import Comparison
-from compare.latency import LatencySummary
+from compare.latency import NOT_MEASURED_REPLAY, LatencySummary
 from compare.mismatches import explain, write_mismatches
 from compare.parity import ParityResult
 from compare.stats import rate
@@ -293,6 +293,7 @@ def render_html(comparison: Comparison) -> str:
         causes=cause_bars(result),
         cause_labels=CAUSE_LABELS,
         latency=latency_chart(dict(result.latency)),
+        not_measured=NOT_MEASURED_REPLAY,
         examples_title=title,
         examples=examples,
     )
@@ -340,8 +341,10 @@ def _latency_line(result: ParityResult) -> str:
     parts = []
     for side in ("legacy", "stream"):
         s = result.latency[side]
-        note = " (replay: arrival clock, not processing latency; measure with `shadow run --live`)"
-        parts.append(f"{side} p50 {duration(s.p50_ms)}, p99 {duration(s.p99_ms)}{note if s.source == 'replay' else ''}")
+        if s.source == "replay":
+            parts.append(f"{side} {NOT_MEASURED_REPLAY} (measure it with `shadow run --live`)")
+        else:
+            parts.append(f"{side} p50 {duration(s.p50_ms)}, p99 {duration(s.p99_ms)}")
     return "Freshness: " + "; ".join(parts) + "."
 
 
