@@ -33,6 +33,7 @@ from compare.latency import (
     stream_freshness,
     summarize,
 )
+from compare.manifest import begin, comparison_artifacts, seal
 from compare.mismatches import Mismatches
 from compare.parity import AsOfAgreement, NoiseFloor, ParityResult, SegmentCounts
 from segments.errors import InputError
@@ -284,14 +285,20 @@ def run_comparison(
     stream_latency: str | Path | None = None,
     event_log: EventLog | None = None,
     clock: Clock = wall_clock_ms,
+    seal_outputs: bool = True,
 ) -> ParityResult:
     """Compare a legacy and a stream output of the same events and rule set; write the outputs to ``out_dir``.
 
     ``every_ms`` and ``params`` default to what the outputs' sidecars say (and
     must agree with them when given). ``event_log`` spares re-reading the events
-    file when the caller has it loaded. Raises ``InputError`` (and other
-    ``SegshadowError``) for inputs that cannot be compared; never exits.
+    file when the caller has it loaded. With ``out_dir``, the directory is marked
+    incomplete first and sealed last (``compare.manifest``); a caller that writes
+    more files after the comparison passes ``seal_outputs=False`` and seals itself.
+    Raises ``InputError`` (and other ``SegshadowError``) for inputs that cannot be
+    compared; never exits.
     """
+    if out_dir is not None:
+        begin(out_dir)
     rules = ruleset if isinstance(ruleset, RuleSet) else load_ruleset(ruleset)
     live = read_measurements(stream_latency) if stream_latency is not None else None
     inputs = load_inputs(
@@ -311,4 +318,15 @@ def run_comparison(
         from compare.report import write_outputs
 
         write_outputs(out_dir, comparison)
+        if seal_outputs:
+            artifacts = comparison_artifacts(
+                out_dir,
+                events_path,
+                legacy_path,
+                stream_path,
+                stream_latency=stream_latency,
+                noise_legacy=noise_legacy,
+                noise_stream=noise_stream,
+            )
+            seal(out_dir, comparison.result, artifacts, clock)
     return comparison.result

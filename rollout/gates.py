@@ -8,6 +8,12 @@ reads a clock, a file or a database.
 
 The gates, in the order they are reported:
 
+- ``evidence_seal``: the evidence was read through its seal (``rollout.evidence``
+  puts the outcome under ``evidence_seal``) and it verified: the manifest, every
+  artifact's SHA-256 and every count re-derived from the artifacts agree with
+  ``parity.json``. Anything else fails, naming the file and the field; evidence
+  with no seal outcome at all (not read by ``load_evidence``) fails too. Always
+  evaluated, whatever the plan says.
 - ``ruleset``: the evidence's rule set has the plan's name and version (and digest
   when the plan pins one); another rule set fails.
 - ``evidence_age``: ``now - generated_at`` is at most the plan's ``evidence_max_age``;
@@ -17,8 +23,9 @@ The gates, in the order they are reported:
 - ``unexplained``: with ``u`` unexplained mismatches in ``n`` pairs, the rate ``u/n``
   at or above the threshold fails; a Wilson 95% upper bound below it passes; in
   between (the rate is fine but the data cannot yet show it) is inconclusive.
-- ``stream_freshness``: the stream's p99 freshness is at most the bound; evidence whose stream
-  latency comes from a replay (``source: replay``, the arrival clock) is inconclusive.
+- ``stream_freshness``: the stream's p99 freshness (``compare.latency.summarize``: exact up to its
+  bound, else a sketch's upper rank bound, never below the exact p99) is at most the bound;
+  replay evidence (``source: replay``) has none: inconclusive, "not measured (replay)".
 - ``dead_letter``: the share of what a side received that it dead-lettered: the stream's
   ``(rejected + too_late) / (rejected + too_late + events)`` is at most legacy's
   ``rejected / (rejected + events)`` plus the tolerance (``events``: events the side
@@ -37,6 +44,7 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from typing import Any, Literal
 
+from compare.latency import NOT_MEASURED_REPLAY
 from compare.stats import wilson_interval
 from rollout.plan import Gates, Plan
 from segments.durations import format_duration_ms
@@ -172,15 +180,34 @@ def unexplained_gate(evidence: Mapping[str, Any], threshold: float) -> GateResul
     if rate >= threshold:
         return GateResult("unexplained", FAIL, upper, threshold, f"{numbers}: rate at or above {threshold:g}")
     if upper < threshold:
-        return GateResult(
-            "unexplained", PASS, upper, threshold, f"{numbers}: upper bound below {threshold:g}"
-        )
+        return GateResult("unexplained", PASS, upper, threshold, f"{numbers}: upper bound below {threshold:g}")
     return GateResult(
         "unexplained", INCONCLUSIVE, upper, threshold, f"{numbers}: upper bound not yet below {threshold:g}"
     )
 
 
+def evidence_seal_gate(evidence: Mapping[str, Any]) -> GateResult:
+    """Pass only when ``evidence_seal`` says the seal verified; fail for anything else (fail closed)."""
+    seal = _get(evidence, "evidence_seal")
+    if not isinstance(seal, Mapping):
+        return GateResult("evidence_seal", FAIL, None, "sealed", "the evidence was not verified against its manifest")
+    verify = seal.get("verify")
+    reason = str(seal.get("reason") or "the seal did not verify")
+    if seal.get("status") == PASS:
+        return GateResult("evidence_seal", PASS, "sealed", "sealed", reason)
+    return GateResult("evidence_seal", FAIL, f"not sealed ({verify})", "sealed", reason)
+
+
 def freshness_gate(evidence: Mapping[str, Any], bound_ms: int) -> GateResult:
+    if _get(evidence, "latency", "stream", "source") == "replay":
+        # A replay runs on the arrival clock: it has no processing latency to judge.
+        return GateResult(
+            "stream_freshness",
+            INCONCLUSIVE,
+            NOT_MEASURED_REPLAY,
+            bound_ms,
+            f"stream freshness {NOT_MEASURED_REPLAY}: measure it live (shadow run --live)",
+        )
     p99, count = (
         _real(evidence, "latency", "stream", "p99_ms"),
         _count(evidence, "latency", "stream", "count"),
@@ -189,20 +216,8 @@ def freshness_gate(evidence: Mapping[str, Any], bound_ms: int) -> GateResult:
         return _missing("stream_freshness", "latency.stream.p99_ms", bound_ms)
     if count == 0:
         return GateResult("stream_freshness", INCONCLUSIVE, None, bound_ms, "no stream latency samples")
-    source = evidence.get("latency", {}).get("stream", {}).get("source")
-    if source == "replay":
-        # A replay runs on the arrival clock: its numbers are ordering delays, not processing latency.
-        return GateResult(
-            "stream_freshness",
-            INCONCLUSIVE,
-            p99,
-            bound_ms,
-            "stream latency comes from a replay (arrival clock); measure it live (shadow run --live)",
-        )
     if p99 <= bound_ms:
-        return GateResult(
-            "stream_freshness", PASS, p99, bound_ms, f"stream p99 {p99:g} ms (at most {bound_ms} ms)"
-        )
+        return GateResult("stream_freshness", PASS, p99, bound_ms, f"stream p99 {p99:g} ms (at most {bound_ms} ms)")
     return GateResult("stream_freshness", FAIL, p99, bound_ms, f"stream p99 {p99:g} ms is over {bound_ms} ms")
 
 
@@ -297,12 +312,13 @@ def evaluate(
     *,
     time_in_stage: bool = True,
 ) -> tuple[GateResult, ...]:
-    """Every gate of ``gates`` (and the plan's rule-set and age gates) over ``evidence`` at ``now_ms``.
+    """The seal gate, the plan's rule-set and age gates and every gate of ``gates`` over ``evidence`` at ``now_ms``.
 
     ``in_stage_ms`` is how long the rollout has been at its current position; with
     ``time_in_stage=False`` the time gate is left out (health checks while in a stage).
     """
     results: list[GateResult | None] = [
+        evidence_seal_gate(evidence),
         ruleset_gate(plan, evidence),
         evidence_age_gate(plan, evidence, now_ms),
     ]

@@ -70,11 +70,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import redis
 
 from compare.comparison import run_comparison
-from compare.latency import LatencySketch
+from compare.latency import summarize
+from compare.manifest import begin, comparison_artifacts, seal
 from compare.parity import ParityResult
 from legacy_batch.job import AsOfRun, LegacyReport, LegacyWriterSink, run_as_of
 from legacy_batch.query import build_query
@@ -225,8 +225,8 @@ def settled(as_ofs: Sequence[int], watermark: int) -> tuple[list[int], list[int]
 
 
 def summary(values: Sequence[float], source: str) -> dict[str, Any]:
-    """p50/p95/p99/max and count of ``values`` (ms), from the comparator's quantile sketch."""
-    return LatencySketch.of(np.asarray(values, dtype=np.float64)).summary(source).to_dict()
+    """p50/p95/p99/max and count of ``values`` (ms), by the comparator's one function (``summarize``)."""
+    return summarize(list(values), source).to_dict()
 
 
 # ---- what the producer and the legacy schedule share -----------------------------------------------
@@ -544,7 +544,7 @@ def run_live(
     ``SegshadowError`` subclasses for inputs that cannot be compared.
     """
     out = plan.out
-    out.mkdir(parents=True, exist_ok=True)
+    begin(out)  # sealed last (``compare.manifest``); until then the directory says it is incomplete
     paths = {name: out / name for name in ("events.jsonl", "legacy.jsonl", "stream.jsonl", "journal.jsonl")}
     for path in (*paths.values(), *(meta_path(p) for p in paths.values()), out / LATENCY_FILE):
         path.unlink(missing_ok=True)  # a run owns its directory: nothing from an earlier run may vouch for it
@@ -635,6 +635,7 @@ def run_live(
         out,
         stream_latency=out / LATENCY_FILE,
         event_log=log,
+        seal_outputs=False,
     )
     seconds["compare"] = round(time.perf_counter() - start, 3)
 
@@ -646,11 +647,16 @@ def run_live(
     latency = {
         "primary_write_ms": summary(ingested.primary_ms, "per batch write call"),
         "shadow_xadd_after_ingest_ms": summary(shadow_lag, "per event"),
-        "stream_emitted_after_ingest_ms": summary(values, "per event-caused transition"),
+        # The comparator's figure from the same samples (``compare.latency.summarize``), not a second one.
+        "stream_emitted_after_ingest_ms": parity.latency["stream"].to_dict(),
         "legacy_visible_after_as_of_ms": summary([r.visible_ms for r in kept], "per compared as-of"),
     }
     report = LiveReport(parity, counts, seconds, latency)
     (out / "live.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    artifacts = comparison_artifacts(
+        out, events_path, paths["legacy.jsonl"], paths["stream.jsonl"], stream_latency=out / LATENCY_FILE
+    )
+    seal(out, parity, {**artifacts, "live": out / "live.json"})
     return report
 
 

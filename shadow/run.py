@@ -13,7 +13,10 @@ Steps, each writing into the run directory ``out``:
 3. **stream**: the Beam pipeline replaying the Redis Stream that dual-write
    filled, transitions to ``stream.jsonl``, Redis (``stream``) and SQL;
 4. **compare**: ``parity.json``, ``mismatches.jsonl``, ``report.html``,
-   ``summary.md``; ``shadow.json`` adds the dual-write counters and timings.
+   ``summary.md``; ``shadow.json`` adds the dual-write counters and timings;
+5. **seal**: ``manifest.json`` last (``compare.manifest``). From the start until
+   then the directory holds an ``INCOMPLETE`` marker, so a run that stopped
+   part-way is never read as evidence.
 
 A run owns its stores: it empties the events table, the rule set's earlier
 assignments and transitions are replaced, and the Redis namespaces ``legacy``
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from compare.comparison import run_comparison
+from compare.manifest import begin, comparison_artifacts, seal
 from compare.parity import ParityResult
 from legacy_batch.job import LegacyReport, LegacyWriterSink, run_as_ofs
 from legacy_batch.schedule import schedule
@@ -193,7 +197,7 @@ def run_shadow(
 ) -> ShadowReport:
     """The whole replay-mode shadow run (see the module doc)."""
     out = plan.out
-    out.mkdir(parents=True, exist_ok=True)
+    begin(out)  # sealed at the end: until then the directory says it holds an incomplete run
     seconds: dict[str, float] = {}
     clock = time.perf_counter
     with SqlStore.open(database_url) as store, RedisStore.open(redis_url) as redis_store:
@@ -253,6 +257,7 @@ def run_shadow(
         out,
         noise_stream=noise_stream,
         event_log=log,
+        seal_outputs=False,
     )
     seconds["compare"] = clock() - start
     if progress is not None:
@@ -264,4 +269,8 @@ def run_shadow(
     }
     report = ShadowReport(parity, all_counts, {k: round(v, 3) for k, v in seconds.items()})
     (out / "shadow.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    artifacts = comparison_artifacts(
+        out, events_path, out / "legacy.jsonl", out / "stream.jsonl", noise_stream=noise_stream
+    )
+    seal(out, parity, {**artifacts, "shadow": out / "shadow.json"})
     return report
