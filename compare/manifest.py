@@ -121,11 +121,13 @@ def _stored_path(out: Path, path: Path) -> str:
 
 def seal(
     out_dir: str | Path,
-    result: ParityResult,
+    result: ParityResult | Mapping[str, Any],
     artifacts: Mapping[str, Path],
     clock: Clock = wall_clock_ms,
 ) -> Path:
     """Write ``out_dir/manifest.json`` (atomically, last) and remove the ``INCOMPLETE`` marker.
+
+    ``result`` is the comparison's result (or ``parity.json``'s content) the manifest binds.
 
     Raises ``OSError`` when an artifact cannot be read (the run then stays incomplete).
     """
@@ -134,7 +136,7 @@ def seal(
     for role, path in sorted(artifacts.items()):
         sha, size = file_digest(path)
         entries[role] = {"path": _stored_path(out, path), "sha256": sha, "bytes": size}
-    data = result.to_dict()
+    data = result.to_dict() if isinstance(result, ParityResult) else result
     manifest = {
         "format": FORMAT,
         "generated_at": data["generated_at"],

@@ -43,6 +43,15 @@ from compare.stats import precision, rate, recall, wilson_interval
 from segments.timeutil import format_ms
 
 VERDICTS = ("parity", "explained_differences", "defects")
+FAIL_ON = ("defects", "mismatch", "never")
+
+
+def fails(verdict: str, fail_on: str) -> bool:
+    """Whether a run with ``verdict`` exits 1 under ``--fail-on``: ``defects`` (the default) on
+    unexplained mismatches, ``mismatch`` on any mismatch, ``never`` not at all."""
+    if fail_on not in FAIL_ON:
+        raise ValueError(f"fail_on must be one of {FAIL_ON}, not {fail_on!r}")
+    return (fail_on == "mismatch" and verdict != "parity") or (fail_on == "defects" and verdict == "defects")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """``segshadow compare``: the parity of a legacy and a stream output of the same events (SPEC §5, §6).
 
-Exit 0 when the comparison is done, whatever it found (gates decide pass or fail);
-2 with one line for inputs that cannot be compared.
+Exit 0 when the comparison is done and its verdict passes ``--fail-on``; 1 when the
+verdict is ``defects`` (``--fail-on defects``, the default), any mismatch
+(``--fail-on mismatch``), never (``--fail-on never``), after every output is written
+and sealed; 2 with one line for inputs that cannot be compared.
 """
 
 from __future__ import annotations
@@ -13,9 +15,29 @@ import typer
 
 from compare.comparison import run_comparison
 from compare.inputs import GateFlags
-from segments.errors import UsageError
+from compare.parity import FAIL_ON, fails
+from segments.errors import CheckFailed, UsageError
 from segments.rules import load_ruleset
 from segshadow.common import duration
+
+FailOnOpt = Annotated[
+    str,
+    typer.Option(
+        "--fail-on", help="exit 1 on: defects (unexplained mismatches, default), mismatch (any), never"
+    ),
+]
+
+
+def fail_on_verdict(verdict: str, summary: str, fail_on: str) -> None:
+    """Raise ``CheckFailed`` (exit 1) with ``summary`` when ``verdict`` fails under ``fail_on``."""
+    if fails(verdict, fail_on):
+        raise CheckFailed(f"{summary} (--fail-on {fail_on})")
+
+
+def check_fail_on(fail_on: str) -> None:
+    """``UsageError`` for a ``--fail-on`` value that is not one of ``FAIL_ON`` (before anything runs)."""
+    if fail_on not in FAIL_ON:
+        raise UsageError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
 
 
 def compare(
@@ -44,8 +66,10 @@ def compare(
     stream_latency: Annotated[
         Path | None, typer.Option("--stream-latency", help="live stream latencies, one ms value per line")
     ] = None,
+    fail_on: FailOnOpt = "defects",
 ) -> None:
     """Compare a legacy and a stream output: agreement, causes, latency; write the parity report."""
+    check_fail_on(fail_on)
     every_ms = duration(every) if every is not None else None
     if every_ms is not None and every_ms <= 0:
         raise UsageError(f"--every must be positive, not {every!r}")
@@ -66,6 +90,7 @@ def compare(
         stream_latency=stream_latency,
     )
     typer.echo(f"{result.summary_line()} -> {out / 'report.html'}")
+    fail_on_verdict(result.verdict, result.summary_line(), fail_on)
 
 
 def register(app: typer.Typer) -> None:

@@ -20,13 +20,13 @@ import typer
 from rich.console import Console
 
 from rollout.cutover import GatesFailed, advance, choose_target, propose, rollback
-from rollout.evidence import load_evidence
+from rollout.evidence import VERIFY_MODES, load_evidence
 from rollout.gates import EXIT_CODES, GateResult, evaluate, verdict
 from rollout.plan import load_plan
 from rollout.stages import MEANINGS, ORDER, Position, Stage, needs_gates
 from rollout.store import Decision, RolloutState, RolloutStore
 from segments.config import Settings
-from segments.errors import CheckFailed, SegshadowError
+from segments.errors import CheckFailed, SegshadowError, UsageError
 from segments.timeutil import format_ms
 from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
 
@@ -327,6 +327,9 @@ def register(app: typer.Typer) -> None:
         percent: Annotated[
             float | None, typer.Option("--percent", help="canary percentage of that promotion")
         ] = None,
+        verify: Annotated[
+            str, typer.Option("--verify", help="counts (re-derive from the artifacts) or full (recompute)")
+        ] = "counts",
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
@@ -339,7 +342,9 @@ def register(app: typer.Typer) -> None:
         """
         conf = settings(database_url, redis_url, data_dir)
         the_plan = load_plan(plan)
-        found = load_evidence(evidence)
+        if verify not in VERIFY_MODES:
+            raise UsageError(f"--verify must be counts or full, not {verify!r}")
+        found = load_evidence(evidence, verify)
         with _store(conf) as store:
             state = store.state()
             now = store.clock()

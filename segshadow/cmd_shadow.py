@@ -2,8 +2,10 @@
 
 ``--workload clickstream|risk`` generates a seeded workload into the run
 directory; ``--events PATH`` takes a file. Replay mode by default; ``--live``
-runs the real-time path (see ``shadow.live``). With no server configured the run
-is self-contained: a SQLite file in the run directory and an embedded Valkey.
+runs the real-time path (see ``shadow.live``). With no database configured the run
+is self-contained: a SQLite file in the run directory and an embedded Valkey. A
+database from ``--database-url`` or ``SEGSHADOW_DATABASE_URL`` is used as given,
+SQLite like any other. Exit 1 when the verdict fails ``--fail-on``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from segments.embedded import redis_endpoint
 from segments.errors import UsageError
 from segments.rules import load_ruleset
 from segments.workloads import WORKLOADS, write_workload
+from segshadow.cmd_compare import FailOnOpt, check_fail_on, fail_on_verdict
 from segshadow.cmd_stream import LatenessOpt, OooOpt, ShardsOpt, gate_params
 from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, progress_bars, settings
 
@@ -52,8 +55,13 @@ def run(
     database_url: DatabaseOpt = None,
     redis_url: RedisOpt = None,
     data_dir: DataDirOpt = None,
+    fail_on: FailOnOpt = "defects",
 ) -> None:
-    """The main job: dual-write events to both sides, run legacy and stream, compare, and report."""
+    """The main job: dual-write events to both sides, run legacy and stream, compare, and report.
+
+    Exit 1 when the verdict fails ``--fail-on`` (default: ``defects``), after every output is written.
+    """
+    check_fail_on(fail_on)
     if (workload is None) == (events is None):
         raise UsageError("give exactly one of --workload clickstream|risk or --events PATH")
     if workload is not None and workload not in WORKLOADS:
@@ -65,8 +73,10 @@ def run(
     ruleset = load_ruleset(rules or workload or "clickstream")
     out.mkdir(parents=True, exist_ok=True)
     where = settings(database_url or None, redis_url, data_dir)
-    explicit_db = database_url or (where.database_url if not where.database_url.startswith("sqlite") else None)
-    db = explicit_db or sqlite_url(out.resolve() / "segshadow.db")
+    # A database given by --database-url or SEGSHADOW_DATABASE_URL (SQLite included) is used as given;
+    # only with neither is the run self-contained, in a SQLite file of its own run directory.
+    chosen = where.database_url != sqlite_url(where.data_dir / "segshadow.db")
+    db = where.database_url if chosen else sqlite_url(out.resolve() / "segshadow.db")
 
     if live:
         from shadow.live import LivePlan, run_live
@@ -88,6 +98,7 @@ def run(
         )
         typer.echo(live_report.parity.summary_line())
         typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  live: {out / 'live.json'}")
+        fail_on_verdict(live_report.parity.verdict, live_report.parity.summary_line(), fail_on)
         return
 
     from shadow.run import ShadowPlan, run_shadow
@@ -111,6 +122,7 @@ def run(
     )
     typer.echo(report.parity.summary_line())
     typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  summary: {out / 'summary.md'}")
+    fail_on_verdict(report.parity.verdict, report.parity.summary_line(), fail_on)
 
 
 def register(app: typer.Typer) -> None:
