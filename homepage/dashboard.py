@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from compare.latency import NOT_MEASURED_REPLAY
 from rollout.gates import GateResult
 from rollout.router import StageView
 from rollout.stages import ORDER, Position
@@ -114,12 +115,18 @@ def cause_bars(by_cause: Any) -> list[dict[str, Any]]:
 
 
 def freshness_rows(latency: Any) -> list[dict[str, Any]]:
+    """Each side's figures as ``parity.json`` holds them; a replay's stream says "not measured (replay)"."""
     rows = []
     for side in ("legacy", "stream"):
+        entry = latency.get(side) if isinstance(latency, dict) else None
+        replay = isinstance(entry, dict) and entry.get("source") == "replay"
         rows.append(
             {
                 "side": side,
-                **{k: human_ms(_num(latency, side, f"{k}_ms")) for k in ("p50", "p95", "p99", "max")},
+                **{
+                    k: NOT_MEASURED_REPLAY if replay else human_ms(_num(latency, side, f"{k}_ms"))
+                    for k in ("p50", "p95", "p99", "max")
+                },
                 "count": int(_num(latency, side, "count") or 0),
             }
         )

@@ -165,7 +165,13 @@ def test_command_line_success_prints_a_summary(case: dict[str, Path], capsys: py
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
     assert printed.startswith("parity: 1 pairs over 1 as-ofs, 1 agree") and str(out / "report.html") in printed
-    assert sorted(p.name for p in out.iterdir()) == ["mismatches.jsonl", "parity.json", "report.html", "summary.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "mismatches.jsonl",
+        "parity.json",
+        "report.html",
+        "summary.md",
+    ]
 
 
 # ---- the fast reader and the exact reader agree ----------------------------------------------------

@@ -36,6 +36,7 @@ def test_every_gate_finds_its_numbers_in_real_evidence(tmp_path: Path, kind: str
     now = parse_rfc3339_ms(evidence.data["generated_at"])
     results = {r.name: r for r in evaluate(the_plan, the_plan.steps[0].gates, evidence.data, now, 10**9)}
     expected = {
+        "evidence_seal",
         "ruleset",
         "evidence_age",
         "min_pairs",
@@ -47,6 +48,7 @@ def test_every_gate_finds_its_numbers_in_real_evidence(tmp_path: Path, kind: str
     } | ({"false_positive_rate"} if kind == "risk" else set())
     assert set(results) == expected
     assert not [r for r in results.values() if "has no usable" in r.reason], results
+    assert results["evidence_seal"].status == "pass", results["evidence_seal"]
     assert results["ruleset"].status == "pass" and results["evidence_age"].status == "pass"
     assert results["min_pairs"].observed == evidence.data["pairs"]
     assert results["unexplained"].status != "fail"  # both segmenters implement the same rules
