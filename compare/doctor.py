@@ -51,6 +51,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 from segments.durations import format_duration_ms
@@ -303,7 +304,7 @@ def ingest_layer(lines: Sequence[LineObs], events: Sequence[Event], duplicates: 
     ordered = sorted(e.arrival_time for e in events)
     arrivals = ordered[len(ordered) // 100 : len(ordered) - len(ordered) // 100] or ordered
     span = arrivals[-1] - arrivals[0]
-    gaps = [(b - a, a) for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [(b - a, a) for a, b in pairwise(arrivals)]
     gap, gap_at = max(gaps, default=(0, arrivals[0]))
     rate = (len(arrivals) - 1) / span if span > 0 else 0.0
     expected = len(gaps) * math.exp(-rate * gap) if gaps else 1.0

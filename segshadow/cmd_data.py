@@ -16,10 +16,10 @@ import yaml
 
 from segments.errors import RuleSetError, UsageError
 from segments.events import write_jsonl
+from segments.faults import FAULTS, write_faulty_workload
 from segments.importers import IMPORTERS
 from segments.rules import SHIPPED, RuleSet, load_ruleset, shipped_ruleset
 from segments.timeutil import TimestampError, parse_rfc3339_ms
-from segments.faults import FAULTS, write_faulty_workload
 from segments.workloads import DEFAULT_RATE, DEFAULT_START_MS, WORKLOADS, write_workload
 from segshadow.common import DatabaseOpt, DataDirOpt, settings
 
