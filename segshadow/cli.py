@@ -11,7 +11,7 @@ import typer
 logging.getLogger().addFilter(lambda record: "apitools not found" not in record.getMessage())
 
 from segments.errors import SegshadowError  # noqa: E402
-from segshadow import cmd_compare, cmd_data, cmd_legacy, cmd_rollout, cmd_shadow, cmd_stream  # noqa: E402
+from segshadow import cmd_compare, cmd_data, cmd_doctor, cmd_legacy, cmd_rollout, cmd_shadow, cmd_stream  # noqa: E402
 
 app = typer.Typer(
     name="segshadow",
@@ -36,7 +36,7 @@ def version() -> None:
     typer.echo(dist_version("segshadow"))
 
 
-for part in (cmd_data, cmd_legacy, cmd_stream, cmd_compare, cmd_shadow, cmd_rollout):
+for part in (cmd_data, cmd_legacy, cmd_stream, cmd_compare, cmd_shadow, cmd_rollout, cmd_doctor):
     part.register(app)
 
 

@@ -7,6 +7,7 @@ interrupted command never leaves a partial file under the requested name.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ import yaml
 
 from segments.errors import RuleSetError, UsageError
 from segments.events import write_jsonl
+from segments.faults import FAULTS, write_faulty_workload
 from segments.importers import IMPORTERS
 from segments.rules import SHIPPED, RuleSet, load_ruleset, shipped_ruleset
 from segments.timeutil import TimestampError, parse_rfc3339_ms
@@ -85,12 +87,18 @@ def workload(
         float, typer.Option("--malformed", help="share of malformed lines (at least 4 when above 0)")
     ] = 0.0002,
     time_format: Annotated[str, typer.Option("--time-format", help="ms (epoch ms, default) or rfc3339")] = "ms",
+    fault: Annotated[
+        str | None, typer.Option("--fault", help="plant a fault (segments.faults): " + "|".join(FAULTS))
+    ] = None,
 ) -> None:
     """Generate a seeded clickstream or risk workload (SPEC §1 lines in arrival order)."""
     if kind not in WORKLOADS:
         raise UsageError(f"unknown workload {kind!r}: choose one of {', '.join(WORKLOADS)}")
+    if fault is not None and fault not in FAULTS:
+        raise UsageError(f"unknown fault {fault!r}: choose one of {', '.join(FAULTS)}")
+    writer = write_workload if fault is None else partial(write_faulty_workload, fault)
     try:
-        counts = write_workload(
+        counts = writer(
             kind,
             out,
             users,
@@ -112,6 +120,8 @@ def workload(
         f"{counts['duplicates']} duplicate deliveries ({counts['changed_duplicates']} changed), "
         f"{counts['malformed']} malformed{extra}"
     )
+    if fault is not None:
+        typer.echo(f"fault {fault}: {counts['fault_lines_dropped']} lines dropped; how to run it: {out}.fault.json")
 
 
 def _resolve(ref: str, database_url: str | None, data_dir: str | None) -> RuleSet:

@@ -30,6 +30,28 @@ YOUNG_GENERATION = 50_000  # allocations between two young collections (CPython'
 LIVE_THRESHOLDS = (10_000, 1, 2**30)
 
 
+class SinkOptions(PipelineOptions):
+    """segshadow's own pipeline option, given after ``--`` like Beam's: a planted sink fault."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument(
+            "--sink_delay_ms",
+            type=int,
+            default=0,
+            help="fault injection: hold every Redis sink bundle this many ms before its writes complete "
+            "(segshadow workload --fault slow-sink; read by segshadow doctor's sink layer)",
+        )
+
+
+def sink_delay_ms(options: PipelineOptions) -> int:
+    """The ``--sink_delay_ms`` option (0 without it); ``UsageError`` when negative."""
+    delay = int(options.view_as(SinkOptions).sink_delay_ms or 0)
+    if delay < 0:
+        raise UsageError("--sink_delay_ms must not be negative")
+    return delay
+
+
 def pipeline_options(args: Sequence[str], default_runner: str, streaming: bool = False) -> PipelineOptions:
     """Options from Beam-style ``args`` (each ``--name=value`` or ``--flag``); ``UsageError`` otherwise."""
     for arg in args:

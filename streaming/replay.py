@@ -13,7 +13,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from segments.errors import InputError
 from segments.outputs import file_sha256, write_meta
 from segments.timeutil import wall_clock_ms
-from streaming.options import REPLAY_RUNNER, in_process_tuned, pipeline_options, runner_name
+from streaming.options import REPLAY_RUNNER, in_process_tuned, pipeline_options, runner_name, sink_delay_ms
 from streaming.pipeline import (
     DEAD,
     METRICS_NAMESPACE,
@@ -54,6 +54,25 @@ def _counters(result: Any) -> dict[str, int]:
     return counts
 
 
+def _measured(result: Any) -> dict[str, Any]:
+    """The pipeline's distributions (count, sum, min, max, mean) and gauges, for the sidecar's ``metrics``."""
+    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    out: dict[str, Any] = {}
+    for dist in query["distributions"]:
+        value = dist.committed if dist.committed is not None else dist.attempted
+        if value is not None and value.count:
+            out[dist.key.metric.name] = {
+                "count": value.count, "sum": value.sum, "min": value.min, "max": value.max,
+                "mean": round(value.sum / value.count, 3),
+            }
+    for gauge in query["gauges"]:
+        value = gauge.committed if gauge.committed is not None else gauge.attempted
+        if value is not None and value.value is not None:
+            name = gauge.key.metric.name
+            out[name] = out.get(name, 0) + int(value.value)
+    return out
+
+
 @dataclass(frozen=True)
 class RedisLog:
     """Replay from a Redis Stream (the dual-write log) instead of the file; the file stays the provenance."""
@@ -72,6 +91,7 @@ def build_replay(
     redis_url: str | None = None,
     database_url: str | None = None,
     source: RedisLog | None = None,
+    sink_delay: int = 0,
 ) -> None:
     """Attach the replay source, segmentation and every sink to ``pipeline`` (runner-agnostic)."""
     reader: beam.DoFn = (
@@ -88,7 +108,7 @@ def build_replay(
     _write_text(transitions | "TransitionsJSON" >> beam.Map(transitions_json), out, "WriteTransitions")
     dead = admitted[DEAD]
     _write_text(dead | "DeadJSON" >> beam.Map(rejection_json), dead_path, "WriteDeadLetters")
-    sink_all(transitions, dead, redis_url, database_url, config.ruleset.ref)
+    sink_all(transitions, dead, redis_url, database_url, config.ruleset.ref, sink_delay)
 
 
 def run_replay(
@@ -119,7 +139,7 @@ def run_replay(
     options = pipeline_options(beam_args, REPLAY_RUNNER)
     started = wall_clock_ms()
     pipeline = beam.Pipeline(options=options)
-    build_replay(pipeline, events, out, dead_path, config, redis_url, database_url, source)
+    build_replay(pipeline, events, out, dead_path, config, redis_url, database_url, source, sink_delay_ms(options))
     with in_process_tuned(options):
         result = pipeline.run()
         result.wait_until_finish()
@@ -133,6 +153,7 @@ def run_replay(
                 "name": config.ruleset.name,
                 "version": config.ruleset.version,
                 "digest": config.ruleset.digest,
+                "definition": dict(config.ruleset.definition),
             },
             "events_path": str(events),
             "source": "file" if source is None else f"redis-stream:{source.stream_key}",
@@ -142,6 +163,7 @@ def run_replay(
             "shards": config.shards,
             "runner": runner_name(options),
             "counts": counts,
+            "metrics": _measured(result),
             "seconds": seconds,
             "dead_letter_path": dead_path.name,
         },

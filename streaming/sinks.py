@@ -27,10 +27,17 @@ T = TypeVar("T")
 NAMESPACE = "segshadow.stream"
 
 
-def with_backoff(what: str, work: Callable[[], T], attempts: int = 8, base_s: float = 0.1, cap_s: float = 5.0) -> T:
+def with_backoff(
+    what: str,
+    work: Callable[[], T],
+    attempts: int = 8,
+    base_s: float = 0.1,
+    cap_s: float = 5.0,
+    retried: Callable[[], None] | None = None,
+) -> T:
     """Run ``work``; on ``StoreUnavailable`` wait (doubling up to ``cap_s``) and try again, then give up.
 
-    Every failed attempt is logged with what failed; the last error is raised.
+    Every failed attempt is logged with what failed (and reported to ``retried``); the last error is raised.
     """
     delay = base_s
     for attempt in range(1, attempts + 1):
@@ -40,6 +47,8 @@ def with_backoff(what: str, work: Callable[[], T], attempts: int = 8, base_s: fl
             if attempt == attempts:
                 raise
             log.warning("%s failed (attempt %d/%d), retrying in %.1fs: %s", what, attempt, attempts, delay, exc)
+            if retried is not None:
+                retried()
             time.sleep(delay)
             delay = min(cap_s, delay * 2)
     raise AssertionError("unreachable")
@@ -52,10 +61,17 @@ class RedisTransitionsSink(beam.DoFn):
     visible as soon as Redis has run it); the answers are collected at the end
     of the bundle, so a bundle succeeds only once all its writes have. A write
     that failed is sent again then, with backoff; the writes are idempotent.
+
+    Measured (for ``segshadow doctor``): ``redis_bundle_ms``, a distribution of
+    the time each bundle spent in Redis calls (sends and the drain), and
+    ``redis_retries``, the failed attempts that were retried. ``delay_ms`` (the
+    Beam option ``--sink_delay_ms``, a planted fault) holds every bundle that
+    wrote something that long before its drain, as a slow Redis would.
     """
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, delay_ms: int = 0) -> None:
         self.redis_url = redis_url
+        self.delay_ms = delay_ms
 
     def setup(self) -> None:
         from segments.redisstore import RedisStore
@@ -63,12 +79,24 @@ class RedisTransitionsSink(beam.DoFn):
         self.store = with_backoff("connect to Redis", lambda: RedisStore.open(self.redis_url))
         self.writer = self.store.stream_writer()
         self.written = Metrics.counter(NAMESPACE, "redis_writes")
+        self.bundle_ms = Metrics.distribution(NAMESPACE, "redis_bundle_ms")
+        self.retries = Metrics.counter(NAMESPACE, "redis_retries")
+        self.spent = 0.0
 
     def process(self, batch: list[Transition]) -> None:
+        start = time.perf_counter()
         self.writer.send(batch)
+        self.spent += time.perf_counter() - start
 
     def finish_bundle(self) -> None:
-        self.written.inc(with_backoff("write transitions to Redis", self.writer.drain))
+        start = time.perf_counter()
+        if self.delay_ms and self.spent:
+            time.sleep(self.delay_ms / 1000)
+        written = with_backoff("write transitions to Redis", self.writer.drain, retried=self.retries.inc)
+        spent, self.spent = self.spent + time.perf_counter() - start, 0.0
+        if written:
+            self.bundle_ms.update(round(spent * 1000))
+        self.written.inc(written)
 
     def teardown(self) -> None:
         writer = getattr(self, "writer", None)
@@ -122,11 +150,16 @@ class SqlDeadLetterSink(beam.DoFn):
 
 
 def sink_all(
-    transitions: Any, dead: Any, redis_url: str | None, database_url: str | None, ruleset_ref: str
+    transitions: Any,
+    dead: Any,
+    redis_url: str | None,
+    database_url: str | None,
+    ruleset_ref: str,
+    sink_delay_ms: int = 0,
 ) -> None:
-    """Attach the Redis and SQL sinks that are configured."""
+    """Attach the Redis and SQL sinks that are configured (``sink_delay_ms``: see ``RedisTransitionsSink``)."""
     if redis_url:
-        _ = transitions | "ToRedis" >> beam.ParDo(RedisTransitionsSink(redis_url))
+        _ = transitions | "ToRedis" >> beam.ParDo(RedisTransitionsSink(redis_url, sink_delay_ms))
     if database_url:
         _ = transitions | "ToSQL" >> beam.ParDo(SqlTransitionsSink(database_url, ruleset_ref))
         _ = (

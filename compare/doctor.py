@@ -1,0 +1,719 @@
+"""Layer-by-layer triage of a shadow run: ingest, logic, state, sink, in that order.
+
+Each layer is a pure function over plain values read from the run's evidence
+(``compare.doctor_evidence`` reads them) and returns a ``LayerVerdict``: ``ok``,
+``suspect``, ``failing``, or ``thin`` (the evidence cannot say: fail closed,
+never ok). ``diagnose`` walks the layers in order and names the **first failing
+layer**; the command's exit code is 1 when a layer fails, else 3 when a layer is
+thin, else 0 (suspect layers are shown, not fatal).
+
+Rules, each with the figure behind it:
+
+- **ingest** (the data coming in), against a profile learned from the rule set's
+  needs (``event_id``, ``user_id``, ``event_time``, ``kind`` for every line;
+  ``amount`` for the kinds a ``sum`` reads; ``attrs.merchant`` for the kinds a
+  ``count_distinct`` reads): failing when a read field is missing, null or
+  retyped in more than ``FIELD_FAILING`` of the lines of a kind that needs it (in
+  either half of the arrivals); when more than ``DEAD_FAILING`` of all lines, or
+  ``DEAD_BUCKET_FAILING`` of a tenth of them, are dead letters; when the
+  duplicate rate passes ``DUP_FAILING``; or when an arrival gap of at least
+  ``GAP_MIN_MS`` is one a Poisson stream at the observed rate would show with an
+  expected count below ``GAP_EXPECTED`` (between the 1st and 99th percentile of
+  the arrivals: the sparse tails are not the steady rate). New top-level fields, a duplicate rate
+  over ``DUP_SUSPECT`` and a lateness shift between the halves are suspect.
+  Kinds no rule reads are listed (they cannot change a segment).
+- **logic**: the two sides' rule sets (name, version, digest, from the output
+  sidecars). Different digests fail, with a readable diff of the definitions and
+  the share of the mismatched pairs the change accounts for (each re-evaluated
+  with the legacy definition over the events the stream applied: accounted for
+  when that gives the legacy set). Same digests: failing when the comparison found
+  unexplained mismatches. Thin when a definition or the comparison is missing.
+- **state**: the stream's admission replayed over the event log (the watermark
+  is the largest event time applied so far minus the max out-of-orderness, so an
+  event's distance behind it does not depend on the allowed lateness): watermark
+  lag and too-late share over time; failing when more than ``TOO_LATE_FAILING``
+  of the accepted events were dropped as too late, or when the stream's own
+  too-late count differs from the replayed one; suspect over
+  ``TOO_LATE_SUSPECT``. The **premature window closure** table: for candidate
+  allowed lateness values, how many events would be dropped (exact, for the same
+  log) and the extra state (facts held: the applied event rate times the extra
+  lateness, as the state keeps ``span + allowed lateness`` of event time).
+- **sink**: the Redis sink's time per bundle and per write, its retries, and the
+  dual-write journal: failing when a bundle spent more than ``SINK_BUNDLE_FAILING_MS``
+  in Redis and a write more than ``SINK_WRITE_FAILING_MS`` on average, when any
+  write was retried, or when the journal still holds events; thin when the run
+  recorded no sink timing (consumer lag is not measured by a replay run).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Any, NamedTuple
+
+from segments.durations import format_duration_ms
+from segments.events import Event
+from segments.lateness import GateParams
+from segments.outputs import Assignment, Timeline, Transition
+from segments.rules import RuleSet
+from segments.timeutil import format_ms
+
+LAYERS = ("ingest", "logic", "state", "sink")
+VERDICTS = ("ok", "suspect", "failing", "thin")
+FIELD_FAILING = 0.02
+DEAD_FAILING = 0.02
+DEAD_BUCKET_FAILING = 0.10
+DUP_SUSPECT = 0.05
+DUP_FAILING = 0.20
+NEW_FIELD_SUSPECT = 0.01
+GAP_MIN_MS = 60_000
+GAP_EXPECTED = 0.001
+TOO_LATE_SUSPECT = 0.0075
+TOO_LATE_FAILING = 0.015
+SINK_BUNDLE_FAILING_MS = 250
+SINK_WRITE_FAILING_MS = 1.0
+BUCKETS = 10
+SPEC_FIELDS = frozenset({"event_id", "user_id", "event_time", "kind", "amount", "arrival_time", "attrs"})
+CANDIDATE_LATENESS_MS = (5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000)
+SUGGEST_SHARES = (0.005, 0.001)  # the dropped shares the two suggested values bring the run under
+
+
+@dataclass(frozen=True)
+class LayerVerdict:
+    """One layer's verdict, the figures behind it, what shows it, and what to do next."""
+
+    layer: str
+    verdict: str
+    summary: str
+    figures: Mapping[str, Any] = field(default_factory=dict)
+    findings: tuple[str, ...] = ()
+    examples: tuple[str, ...] = ()
+    next_step: str = ""
+
+    def __post_init__(self) -> None:
+        if self.layer not in LAYERS or self.verdict not in VERDICTS:
+            raise ValueError(f"bad layer verdict {self.layer}/{self.verdict}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "verdict": self.verdict,
+            "summary": self.summary,
+            "figures": dict(self.figures),
+            "findings": list(self.findings),
+            "examples": list(self.examples),
+            "next_step": self.next_step,
+        }
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The four layers in order, the first failing one, and the exit code the command ends with."""
+
+    layers: tuple[LayerVerdict, ...]
+    drift: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def first_failing(self) -> str | None:
+        return next((v.layer for v in self.layers if v.verdict == "failing"), None)
+
+    @property
+    def exit_code(self) -> int:
+        if self.first_failing is not None:
+            return 1
+        return 3 if any(v.verdict == "thin" for v in self.layers) else 0
+
+    @property
+    def headline(self) -> str:
+        first = self.first_failing
+        if first is not None:
+            layer = next(v for v in self.layers if v.layer == first)
+            return f"doctor: the {first} layer fails: {layer.summary}; next: {layer.next_step}"
+        thin = [v.layer for v in self.layers if v.verdict == "thin"]
+        if thin:
+            return f"doctor: inconclusive, too little evidence for {', '.join(thin)}"
+        suspect = [v.layer for v in self.layers if v.verdict == "suspect"]
+        return "doctor: every layer ok" + (f" (suspect: {', '.join(suspect)})" if suspect else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "first_failing": self.first_failing,
+            "exit_code": self.exit_code,
+            "headline": self.headline,
+            "layers": [v.to_dict() for v in self.layers],
+            "drift": [dict(r) for r in self.drift],
+        }
+
+
+def diagnose(layers: Sequence[LayerVerdict], drift: Sequence[Mapping[str, Any]] = ()) -> Diagnosis:
+    """The diagnosis of the four layers (``ValueError`` unless given in ``LAYERS`` order)."""
+    if tuple(v.layer for v in layers) != LAYERS:
+        raise ValueError(f"layers must be {', '.join(LAYERS)} in that order")
+    return Diagnosis(tuple(layers), tuple(drift))
+
+
+def _quantile(sorted_values: Sequence[int], q: float) -> int | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
+
+
+def _buckets(positions: Iterable[float]) -> list[int]:
+    counts = [0] * BUCKETS
+    for p in positions:
+        counts[min(BUCKETS - 1, max(0, int(p * BUCKETS)))] += 1
+    return counts
+
+
+# ---- ingest --------------------------------------------------------------------------------------
+
+
+class LineObs(NamedTuple):
+    """One input line as ingest saw it: where it came (0..1 of the arrivals), its object, its rejection."""
+
+    position: float
+    obj: Mapping[str, Any] | None
+    reason: str | None
+    text: str
+
+
+def read_fields(ruleset: RuleSet) -> dict[str, frozenset[str] | None]:
+    """The profile learned from the rule set: each field read, and the kinds that need it (None: every kind)."""
+    money = frozenset(k for a in ruleset.aggregates if a.op == "sum" for k in a.weights)
+    merchant = frozenset(k for a in ruleset.aggregates if a.op == "count_distinct" for k in a.weights)
+    profile: dict[str, frozenset[str] | None] = dict.fromkeys(("event_id", "user_id", "event_time", "kind"))
+    if money:
+        profile["amount"] = money
+    if merchant:
+        profile["attrs.merchant"] = merchant
+    return profile
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "event_id": (str,),
+    "user_id": (str,),
+    "event_time": (int, str),
+    "kind": (str,),
+    "amount": (int, float, str),
+    "attrs.merchant": (str,),
+}
+
+
+def _field(obj: Mapping[str, Any], name: str) -> tuple[bool, Any]:
+    if name == "attrs.merchant":
+        attrs = obj.get("attrs")
+        if not isinstance(attrs, Mapping) or "merchant" not in attrs:
+            return False, None
+        return True, attrs["merchant"]
+    return (name in obj), obj.get(name)
+
+
+def schema_drift(lines: Sequence[LineObs], ruleset: RuleSet) -> tuple[list[dict[str, Any]], dict[str, int], list[str]]:
+    """Per read field and half of the arrivals: lines needing it, missing, null, retyped; new fields; examples."""
+    profile = read_fields(ruleset)
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    new_fields: dict[str, int] = {}
+    examples: list[str] = []
+    for line in lines:
+        obj = line.obj
+        if obj is None:
+            continue
+        half = 0 if line.position < 0.5 else 1
+        kind = obj.get("kind")
+        for name in obj:
+            if name not in SPEC_FIELDS:
+                new_fields[name] = new_fields.get(name, 0) + 1
+        for name, kinds in profile.items():
+            if kinds is not None and kind not in kinds:
+                continue
+            row = rows.setdefault((name, half), {"field": name, "half": half + 1, "lines": 0, "missing": 0,
+                                                  "null": 0, "retyped": 0})
+            row["lines"] += 1
+            present, value = _field(obj, name)
+            bad = None
+            if not present:
+                bad = "missing"
+            elif value is None:
+                bad = "null"
+            elif isinstance(value, bool) or not isinstance(value, _TYPES[name]):
+                bad = "retyped"
+            if bad is not None:
+                row[bad] += 1
+                if len(examples) < 3:
+                    examples.append(f"{bad} {name}: {line.text[:160]}")
+    out = []
+    for row in sorted(rows.values(), key=lambda r: (r["field"], r["half"])):
+        row["bad_share"] = round((row["missing"] + row["null"] + row["retyped"]) / row["lines"], 6)
+        out.append(row)
+    return out, new_fields, examples
+
+
+def ingest_layer(lines: Sequence[LineObs], events: Sequence[Event], duplicates: int, ruleset: RuleSet) -> LayerVerdict:
+    """The ingest verdict (see the module doc). ``events``: accepted first arrivals in arrival order."""
+    if not lines or not events:
+        return LayerVerdict("ingest", "thin", "no input lines or no accepted events in the evidence",
+                            next_step="run the shadow run again; its events.jsonl is missing or empty")
+    failing: list[str] = []
+    suspect: list[str] = []
+    fields, new_fields, examples = schema_drift(lines, ruleset)
+    for row in fields:
+        if row["bad_share"] > FIELD_FAILING and row["lines"] >= 20:
+            failing.append(
+                f"schema drift: {row['field']} missing/null/retyped in {row['bad_share']:.1%} of the lines "
+                f"that need it (half {row['half']}: {row['missing']} missing, {row['null']} null, "
+                f"{row['retyped']} retyped of {row['lines']})"
+            )
+    total = len(lines)
+    for name, count in sorted(new_fields.items()):
+        if count / total > NEW_FIELD_SUSPECT:
+            suspect.append(f"new field {name!r} on {count} lines ({count / total:.1%}): no rule reads it")
+    kinds_seen: dict[str, int] = {}
+    for e in events:
+        kinds_seen[e.kind] = kinds_seen.get(e.kind, 0) + 1
+    unread = {k: n for k, n in sorted(kinds_seen.items()) if k not in ruleset.kinds}
+
+    rejected = [line for line in lines if line.reason is not None]
+    by_reason: dict[str, list[int]] = {}
+    for line in rejected:
+        by_reason.setdefault(line.reason or "", [0] * BUCKETS)
+        by_reason[line.reason or ""][min(BUCKETS - 1, int(line.position * BUCKETS))] += 1
+    per_bucket = _buckets(line.position for line in lines)
+    dead_share = len(rejected) / total
+    if dead_share > DEAD_FAILING:
+        failing.append(f"dead letters: {len(rejected)} of {total} lines ({dead_share:.1%}) rejected")
+    for b in range(BUCKETS):
+        in_bucket = sum(counts[b] for counts in by_reason.values())
+        if per_bucket[b] >= 20 and in_bucket / per_bucket[b] > DEAD_BUCKET_FAILING:
+            failing.append(
+                f"dead letters: {in_bucket} of {per_bucket[b]} lines ({in_bucket / per_bucket[b]:.0%}) "
+                f"rejected in tenth {b + 1} of the arrivals"
+            )
+            break
+    examples += [f"rejected {line.reason}: {line.text[:160]}" for line in rejected[:2]]
+
+    dup_rate = duplicates / (len(events) + duplicates)
+    if dup_rate > DUP_FAILING:
+        failing.append(f"duplicates: {dup_rate:.1%} of deliveries")
+    elif dup_rate > DUP_SUSPECT:
+        suspect.append(f"duplicates: {dup_rate:.1%} of deliveries")
+
+    # The sparse tails (a run's first arrivals, the stragglers after its end) are not its steady rate.
+    ordered = sorted(e.arrival_time for e in events)
+    arrivals = ordered[len(ordered) // 100 : len(ordered) - len(ordered) // 100] or ordered
+    span = arrivals[-1] - arrivals[0]
+    gaps = [(b - a, a) for a, b in pairwise(arrivals)]
+    gap, gap_at = max(gaps, default=(0, arrivals[0]))
+    rate = (len(arrivals) - 1) / span if span > 0 else 0.0
+    expected = len(gaps) * math.exp(-rate * gap) if gaps else 1.0
+    if gap >= GAP_MIN_MS and expected < GAP_EXPECTED:
+        failing.append(
+            f"arrival gap: nothing arrived for {format_duration_ms(gap)} from {format_ms(gap_at)} "
+            f"(at {rate * 1000:.2f} events/s a gap that long is expected {expected:.1e} times: a delivery failure)"
+        )
+
+    lateness = [(e.arrival_time - e.event_time, i / len(events)) for i, e in enumerate(events)]
+    halves = [sorted(late for late, pos in lateness if (pos >= 0.5) == bool(h)) for h in (0, 1)]
+    late_share = [sum(1 for v in h if v > 0) / len(h) if h else 0.0 for h in halves]
+    p99 = [_quantile(h, 0.99) or 0 for h in halves]
+    if min(late_share) >= 0 and max(late_share) > 0.02 and max(late_share) > 2 * max(min(late_share), 1e-9):
+        suspect.append(f"lateness shifted: late share {late_share[0]:.1%} then {late_share[1]:.1%}")
+    all_late = sorted(late for late, _ in lateness)
+    figures = {
+        "lines": total,
+        "accepted": len(events),
+        "dead_letters": len(rejected),
+        "dead_letter_share": round(dead_share, 6),
+        "dead_letters_by_reason_per_tenth": {k: v for k, v in sorted(by_reason.items())},
+        "lines_per_tenth": per_bucket,
+        "schema": fields,
+        "new_fields": dict(sorted(new_fields.items())),
+        "kinds_no_rule_reads": unread,
+        "duplicate_rate": round(dup_rate, 6),
+        "largest_arrival_gap_ms": gap,
+        "largest_gap_at": format_ms(gap_at),
+        "gap_expected_count": expected,
+        "arrival_rate_per_s": round(rate * 1000, 3),
+        "lateness_ms": {q: _quantile(all_late, v) for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
+        | {"max": all_late[-1]},
+        "late_share_by_half": [round(s, 6) for s in late_share],
+        "lateness_p99_ms_by_half": p99,
+    }
+    if failing:
+        return LayerVerdict("ingest", "failing", failing[0], figures, tuple(failing + suspect), tuple(examples),
+                            "fix the producer or the delivery before looking further: the sides saw bad or missing "
+                            "data (see the examples); re-run once the feed is repaired")
+    if suspect:
+        return LayerVerdict("ingest", "suspect", suspect[0], figures, tuple(suspect), tuple(examples),
+                            "check with the producer whether the change is intended")
+    return LayerVerdict("ingest", "ok", "schema, dead letters, duplicates, arrivals and lateness as expected",
+                        figures, (), (), "")
+
+
+# ---- logic ---------------------------------------------------------------------------------------
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A definition as ``path: value``; lists of named items are keyed by name (``segments[high_value]``)."""
+    out: dict[str, Any] = {}
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            name = item.get("name") if isinstance(item, Mapping) else None
+            out.update(_flatten(item, f"{prefix}[{name if name is not None else index}]"))
+    else:
+        out[prefix] = value
+    return out
+
+
+def definition_diff(legacy: Mapping[str, Any], stream: Mapping[str, Any]) -> list[str]:
+    """A readable diff of two rule-set definitions: one line per changed, added or removed setting."""
+    a, b = _flatten(legacy), _flatten(stream)
+    lines = []
+    for path in sorted(a.keys() | b.keys()):
+        if path not in b:
+            lines.append(f"{path}: {a[path]!r} (legacy) -> absent (stream)")
+        elif path not in a:
+            lines.append(f"{path}: absent (legacy) -> {b[path]!r} (stream)")
+        elif a[path] != b[path]:
+            lines.append(f"{path}: {a[path]!r} (legacy) -> {b[path]!r} (stream)")
+    return lines
+
+
+def sides_at(
+    as_ofs: Sequence[int], assignments: Iterable[Assignment], transitions: Iterable[Transition]
+) -> dict[int, tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]]:
+    """Per as-of, each side's non-empty sets by user (legacy from its lines, stream from settled timelines)."""
+    legacy: dict[int, dict[str, frozenset[str]]] = {t: {} for t in as_ofs}
+    for a in assignments:
+        if a.as_of in legacy and a.segments:
+            legacy[a.as_of][a.user_id] = frozenset(a.segments)
+    by_user: dict[str, list[Transition]] = {}
+    for tr in transitions:
+        by_user.setdefault(tr.user_id, []).append(tr)
+    stream: dict[int, dict[str, frozenset[str]]] = {t: {} for t in as_ofs}
+    for user, trs in by_user.items():
+        line = Timeline(trs)
+        for t in as_ofs:
+            value = line.at(t)
+            if value:
+                stream[t][user] = value
+    return {t: (legacy[t], stream[t]) for t in as_ofs}
+
+
+def rule_change_share(
+    sides: Mapping[int, tuple[Mapping[str, frozenset[str]], Mapping[str, frozenset[str]]]],
+    legacy_rules: RuleSet,
+    applied: Sequence[Event],
+) -> tuple[int, int, list[str]]:
+    """(mismatched pairs, pairs the rule change accounts for, examples).
+
+    A mismatch is accounted for when the legacy definition, evaluated over the
+    events the stream applied (``applied``), gives exactly the legacy set.
+    """
+    by_user: dict[str, list[Event]] = {}
+    for e in sorted(applied, key=lambda e: e.event_time):
+        by_user.setdefault(e.user_id, []).append(e)
+    times = {u: [e.event_time for e in es] for u, es in by_user.items()}
+    mismatched = accounted = 0
+    examples: list[str] = []
+    for t, (legacy, stream) in sides.items():
+        for user in legacy.keys() | stream.keys():
+            lset, sset = legacy.get(user, frozenset()), stream.get(user, frozenset())
+            if lset == sset:
+                continue
+            mismatched += 1
+            facts = by_user.get(user, [])
+            again = legacy_rules.segments_at_sorted(times.get(user, []), facts, t)
+            if again == lset:
+                accounted += 1
+                if len(examples) < 3:
+                    examples.append(
+                        f"{user} at {format_ms(t)}: legacy {sorted(lset)}, stream {sorted(sset)}; "
+                        f"the legacy rules over the stream's events give {sorted(again)}"
+                    )
+    return mismatched, accounted, examples
+
+
+@dataclass(frozen=True)
+class LogicInputs:
+    """What the logic layer reads: both sides' rule sets (and definitions when known), the comparison."""
+
+    legacy_ref: Mapping[str, Any]
+    stream_ref: Mapping[str, Any]
+    legacy_rules: RuleSet | None
+    stream_rules: RuleSet | None
+    parity: Mapping[str, Any] | None
+    sides: Mapping[int, tuple[Mapping[str, frozenset[str]], Mapping[str, frozenset[str]]]] | None = None
+    applied: Sequence[Event] = ()
+
+
+def _ref(ref: Mapping[str, Any]) -> str:
+    return f"{ref.get('name')}@v{ref.get('version')} ({str(ref.get('digest'))[:12]})"
+
+
+def logic_layer(inputs: LogicInputs) -> LayerVerdict:
+    """The logic verdict (see the module doc)."""
+    lref, sref = inputs.legacy_ref, inputs.stream_ref
+    figures: dict[str, Any] = {"legacy_ruleset": dict(lref), "stream_ruleset": dict(sref)}
+    if not lref.get("digest") or not sref.get("digest"):
+        return LayerVerdict("logic", "thin", "a side's output names no rule-set digest", figures,
+                            next_step="re-run the side whose sidecar is missing or old")
+    if lref["digest"] != sref["digest"]:
+        if inputs.legacy_rules is None or inputs.stream_rules is None or inputs.sides is None:
+            return LayerVerdict(
+                "logic", "failing", f"the sides ran different rule sets: legacy {_ref(lref)}, stream {_ref(sref)}",
+                figures, ("a definition is not in the evidence: no diff or re-evaluation possible",), (),
+                "deploy the same rule set on both sides (or keep both definitions with the run to see the diff)",
+            )
+        diff = definition_diff(inputs.legacy_rules.definition, inputs.stream_rules.definition)
+        mismatched, accounted, examples = rule_change_share(inputs.sides, inputs.legacy_rules, inputs.applied)
+        share = accounted / mismatched if mismatched else 0.0
+        figures |= {"diff": diff, "mismatched_pairs": mismatched, "accounted_by_change": accounted,
+                    "accounted_share": round(share, 6)}
+        return LayerVerdict(
+            "logic", "failing",
+            f"the sides ran different rule sets (legacy {_ref(lref)}, stream {_ref(sref)}); the change accounts "
+            f"for {accounted} of {mismatched} mismatched pairs ({share:.0%})",
+            figures, tuple(diff), tuple(examples),
+            "roll the stream back to the legacy rule set, or roll the change out to both sides together",
+        )
+    parity = inputs.parity
+    if parity is None:
+        return LayerVerdict("logic", "thin", "same rule set on both sides, but no comparison of this run",
+                            figures, next_step="run segshadow compare on the run's outputs")
+    unexplained = int(parity.get("by_cause", {}).get("unexplained", 0))
+    figures |= {"pairs": parity.get("pairs"), "mismatch": parity.get("mismatch"), "unexplained": unexplained,
+                "by_cause": dict(parity.get("by_cause", {}))}
+    if unexplained:
+        return LayerVerdict("logic", "failing",
+                            f"same rule set {_ref(lref)}, yet {unexplained} unexplained mismatches",
+                            figures, (), (), "read mismatches.jsonl (cause unexplained): a side evaluates the "
+                            "rules differently; reproduce one pair with segshadow rules show and the events listed")
+    return LayerVerdict("logic", "ok", f"both sides ran {_ref(lref)}; no unexplained mismatch", figures)
+
+
+# ---- state ---------------------------------------------------------------------------------------
+
+
+def behind_frontier(events: Sequence[Event]) -> list[int]:
+    """For each event (first arrivals, arrival order): how far its event time is behind the largest
+    event time of the events that arrived before it (0 for a new largest).
+
+    The stream's watermark is that largest time minus the max out-of-orderness,
+    and a too-late event never raises it, so an event is too late exactly when
+    this exceeds ``max_out_of_orderness + allowed_lateness``, whatever the lateness.
+    """
+    out: list[int] = []
+    frontier: int | None = None
+    for e in events:
+        if frontier is None or e.event_time > frontier:
+            frontier = e.event_time
+            out.append(0)
+        else:
+            out.append(frontier - e.event_time)
+    return out
+
+
+@dataclass(frozen=True)
+class LatenessRow:
+    """One candidate allowed lateness: events it drops, how many more it keeps, the extra state it costs."""
+
+    allowed_lateness_ms: int
+    dropped: int
+    dropped_share: float
+    kept_vs_current: int
+    extra_state_facts: int
+    extra_state_share: float
+    suggested: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allowed_lateness": format_duration_ms(self.allowed_lateness_ms),
+            "allowed_lateness_ms": self.allowed_lateness_ms,
+            "dropped": self.dropped,
+            "dropped_share": round(self.dropped_share, 6),
+            "kept_vs_current": self.kept_vs_current,
+            "extra_state_facts": self.extra_state_facts,
+            "extra_state_share": round(self.extra_state_share, 4),
+            "suggested": self.suggested,
+        }
+
+
+def lateness_table(events: Sequence[Event], params: GateParams, span_ms: int) -> list[LatenessRow]:
+    """The premature window closure table: the current allowed lateness and larger candidates."""
+    behind = sorted(behind_frontier(events))
+    n = len(behind)
+    if n == 0:
+        return []
+    ooo, current = params.max_out_of_orderness_ms, params.allowed_lateness_ms
+    event_span = max(e.event_time for e in events) - min(e.event_time for e in events)
+    rate = n / event_span if event_span > 0 else 0.0  # events per ms of event time
+
+    def dropped(allowed: int) -> int:
+        return n - bisect_right(behind, ooo + allowed)
+
+    most = behind[-1] - ooo
+    candidates = sorted({current} | {c for c in CANDIDATE_LATENESS_MS if current < c} )
+    keep: list[int] = []
+    for c in candidates:
+        keep.append(c)
+        if c >= most:
+            break
+    now = dropped(current)
+    rows = []
+    marks: dict[int, str] = {}
+    for share, label in zip(SUGGEST_SHARES, ("suggested", "conservative"), strict=True):
+        fit = next((c for c in keep if c > current and dropped(c) / n <= share), None)
+        if fit is not None and fit not in marks:
+            marks[fit] = label
+    for c in keep:
+        d = dropped(c)
+        extra = max(0, c - current)
+        rows.append(
+            LatenessRow(c, d, d / n, now - d, round(rate * extra), extra / (span_ms + current), marks.get(c))
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class StateInputs:
+    """What the state layer reads: the event log, the stream's parameters and what it reported."""
+
+    events: Sequence[Event]
+    params: GateParams | None
+    span_ms: int
+    stream_too_late: int | None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+
+def state_layer(inputs: StateInputs) -> LayerVerdict:
+    """The state verdict (see the module doc)."""
+    events, params = inputs.events, inputs.params
+    if not events or params is None:
+        return LayerVerdict("state", "thin", "no event log or no stream parameters in the evidence",
+                            next_step="re-run the stream side; its sidecar is missing")
+    behind = behind_frontier(events)
+    limit = params.max_out_of_orderness_ms + params.allowed_lateness_ms
+    n = len(events)
+    too_late = [b > limit for b in behind]
+    dropped = sum(too_late)
+    share = dropped / n
+    per_tenth = [0] * BUCKETS
+    lines_tenth = [0] * BUCKETS
+    lag: list[list[int]] = [[] for _ in range(BUCKETS)]
+    frontier: int | None = None
+    for i, e in enumerate(events):
+        b = min(BUCKETS - 1, i * BUCKETS // n)
+        lines_tenth[b] += 1
+        per_tenth[b] += too_late[i]
+        if frontier is not None:
+            lag[b].append(e.arrival_time - (frontier - params.max_out_of_orderness_ms))
+        if not too_late[i] and (frontier is None or e.event_time > frontier):
+            frontier = e.event_time
+    table = lateness_table(events, params, inputs.span_ms)
+    figures: dict[str, Any] = {
+        "max_out_of_orderness_ms": params.max_out_of_orderness_ms,
+        "allowed_lateness_ms": params.allowed_lateness_ms,
+        "too_late": dropped,
+        "too_late_share": round(share, 6),
+        "stream_reported_too_late": inputs.stream_too_late,
+        "too_late_share_per_tenth": [round(d / c, 6) if c else 0.0 for d, c in zip(per_tenth, lines_tenth,
+                                                                                   strict=True)],
+        "watermark_lag_ms_p50_per_tenth": [_quantile(sorted(v), 0.5) for v in lag],
+        "users_in_state": inputs.metrics.get("users_in_state", "not measured"),
+        "snapshot_and_rebuild_times": "not measured",
+        "lateness_table": [r.to_dict() for r in table],
+    }
+    examples = tuple(
+        f"{e.event_id} ({e.user_id}): event time {format_ms(e.event_time)}, {format_duration_ms(b)} behind the "
+        f"newest event, over the {format_duration_ms(limit)} the stream allows"
+        for e, b, late in zip(events, behind, too_late, strict=True) if late
+    )[:3]
+    suggested = [r for r in table if r.suggested]
+    advice = (
+        "raise --allowed-lateness to " + " or ".join(
+            f"{format_duration_ms(r.allowed_lateness_ms)} ({r.suggested}: drops {r.dropped}, about "
+            f"{r.extra_state_share:.0%} more state)" for r in suggested
+        )
+        if suggested else "raise --allowed-lateness (see the table)"
+    )
+    if inputs.stream_too_late is not None and inputs.stream_too_late != dropped:
+        return LayerVerdict("state", "failing",
+                            f"the stream dropped {inputs.stream_too_late} events as too late where its contract "
+                            f"drops {dropped}", figures, (), examples,
+                            "the stream's admission state is inconsistent: check restores and rebuilds")
+    if share > TOO_LATE_FAILING:
+        return LayerVerdict("state", "failing",
+                            f"premature window closure: {dropped} of {n} events ({share:.1%}) dropped as too late "
+                            f"with allowed lateness {format_duration_ms(params.allowed_lateness_ms)}",
+                            figures, (), examples, advice)
+    if share > TOO_LATE_SUSPECT:
+        return LayerVerdict("state", "suspect", f"{share:.1%} of events dropped as too late", figures, (), examples,
+                            advice)
+    return LayerVerdict("state", "ok", f"{dropped} of {n} events ({share:.2%}) too late; watermark keeps up",
+                        figures)
+
+
+# ---- sink ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SinkInputs:
+    """What the sink layer reads: the stream's sink metrics and counts, and the dual-write counters."""
+
+    metrics: Mapping[str, Any] | None
+    counts: Mapping[str, Any]
+    ingest: Mapping[str, Any] | None
+
+
+def sink_layer(inputs: SinkInputs) -> LayerVerdict:
+    """The sink verdict (see the module doc)."""
+    ingest = inputs.ingest or {}
+    figures: dict[str, Any] = {
+        "consumer_lag": "not measured (replay)",
+        "pending_entries": "not measured (replay)",
+        "journaled": ingest.get("journaled", "not measured"),
+        "journal_pending": ingest.get("journal_pending", "not measured"),
+        "shadow_failures": ingest.get("shadow_failures", "not measured"),
+    }
+    failing: list[str] = []
+    if int(ingest.get("journal_pending") or 0):
+        failing.append(f"dual-write journal still holds {ingest['journal_pending']} events")
+    bundle = (inputs.metrics or {}).get("redis_bundle_ms")
+    writes = int(inputs.counts.get("redis_writes") or 0)
+    retries = int((inputs.counts.get("redis_retries")) or 0)
+    if bundle is None:
+        if failing:
+            return LayerVerdict("sink", "failing", failing[0], figures, tuple(failing), (),
+                                "replay the journal (shadow run again) once Redis is healthy")
+        return LayerVerdict("sink", "thin", "the run recorded no Redis sink timing", figures, (),
+                            (), "re-run with this version: the stream's sidecar then records the sink's timing")
+    per_write = bundle["sum"] / writes if writes else 0.0
+    figures |= {
+        "redis_bundles": bundle["count"],
+        "redis_bundle_ms_mean": bundle["mean"],
+        "redis_bundle_ms_max": bundle["max"],
+        "redis_writes": writes,
+        "redis_ms_per_write": round(per_write, 4),
+        "redis_retries": retries,
+        "redis_latency_quantiles": "not measured (per-bundle totals only)",
+    }
+    if retries:
+        failing.append(f"{retries} Redis writes were retried")
+    if bundle["max"] > SINK_BUNDLE_FAILING_MS and per_write > SINK_WRITE_FAILING_MS:
+        failing.append(
+            f"slow sink: a bundle spent {bundle['max']} ms in Redis, {per_write:.2f} ms a write "
+            f"(backpressure on the pipeline)"
+        )
+    if failing:
+        return LayerVerdict("sink", "failing", failing[0], figures, tuple(failing), (),
+                            "check Redis (latency, slowlog, memory, network) before the pipeline: the stream waits "
+                            "on its writes")
+    if int(ingest.get("journaled") or 0) or bundle["max"] > SINK_BUNDLE_FAILING_MS:
+        return LayerVerdict("sink", "suspect", "Redis was slow or the shadow side failed at times", figures)
+    return LayerVerdict("sink", "ok", f"Redis {per_write:.2f} ms a write, no retries, journal empty", figures)

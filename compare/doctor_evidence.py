@@ -1,0 +1,165 @@
+"""Reading a shadow run's evidence directory for ``compare.doctor`` (the I/O edge of the triage).
+
+Files read, each optional (a layer whose files are missing is ``thin``, never ok):
+``events.jsonl`` (the accepted log), ``ingest.deadletter.jsonl``,
+``shadow.json`` (dual-write counters), ``legacy.jsonl`` and ``stream.jsonl`` with
+their ``.meta.json`` sidecars, ``parity.json``. The legacy definition is the
+shipped rule set its sidecar names (checked by digest); the stream's is the
+``definition`` its sidecar carries (checked by digest). ``InputError`` only when
+the directory itself does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from compare.doctor import (
+    Diagnosis,
+    LineObs,
+    LogicInputs,
+    SinkInputs,
+    StateInputs,
+    diagnose,
+    ingest_layer,
+    logic_layer,
+    sides_at,
+    sink_layer,
+    state_layer,
+)
+from compare.drift import segment_drift
+from segments.errors import InputError, SegshadowError
+from segments.events import Event, iter_lines, load_event_log
+from segments.lateness import GateParams, too_late_ids
+from segments.outputs import meta_path, read_assignments, read_transitions
+from segments.rules import RuleSet, compile_ruleset, load_ruleset
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _line_obs(events_path: Path, dead_path: Path, total_lines: int | None) -> list[LineObs]:
+    accepted = list(iter_lines(events_path)) if events_path.is_file() else []
+    dead = list(iter_lines(dead_path)) if dead_path.is_file() else []
+    lines = total_lines or (len(accepted) + len(dead)) or 1
+    out: list[LineObs] = []
+    for index, (_, text) in enumerate(accepted):
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        out.append(LineObs(index / max(1, len(accepted)), obj if isinstance(obj, dict) else None, None, text))
+    for _, text in dead:
+        try:
+            record = json.loads(text)
+        except ValueError:
+            continue
+        raw = str(record.get("raw", ""))
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        position = min(0.999999, max(0, int(record.get("line", 1)) - 1) / lines)
+        out.append(LineObs(position, obj if isinstance(obj, dict) else None, str(record.get("reason")), raw))
+    return out
+
+
+def _legacy_rules(ref: dict[str, Any]) -> RuleSet | None:
+    try:
+        ruleset = load_ruleset(f"{ref.get('name')}@v{ref.get('version')}")
+    except SegshadowError:
+        return None
+    return ruleset if ruleset.digest == ref.get("digest") else None
+
+
+def _stream_rules(ref: dict[str, Any]) -> RuleSet | None:
+    definition = ref.get("definition")
+    if not isinstance(definition, dict):
+        return _legacy_rules(ref)
+    try:
+        ruleset = compile_ruleset(definition, "the stream sidecar's definition")
+    except SegshadowError:
+        return None
+    return ruleset if ruleset.digest == ref.get("digest") else None
+
+
+def _drift(
+    sides: dict[int, tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]], events: list[Event],
+    segments: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    as_ofs = sorted(sides)
+    arrivals = sorted((e.arrival_time, e.user_id) for e in events)
+    population: dict[int, int] = {}
+    seen: set[str] = set()
+    index = 0
+    for t in as_ofs:
+        while index < len(arrivals) and arrivals[index][0] <= t:
+            seen.add(arrivals[index][1])
+            index += 1
+        population[t] = len(seen)
+    counts: list[dict[int, dict[str, int]]] = [{}, {}]
+    for t, pair in sides.items():
+        for side, sets in enumerate(pair):
+            tally: dict[str, int] = {}
+            for value in sets.values():
+                for name in value:
+                    tally[name] = tally.get(name, 0) + 1
+            counts[side][t] = tally
+    for t in as_ofs:  # a stream user with no arrival by t is still a user at t
+        population[t] = max(population[t], len(sides[t][0].keys() | sides[t][1].keys()))
+    return [r.to_dict() for r in segment_drift(as_ofs, population, counts[0], counts[1], segments)]
+
+
+def examine(run: Path) -> Diagnosis:
+    """Read the run directory ``run`` and diagnose it layer by layer."""
+    if not run.is_dir():
+        raise InputError("no such evidence directory", str(run))
+    shadow = _json(run / "shadow.json") or {}
+    ingest_counts = (shadow.get("counts") or {}).get("ingest")
+    events_path = run / "events.jsonl"
+    log = load_event_log(events_path) if events_path.is_file() else None
+    events = log.events if log is not None else []
+    lines = _line_obs(events_path, run / "ingest.deadletter.jsonl", (ingest_counts or {}).get("lines"))
+    legacy_meta = _json(meta_path(run / "legacy.jsonl")) or {}
+    stream_meta = _json(meta_path(run / "stream.jsonl")) or {}
+    lref = legacy_meta.get("ruleset") or {}
+    sref = stream_meta.get("ruleset") or {}
+    legacy_rules = _legacy_rules(lref) if lref else None
+    stream_rules = _stream_rules(sref) if sref else None
+    reference = legacy_rules or stream_rules
+
+    if reference is None:
+        from compare.doctor import LayerVerdict
+
+        ingest = LayerVerdict("ingest", "thin", "no rule set known for the run: no profile to check against")
+    else:
+        ingest = ingest_layer(lines, events, len(log.duplicates) if log else 0, reference)
+
+    params: GateParams | None = None
+    if "allowed_lateness_ms" in stream_meta and "max_out_of_orderness_ms" in stream_meta:
+        params = GateParams(int(stream_meta["max_out_of_orderness_ms"]), int(stream_meta["allowed_lateness_ms"]))
+    sides = None
+    applied: list[Event] = []
+    as_ofs = [int(t) for t in legacy_meta.get("as_of_times") or []]
+    have_outputs = (run / "legacy.jsonl").is_file() and (run / "stream.jsonl").is_file()
+    if have_outputs and as_ofs and params is not None:
+        sides = sides_at(as_ofs, read_assignments(run / "legacy.jsonl"), read_transitions(run / "stream.jsonl"))
+        dropped = too_late_ids(events, params)
+        applied = [e for e in events if e.event_id not in dropped]
+    parity = _json(run / "parity.json")
+    if parity is not None and (parity.get("ruleset") or {}).get("digest") != sref.get("digest"):
+        parity = None  # a comparison of other outputs than these
+    logic = logic_layer(LogicInputs(lref, sref, legacy_rules, stream_rules, parity, sides, applied))
+
+    counts = stream_meta.get("counts") or {}
+    span = reference.span_ms if reference is not None else 0
+    state = state_layer(StateInputs(events, params, span, counts.get("too_late"), stream_meta.get("metrics") or {}))
+    sink = sink_layer(SinkInputs(stream_meta.get("metrics") if stream_meta else None, counts, ingest_counts))
+    drift = _drift(sides, events, reference.segment_names) if sides and reference is not None else []
+    return diagnose((ingest, logic, state, sink), drift)

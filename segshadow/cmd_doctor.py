@@ -1,0 +1,54 @@
+"""``segshadow doctor``: which layer is at fault (ingest, logic, state, sink), from a run's evidence.
+
+Prints a table (one row a layer: verdict, what shows it, the next step), writes
+``DIR/doctor.json`` and places a section in ``DIR/report.html``. Exit 0 when every
+layer is ok (or only suspect), 1 when a layer fails (the first failing one is
+named), 3 when the evidence is too thin to say, 2 for bad usage.
+``--live`` (the running pipeline's metrics) is not available yet: the stream does
+not publish them; it is refused rather than answered from files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from compare.doctor_evidence import examine
+from compare.doctor_report import write_outputs
+from segments.errors import UsageError
+from segshadow.common import duration
+
+_STYLE = {"ok": "green", "suspect": "yellow", "failing": "bold red", "thin": "magenta"}
+
+
+def doctor(
+    evidence: Annotated[Path, typer.Option("--evidence", help="a shadow run's directory")],
+    live: Annotated[bool, typer.Option("--live", help="also read the running pipeline's metrics (not yet)")] = False,
+    since: Annotated[str, typer.Option("--since", help="with --live: how far back to read")] = "1h",
+) -> None:
+    """Walk the layers in order over a run's evidence; name the first failing one and what to do next."""
+    if duration(since) <= 0:
+        raise UsageError("--since must be positive")
+    if live:
+        raise UsageError("--live: the stream does not publish live health metrics yet; use --evidence DIR alone")
+    diagnosis = examine(evidence)
+    write_outputs(evidence, diagnosis)
+    table = Table(title=f"segshadow doctor: {evidence}")
+    for column in ("layer", "verdict", "what shows it", "next step"):
+        table.add_column(column, overflow="fold")
+    for layer in diagnosis.layers:
+        shown = layer.summary + "".join(f"\n- {f}" for f in layer.findings[:4] if f != layer.summary)
+        table.add_row(layer.layer, f"[{_STYLE[layer.verdict]}]{layer.verdict}[/]", shown, layer.next_step)
+    Console(width=160).print(table)
+    typer.echo(diagnosis.headline)
+    typer.echo(f"doctor.json: {evidence / 'doctor.json'}")
+    raise typer.Exit(diagnosis.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``segshadow doctor`` to the top-level app."""
+    app.command("doctor")(doctor)
