@@ -337,6 +337,12 @@ class TimedShadow:
     def healthy(self) -> bool:
         return self.inner.healthy()
 
+    def reseed(self, batches: Sequence[Batch], end: tuple[int, int]) -> None:
+        self.inner.reseed(batches, end)
+
+    def verify(self, end: tuple[int, int]) -> None:
+        self.inner.verify(end)
+
     def reached(self) -> dict[int, int]:
         """Sequence number -> when it first reached the shadow (a replayed entry keeps its first success)."""
         out: dict[int, int] = {}
