@@ -53,7 +53,9 @@ end
 # arrivals, sequence counting up), an id the log already holds skipped, any other error returned
 # (entries before it stay; the caller journals the batch and the replay skips them). First, a log
 # whose last id is before the batch's predecessor lost entries: nothing is appended, LOST returned.
-_APPEND = _HELD + """
+_APPEND = (
+    _HELD
+    + """
 local key, field = KEYS[1], ARGV[1]
 local ms, seq = tonumber(ARGV[2]), tonumber(ARGV[3])
 local arrivals, lines = ARGV[4], ARGV[5]
@@ -87,6 +89,7 @@ for i = 0, #arrivals / 8 - 1 do
 end
 return added
 """
+)
 
 
 # The end of a re-seed: the log's last id becomes ARGV[1] (a log with no entry is made, empty, with it).
@@ -102,9 +105,12 @@ return 1
 """
 
 # The log's last id.
-_LAST = _HELD + """
+_LAST = (
+    _HELD
+    + """
 return held(KEYS[1])
 """
+)
 
 _LOST = "SEGSHADOW_LOST"
 
