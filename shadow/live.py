@@ -409,13 +409,32 @@ class TimedShadow:
 # ---- the stream's child process ------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel SIGKILLs it when its parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+
+
 class StreamProcess:
-    """``segshadow stream live`` in a child process; its output goes to ``stream.log``."""
+    """``segshadow stream live`` in a child process; its output goes to ``stream.log``.
+
+    The child dies with this process, even when this one is SIGKILLed (on Linux):
+    an orphan would go on reading the next run's log into the same stores.
+    """
 
     def __init__(self, command: list[str], log_path: Path) -> None:
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 -- closed in ``close``
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.process = subprocess.Popen(
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
 
     def check(self) -> None:
         """Raise ``LiveRunFailed`` if the child has already exited."""
