@@ -97,7 +97,7 @@ _FIELD_BYTES = FIELD.encode()
 
 def _line_of(fields: Any) -> str:
     """The event line in an entry's fields: a dict (redis-py's XRANGE) or the raw flat list [field, value, ...]
-    (XREADGROUP here); empty if the entry has none (or was deleted while pending)."""
+    (XRANGE here, raw); empty if the entry has none."""
     if isinstance(fields, dict):
         raw = fields.get(_FIELD_BYTES)
     elif fields and fields[0] == _FIELD_BYTES:

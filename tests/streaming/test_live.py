@@ -93,7 +93,7 @@ def test_an_entry_line_is_found_in_every_shape_redis_returns():
     from streaming.live import _line_of
 
     assert _line_of({b"e": b'{"a":1}'}) == '{"a":1}'  # redis-py's XRANGE
-    assert _line_of([b"e", b'{"a":1}']) == '{"a":1}'  # raw XREADGROUP
+    assert _line_of([b"e", b'{"a":1}']) == '{"a":1}'  # raw XRANGE
     assert _line_of([b"source", b"web", b"e", b"x\xffy"]) == "x\udcffy"  # other fields first; bad UTF-8 kept
     assert _line_of([b"source", b"web"]) == ""  # no event field: parsed as an empty line, dead-lettered
     assert _line_of(None) == ""  # an entry deleted while pending
