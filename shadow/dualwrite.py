@@ -33,9 +33,27 @@ what partly got through adds nothing twice and keeps the order. The ids are
 computed where they are used (by the shadow server for direct writes, in Python
 only for journaling), never on the caller's thread.
 
+**A log that lost entries** (Redis restarted without persistence, a flush, a
+failover to an empty or lagging replica) is noticed by the write that follows:
+the shadow refuses a batch when its log ends before the batch's predecessor
+(``LogLost``; ``shadow.targets`` checks the log's last id in the same server call
+as the append). The thread then **re-seeds** the log from the primary, the
+source of truth: the primary's events before the batch's first one (by
+``(arrival_time, seq)``, the primary's arrival order), in that order, as a fresh
+log whose last id is then set to the batch's predecessor; the batch (and the
+journal after it) follows as it would have. Duplicates are not re-sent (the
+primary keeps the first arrival of each id only), so the re-seeded log holds
+each event once. A reader that had already applied re-sent events counts them
+as duplicates (its dedup is its own, not Redis's). Each re-seed is recorded
+(``DualWriter.reseeds``): when the shadow first failed and when the loss was
+noticed (wall clock), where the log ended and where it should have, the lines
+before the batch and how many events were re-sent. ``close`` checks the log's
+end once more, so a loss after the last write is repaired too.
+
 Counters: ``written`` (primary rows), ``shadowed`` (reached the shadow
 directly), ``journaled``, ``replayed``, ``rejected`` (lines that failed
-validation at ingest; they go to the ingest dead letters and to neither side).
+validation at ingest; they go to the ingest dead letters and to neither side),
+``reseeds`` and ``resent`` (events re-sent from the primary by them).
 """
 
 from __future__ import annotations
@@ -50,7 +68,9 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Protocol
 
+from segments.errors import SegshadowError
 from segments.events import Event
+from segments.timeutil import Clock, wall_clock_ms
 from shadow.journal import Journal
 
 log = logging.getLogger("segshadow.shadow")
@@ -59,19 +79,27 @@ Entry = tuple[str, str]
 """(log id, raw JSON line)."""
 
 _ARRIVAL = itemgetter(5)  # Event.arrival_time, read in C
-assert Event._fields[5] == "arrival_time"
+_SEQ = itemgetter(7)  # Event.seq
+assert Event._fields[5] == "arrival_time" and Event._fields[7] == "seq"
+Key = tuple[int, int]
+"""An event's place in the primary's arrival order: ``(arrival_time, seq)``."""
 COALESCE_ENTRIES = 20_000  # at most this many entries per shadow call
 
 
 @dataclass(frozen=True)
 class Batch:
     """Consecutive log entries: entry ``i`` has id ``{m_i}-{after_seq + i + 1}`` where ``m_i`` is the largest of
-    ``after_ms`` and ``arrivals[0..i]``; its line is ``lines[i]`` (one JSON line, no newline)."""
+    ``after_ms`` and ``arrivals[0..i]``; its line is ``lines[i]`` (one JSON line, no newline).
+
+    ``seqs``, when known, are the events' input positions (``Event.seq``), so that
+    ``(arrivals[i], seqs[i])`` is entry ``i``'s place in the primary (``key``).
+    """
 
     after_ms: int
     after_seq: int
     arrivals: Sequence[int]
     lines: Sequence[str]
+    seqs: Sequence[int] | None = None
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -96,14 +124,20 @@ class Batch:
     def entries(self) -> list[Entry]:
         return list(zip(self.ids(), self.lines, strict=True))
 
+    def key(self, index: int) -> Key | None:
+        """Entry ``index``'s place in the primary's arrival order, when the batch knows it."""
+        return None if self.seqs is None else (self.arrivals[index], self.seqs[index])
+
     def packed_arrivals(self) -> bytes:
         """The arrivals as little-endian doubles (exact below 2**53 ms), for the shadow server."""
         return struct.pack(f"<{len(self.arrivals)}d", *self.arrivals)
 
     @classmethod
-    def runs_of(cls, entries: Sequence[Entry]) -> list[Batch]:
+    def runs_of(cls, entries: Sequence[Entry], seqs: Sequence[int] | None = None) -> list[Batch]:
         """Batches giving exactly these ids and lines, in order: one per run of consecutive ``seq`` with
-        non-decreasing ``ms`` (a journal written by this module is one run)."""
+        non-decreasing ``ms`` (a journal written by this module is one run). ``seqs`` (one per entry, the
+        events' input positions) carry over; the arrivals are the ids' ``ms``, which equal the events'
+        arrival times when the lines came in arrival order."""
         out: list[Batch] = []
         start = 0
         parsed = [(int(ms), int(seq)) for ms, seq in (entry_id.split("-", 1) for entry_id, _ in entries)]
@@ -112,26 +146,70 @@ class Batch:
                 continue
             first_ms, first_seq = parsed[start]
             run = parsed[start:k]
-            out.append(cls(first_ms, first_seq - 1, [ms for ms, _ in run], [line for _, line in entries[start:k]]))
+            lines = [line for _, line in entries[start:k]]
+            positions = list(seqs[start:k]) if seqs is not None else None
+            out.append(cls(first_ms, first_seq - 1, [ms for ms, _ in run], lines, positions))
             start = k
         return out
 
 
+class LogLost(SegshadowError):
+    """The shadow log ends before the entry a write follows: it lost entries (module doc).
+
+    ``ends_at`` is the log's last id as found (``0-0`` for none), ``expected`` the id it should
+    have reached. Exit code 1 if it ever reaches the user (a run that failed part-way).
+    """
+
+    exit_code = 1
+
+    def __init__(self, ends_at: str, expected: str) -> None:
+        super().__init__(f"the shadow log lost entries: it ends at {ends_at}, expected at least {expected}")
+        self.ends_at = ends_at
+        self.expected = expected
+
+
 class Primary(Protocol):
-    """The side whose write decides success (legacy: the SQL events table)."""
+    """The side whose write decides success (legacy: the SQL events table), and the source of truth."""
 
     def write(self, events: Sequence[Event]) -> int: ...
+
+    def before(self, key: Key | None) -> list[Event]:
+        """The stored events placed before ``key`` (all with None), in arrival order (see ``Key``)."""
+        ...
 
 
 class Shadow(Protocol):
     """The side written in the background (stream: the Redis Stream); raises on failure.
 
-    ``write`` must skip entries whose id it already holds (and only those).
+    ``write`` must skip entries whose id it already holds (and only those), and raise
+    ``LogLost`` when the log's last id is before the batch's predecessor (seq below
+    ``after_seq``). ``reseed`` starts the log again with ``batches`` (dropping what is
+    left of it) and makes ``end`` its last id; ``verify`` raises ``LogLost`` when the
+    log ends before ``end``.
     """
 
     def write(self, batch: Batch) -> None: ...
 
     def healthy(self) -> bool: ...
+
+    def reseed(self, batches: Sequence[Batch], end: tuple[int, int]) -> None: ...
+
+    def verify(self, end: tuple[int, int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reseed:
+    """One repair of a log that lost entries (wall-clock ms; see the module doc)."""
+
+    noticed_at_ms: int
+    down_since_ms: int | None  # the first failed shadow call before it, if the writer saw one
+    log_ended_at: str
+    expected_at: str
+    lines_before: int  # lines this writer had put in the log before the repaired point
+    resent: int
+
+    def to_dict(self) -> dict[str, int | str | None]:
+        return dict(vars(self))
 
 
 @dataclass
@@ -142,6 +220,8 @@ class DualWriteCounts:
     replayed: int = 0
     rejected: int = 0
     shadow_failures: int = 0
+    reseeds: int = 0
+    resent: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -160,6 +240,7 @@ class DualWriter:
         sleep: Callable[[float], None] = time.sleep,
         after_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Clock = wall_clock_ms,
     ) -> None:
         """``after_id``: the shadow log's last id, when it already holds entries; new ids follow it.
 
@@ -174,6 +255,9 @@ class DualWriter:
         self._retry_every_s = retry_every_s
         self._sleep = sleep
         self._clock = clock
+        self._wall_clock = wall_clock
+        self._down_since: int | None = None  # wall ms of the first failed shadow call of the current outage
+        self.reseeds: list[Reseed] = []
         self._retry_at = float("-inf")  # the shadow is not tried before this (after a failure)
         self._lock = threading.Lock()  # guards the journal between the thread and close/replay_journal
         self._wake = threading.Condition()
@@ -182,6 +266,7 @@ class DualWriter:
         self._stopping = False
         ms, seq = (int(part) for part in after_id.split("-")) if after_id else (0, 0)
         self._position = (ms, seq)  # the last id given out (touched by the background thread only)
+        self._first_seq = seq
         self._worker = threading.Thread(target=self._run, name="segshadow-shadow-writer", daemon=True)
         self._worker.start()
 
@@ -242,7 +327,7 @@ class DualWriter:
             events = [event for part, _ in taken for event in part]
             lines = [line for _, part in taken for line in part]
         ms, seq = self._position
-        batch = Batch(ms, seq, list(map(_ARRIVAL, events)), lines)
+        batch = Batch(ms, seq, list(map(_ARRIVAL, events)), lines, list(map(_SEQ, events)))
         self._position = batch.end
         return batch
 
@@ -251,18 +336,59 @@ class DualWriter:
             self._to_journal(batch, "journal not yet replayed")
             return
         try:
-            self.shadow.write(batch)
+            self._send(batch)
             self.counts.shadowed += len(batch)
         except Exception as exc:  # a shadow failure must never reach the primary path
-            self.counts.shadow_failures += 1
-            self._retry_at = self._clock() + self._retry_every_s
+            self._failed()
             self._to_journal(batch, f"{type(exc).__name__}: {exc}")
+
+    def _failed(self) -> None:
+        self.counts.shadow_failures += 1
+        self._retry_at = self._clock() + self._retry_every_s
+        if self._down_since is None:
+            self._down_since = self._wall_clock()
+
+    def _send(self, batch: Batch) -> None:
+        """Write ``batch``; when the log lost entries before it, re-seed the log first (module doc)."""
+        try:
+            self.shadow.write(batch)
+        except LogLost as lost:
+            first = batch.key(0) if len(batch) else None
+            if first is None:
+                raise  # a batch without places (not from ``write``) cannot say which events precede it
+            self._reseed(first, (batch.after_ms, batch.after_seq), lost)
+            self.shadow.write(batch)
+        self._down_since = None
+
+    def _reseed(self, first: Key | None, end: tuple[int, int], lost: LogLost) -> None:
+        """Re-send the primary's events before ``first`` (all of them with None) as a fresh log ending at ``end``."""
+        events = self.primary.before(first)
+        batches: list[Batch] = []
+        ms, seq = 0, 0
+        for start in range(0, len(events), COALESCE_ENTRIES):
+            part = events[start : start + COALESCE_ENTRIES]
+            batch = Batch(ms, seq, list(map(_ARRIVAL, part)), [e.to_json() for e in part], list(map(_SEQ, part)))
+            batches.append(batch)
+            ms, seq = batch.end
+        if (ms, seq) > end:
+            raise SegshadowError(
+                f"cannot re-seed the shadow log: the primary holds {len(events)} events before {end[0]}-{end[1]}, "
+                "more than the log had lines"
+            ) from lost
+        noticed = self._wall_clock()
+        log.warning("%s; re-seeding it with the primary's %d events before that point", lost, len(events))
+        self.shadow.reseed(batches, end)
+        self.counts.reseeds += 1
+        self.counts.resent += len(events)
+        lines_before = end[1] - self._first_seq
+        self.reseeds.append(Reseed(noticed, self._down_since, lost.ends_at, lost.expected, lines_before, len(events)))
 
     def _to_journal(self, batch: Batch, why: str) -> None:
         with self._lock:
             if self.journal.pending == 0:
                 log.warning("shadow write diverted to the journal: %s", why)
-            self.journal.append([f"{entry_id} {line}" for entry_id, line in batch.entries()])
+            seqs = batch.seqs if batch.seqs is not None else ["-"] * len(batch)
+            self.journal.append([f"{i} {q} {line}" for (i, line), q in zip(batch.entries(), seqs, strict=True)])
             self.counts.journaled += len(batch)
 
     def _replay(self, force: bool = False) -> bool:
@@ -279,12 +405,11 @@ class DualWriter:
             try:
                 replayed = 0
                 for chunk in self.journal.drain():
-                    for batch in Batch.runs_of([tuple(line.split(" ", 1)) for line in chunk]):  # type: ignore[misc]
-                        self.shadow.write(batch)
+                    for batch in _journaled(chunk):
+                        self._send(batch)
                         replayed += len(batch)
             except Exception as exc:
-                self.counts.shadow_failures += 1
-                self._retry_at = self._clock() + self._retry_every_s
+                self._failed()
                 log.warning("journal replay failed, will retry: %s", exc)
                 return False
             self.journal.commit()
@@ -313,7 +438,28 @@ class DualWriter:
             self._sleep(self._retry_every_s)
         if self.journal.pending:
             log.warning("%d events stay journaled for the shadow side (it is still down)", self.journal.pending)
+            return
+        try:
+            self.shadow.verify(self._position)
+        except LogLost as lost:  # lost after the last write: nothing else would notice
+            try:
+                self._reseed(None, self._position, lost)
+            except Exception as exc:
+                log.warning("could not re-seed the shadow log after the last write: %s", exc)
+        except Exception as exc:
+            log.warning("could not check the shadow log's end: %s", exc)
 
     def replay_journal(self) -> bool:
         """Replay now (e.g. after an outage, from an operator command); True when nothing is left."""
         return not self.journal.pending or self._replay(force=True)
+
+
+def _journaled(chunk: Sequence[str]) -> list[Batch]:
+    """Journal lines (``{id} {seq or -} {line}``) back into batches with their ids and places."""
+    entries: list[Entry] = []
+    seqs: list[int] = []
+    for text in chunk:
+        entry_id, seq, line = text.split(" ", 2)
+        entries.append((entry_id, line))
+        seqs.append(int(seq) if seq != "-" else -1)
+    return Batch.runs_of(entries, seqs if -1 not in seqs else None)

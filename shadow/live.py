@@ -51,6 +51,19 @@ Latency is measured, not modelled:
 - **dual-write** (``live.json``): the primary write call per batch, and per event
   the time from ingest until its XADD returned.
 
+**Redis trouble** does not end the run. The dual-writer journals while the
+shadow Redis is down and, when the log came back without its entries (a
+restart without persistence, a flush), re-seeds it from the SQL events table
+(``shadow.dualwrite``); the child recreates its consumer group and reads the log
+again, counting what it had applied as duplicates (``streaming.live``); the
+legacy schedule's serving-store writes that fail are retried with the next as-of
+(SQL holds every as-of; Redis only serves them). ``live.json`` says what
+happened under ``counts.recovery``: each re-seed (when the shadow first failed,
+when the loss was noticed, where the log ended, events re-sent), each regroup of
+the stream and the serving writes that failed; ``counts.stream.admission`` is
+the child's own accounting of every line it read (``re_read``: lines read beyond
+the events accepted, the re-sent events it had already applied).
+
 A live run needs ``duration`` longer than ``every`` plus the max
 out-of-orderness, or no as-of can be settled (``UsageError`` before anything runs).
 """
@@ -59,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -80,24 +94,27 @@ from legacy_batch.job import AsOfRun, LegacyReport, LegacyWriterSink, run_as_of
 from legacy_batch.query import build_query
 from legacy_batch.schedule import as_of_times
 from segments.durations import format_duration_ms
-from segments.errors import SegshadowError, UsageError
+from segments.errors import SegshadowError, StoreUnavailable, UsageError
 from segments.events import Event, Rejection, load_event_log, parse_line, write_jsonl
 from segments.lateness import NO_WATERMARK, Gate, GateParams, too_late_ids
 from segments.outputs import Transition, file_sha256, meta_path, read_transitions, write_meta
 from segments.redisstore import RedisStore
 from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
-from segments.timeutil import Clock, wall_clock_ms
+from segments.timeutil import Clock, format_ms, wall_clock_ms
 from segments.workloads import WORKLOADS, generate
 from shadow.dualwrite import Batch, DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
+from streaming.live import source_counts_path
 
 GROUP = "segshadow-shadow-live"
 TICK_S = 0.010
 STREAM_START_TIMEOUT_S = 180.0
 STREAM_EXIT_SLACK_S = 60.0
 LATENCY_FILE = "stream_latency.txt"
+
+log = logging.getLogger("segshadow.shadow")
 
 
 class LiveRunFailed(SegshadowError):
@@ -279,6 +296,36 @@ class LiveAsOf:
     visible_ms: float
 
 
+class ServingSink:
+    """The legacy schedule's serving-store writes; a failed one (Redis down) is kept and retried, never fatal.
+
+    SQL holds every as-of; the Redis ``legacy`` namespace only serves the latest, so
+    after a failure only the newest snapshot is pending: the next as-of's write (or
+    ``retry``) replaces it.
+    """
+
+    def __init__(self, serving: RedisStore) -> None:
+        self.inner = LegacyWriterSink(serving)
+        self.failures = 0
+        self.pending: tuple[int, Sequence[tuple[str, frozenset[str]]]] | None = None
+
+    def write_assignments(self, as_of: int, rows: Sequence[tuple[str, frozenset[str]]]) -> object:
+        try:
+            written = self.inner.write_assignments(as_of, rows)
+        except StoreUnavailable as exc:
+            self.failures += 1
+            self.pending = (as_of, rows)
+            log.warning("legacy as-of %s is in SQL but not yet in the serving store: %s", format_ms(as_of), exc)
+            return 0
+        self.pending = None
+        return written
+
+    def retry(self) -> None:
+        """Write the pending snapshot, if any, once more."""
+        if self.pending is not None:
+            self.write_assignments(*self.pending)
+
+
 class LegacySchedule(threading.Thread):
     """Runs each as-of when ingest has committed everything that arrived by it (see ``Frontier``)."""
 
@@ -294,6 +341,8 @@ class LegacySchedule(threading.Thread):
         self.clock = clock
         self.runs: list[LiveAsOf] = []
         self.error: BaseException | None = None
+        self.serving_failures = 0
+        self.serving_pending: int | None = None  # an as-of the serving store still misses at the end
 
     def run(self) -> None:
         try:
@@ -304,15 +353,20 @@ class LegacySchedule(threading.Thread):
     def _run(self) -> None:
         query = build_query(self.ruleset)
         with SqlStore.open(self.database_url) as store, RedisStore.open(self.redis_url) as serving:
-            sink = LegacyWriterSink(serving)
-            first = self.frontier.wait_first()
-            if first is None:
-                return
-            t = as_of_times(first, first, self.every_ms)[0]
-            while self.frontier.wait_for(t):
-                result = run_as_of(store, query, t, sink, self.clock)
-                self.runs.append(LiveAsOf(result, float(self.clock() - t)))
-                t += self.every_ms
+            sink = ServingSink(serving)
+            try:
+                first = self.frontier.wait_first()
+                if first is None:
+                    return
+                t = as_of_times(first, first, self.every_ms)[0]
+                while self.frontier.wait_for(t):
+                    result = run_as_of(store, query, t, sink, self.clock)
+                    self.runs.append(LiveAsOf(result, float(self.clock() - t)))
+                    t += self.every_ms
+                sink.retry()
+            finally:
+                self.serving_failures = sink.failures
+                self.serving_pending = sink.pending[0] if sink.pending is not None else None
 
     def join_checked(self) -> list[LiveAsOf]:
         self.join()
@@ -337,6 +391,12 @@ class TimedShadow:
     def healthy(self) -> bool:
         return self.inner.healthy()
 
+    def reseed(self, batches: Sequence[Batch], end: tuple[int, int]) -> None:
+        self.inner.reseed(batches, end)
+
+    def verify(self, end: tuple[int, int]) -> None:
+        self.inner.verify(end)
+
     def reached(self) -> dict[int, int]:
         """Sequence number -> when it first reached the shadow (a replayed entry keeps its first success)."""
         out: dict[int, int] = {}
@@ -349,13 +409,32 @@ class TimedShadow:
 # ---- the stream's child process ------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel SIGKILLs it when its parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+
+
 class StreamProcess:
-    """``segshadow stream live`` in a child process; its output goes to ``stream.log``."""
+    """``segshadow stream live`` in a child process; its output goes to ``stream.log``.
+
+    The child dies with this process, even when this one is SIGKILLed (on Linux):
+    an orphan would go on reading the next run's log into the same stores.
+    """
 
     def __init__(self, command: list[str], log_path: Path) -> None:
         self.log_path = log_path
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 -- closed in ``close``
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.process = subprocess.Popen(
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ),
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
 
     def check(self) -> None:
         """Raise ``LiveRunFailed`` if the child has already exited."""
@@ -436,7 +515,9 @@ def drained(client: redis.Redis, stream_key: str, group: str) -> tuple[bool, int
     length = int(client.xlen(stream_key))
     if length == 0:
         return True, 0, 0
-    last = _text(client.xinfo_stream(stream_key)["last-generated-id"])
+    # The last entry's id: after a re-seed the log's last-generated id may lie past every entry.
+    newest: Any = client.xrevrange(stream_key, count=1)
+    last = _text(newest[0][0])
     for info in client.xinfo_groups(stream_key):
         if _text(info["name"]) == group:
             delivered = _text(info["last-delivered-id"])
@@ -546,7 +627,8 @@ def run_live(
     out = plan.out
     begin(out)  # sealed last (``compare.manifest``); until then the directory says it is incomplete
     paths = {name: out / name for name in ("events.jsonl", "legacy.jsonl", "stream.jsonl", "journal.jsonl")}
-    for path in (*paths.values(), *(meta_path(p) for p in paths.values()), out / LATENCY_FILE):
+    olds = (*paths.values(), *(meta_path(p) for p in paths.values()), out / LATENCY_FILE)
+    for path in (*olds, source_counts_path(paths["stream.jsonl"])):
         path.unlink(missing_ok=True)  # a run owns its directory: nothing from an earlier run may vouch for it
     items = workload_items(plan.workload, plan.lines, plan.seed)
     stream_key = f"segshadow:shadow:live:{plan.ruleset.name}:events"
@@ -640,6 +722,8 @@ def run_live(
     seconds["compare"] = round(time.perf_counter() - start, 3)
 
     counts = _counts(plan, ingested, writer, legacy, runs, unsettled, transitions, unattributed)
+    counts["stream"].update(_admission(source_counts_path(paths["stream.jsonl"]), len(ingested.events)))
+    counts["recovery"] = _recovery(writer, counts["stream"], schedule)
     reached = timed.reached()
     shadow_lag = [
         reached[seq] - event.arrival_time for seq, event in enumerate(ingested.events, start=1) if seq in reached
@@ -721,6 +805,36 @@ def _write_stream_meta(
             "counts": {"transitions": transitions},
         },
     )
+
+
+def _admission(path: Path, accepted: int) -> dict[str, Any]:
+    """The child's own accounting (``streaming.live``): every line it read, and how many beyond the accepted."""
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"admission": None, "re_read": None}
+    regroups = found.pop("regroups", [])
+    return {"admission": found, "re_read": int(found["lines"]) - accepted, "regroups": regroups}
+
+
+def _recovery(writer: DualWriter, stream: dict[str, Any], schedule: LegacySchedule) -> dict[str, Any]:
+    """What the run survived: log re-seeds, stream regroups and failed serving writes (module doc)."""
+
+    def stamp(ms: int | None) -> str | None:
+        return None if ms is None else format_ms(ms)
+
+    reseeds = [
+        {**r.to_dict(), "noticed_at": stamp(r.noticed_at_ms), "down_since": stamp(r.down_since_ms)}
+        for r in writer.reseeds
+    ]
+    regroups = [{**g, "at": stamp(g["at_ms"])} for g in stream.get("regroups", [])]
+    return {
+        "reseeds": reseeds,
+        "resent": writer.counts.resent,
+        "stream_regroups": regroups,
+        "serving_write_failures": schedule.serving_failures,
+        "serving_pending_as_of": schedule.serving_pending,
+    }
 
 
 def _counts(

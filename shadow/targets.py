@@ -8,7 +8,7 @@ import redis
 
 from segments.events import Event
 from segments.sqlstore import SqlStore
-from shadow.dualwrite import Batch
+from shadow.dualwrite import Batch, Key, LogLost
 from streaming.live import EVENTS_STREAM, FIELD
 
 
@@ -21,15 +21,51 @@ class SqlEventsPrimary:
     def write(self, events: Sequence[Event]) -> int:
         return self.store.insert_events(events)
 
+    def before(self, key: Key | None) -> list[Event]:
+        """The stored events placed before ``key`` (all with None), in arrival order: what a re-seed re-sends."""
+        found: list[Event] = []
+        events = self.store.iter_events()
+        try:
+            for event in events:
+                if key is not None and (event.arrival_time, event.seq) >= key:
+                    break
+                found.append(event)
+        finally:
+            close = getattr(events, "close", None)  # a generator: release its connection now
+            if close is not None:
+                close()
+        return found
+
+
+# The sequence part of the log's last id ("0-0" when there is no log), in a script.
+_HELD = """
+local function held(key)
+  if redis.call('EXISTS', key) == 0 then return '0-0' end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then return info[i + 1] end
+  end
+  return '0-0'
+end
+"""
 
 # One call appends a whole batch: ids computed here exactly as ``Batch.ids`` does (running max of the
 # arrivals, sequence counting up), an id the log already holds skipped, any other error returned
-# (entries before it stay; the caller journals the batch and the replay skips them).
-_APPEND = """
+# (entries before it stay; the caller journals the batch and the replay skips them). First, a log
+# whose last id is before the batch's predecessor lost entries: nothing is appended, LOST returned.
+_APPEND = (
+    _HELD
+    + """
 local key, field = KEYS[1], ARGV[1]
 local ms, seq = tonumber(ARGV[2]), tonumber(ARGV[3])
 local arrivals, lines = ARGV[4], ARGV[5]
 local pos, added = 1, 0
+if seq > 0 then
+  local last = held(key)
+  if tonumber(string.match(last, '%-(%d+)$')) < seq then
+    return redis.error_reply('SEGSHADOW_LOST ' .. last)
+  end
+end
 for i = 0, #arrivals / 8 - 1 do
   local arrival = struct.unpack('<d', arrivals, i * 8 + 1)
   if arrival > ms then ms = arrival end
@@ -53,6 +89,30 @@ for i = 0, #arrivals / 8 - 1 do
 end
 return added
 """
+)
+
+
+# The end of a re-seed: the log's last id becomes ARGV[1] (a log with no entry is made, empty, with it).
+_SEAL = """
+local key, id = KEYS[1], ARGV[1]
+if redis.call('EXISTS', key) == 0 then
+  redis.call('XADD', key, id, ARGV[2], '')
+  redis.call('XDEL', key, id)
+else
+  redis.call('XSETID', key, id)
+end
+return 1
+"""
+
+# The log's last id.
+_LAST = (
+    _HELD
+    + """
+return held(KEYS[1])
+"""
+)
+
+_LOST = "SEGSHADOW_LOST"
 
 
 def _bulk(value: bytes) -> bytes:
@@ -67,6 +127,8 @@ class RedisStreamShadow:
     a batch whose lines hold a newline falls back to one pipelined ``XADD`` per
     entry. No client-side retry: a failure is the dual-writer's signal to journal.
     An id the stream already holds (a write that got through before a timeout) is skipped.
+    A log whose last id's sequence is below the batch's ``after_seq`` lost entries:
+    the write raises ``LogLost`` and appends nothing (checked in the same script).
     """
 
     def __init__(self, url: str, stream_key: str = EVENTS_STREAM, timeout_s: float = 1.0) -> None:
@@ -74,6 +136,8 @@ class RedisStreamShadow:
         self.stream_key = stream_key
         self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
         self._script = self.client.register_script(_APPEND)
+        self._seal = self.client.register_script(_SEAL)
+        self._last = self.client.register_script(_LAST)
         self._head = _bulk(stream_key.encode()) + _bulk(FIELD.encode())
 
     def write(self, batch: Batch) -> None:
@@ -92,9 +156,14 @@ class RedisStreamShadow:
             b"$%d\r\n" % len(lines), lines, b"\r\n",
         ]  # fmt: skip
         try:
-            self._call(b"EVALSHA", self._script.sha.encode(), tail)
-        except redis.exceptions.NoScriptError:
-            self._call(b"EVAL", _APPEND.encode(), tail)  # loads it for the next EVALSHA
+            try:
+                self._call(b"EVALSHA", self._script.sha.encode(), tail)
+            except redis.exceptions.NoScriptError:
+                self._call(b"EVAL", _APPEND.encode(), tail)  # loads it for the next EVALSHA
+        except redis.ResponseError as exc:
+            if _LOST in str(exc):
+                raise LogLost(str(exc).split()[-1], f"{batch.after_ms}-{batch.after_seq}") from None
+            raise
 
     def _call(self, command: bytes, script: bytes, tail: list[bytes]) -> None:
         """One ``EVAL``/``EVALSHA`` packed by hand (redis-py would encode each argument in Python)."""
@@ -111,6 +180,7 @@ class RedisStreamShadow:
             pool.release(conn)
 
     def _write_each(self, batch: Batch) -> None:
+        self.verify((batch.after_ms, batch.after_seq))
         pipe = self.client.pipeline(transaction=False)
         for entry_id, line in batch.entries():
             pipe.xadd(self.stream_key, {FIELD: line}, id=entry_id)
@@ -134,6 +204,22 @@ class RedisStreamShadow:
         text = last.decode() if isinstance(last, bytes) else str(last)
         return None if text == "0-0" else text
 
+    def verify(self, end: tuple[int, int]) -> None:
+        """``LogLost`` when the log's last id's sequence is below ``end``'s (it lost entries)."""
+        held = _text(self._last(keys=[self.stream_key]))
+        if int(held.split("-")[1]) < end[1]:
+            raise LogLost(held, f"{end[0]}-{end[1]}")
+
+    def reseed(self, batches: Sequence[Batch], end: tuple[int, int]) -> None:
+        """Start the log again: what is left of it is deleted (its ids could hide the new ones; its consumer
+        group goes with it), ``batches`` are appended, then ``end`` becomes the log's last id."""
+        if _text(self._last(keys=[self.stream_key])) != "0-0":
+            self.client.delete(self.stream_key)
+        for batch in batches:
+            self.write(batch)
+        if end != (0, 0):
+            self._seal(keys=[self.stream_key], args=[f"{end[0]}-{end[1]}", FIELD])
+
     def length(self) -> int:
         return int(self.client.xlen(self.stream_key))
 
@@ -143,3 +229,7 @@ class RedisStreamShadow:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,32 +1,59 @@
-"""``stream live``: the same pipeline fed from a Redis Stream through a consumer group.
+"""``stream live``: the same pipeline fed from a Redis Stream, the dual-writer's event log.
 
 Beam Python has no Redis source, so this is one: ``Ticks`` (a splittable DoFn,
 run live by FnApiRunner; see ``streaming.ticks``) ticks every ``poll_ms`` and
 keeps each bundle open for ``hold_ms``, and ``PollAndAdmit`` reads what arrived
-since the last tick with ``XREADGROUP``,
-runs the same ``Admission`` as replay (the stream entry order is the arrival
-order), and emits per-shard batches to the same ``SegmentShard`` and sinks.
+since the last tick, runs the same ``Admission`` as replay (the log's entry order
+is the arrival order), and emits per-shard batches to the same ``SegmentShard``
+and sinks.
 
-Recovery (a choice, documented in docs/streaming.md): per-user window state is
-**rebuilt from the event log** on start. The Redis Stream is the log; on start the
-source re-reads it from the beginning (``XRANGE``), which re-applies every event
-in its original order, so the gate, dedup and every shard's state come back
-exactly as they were; the re-emitted transitions are identical (same effective
-times and revisions), and the sinks are idempotent, so re-delivery changes
-nothing. Then the group's cursor is moved to the last entry replayed and new
-entries are read with ``XREADGROUP >`` and acknowledged once admitted. Nothing
-read is lost on a crash: an entry that was delivered but not acknowledged is
-part of the log that the next start replays. Trimming the log (``XTRIM MINID``)
-to the window plus allowed lateness bounds restart time; events older than that
-could only be too late.
+**Reading.** The source keeps its own cursor, the id of the last entry it
+admitted, and reads the entries after it with ``XRANGE``; a read is a pure
+query, so a timed-out or retried read loses nothing and never delivers an entry
+out of order (``XREADGROUP >`` would: a reply lost to a timeout leaves its entries
+delivered to nobody, and a frozen server answers the old read after the new one).
+The consumer group is the cursor made visible: every read runs in one
+``MULTI`` with ``XGROUP SETID`` to the cursor (``ENTRIESREAD`` counted), so the
+group's last-delivered id says how far the stream has read (``shadow.live``
+waits on it) and no entry is ever pending.
+
+**Recovery** (a choice, documented in docs/streaming.md): per-user window state is
+**rebuilt from the event log** on start. The cursor starts before the first entry,
+so a start re-reads the whole log in its original order, which re-applies every
+event, so the gate, dedup and every shard's state come back exactly as they were;
+the re-emitted transitions are identical (same effective times and revisions), and
+the sinks are idempotent, so re-delivery changes nothing. Trimming the log (``XTRIM
+MINID``) to the window plus allowed lateness bounds restart time; events older
+than that could only be too late.
+
+**The log vanishing.** A Redis restarted without persistence, a ``FLUSHALL`` or a
+failover to an empty replica takes the stream key and its consumer group with it.
+The ``SETID`` in every read notices (``NOGROUP``, or no key) in the same atomic
+step as the read, so nothing read after the loss is admitted with the old cursor:
+the source recreates the group (``MKSTREAM``), moves its cursor back before the
+first entry and reads the log again from its start. The dual-writer re-seeds the
+log from the SQL primary in arrival order (``shadow.dualwrite``); events this
+process already admitted come back as duplicates (the gate's dedup lives in this
+process, not in Redis), events it never saw are applied, in order. Each such
+regroup is recorded with the wall clock and the lines read before it; the serving
+store's ``stream`` values went with the flush, so the latest transition of every
+user in the SQL transitions log is written back to Redis (idempotent: a newer
+transition already there wins).
+
+With ``counts_path`` the source writes its admission counts (``lines``,
+``applied``, ``duplicates``, ``too_late``, ``rejected``) and its regroups there as
+JSON whenever they change, at most every ``heartbeat_ms``, and when it stops.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -44,7 +71,11 @@ log = logging.getLogger("segshadow.stream")
 
 @dataclass(frozen=True)
 class LiveSource:
-    """Where the live stream reads: a Redis Stream, a consumer group and a consumer name."""
+    """Where the live stream reads: a Redis Stream and the consumer group that shows its progress.
+
+    ``consumer`` is kept for the command line; reading is by cursor (module doc), so no
+    consumer is created in the group.
+    """
 
     redis_url: str
     stream_key: str = EVENTS_STREAM
@@ -54,6 +85,7 @@ class LiveSource:
     hold_ms: int = 25  # how long a bundle stays open, polling (streaming.ticks)
     read_count: int = 5_000
     heartbeat_ms: int = 100  # idle shards learn the watermark (and fire expiries) at least this often
+    counts_path: str | None = None  # where the admission counts and regroups are written (module doc)
 
 
 def _text(value: Any) -> str:
@@ -65,7 +97,7 @@ _FIELD_BYTES = FIELD.encode()
 
 def _line_of(fields: Any) -> str:
     """The event line in an entry's fields: a dict (redis-py's XRANGE) or the raw flat list [field, value, ...]
-    (XREADGROUP here); empty if the entry has none (or was deleted while pending)."""
+    (XRANGE here, raw); empty if the entry has none."""
     if isinstance(fields, dict):
         raw = fields.get(_FIELD_BYTES)
     elif fields and fields[0] == _FIELD_BYTES:
@@ -79,12 +111,22 @@ def _raw_reply(response: Any, **_options: Any) -> Any:
     return response
 
 
-class PollAndAdmit(beam.DoFn):
-    """On each tick: read new stream entries, admit them in entry order, emit shard batches."""
+class GroupLost(Exception):
+    """The log's consumer group (and with it, usually, the log) is gone: Redis restarted empty or was flushed."""
 
-    def __init__(self, config: StreamConfig, source: LiveSource) -> None:
+
+def _group_lost(error: BaseException) -> bool:
+    text = str(error)
+    return "NOGROUP" in text or "requires the key to exist" in text or "no such key" in text
+
+
+class PollAndAdmit(beam.DoFn):
+    """On each tick: read the entries after the cursor, admit them in entry order, emit shard batches."""
+
+    def __init__(self, config: StreamConfig, source: LiveSource, database_url: str | None = None) -> None:
         self.config = config
         self.source = source
+        self.database_url = database_url
 
     def setup(self) -> None:
         from segments.redisstore import connect
@@ -94,23 +136,26 @@ class PollAndAdmit(beam.DoFn):
             "connect to Redis", lambda: connect(self.source.redis_url, decode_responses=False)
         )
         # Entries as Redis sends them: redis-py's reply parsing (a dict per entry) cost ~5% of the live loop.
-        self.client.set_response_callback("XREADGROUP", _raw_reply)
+        self.client.set_response_callback("XRANGE", _raw_reply)
         self.admission = Admission(self.config.params)
         self.flusher = Flusher(self.config.shards)
         self.seq = 0
-        self.rebuilt = False
-        self.unacked: list[Any] = []
+        self.grouped = False
+        self.cursor: bytes | None = None  # the last entry admitted since the group was (re)made; None: none yet
+        self.read_since_group = 0
+        self.regroups: list[dict[str, int]] = []
         self.last_heartbeat = 0.0
+        self.failing_since: float | None = None
+        self.counts_written: tuple[Any, ...] | None = None
 
     def teardown(self) -> None:
+        if getattr(self, "admission", None) is not None:
+            self._write_counts(force=True)
         client = getattr(self, "client", None)
         if client is not None:
-            if self.unacked:
-                try:
-                    client.xack(self.source.stream_key, self.source.group, *self.unacked)
-                except Exception as exc:  # acknowledgement is bookkeeping; the log replay recovers anyway
-                    log.warning("could not acknowledge the last entries: %s", exc)
             client.close()
+
+    # ---- the group and the cursor ------------------------------------------------------------------
 
     def _ensure_group(self) -> None:
         import redis
@@ -120,6 +165,60 @@ class PollAndAdmit(beam.DoFn):
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def _read(self) -> list[Any]:
+        """The entries after the cursor (up to ``read_count``), with the group moved to the cursor in the same
+        ``MULTI``; ``GroupLost`` when the group is gone (nothing read then is admitted)."""
+        import redis
+
+        key, cursor = self.source.stream_key, self.cursor
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xgroup_setid(key, self.source.group, cursor or b"0", entries_read=self.read_since_group)
+        pipe.xrange(key, min=b"(" + cursor if cursor else b"-", max=b"+", count=self.source.read_count)
+        moved, entries = pipe.execute(raise_on_error=False)
+        if isinstance(moved, redis.ResponseError):
+            if _group_lost(moved):
+                raise GroupLost(str(moved))
+            raise moved
+        if isinstance(entries, Exception):
+            raise entries
+        return entries or []
+
+    def _regroup(self, why: str) -> None:
+        """Recreate the group and read the log again from its start (module doc: the log vanishing)."""
+        log.warning(
+            "the event log's consumer group vanished (%s; Redis restarted empty or was flushed): recreated it, "
+            "reading the log again from its start after %d lines; events already applied count as duplicates",
+            why,
+            self.seq,
+        )
+        self._ensure_group()
+        self.regroups.append({"at_ms": wall_clock_ms(), "lines_before": self.seq})
+        self.cursor = None
+        self.read_since_group = 0
+        self._republish()
+        self._write_counts(force=True)
+
+    def _republish(self) -> None:
+        """Write every user's latest transition from the SQL transitions log back to the serving store."""
+        if not self.database_url:
+            return
+        from segments.redisstore import RedisStore
+        from segments.sqlstore import SqlStore
+
+        try:
+            with SqlStore.open(self.database_url, create=False) as store:
+                transitions = store.read_transitions(self.config.ruleset.ref)
+            latest: dict[str, Any] = {}
+            for transition in transitions:  # sorted by user, time, revision: the last one per user wins
+                latest[transition.user_id] = transition
+            with RedisStore.open(self.source.redis_url) as serving:
+                serving.write_stream(list(latest.values()))
+            log.info("republished %d users' latest stream segments to the serving store", len(latest))
+        except Exception as exc:  # the serving store is a cache: new transitions still reach it
+            log.warning("could not republish the stream's segments after the log vanished: %s", exc)
+
+    # ---- admission ------------------------------------------------------------------------------------
 
     def _admit(self, entries: Sequence[Sequence[Any]]) -> Iterator[Any]:
         live = self.config.live
@@ -149,63 +248,59 @@ class PollAndAdmit(beam.DoFn):
             heartbeat = now - self.last_heartbeat >= self.source.heartbeat_ms / 1000
             if heartbeat:
                 self.last_heartbeat = now
+                self._write_counts()
             yield from self.flusher.flush(self.admission.gate.watermark, clock, heartbeat=heartbeat)
 
-    def _rebuild(self) -> Iterator[Any]:
-        """Re-apply the whole log in order (see the module doc), then point the group after it."""
-        import redis
-
-        self._ensure_group()
-        last = b"-"
-        replayed = 0
-        while True:
-            start = last if last == b"-" else b"(" + last
-            entries = self.client.xrange(self.source.stream_key, min=start, max="+", count=self.source.read_count)
-            if not entries:
-                break
-            yield from self._admit(entries)
-            replayed += len(entries)
-            last = entries[-1][0]
-        if last != b"-":
-            try:
-                self.client.xgroup_setid(self.source.stream_key, self.source.group, id=last)
-            except redis.ResponseError:
-                log.warning("could not move the consumer group cursor; relying on dedup for re-read entries")
-        log.info("live source rebuilt state from %d log entries", replayed)
-        self.rebuilt = True
-
     def process(self, _tick: Any) -> Iterator[Any]:
-        if not self.rebuilt:
-            yield from with_backoff_iter(self._rebuild)
-            return
         import redis
 
         try:
-            # The previous tick's acknowledgements ride along with this tick's read: one round trip.
-            pipe = self.client.pipeline(transaction=False)
-            if self.unacked:
-                pipe.xack(self.source.stream_key, self.source.group, *self.unacked)
-            pipe.xreadgroup(
-                self.source.group,
-                self.source.consumer,
-                {self.source.stream_key: ">"},
-                count=self.source.read_count,
-            )
-            reply = pipe.execute()[-1]
-            self.unacked = []
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("Redis read failed, will retry on the next tick: %s", exc)
+            if not self.grouped:
+                self._ensure_group()
+                self.grouped = True
+            entries = self._read()
+        except GroupLost as lost:
+            try:
+                self._regroup(str(lost))
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._failed(exc)
             return
-        # RESP3 (redis-py's default protocol may be either) answers with a map of stream -> entries.
-        for _, entries in reply.items() if isinstance(reply, dict) else reply or []:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._failed(exc)
+            return
+        if self.failing_since is not None:
+            log.warning("Redis answers again after %.1f s", time.monotonic() - self.failing_since)
+            self.failing_since = None
+        if entries:
             yield from self._admit(entries)
-            self.unacked.extend(entry_id for entry_id, _ in entries)
+            self.cursor = entries[-1][0]
+            self.read_since_group += len(entries)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A read that failed on the connection: nothing was admitted, the next tick reads from the same cursor."""
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+            log.warning("Redis read failed, retrying on every tick: %s", exc)
+
+    def _write_counts(self, force: bool = False) -> None:
+        path = self.source.counts_path
+        if not path:
+            return
+        counts = self.admission.counts
+        state = (self.seq, counts.applied, counts.duplicates, counts.too_late, len(self.regroups))
+        if state == self.counts_written and not force:
+            return
+        body = {"lines": self.seq, **counts.as_dict(), "regroups": self.regroups}
+        temporary = f"{path}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(body, handle)
+        os.replace(temporary, path)
+        self.counts_written = state
 
 
-def with_backoff_iter(produce: Any) -> Iterator[Any]:
-    """Materialise ``produce()`` (a generator) so that a retry never emits a partial result twice."""
-    items = with_backoff("rebuild state from the event log", lambda: list(produce()))
-    yield from items
+def source_counts_path(out_path: str | Path) -> Path:
+    """Where a live run that appends transitions to ``out_path`` keeps its source's counts (module doc)."""
+    return Path(f"{out_path}.source.json")
 
 
 def build_live(
@@ -216,11 +311,18 @@ def build_live(
     database_url: str | None,
     out_path: str | None = None,
 ) -> None:
-    """Attach the live source, segmentation and sinks to ``pipeline``."""
+    """Attach the live source, segmentation and sinks to ``pipeline``.
+
+    With ``out_path`` the transitions are also appended there, and the source's
+    counts go to ``source_counts_path(out_path)`` unless ``source.counts_path`` names a file.
+    """
+    if out_path and source.counts_path is None:
+        source = replace(source, counts_path=str(source_counts_path(out_path)))
     start = time.time()
     stop = start + duration_s if duration_s else float(2**40)
     ticks = pipeline | "Tick" >> Ticks(start, stop, source.poll_ms / 1000, source.hold_ms / 1000)
-    admitted = ticks | "PollAndAdmit" >> beam.ParDo(PollAndAdmit(config, source)).with_outputs(DEAD, main="batches")
+    poll = PollAndAdmit(config, source, database_url)
+    admitted = ticks | "PollAndAdmit" >> beam.ParDo(poll).with_outputs(DEAD, main="batches")
     transitions = transitions_from(admitted.batches, config)
     sink_all(transitions, admitted[DEAD], source.redis_url, database_url, config.ruleset.ref)
     if out_path:
@@ -244,5 +346,3 @@ class AppendJsonl(beam.DoFn):
         handle = getattr(self, "handle", None)
         if handle is not None:
             handle.close()
-
-

@@ -91,3 +91,88 @@ def test_shadow_freeze_mid_ingest_is_journaled_then_replayed_in_arrival_order(
     from_file = run_replay(events, tmp_path / "b.jsonl", config)
     assert from_log.counts == from_file.counts
     assert sorted(read_transitions(from_log.out_path)) == sorted(read_transitions(from_file.out_path))
+
+
+# ---- a log that lost entries is re-seeded from the primary (shadow.dualwrite: "A log that lost entries") ---------
+
+
+def _log_lines(url: str, key: str) -> list[str]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        return [fields[FIELD] for _, fields in client.xrange(key)]  # type: ignore[union-attr]
+    finally:
+        client.close()
+
+
+def _first_arrivals(lines: list[str]) -> list[str]:
+    seen: set[str] = set()
+    out = []
+    for line in lines:
+        event = parse_line(line, 1)
+        assert isinstance(event, Event)
+        if event.event_id not in seen:
+            seen.add(event.event_id)
+            out.append(event.event_id)
+    return out
+
+
+def _write_in_batches(writer: DualWriter, rows: list[tuple[Event, str]], size: int = 50) -> None:
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        writer.write([e for e, _ in chunk], [e.to_json() for e, _ in chunk])
+    writer.flush()
+
+
+def test_a_flushed_log_is_reseeded_from_the_primary_before_the_next_write(private_valkey, tmp_path: Path):
+    """FLUSHALL between two writes (a restart without persistence): the next write notices, the log is re-seeded
+    with the primary's events in arrival order, and ends holding every event once, in the primary's order."""
+    url = f"redis://127.0.0.1:{private_valkey.port}/0"
+    rows = _rows(list(generate("clickstream", users=30, minutes=20, seed=8, dup_share=0.05)))
+    half = len(rows) // 2
+    shadow = RedisStreamShadow(url, "segshadow:test:reseed")
+    with SqlStore.open(f"sqlite:///{tmp_path / 'r.db'}") as store:
+        writer = DualWriter(SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"))
+        _write_in_batches(writer, rows[:half])
+        lines_before = len(_log_lines(url, shadow.stream_key))
+        redis.Redis.from_url(url).flushall()
+        _write_in_batches(writer, rows[half:])
+        writer.close()
+        primary = [e.event_id for e in store.iter_events()]
+    shadow.close()
+
+    logged = _log_lines(url, shadow.stream_key)
+    assert _first_arrivals(logged) == primary and len(primary) == len({e.event_id for e, _ in rows})
+    assert writer.counts.reseeds == 1 and len(writer.reseeds) == 1
+    reseed = writer.reseeds[0]
+    first_half = {e.event_id for e, _ in rows[:half]}
+    assert reseed.resent == writer.counts.resent == len(first_half) < lines_before == reseed.lines_before
+    assert reseed.log_ended_at == "0-0" and reseed.down_since_ms is None  # no write failed: the flush was silent
+    assert len(logged) == len(first_half) + len(rows) - half  # the re-seeded part holds no duplicate lines
+
+
+def test_a_log_that_lost_its_tail_is_rebuilt_and_a_loss_after_the_last_write_is_repaired_on_close(
+    private_valkey, tmp_path: Path
+):
+    """A failover to a lagging replica (the log keeps its head, loses its tail) and a flush after the last write:
+    both end with the log holding the primary's events in order."""
+    url = f"redis://127.0.0.1:{private_valkey.port}/0"
+    rows = _rows(list(generate("clickstream", users=20, minutes=15, seed=9)))
+    third = len(rows) // 3
+    shadow = RedisStreamShadow(url, "segshadow:test:lagging")
+    client = redis.Redis.from_url(url)
+    with SqlStore.open(f"sqlite:///{tmp_path / 'l.db'}") as store:
+        writer = DualWriter(SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"))
+        _write_in_batches(writer, rows[: 2 * third])
+        head: list = client.xrange(shadow.stream_key, count=third)  # type: ignore[assignment]
+        client.delete(shadow.stream_key)  # the replica had only the first third
+        for entry_id, fields in head:
+            client.xadd(shadow.stream_key, fields, id=entry_id)
+        _write_in_batches(writer, rows[2 * third :])
+        client.flushall()  # after the last write
+        writer.close()
+        primary = [e.event_id for e in store.iter_events()]
+    shadow.close()
+    client.close()
+    assert _first_arrivals(_log_lines(url, shadow.stream_key)) == primary
+    assert writer.counts.reseeds == 2 and writer.counts.resent == len(primary) + 2 * third
+    assert [r.log_ended_at == "0-0" for r in writer.reseeds] == [False, True]

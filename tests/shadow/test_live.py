@@ -184,6 +184,7 @@ def test_one_server_call_appends_exactly_the_ids_and_lines_python_computes(
     """The Lua append gives each entry the id ``Batch.ids`` gives it, and a second write adds nothing."""
     shadow = RedisStreamShadow(redis_url, "segshadow:test:batch")
     shadow.reset()
+    shadow.reseed([], after)  # a log that already ends at ``after``
     batch = Batch(after[0], after[1], arrivals[: len(lines)], lines)
     shadow.write(batch)
     assert _log(redis_url, shadow.stream_key) == batch.entries()
@@ -196,6 +197,7 @@ def test_one_server_call_appends_exactly_the_ids_and_lines_python_computes(
 def test_a_line_with_a_newline_takes_the_per_entry_path_with_the_same_ids(redis_url: str):
     """Lines are joined by newlines for the one-call path; a line holding one is sent entry by entry."""
     shadow = RedisStreamShadow(redis_url, "segshadow:test:newline")
+    shadow.reseed([], (5, 2))  # a log that already ends at 5-2
     batch = Batch(5, 2, [3, 9, 7], ['{"a":1}', 'two\nlines', ""])
     shadow.write(batch)
     assert _log(redis_url, shadow.stream_key) == batch.entries() == [

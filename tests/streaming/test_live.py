@@ -9,6 +9,7 @@ from pathlib import Path
 import apache_beam as beam
 import redis
 
+from segments.events import Event, parse_line
 from segments.lateness import GateParams
 from segments.outputs import read_transitions
 from segments.redisstore import RedisStore
@@ -92,7 +93,60 @@ def test_an_entry_line_is_found_in_every_shape_redis_returns():
     from streaming.live import _line_of
 
     assert _line_of({b"e": b'{"a":1}'}) == '{"a":1}'  # redis-py's XRANGE
-    assert _line_of([b"e", b'{"a":1}']) == '{"a":1}'  # raw XREADGROUP
+    assert _line_of([b"e", b'{"a":1}']) == '{"a":1}'  # raw XRANGE
     assert _line_of([b"source", b"web", b"e", b"x\xffy"]) == "x\udcffy"  # other fields first; bad UTF-8 kept
     assert _line_of([b"source", b"web"]) == ""  # no event field: parsed as an empty line, dead-lettered
     assert _line_of(None) == ""  # an entry deleted while pending
+
+
+def test_live_source_recreates_a_vanished_log_and_counts_what_it_had_applied_as_duplicates(
+    redis_url: str, tmp_path: Path
+):
+    """The log and its group vanish mid-run (a flush); the log comes back whole (a re-seed) and grows on: the
+    source regroups instead of dying, applies each event once and counts re-read ones as duplicates."""
+    import json
+
+    from streaming.live import source_counts_path
+
+    ruleset = load_ruleset("clickstream")
+    config = StreamConfig(ruleset, GateParams(), shards=2, live=True)
+    generated = generate("clickstream", users=60, minutes=20, seed=12, late_share=0.1, dup_share=0.05)
+    lines = [line for n, line in enumerate(generated) if isinstance(parse_line(line, n), Event)]  # as dual-write
+    half = len(lines) // 2
+    out = tmp_path / "live.jsonl"
+
+    def hurt_and_heal() -> None:
+        client = redis.Redis.from_url(redis_url)
+        group_made = False
+        for _ in range(600):
+            group_made = bool(client.exists(EVENTS_STREAM)) and bool(client.xinfo_groups(EVENTS_STREAM))
+            if group_made:
+                break
+            time.sleep(0.05)
+        _produce(redis_url, lines[:half])
+        time.sleep(1.0)  # read by the running source
+        client.delete(EVENTS_STREAM)  # the log and its group are gone
+        time.sleep(0.3)
+        _produce(redis_url, lines)  # re-seeded whole, then the rest arrives
+        client.close()
+
+    helper = threading.Thread(target=hurt_and_heal)
+    helper.start()
+    pipeline = beam.Pipeline(options=pipeline_options([], LIVE_RUNNER, streaming=True))
+    build_live(pipeline, config, LiveSource(redis_url, poll_ms=5), 7.0, None, str(out))
+    pipeline.run().wait_until_finish()
+    helper.join()
+
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    replay = run_replay(events, tmp_path / "replay.jsonl", StreamConfig(ruleset, GateParams(), shards=2))
+    counts = json.loads(source_counts_path(out).read_text())
+    assert len(counts["regroups"]) == 1 and counts["regroups"][0]["lines_before"] == half
+    assert counts["lines"] == half + len(lines)
+    assert counts["applied"] == replay.counts["applied"] and counts["too_late"] == replay.counts["too_late"]
+    assert counts["duplicates"] == replay.counts["duplicates"] + half
+    expected = read_transitions(replay.out_path)
+    settled = max(t.effective_time for t in expected if t.cause != "expiry") - 5_000
+    key = lambda t: (t.user_id, t.effective_time, t.revision, t.segments, t.cause)  # noqa: E731
+    live = {key(t) for t in read_transitions(out) if t.effective_time <= settled}
+    assert live == {key(t) for t in expected if t.effective_time <= settled}
