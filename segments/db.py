@@ -172,7 +172,8 @@ def describe_db_error(exc: BaseException, engine: Engine | None = None) -> str:
         return f"{name} statement exceeded {format_duration_ms(timeouts.statement_ms)}"
     if sqlstate in _SQLSTATES:
         return f"{name}: {_SQLSTATES[sqlstate]}"
-    if sqlstate.startswith("08") or "server closed the connection" in first or "connection is closed" in first:
+    lost = ("server closed the connection", "connection is closed", "connection is lost", "terminating connection")
+    if sqlstate.startswith("08") or any(words in first for words in lost):
         return f"{name}: the connection to the server was lost ({first[:120]})"
     if "database is locked" in first:
         return f"SQLite busy timeout exceeded {format_duration_ms(timeouts.busy_ms)} (database is locked)"

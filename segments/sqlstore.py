@@ -690,14 +690,18 @@ class SqlStore:
                 return Publication(ruleset_ref, run_id, current.published_at, current.as_ofs, current.assignments)
             conn.execute(sa.delete(a).where(a.c.ruleset == ruleset_ref))
             conn.execute(sa.delete(r).where(r.c.ruleset == ruleset_ref))
+            # counted apart: psycopg reports no row count for INSERT ... SELECT through SQLAlchemy
             moved = conn.execute(
+                sa.select(sa.func.count()).select_from(sa_).where(sa_.c.run_id == run_id)
+            ).scalar_one()
+            conn.execute(
                 sa.insert(a).from_select(
                     ["ruleset", "as_of", "user_id", "segments"],
                     sa.select(sa_.c.ruleset, sa_.c.as_of, sa_.c.user_id, sa_.c.segments).where(
                         sa_.c.run_id == run_id
                     ),
                 )
-            ).rowcount
+            )
             run_columns = ["ruleset", "as_of", "started_at", "finished_at", "users", "duration_ms"]
             conn.execute(
                 sa.insert(r).from_select(
@@ -811,10 +815,13 @@ class SqlStore:
         def work(conn: Connection) -> int:
             conn.execute(sa.delete(t).where(t.c.ruleset == ruleset_ref))
             moved = conn.execute(
+                sa.select(sa.func.count()).select_from(st).where(st.c.run_id == run_id)
+            ).scalar_one()
+            conn.execute(
                 sa.insert(t).from_select(
                     columns, sa.select(*(st.c[name] for name in columns)).where(st.c.run_id == run_id)
                 )
-            ).rowcount
+            )
             conn.execute(sa.delete(st).where(st.c.run_id == run_id))
             return int(moved)
 
