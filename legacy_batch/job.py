@@ -7,15 +7,25 @@ A run of ``run_legacy`` over an events file:
 2. registers the rule set (``RuleSetError`` if that name and version is stored with
    another definition);
 3. **replaces the database's event log**: the events table is emptied, then the
-   file's events are inserted, and the rule set's earlier legacy assignments and
-   runs are forgotten, so a run never mixes with a previous one. The events table
-   holds one event log at a time; runs over different files need different
-   databases (``--database-url``);
+   file's events are inserted. The events table holds one event log at a time; runs
+   over different files need different databases (``--database-url``);
 4. runs the as-ofs of SPEC §3 in increasing order: one aggregate query each
-   (``legacy_batch.query``), then ``replace_assignments`` (idempotent per as-of) and
-   the optional sink (the Redis ``legacy`` namespace);
-5. writes the SPEC §3 lines to ``out`` atomically and then the ``.meta.json``
+   (``legacy_batch.query``), each snapshot **staged** under the run's id
+   (``SqlStore.stage_assignments``, idempotent per as-of) and sent to the optional
+   sink (the Redis ``legacy`` namespace);
+5. **publishes the run at once** (``SqlStore.publish_legacy_run``: one transaction
+   replaces the rule set's published assignments and runs with the staged ones), so
+   the published tables, which the router's SQL fallback reads, only ever hold
+   complete runs and a run never mixes with a previous one;
+6. writes the SPEC §3 lines to ``out`` atomically and then the ``.meta.json``
    sidecar; an interrupted run leaves no output that looks complete.
+
+A database failure during steps 3-5 (a lost connection, a dropped database, a lock or
+statement timeout of ``segments.db``) is ``RunFailed`` (exit 1) naming the step, what
+failed and what was kept: nothing of this run is published, the previous complete
+run stays (its id is named), ``out`` is not written. Events whose times are outside
+the rule set's ``TimeBounds`` are dead-lettered as ``time_out_of_range`` in step 1,
+and the schedule is bounded (``legacy_batch.schedule``).
 
 Wall-clock stamps come from the injected ``clock``; durations from ``timer``.
 """
@@ -31,12 +41,13 @@ from typing import Any, Protocol
 
 from legacy_batch.query import AggregateQuery, build_query
 from legacy_batch.schedule import schedule
-from segments.errors import InputError
+from segments.db import db_errors, describe_db_error
+from segments.errors import InputError, RunFailed
 from segments.events import Event, load_event_log, write_jsonl
 from segments.outputs import Assignment, file_sha256, meta_path, write_meta
 from segments.rules import RuleSet
-from segments.sqlstore import EVENT_BATCH, LegacyRun, SqlStore
-from segments.timeutil import Clock, wall_clock_ms
+from segments.sqlstore import EVENT_BATCH, LegacyRun, Publication, SqlStore
+from segments.timeutil import Clock, format_ms, wall_clock_ms
 
 Timer = Callable[[], float]
 ProgressHook = Callable[[str, int, int], None]
@@ -44,6 +55,7 @@ ProgressHook = Callable[[str, int, int], None]
 (events into SQL) or ``as_of`` (runs)."""
 
 OUTPUT_KIND = "legacy_assignments"
+PUBLISHING = "while publishing the run"
 
 
 class AssignmentSink(Protocol):
@@ -158,10 +170,13 @@ def run_as_of(
     sink: AssignmentSink | None = None,
     clock: Clock = wall_clock_ms,
     timer: Timer = time.perf_counter,
+    run_id: str | None = None,
 ) -> AsOfRun:
     """Compute the snapshot at ``t`` from the events table and write it to SQL (and ``sink``).
 
-    Running the same as-of again over the same events rewrites the same snapshot.
+    Without ``run_id`` the snapshot is published at once (the live legacy job); with it,
+    staged in that run (``run_as_ofs``). Running the same as-of again over the same
+    events rewrites the same snapshot.
     """
     started_at = clock()
     start = timer()
@@ -169,7 +184,10 @@ def run_as_of(
         assignments = query.assignments_at(conn, t)
     query_ms = (timer() - start) * 1000
     run = LegacyRun(query.ruleset.ref, t, started_at, clock(), len(assignments), round(query_ms))
-    store.replace_assignments(query.ruleset.ref, t, assignments, run)
+    if run_id is None:
+        store.replace_assignments(query.ruleset.ref, t, assignments, run)
+    else:
+        store.stage_assignments(run_id, query.ruleset.ref, t, assignments, run)
     if sink is not None:
         sink.write_assignments(t, [(a.user_id, frozenset(a.segments)) for a in assignments])
     return AsOfRun(t, tuple(assignments), query_ms, (timer() - start) * 1000)
@@ -183,13 +201,32 @@ def run_as_ofs(
     clock: Clock = wall_clock_ms,
     timer: Timer = time.perf_counter,
     on_progress: ProgressHook | None = None,
+    run_id: str | None = None,
 ) -> Iterator[AsOfRun]:
-    """``run_as_of`` for each as-of in order, over the events already in the table."""
+    """``run_as_of`` for each as-of in order, over the events already in the table, as one run.
+
+    The snapshots are staged under ``run_id`` (a new run when None) and the run is
+    published (``SqlStore.publish_legacy_run``) once the last as-of has been yielded and
+    the caller asks for more: a caller that stops early, or a failure, publishes nothing
+    and the previous complete run stays.
+    """
     query = build_query(ruleset)
+    run_id = run_id or store.begin_legacy_run(ruleset.ref)
     for done, t in enumerate(as_ofs, start=1):
-        yield run_as_of(store, query, t, sink, clock, timer)
+        yield run_as_of(store, query, t, sink, clock, timer, run_id)
         if on_progress is not None:
             on_progress("as_of", done, len(as_ofs))
+    store.publish_legacy_run(run_id, ruleset.ref, len(as_ofs))
+
+
+def _kept(previous: Publication | None) -> str:
+    """What stays published when a run fails: the previous complete run, named."""
+    if previous is None:
+        return "no complete run of this rule set was published before"
+    return (
+        f"the previous complete run (id {previous.run_id[:12]}, {previous.as_ofs} as-ofs, "
+        f"published {format_ms(previous.published_at)}) stays"
+    )
 
 
 def run_legacy(
@@ -206,14 +243,16 @@ def run_legacy(
     """The whole legacy job over an events file (see the module doc); returns its report.
 
     Raises ``InputError`` when the file cannot be read or holds no valid event,
-    ``UsageError`` for a non-positive ``every_ms``, ``RuleSetError`` when the rule set
-    conflicts with a stored version. Nothing is written to ``out`` unless the run
-    completes.
+    ``UsageError`` for an ``every_ms`` outside its limits or a schedule beyond
+    ``MAX_AS_OFS`` (before the store is touched), ``RuleSetError`` when the rule set
+    conflicts with a stored version, ``RunFailed`` when the database fails part-way
+    (nothing published, the previous complete run named). Nothing is written to
+    ``out`` unless the run completes.
     """
     start = timer()
     if on_progress is not None:
         on_progress("read", 0, 1)
-    log = load_event_log(events_path)
+    log = load_event_log(events_path, ruleset.time_bounds)
     if on_progress is not None:
         on_progress("read", 1, 1)
     if not log.events:
@@ -223,32 +262,54 @@ def run_legacy(
     digest = file_sha256(events_path)
     parse_ms = (timer() - start) * 1000
 
-    store.create_all()
-    store.register_ruleset(ruleset)
-    start = timer()
-    store.clear_legacy(ruleset.ref)
-    stored = load_events(store, log.events, on_progress)
-    load_ms = (timer() - start) * 1000
-    counts = {**log.counts, "stored": stored}
-    del log
-
+    previous: Publication | None = None
+    step = "while preparing the store"
     query_ms: list[float] = []
     run_ms: list[float] = []
 
+    def at(index: int) -> str:
+        return f"at as-of {format_ms(as_ofs[index])} ({index + 1} of {len(as_ofs)})"
+
     def lines() -> Iterator[str]:
-        for result in run_as_ofs(store, ruleset, as_ofs, sink, clock, timer, on_progress):
+        nonlocal step
+        runs = run_as_ofs(store, ruleset, as_ofs, sink, clock, timer, on_progress, run_id)
+        for done, result in enumerate(runs, start=1):
             query_ms.append(result.query_ms)
             run_ms.append(result.duration_ms)
             for assignment in result.assignments:
                 yield assignment.to_json()
+            step = at(done) if done < len(as_ofs) else PUBLISHING
 
     target = Path(out)
-    meta_path(target).unlink(missing_ok=True)  # an old sidecar must not vouch for a new output
+    run_id = ""
     try:
-        written = write_jsonl(target, lines())
-    except BaseException:
-        target.with_name(target.name + ".partial").unlink(missing_ok=True)
-        raise
+        store.create_all()
+        store.register_ruleset(ruleset)
+        previous = store.publication(ruleset.ref)
+        start = timer()
+        run_id = store.begin_legacy_run(ruleset.ref)
+        step = "while emptying and loading the events table (segshadow_events)"
+        stored = load_events(store, log.events, on_progress)
+        load_ms = (timer() - start) * 1000
+        counts = {**log.counts, "stored": stored}
+        del log
+        step = at(0)
+        meta_path(target).unlink(missing_ok=True)  # an old sidecar must not vouch for a new output
+        try:
+            written = write_jsonl(target, lines())
+        except BaseException:
+            target.with_name(target.name + ".partial").unlink(missing_ok=True)
+            raise
+    except db_errors() as exc:
+        what = describe_db_error(exc, store.engine)
+        if step == PUBLISHING:
+            kept = (
+                f"the publication was not confirmed: the published run is the previous one or this one "
+                f"(id {run_id[:12]}), never a mix; {_kept(previous)} unless the switch committed"
+            )
+        else:
+            kept = f"nothing of this run is published; {_kept(previous)}"
+        raise RunFailed(f"legacy run: {what} {step}; {kept}; {target} not written") from exc
     report = LegacyReport(
         ruleset,
         str(events_path),

@@ -3,6 +3,27 @@
 Money is parsed exactly: JSON numbers go through ``Decimal`` (never ``float``) and
 are carried as integer micro-units (``amount_micros``), so sums are exact on every
 backend and in the stream's state.
+
+**Time range** (bounded work). A valid timestamp can still be absurd (year 9999, or an
+``arrival_time`` of ``1``), and the legacy schedule and the stream's state grow with
+the span of time the events cover. An event is rejected with reason
+``time_out_of_range`` (dead-lettered and counted like any bad line) unless, with the
+``TimeBounds`` in force:
+
+1. ``earliest <= event_time < latest`` and ``earliest <= arrival_time < latest``
+   (default 1970-01-01T00:00:00Z to 2100-01-01T00:00:00Z; a rule set may narrow it);
+2. ``arrival_time - event_time <= max_skew`` (default 1,096 days, three years): an
+   event may arrive years late, not decades;
+3. ``event_time - arrival_time <= max_ahead`` (default 1 day): an event is not more
+   than a day in the future of the newest arrival. In arrival order (SPEC §1) the
+   newest arrival seen when an event is read is that event's own ``arrival_time``,
+   so the rule is checked against it; being a test of the event alone, it gives the
+   same verdict whatever order and batching a reader sees the events in, so legacy
+   ingest, the stream's replay and its live source agree line for line.
+
+The check is part of ``event_from_object``, the one validation every reader calls
+(``parse_line``); the bounds are the rule set's ``event_times`` when it declares them
+(``segments.rules``), else ``DEFAULT_TIME_BOUNDS``.
 """
 
 from __future__ import annotations
@@ -17,6 +38,8 @@ from typing import Any, NamedTuple
 
 from segments.errors import InputError
 from segments.timeutil import MAX_MS, TimestampError, format_ms, parse_rfc3339_ms
+
+DAY_MS = 86_400_000
 
 KINDS = ("view", "cart", "purchase", "refund", "txn")
 MONEY_KINDS = frozenset({"purchase", "refund", "txn"})
@@ -36,8 +59,48 @@ REASONS = (
     "bad_timestamp",
     "unknown_kind",
     "bad_amount",
+    "time_out_of_range",
     "too_late",
 )
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The sane range of an event's times (see the module doc); validated once, at the edge.
+
+    ``earliest_ms`` inclusive and ``latest_ms`` exclusive bound both times;
+    ``max_skew_ms`` bounds how much later than ``event_time`` an event may arrive,
+    ``max_ahead_ms`` how far ``event_time`` may be ahead of its arrival.
+    """
+
+    earliest_ms: int = 0  # 1970-01-01T00:00:00Z: small epoch values stay usable in tests and tools
+    latest_ms: int = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+    max_skew_ms: int = 1_096 * DAY_MS
+    max_ahead_ms: int = DAY_MS
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.earliest_ms < self.latest_ms <= MAX_MS:
+            raise ValueError("event time bounds need 1970 <= earliest < latest <= 10000-01-01")
+        if self.max_skew_ms < 0 or self.max_ahead_ms < 0:
+            raise ValueError("max skew and max ahead must not be negative")
+
+    def problem(self, event_time: int, arrival_time: int) -> str | None:
+        """Why these times are out of range, or None when they are in it."""
+        if not self.earliest_ms <= event_time < self.latest_ms:
+            return f"event_time {format_ms(event_time)} is outside [{self._range()})"
+        if not self.earliest_ms <= arrival_time < self.latest_ms:
+            return f"arrival_time {format_ms(arrival_time)} is outside [{self._range()})"
+        if arrival_time - event_time > self.max_skew_ms:
+            return f"arrival_time is more than {self.max_skew_ms // DAY_MS} days after event_time"
+        if event_time - arrival_time > self.max_ahead_ms:
+            return f"event_time is more than {self.max_ahead_ms} ms ahead of its arrival"
+        return None
+
+    def _range(self) -> str:
+        return f"{format_ms(self.earliest_ms)}, {format_ms(self.latest_ms)}"
+
+
+DEFAULT_TIME_BOUNDS = TimeBounds()
 
 
 class Event(NamedTuple):
@@ -274,8 +337,9 @@ def _require_str(obj: Mapping[str, Any], name: str, limit: int | None = None) ->
     return value
 
 
-def event_from_object(obj: Any, seq: int) -> Event:
-    """Validate a decoded JSON value as a SPEC §1 event; raises ``_Reject`` (use ``parse_line``)."""
+def event_from_object(obj: Any, seq: int, bounds: TimeBounds = DEFAULT_TIME_BOUNDS) -> Event:
+    """Validate a decoded JSON value as a SPEC §1 event within ``bounds``; raises ``_Reject``
+    (use ``parse_line``)."""
     if not isinstance(obj, dict):
         raise _Reject("not_an_object", f"line is JSON {type(obj).__name__}, not an object")
     event_id = _require_str(obj, "event_id")
@@ -297,6 +361,12 @@ def event_from_object(obj: Any, seq: int) -> Event:
         micros, has_amount = parse_amount_micros(amount), True
     arrival = obj.get("arrival_time")
     arrival_time = event_time if arrival is None else parse_time(arrival, "arrival_time")
+    if not (
+        bounds.earliest_ms <= event_time < bounds.latest_ms
+        and bounds.earliest_ms <= arrival_time < bounds.latest_ms
+        and -bounds.max_ahead_ms <= arrival_time - event_time <= bounds.max_skew_ms
+    ):
+        raise _Reject("time_out_of_range", bounds.problem(event_time, arrival_time) or "out of range")
     attrs = obj.get("attrs")
     merchant: str | None = None
     if attrs is not None:
@@ -313,8 +383,9 @@ def event_from_object(obj: Any, seq: int) -> Event:
     return _new_tuple(Event, fields)
 
 
-def parse_line(line: str, seq: int) -> Event | Rejection:
-    """Parse one JSON line into an ``Event``, or a ``Rejection`` naming the reason. Never raises."""
+def parse_line(line: str, seq: int, bounds: TimeBounds = DEFAULT_TIME_BOUNDS) -> Event | Rejection:
+    """Parse one JSON line into an ``Event`` (times within ``bounds``), or a ``Rejection`` naming
+    the reason. Never raises."""
     if line[:1] == "{":
         # The common case, a bare object: the C scanner straight away (``decode`` wraps it in Python).
         # Anything else, or any failure, takes the full path below, which also words the error.
@@ -324,13 +395,13 @@ def parse_line(line: str, seq: int) -> Event | Rejection:
             end = -1
         if end == len(line):
             try:
-                return event_from_object(obj, seq)
+                return event_from_object(obj, seq, bounds)
             except _Reject as exc:
                 return _rejection(obj, exc, seq, line)
-    return parse_line_in_full(line, seq)
+    return parse_line_in_full(line, seq, bounds)
 
 
-def parse_line_in_full(line: str, seq: int) -> Event | Rejection:
+def parse_line_in_full(line: str, seq: int, bounds: TimeBounds = DEFAULT_TIME_BOUNDS) -> Event | Rejection:
     """``parse_line`` without its fast path: ``JSONDecoder.decode``, which words every JSON error."""
     try:
         obj = _decoder.decode(line)
@@ -341,14 +412,14 @@ def parse_line_in_full(line: str, seq: int) -> Event | Rejection:
         except (ValueError, RecursionError) as other:  # a non-finite number in a line broken elsewhere too
             return Rejection("bad_json", f"not valid JSON: {other}", seq, line)
         try:
-            event_from_object(obj, seq)
+            event_from_object(obj, seq, bounds)
         except _Reject as inner:
             return _rejection(obj, inner, seq, line)
         return Rejection("bad_json", f"not valid JSON: {exc}", seq, line)
     except (ValueError, RecursionError) as exc:
         return Rejection("bad_json", f"not valid JSON: {exc}", seq, line)
     try:
-        return event_from_object(obj, seq)
+        return event_from_object(obj, seq, bounds)
     except _Reject as exc:
         return _rejection(obj, exc, seq, line)
 
@@ -433,14 +504,16 @@ class EventLog:
         }
 
 
-def parse_all(lines: Iterable[tuple[int, str]]) -> tuple[list[Event], list[Rejection], int]:
+def parse_all(
+    lines: Iterable[tuple[int, str]], bounds: TimeBounds = DEFAULT_TIME_BOUNDS
+) -> tuple[list[Event], list[Rejection], int]:
     """Parse numbered lines into (valid events in input order, rejections, line count)."""
     valid: list[Event] = []
     rejected: list[Rejection] = []
     count = 0
     for number, text in lines:
         count += 1
-        parsed = parse_line(text, number)
+        parsed = parse_line(text, number, bounds)
         if type(parsed) is Event:
             valid.append(parsed)
         else:
@@ -448,12 +521,13 @@ def parse_all(lines: Iterable[tuple[int, str]]) -> tuple[list[Event], list[Rejec
     return valid, rejected, count
 
 
-def load_event_log(path: str | Path) -> EventLog:
+def load_event_log(path: str | Path, bounds: TimeBounds = DEFAULT_TIME_BOUNDS) -> EventLog:
     """Read a JSON Lines file into an ``EventLog`` (arrival order, first arrival of an id wins).
 
-    Raises ``InputError`` when the file cannot be read; bad lines become rejections.
+    Raises ``InputError`` when the file cannot be read; bad lines (and times outside
+    ``bounds``) become rejections.
     """
-    valid, rejected, count = parse_all(iter_lines(path))
+    valid, rejected, count = parse_all(iter_lines(path), bounds)
     return dedupe(arrival_order(valid), rejected, count)
 
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
+from segments.durations import format_duration_ms
+from segments.errors import UsageError
 from segments.events import Deduper, Event
 
 DEFAULT_MAX_OUT_OF_ORDERNESS_MS = 5_000
 DEFAULT_ALLOWED_LATENESS_MS = 60_000
+MAX_OUT_OF_ORDERNESS_MS = 86_400_000  # 1 day
+MAX_ALLOWED_LATENESS_MS = 31 * 86_400_000  # 31 days, the longest rule window
 NO_WATERMARK = -(2**62)
 END_OF_TIME = 2**62
 
@@ -27,14 +31,24 @@ class Verdict(Enum):
 
 @dataclass(frozen=True)
 class GateParams:
-    """The stream's lateness contract; validated once at the edge."""
+    """The stream's lateness contract; validated once at the edge.
+
+    ``UsageError`` (exit 2) unless ``0 <= max_out_of_orderness_ms <= MAX_OUT_OF_ORDERNESS_MS``
+    (1 day) and ``0 <= allowed_lateness_ms <= MAX_ALLOWED_LATENESS_MS`` (31 days): beyond
+    them the watermark would sit before any sane event time (bounded work).
+    """
 
     max_out_of_orderness_ms: int = DEFAULT_MAX_OUT_OF_ORDERNESS_MS
     allowed_lateness_ms: int = DEFAULT_ALLOWED_LATENESS_MS
 
     def __post_init__(self) -> None:
-        if self.max_out_of_orderness_ms < 0 or self.allowed_lateness_ms < 0:
-            raise ValueError("max out-of-orderness and allowed lateness must not be negative")
+        for flag, value, limit in (
+            ("--max-out-of-orderness", self.max_out_of_orderness_ms, MAX_OUT_OF_ORDERNESS_MS),
+            ("--allowed-lateness", self.allowed_lateness_ms, MAX_ALLOWED_LATENESS_MS),
+        ):
+            if not 0 <= value <= limit:
+                shown = format_duration_ms(value) if value >= 0 else f"{value}ms"
+                raise UsageError(f"{flag} must be between 0 and {format_duration_ms(limit)}, not {shown}")
 
 
 class Gate:

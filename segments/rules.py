@@ -8,6 +8,20 @@ file order whose condition holds is assigned, the others in the group are not
 (the risk tiers). Both segmenters read the same definition: the legacy side
 computes the aggregates in SQL and the stream in Python, and both call
 ``RuleSet.classify`` on them.
+
+Limits (bounded work): every window is at least ``MIN_WINDOW_MS`` (1 s) and at most
+``MAX_WINDOW_MS`` (31 days); anything else is a ``RuleSetError`` (exit 2), before
+any segmenter starts. A rule set may declare the sane range of event times that
+both sides enforce (``segments.events.TimeBounds``; omitted keys keep the defaults):
+
+    event_times:
+      earliest: "2020-01-01T00:00:00Z"   # inclusive; default 1970-01-01T00:00:00Z
+      latest: "2030-01-01T00:00:00Z"     # exclusive; default 2100-01-01T00:00:00Z
+      max_skew: 365d                      # arrival at most this long after event_time; default 1096d
+      max_ahead: 1h                       # event_time at most this far ahead of arrival; default 1d
+
+It is part of the definition, so of the digest, and both segmenters read it from
+the same rule set: their verdicts cannot differ.
 """
 
 from __future__ import annotations
@@ -33,9 +47,13 @@ from pydantic import (
     field_validator,
 )
 
-from segments.durations import parse_duration_ms
+from segments.durations import format_duration_ms, parse_duration_ms
 from segments.errors import RuleSetError
-from segments.events import KINDS, MICROS
+from segments.events import DEFAULT_TIME_BOUNDS, KINDS, MICROS, TimeBounds
+from segments.timeutil import TimestampError, parse_rfc3339_ms
+
+MIN_WINDOW_MS = 1_000
+MAX_WINDOW_MS = 31 * 86_400_000
 
 SHIPPED = ("clickstream", "risk")
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
@@ -146,6 +164,13 @@ class SegmentSpec(_Strict):
     description: str | None = None
 
 
+class EventTimesSpec(_Strict):
+    earliest: str | None = None
+    latest: str | None = None
+    max_skew: str | None = None
+    max_ahead: str | None = None
+
+
 class RuleSetSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
     version: int = Field(ge=1)
@@ -153,6 +178,7 @@ class RuleSetSpec(_Strict):
     window: str
     aggregates: dict[str, AggregateSpec] = Field(min_length=1)
     segments: list[SegmentSpec] = Field(min_length=1)
+    event_times: EventTimesSpec | None = None
 
 
 AllSpec.model_rebuild()
@@ -246,6 +272,7 @@ class RuleSet:
     segments: tuple[Segment, ...]
     definition: Mapping[str, Any] = field(repr=False, compare=False)
     digest: str = field(compare=False)
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
 
     @property
     def ref(self) -> str:
@@ -381,17 +408,47 @@ def compile_ruleset(raw: Any, source: str = "rule set") -> RuleSet:
         tuple(segments),
         definition,
         digest,
+        _time_bounds(spec.event_times),
     )
 
 
 def _duration(text: str, key: str) -> int:
+    """A window's width; ``RuleSetError`` outside [``MIN_WINDOW_MS``, ``MAX_WINDOW_MS``]."""
     try:
         value = parse_duration_ms(text)
     except Exception as exc:
         raise RuleSetError(str(exc), key) from None
     if value <= 0:
         raise RuleSetError("window must be positive", key)
+    if not MIN_WINDOW_MS <= value <= MAX_WINDOW_MS:
+        low, high = format_duration_ms(MIN_WINDOW_MS), format_duration_ms(MAX_WINDOW_MS)
+        raise RuleSetError(f"window {text} is outside {low}..{high}", key)
     return value
+
+
+def _time_bounds(spec: EventTimesSpec | None) -> TimeBounds:
+    """The rule set's ``event_times`` as ``TimeBounds`` (defaults for what it omits)."""
+    if spec is None:
+        return DEFAULT_TIME_BOUNDS
+    values: dict[str, int] = {}
+    for key in ("earliest", "latest"):
+        text = getattr(spec, key)
+        if text is not None:
+            try:
+                values[f"{key}_ms"] = parse_rfc3339_ms(text)
+            except TimestampError as exc:
+                raise RuleSetError(str(exc), f"event_times.{key}") from None
+    for key in ("max_skew", "max_ahead"):
+        text = getattr(spec, key)
+        if text is not None:
+            try:
+                values[f"{key}_ms"] = parse_duration_ms(text)
+            except Exception as exc:
+                raise RuleSetError(str(exc), f"event_times.{key}") from None
+    try:
+        return TimeBounds(**{**vars(DEFAULT_TIME_BOUNDS), **values})
+    except ValueError as exc:
+        raise RuleSetError(str(exc), "event_times") from None
 
 
 def parse_ruleset_text(text: str, source: str) -> RuleSet:

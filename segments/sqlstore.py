@@ -23,6 +23,26 @@ Contracts kept on every backend:
   and ``replace_assignments`` deletes and inserts one as-of in one transaction.
 - **Rule-set versions are immutable**: registering an existing (name, version) with a
   different digest raises ``RuleSetError``.
+- **A legacy run is published all at once.** A batch run stages its snapshots under a
+  run id (``begin_legacy_run``, ``stage_assignments``: tables
+  ``segshadow_legacy_staged_assignments`` and ``segshadow_legacy_staged_runs``) and
+  ``publish_legacy_run`` then replaces the rule set's rows of
+  ``segshadow_legacy_assignments`` and ``segshadow_legacy_runs`` with the staged ones
+  and records the run in ``segshadow_legacy_publications``, in one transaction.
+  Readers of the published tables (the router's SQL fallback, ``read_assignments``)
+  therefore see the previous complete run or the new complete run, never a part of
+  one; a run that fails part-way leaves only staged rows, which no reader reads and
+  the next ``begin_legacy_run`` of the rule set deletes. Chosen over a run-id column
+  on the published tables because it leaves those tables and their readers as they
+  are: an existing store only gains the three new tables (``create_all``), nothing is
+  migrated. The cost is one server-side ``INSERT ... SELECT`` of the run's rows at
+  the switch (on CockroachDB a transaction as large as the run; see below).
+  ``replace_assignments`` still publishes one as-of directly: the live legacy job
+  (``shadow.live``) publishes each complete as-of as it goes.
+- **Stream transitions of a replay are published all at once** the same way
+  (``segshadow_transitions_staged``, ``publish_transitions``): a replay that fails
+  part-way leaves the rule set's previous transitions as they were. The live stream
+  appends straight to ``segshadow_transitions``.
 
 Bulk paths (1M events, measured in ``bench/legacy_run.py``): SQLite gets the driver's
 ``executemany`` of plain tuples (SQLAlchemy's per-row parameter processing cost more
@@ -40,6 +60,10 @@ PostgreSQL in ways handled here:
   (delete+insert of one as-of, ON CONFLICT DO NOTHING inserts, a COPY-free load).
 - Large transactions are discouraged (they are more likely to conflict and have a
   size limit): events go in batches of ``EVENT_BATCH`` rows, one transaction each.
+  The one exception is the switch that publishes a legacy run or a replay's
+  transitions (atomicity is its point): it is a single ``INSERT ... SELECT`` of the
+  run's rows, retried whole by ``run_transaction``; a run too large for the
+  cluster's transaction limits fails there with the previous run still published.
 - ``TRUNCATE`` is a schema change there, not transactional: ``clear_events`` runs it
   in a transaction of its own on PostgreSQL and CockroachDB (``DELETE`` on SQLite).
 - Temporary tables are experimental and index changes are slow online schema changes:
@@ -58,6 +82,7 @@ PostgreSQL in ways handled here:
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -128,6 +153,39 @@ legacy_runs_table = sa.Table(
     sa.Column("duration_ms", sa.BigInteger, nullable=False),
 )
 
+staged_assignments_table = sa.Table(
+    "segshadow_legacy_staged_assignments",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("as_of", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("ruleset", sa.String(80), nullable=False),
+    sa.Column("segments", sa.Text, nullable=False),
+    sa.Index("ix_segshadow_legacy_staged_assignments_ruleset", "ruleset"),
+)
+
+staged_runs_table = sa.Table(
+    "segshadow_legacy_staged_runs",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("as_of", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("ruleset", sa.String(80), nullable=False),
+    sa.Column("started_at", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.BigInteger, nullable=False),
+    sa.Column("users", sa.Integer, nullable=False),
+    sa.Column("duration_ms", sa.BigInteger, nullable=False),
+)
+
+publications_table = sa.Table(
+    "segshadow_legacy_publications",
+    metadata,
+    sa.Column("ruleset", sa.String(80), primary_key=True),
+    sa.Column("run_id", sa.String(40), nullable=False),
+    sa.Column("published_at", sa.BigInteger, nullable=False),
+    sa.Column("as_ofs", sa.Integer, nullable=False),
+    sa.Column("assignments", sa.BigInteger, nullable=False),
+)
+
 transitions_table = sa.Table(
     "segshadow_transitions",
     metadata,
@@ -135,6 +193,19 @@ transitions_table = sa.Table(
     sa.Column("user_id", sa.Text, primary_key=True),
     sa.Column("effective_time", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("revision", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("segments", sa.Text, nullable=False),
+    sa.Column("emitted_at", sa.BigInteger, nullable=False),
+    sa.Column("cause", sa.String(16), nullable=False),
+)
+
+staged_transitions_table = sa.Table(
+    "segshadow_transitions_staged",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("user_id", sa.Text, primary_key=True),
+    sa.Column("effective_time", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("revision", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("ruleset", sa.String(80), nullable=False),
     sa.Column("segments", sa.Text, nullable=False),
     sa.Column("emitted_at", sa.BigInteger, nullable=False),
     sa.Column("cause", sa.String(16), nullable=False),
@@ -232,6 +303,17 @@ class LegacyRun:
     finished_at: int
     users: int
     duration_ms: int
+
+
+@dataclass(frozen=True)
+class Publication:
+    """The complete legacy run that is published for a rule set: its id, when, and its size."""
+
+    ruleset: str
+    run_id: str
+    published_at: int
+    as_ofs: int
+    assignments: int
 
 
 @dataclass(frozen=True)
@@ -533,34 +615,124 @@ class SqlStore:
     def replace_assignments(
         self, ruleset_ref: str, as_of: int, rows: Iterable[Assignment], run: LegacyRun | None = None
     ) -> int:
-        """Make ``rows`` the complete legacy snapshot of ``ruleset_ref`` at ``as_of``; returns its size.
+        """Make ``rows`` the complete published legacy snapshot of ``ruleset_ref`` at ``as_of``; returns
+        its size (the live legacy job's path; a batch run stages and publishes once, see below).
 
         Deletes what was stored for that as-of and inserts ``rows`` (and ``run``, when
         given) in one transaction, so re-running an as-of leaves exactly one copy.
         Raises ``UsageError`` when a row belongs to another as-of or a user repeats.
         """
-        values: list[tuple[Any, ...]] = []
-        seen: set[str] = set()
-        for row in rows:
-            if row.as_of != as_of:
-                raise UsageError(f"assignment at {row.as_of} given for as-of {as_of}")
-            if row.user_id in seen:
-                raise UsageError(f"user {row.user_id!r} twice in the snapshot at {as_of}")
-            seen.add(row.user_id)
-            values.append((ruleset_ref, as_of, to_sql_text(row.user_id), _segments_text(row.segments)))
-        if run is not None and (run.ruleset, run.as_of) != (ruleset_ref, as_of):
-            raise UsageError(f"run of {run.ruleset} at {run.as_of} given for {ruleset_ref} at {as_of}")
+        values = _snapshot_values(ruleset_ref, as_of, rows, run)
         a, r = assignments_table, legacy_runs_table
 
         def work(conn: Connection) -> int:
             conn.execute(sa.delete(a).where(a.c.ruleset == ruleset_ref, a.c.as_of == as_of))
-            self._bulk_insert(conn, a, values)
+            self._bulk_insert(conn, a, [(ruleset_ref, as_of, user, segs) for user, segs in values])
             if run is not None:
                 conn.execute(sa.delete(r).where(r.c.ruleset == ruleset_ref, r.c.as_of == as_of))
                 conn.execute(sa.insert(r), [asdict(run)])
             return len(values)
 
         return run_transaction(self.engine, work)
+
+    # ---- a legacy run, staged then published at once (see the module doc) -------------------------
+
+    def begin_legacy_run(self, ruleset_ref: str, run_id: str | None = None) -> str:
+        """Start a staged legacy run of ``ruleset_ref``; returns its id (a fresh one unless given).
+
+        Deletes what earlier unfinished runs of the rule set staged; the published run is
+        untouched.
+        """
+        run_id = run_id or uuid.uuid4().hex
+        sa_, sr = staged_assignments_table, staged_runs_table
+
+        def work(conn: Connection) -> None:
+            conn.execute(sa.delete(sa_).where(sa_.c.ruleset == ruleset_ref))
+            conn.execute(sa.delete(sr).where(sr.c.ruleset == ruleset_ref))
+
+        run_transaction(self.engine, work)
+        return run_id
+
+    def stage_assignments(
+        self, run_id: str, ruleset_ref: str, as_of: int, rows: Iterable[Assignment], run: LegacyRun | None = None
+    ) -> int:
+        """``replace_assignments`` into run ``run_id``'s staging: invisible until ``publish_legacy_run``.
+
+        Idempotent per as-of; the same ``UsageError`` checks.
+        """
+        values = _snapshot_values(ruleset_ref, as_of, rows, run)
+        sa_, sr = staged_assignments_table, staged_runs_table
+
+        def work(conn: Connection) -> int:
+            conn.execute(sa.delete(sa_).where(sa_.c.run_id == run_id, sa_.c.as_of == as_of))
+            self._bulk_insert(conn, sa_, [(run_id, as_of, user, ruleset_ref, segs) for user, segs in values])
+            if run is not None:
+                conn.execute(sa.delete(sr).where(sr.c.run_id == run_id, sr.c.as_of == as_of))
+                conn.execute(sa.insert(sr), [{**asdict(run), "run_id": run_id}])
+            return len(values)
+
+        return run_transaction(self.engine, work)
+
+    def publish_legacy_run(self, run_id: str, ruleset_ref: str, as_ofs: int) -> Publication:
+        """Make run ``run_id`` the published legacy run of ``ruleset_ref``, in one transaction.
+
+        The rule set's published assignments and runs are replaced by the staged ones,
+        the staging rows are deleted and the publication recorded. Publishing a run
+        that is already published changes nothing.
+        """
+        a, r, p = assignments_table, legacy_runs_table, publications_table
+        sa_, sr = staged_assignments_table, staged_runs_table
+        now = self.clock()
+
+        def work(conn: Connection) -> Publication:
+            current = conn.execute(sa.select(p).where(p.c.ruleset == ruleset_ref)).first()
+            if current is not None and current.run_id == run_id:
+                return Publication(ruleset_ref, run_id, current.published_at, current.as_ofs, current.assignments)
+            conn.execute(sa.delete(a).where(a.c.ruleset == ruleset_ref))
+            conn.execute(sa.delete(r).where(r.c.ruleset == ruleset_ref))
+            # counted apart: psycopg reports no row count for INSERT ... SELECT through SQLAlchemy
+            moved = conn.execute(
+                sa.select(sa.func.count()).select_from(sa_).where(sa_.c.run_id == run_id)
+            ).scalar_one()
+            conn.execute(
+                sa.insert(a).from_select(
+                    ["ruleset", "as_of", "user_id", "segments"],
+                    sa.select(sa_.c.ruleset, sa_.c.as_of, sa_.c.user_id, sa_.c.segments).where(
+                        sa_.c.run_id == run_id
+                    ),
+                )
+            )
+            run_columns = ["ruleset", "as_of", "started_at", "finished_at", "users", "duration_ms"]
+            conn.execute(
+                sa.insert(r).from_select(
+                    run_columns, sa.select(*(sr.c[name] for name in run_columns)).where(sr.c.run_id == run_id)
+                )
+            )
+            conn.execute(sa.delete(sa_).where(sa_.c.run_id == run_id))
+            conn.execute(sa.delete(sr).where(sr.c.run_id == run_id))
+            publication = Publication(ruleset_ref, run_id, now, as_ofs, int(moved))
+            conn.execute(sa.delete(p).where(p.c.ruleset == ruleset_ref))
+            conn.execute(sa.insert(p), [asdict(publication)])
+            return publication
+
+        return run_transaction(self.engine, work)
+
+    def publication(self, ruleset_ref: str) -> Publication | None:
+        """The published legacy run of ``ruleset_ref``, or None (none yet, or a store from before
+        runs were published at once)."""
+        p = publications_table
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(p).where(p.c.ruleset == ruleset_ref)).first()
+        if row is None:
+            return None
+        return Publication(row.ruleset, row.run_id, row.published_at, row.as_ofs, row.assignments)
+
+    def staged_rows(self, ruleset_ref: str) -> int:
+        """How many assignment rows unfinished runs of ``ruleset_ref`` left staged (never read as results)."""
+        sa_ = staged_assignments_table
+        query = sa.select(sa.func.count()).select_from(sa_).where(sa_.c.ruleset == ruleset_ref)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def read_assignments(self, ruleset_ref: str, as_of: int | None = None) -> list[Assignment]:
         """Stored legacy assignments of ``ruleset_ref`` (one as-of, or all), sorted by as-of then user."""
@@ -585,20 +757,29 @@ class SqlStore:
             ]
 
     def clear_legacy(self, ruleset_ref: str) -> None:
-        """Forget every legacy assignment and run of ``ruleset_ref``."""
-        a, r = assignments_table, legacy_runs_table
+        """Forget every legacy assignment, run and publication of ``ruleset_ref``."""
+        a, r, p = assignments_table, legacy_runs_table, publications_table
 
         def work(conn: Connection) -> None:
             conn.execute(sa.delete(a).where(a.c.ruleset == ruleset_ref))
             conn.execute(sa.delete(r).where(r.c.ruleset == ruleset_ref))
+            conn.execute(sa.delete(p).where(p.c.ruleset == ruleset_ref))
 
         run_transaction(self.engine, work)
 
     # ---- stream transitions -----------------------------------------------------------------------
 
-    def insert_transitions(self, transitions: Iterable[Transition], ruleset_ref: str) -> int:
+    def insert_transitions(
+        self, transitions: Iterable[Transition], ruleset_ref: str, run_id: str | None = None
+    ) -> int:
         """Store stream transitions of ``ruleset_ref``; a (user, effective_time, revision) already
-        stored is left as it is (a retried bundle changes nothing). Returns how many were new."""
+        stored is left as it is (a retried bundle changes nothing). Returns how many were new.
+
+        With ``run_id`` (a replay, see ``begin_transitions``) they are staged, invisible to
+        readers until ``publish_transitions``; without, appended to the published log (live).
+        """
+        table = transitions_table if run_id is None else staged_transitions_table
+        extra = {} if run_id is None else {"run_id": run_id}
         inserted = 0
         for chunk in _chunks(transitions, ROW_BATCH):
             rows = [
@@ -610,11 +791,41 @@ class SqlStore:
                     "segments": _segments_text(tr.segments),
                     "emitted_at": tr.emitted_at,
                     "cause": tr.cause,
+                    **extra,
                 }
                 for tr in chunk
             ]
-            inserted += self._insert_batch(transitions_table, rows, "revision")
+            inserted += self._insert_batch(table, rows, "revision")
         return inserted
+
+    def begin_transitions(self, ruleset_ref: str, run_id: str | None = None) -> str:
+        """Start a replay's staged transitions of ``ruleset_ref``; returns the run id (fresh unless
+        given). Deletes what unfinished replays of the rule set staged."""
+        run_id = run_id or uuid.uuid4().hex
+        st = staged_transitions_table
+        run_transaction(self.engine, lambda conn: conn.execute(sa.delete(st).where(st.c.ruleset == ruleset_ref)))
+        return run_id
+
+    def publish_transitions(self, run_id: str, ruleset_ref: str) -> int:
+        """Make replay ``run_id``'s staged transitions the whole published log of ``ruleset_ref``, in one
+        transaction (the previous replay's transitions go); returns how many were published."""
+        t, st = transitions_table, staged_transitions_table
+        columns = ["ruleset", "user_id", "effective_time", "revision", "segments", "emitted_at", "cause"]
+
+        def work(conn: Connection) -> int:
+            conn.execute(sa.delete(t).where(t.c.ruleset == ruleset_ref))
+            moved = conn.execute(
+                sa.select(sa.func.count()).select_from(st).where(st.c.run_id == run_id)
+            ).scalar_one()
+            conn.execute(
+                sa.insert(t).from_select(
+                    columns, sa.select(*(st.c[name] for name in columns)).where(st.c.run_id == run_id)
+                )
+            )
+            conn.execute(sa.delete(st).where(st.c.run_id == run_id))
+            return int(moved)
+
+        return run_transaction(self.engine, work)
 
     def read_transitions(self, ruleset_ref: str, user_id: str | None = None) -> list[Transition]:
         """Stored transitions of ``ruleset_ref`` (one user's, or all), sorted by user, time, revision."""
@@ -686,6 +897,25 @@ class SqlStore:
                 )
                 for r in conn.execute(query)
             ]
+
+
+def _snapshot_values(
+    ruleset_ref: str, as_of: int, rows: Iterable[Assignment], run: LegacyRun | None
+) -> list[tuple[str, str]]:
+    """(stored user id, segments text) of one as-of's snapshot; ``UsageError`` for a row of another
+    as-of, a repeated user, or a run of another rule set or as-of."""
+    values: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for row in rows:
+        if row.as_of != as_of:
+            raise UsageError(f"assignment at {row.as_of} given for as-of {as_of}")
+        if row.user_id in seen:
+            raise UsageError(f"user {row.user_id!r} twice in the snapshot at {as_of}")
+        seen.add(row.user_id)
+        values.append((to_sql_text(row.user_id), _segments_text(row.segments)))
+    if run is not None and (run.ruleset, run.as_of) != (ruleset_ref, as_of):
+        raise UsageError(f"run of {run.ruleset} at {run.as_of} given for {ruleset_ref} at {as_of}")
+    return values
 
 
 def _drop_event_indexes(conn: Connection) -> None:
@@ -760,6 +990,7 @@ __all__ = [
     "DEAD_LETTER_SOURCES",
     "DeadLetter",
     "LegacyRun",
+    "Publication",
     "SqlStore",
     "StoredRuleSet",
     "assignments_table",
@@ -768,7 +999,11 @@ __all__ = [
     "from_sql_text",
     "legacy_runs_table",
     "metadata",
+    "publications_table",
     "rulesets_table",
+    "staged_assignments_table",
+    "staged_runs_table",
+    "staged_transitions_table",
     "to_sql_text",
     "transitions_table",
 ]

@@ -37,7 +37,7 @@ from apache_beam.coders import BytesCoder, PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
-from segments.events import Event, Rejection, arrival_order, iter_lines, parse_line
+from segments.events import DEFAULT_TIME_BOUNDS, Event, Rejection, TimeBounds, arrival_order, iter_lines, parse_line
 from segments.lateness import END_OF_TIME
 from segments.outputs import Transition
 from segments.timeutil import wall_clock_ms
@@ -121,13 +121,18 @@ def admit_events(
 
 
 def parse_into(
-    valid: list[Event], numbered: Iterable[tuple[int, str]], admission: Admission, counters: _Counters
+    valid: list[Event],
+    numbered: Iterable[tuple[int, str]],
+    admission: Admission,
+    counters: _Counters,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> Iterator[Any]:
-    """Parse numbered lines, appending events to ``valid``; yield each bad line as a counted dead letter."""
+    """Parse numbered lines, appending events to ``valid``; yield each bad line (and each event whose
+    times are outside ``bounds``, the rule set's) as a counted dead letter."""
     lines = 0
     for number, text in numbered:
         lines += 1
-        parsed = parse_line(text, number)
+        parsed = parse_line(text, number, bounds)
         if isinstance(parsed, Event):
             valid.append(parsed)
         else:
@@ -148,7 +153,8 @@ class ReadAndAdmitFile(beam.DoFn):
     def process(self, path: str) -> Iterator[Any]:
         admission = Admission(self.config.params)
         valid: list[Event] = []
-        yield from parse_into(valid, iter_lines(path), admission, self.counters)
+        bounds = self.config.ruleset.time_bounds
+        yield from parse_into(valid, iter_lines(path), admission, self.counters, bounds)
         ordered = arrival_order(valid)
         del valid
         flusher = Flusher(self.config.shards)
@@ -180,7 +186,8 @@ class AdmitLines(beam.DoFn):
         admission, flusher, seq = held if held is not None else (Admission(self.config.params), None, 0)
         flusher = flusher or Flusher(self.config.shards)
         valid: list[Event] = []
-        yield from parse_into(valid, enumerate(lines, start=seq + 1), admission, self.counters)
+        bounds = self.config.ruleset.time_bounds
+        yield from parse_into(valid, enumerate(lines, start=seq + 1), admission, self.counters, bounds)
         seq += len(lines)
         yield from admit_events(admission, valid, flusher, self.config.batch_events, self.counters)
         clock = wall_clock_ms() if self.config.live else (valid[-1].arrival_time if valid else 0)
@@ -223,7 +230,8 @@ class ReadAndAdmitRedisLog(beam.DoFn):
                     break
                 valid: list[Event] = []
                 texts = (fields.get(self.field, b"").decode("utf-8", "surrogateescape") for _, fields in entries)
-                yield from parse_into(valid, enumerate(texts, start=seq + 1), admission, self.counters)
+                bounds = self.config.ruleset.time_bounds
+                yield from parse_into(valid, enumerate(texts, start=seq + 1), admission, self.counters, bounds)
                 seq += len(entries)
                 if valid:
                     last_arrival = valid[-1].arrival_time

@@ -12,6 +12,7 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from segments.errors import InputError
 from segments.outputs import file_sha256, write_meta
+from segments.sqlstore import SqlStore
 from segments.timeutil import wall_clock_ms
 from streaming.options import REPLAY_RUNNER, in_process_tuned, pipeline_options, runner_name, sink_delay_ms
 from streaming.pipeline import (
@@ -92,8 +93,10 @@ def build_replay(
     database_url: str | None = None,
     source: RedisLog | None = None,
     sink_delay: int = 0,
+    run_id: str | None = None,
 ) -> None:
-    """Attach the replay source, segmentation and every sink to ``pipeline`` (runner-agnostic)."""
+    """Attach the replay source, segmentation and every sink to ``pipeline`` (runner-agnostic); SQL
+    transitions are staged under ``run_id`` when given."""
     reader: beam.DoFn = (
         ReadAndAdmitFile(config)
         if source is None
@@ -108,7 +111,7 @@ def build_replay(
     _write_text(transitions | "TransitionsJSON" >> beam.Map(transitions_json), out, "WriteTransitions")
     dead = admitted[DEAD]
     _write_text(dead | "DeadJSON" >> beam.Map(rejection_json), dead_path, "WriteDeadLetters")
-    sink_all(transitions, dead, redis_url, database_url, config.ruleset.ref, sink_delay)
+    sink_all(transitions, dead, redis_url, database_url, config.ruleset.ref, run_id, sink_delay)
 
 
 def run_replay(
@@ -125,8 +128,10 @@ def run_replay(
     With ``source``, the events are read from that Redis Stream (what dual-write
     wrote) and ``events_path`` is the same log as a file, for provenance. The
     sidecar ``out_path.meta.json`` is written last, after the pipeline has
-    finished, so an interrupted run never looks complete. Raises ``InputError``
-    when the events file cannot be read.
+    finished, so an interrupted run never looks complete. With ``database_url`` the
+    transitions are staged in SQL and published at once after the pipeline has
+    finished (``streaming.sinks``): a failed replay leaves the rule set's previous
+    transitions published. Raises ``InputError`` when the events file cannot be read.
     """
     events = Path(events_path)
     if not events.is_file():
@@ -139,10 +144,20 @@ def run_replay(
     options = pipeline_options(beam_args, REPLAY_RUNNER)
     started = wall_clock_ms()
     pipeline = beam.Pipeline(options=options)
-    build_replay(pipeline, events, out, dead_path, config, redis_url, database_url, source, sink_delay_ms(options))
-    with in_process_tuned(options):
-        result = pipeline.run()
-        result.wait_until_finish()
+    staging = SqlStore.open(database_url) if database_url else None
+    try:
+        run_id = staging.begin_transitions(config.ruleset.ref) if staging is not None else None
+        build_replay(
+            pipeline, events, out, dead_path, config, redis_url, database_url, source, sink_delay_ms(options), run_id
+        )
+        with in_process_tuned(options):
+            result = pipeline.run()
+            result.wait_until_finish()
+        if staging is not None and run_id is not None:
+            staging.publish_transitions(run_id, config.ruleset.ref)
+    finally:
+        if staging is not None:
+            staging.close()
     seconds = (wall_clock_ms() - started) / 1000
     counts = _counters(result)
     write_meta(

@@ -6,6 +6,12 @@ greater (effective_time, revision), SQL rows are keyed so a retried bundle
 inserts nothing new. A server that fails is retried with backoff for a bounded
 time and reported; if it stays down the bundle fails, so the runner retries it
 and nothing read is lost.
+
+A replay's SQL transitions are staged under the replay's run id and published at
+once when the pipeline has finished (``segments.sqlstore``: ``begin_transitions``,
+``publish_transitions``, called by ``streaming.replay``): a replay that fails
+part-way leaves the published transitions of the rule set as they were. The live
+stream, which never finishes, appends straight to the published log.
 """
 
 from __future__ import annotations
@@ -108,11 +114,13 @@ class RedisTransitionsSink(beam.DoFn):
 
 
 class SqlTransitionsSink(beam.DoFn):
-    """Appends transitions to the durable SQL log (a row per user, effective time and revision)."""
+    """Appends transitions to the durable SQL log (a row per user, effective time and revision), or
+    stages them under ``run_id`` (a replay) until the replay publishes them."""
 
-    def __init__(self, database_url: str, ruleset_ref: str) -> None:
+    def __init__(self, database_url: str, ruleset_ref: str, run_id: str | None = None) -> None:
         self.database_url = database_url
         self.ruleset_ref = ruleset_ref
+        self.run_id = run_id
 
     def setup(self) -> None:
         from segments.sqlstore import SqlStore
@@ -121,7 +129,7 @@ class SqlTransitionsSink(beam.DoFn):
         self.written = Metrics.counter(NAMESPACE, "sql_transitions")
 
     def process(self, batch: list[Transition]) -> None:
-        self.written.inc(self.store.insert_transitions(batch, self.ruleset_ref))
+        self.written.inc(self.store.insert_transitions(batch, self.ruleset_ref, self.run_id))
 
     def teardown(self) -> None:
         store = getattr(self, "store", None)
@@ -155,13 +163,15 @@ def sink_all(
     redis_url: str | None,
     database_url: str | None,
     ruleset_ref: str,
+    run_id: str | None = None,
     sink_delay_ms: int = 0,
 ) -> None:
-    """Attach the Redis and SQL sinks that are configured (``sink_delay_ms``: see ``RedisTransitionsSink``)."""
+    """Attach the Redis and SQL sinks that are configured (SQL transitions staged under ``run_id``
+    when given; ``sink_delay_ms``: see ``RedisTransitionsSink``)."""
     if redis_url:
         _ = transitions | "ToRedis" >> beam.ParDo(RedisTransitionsSink(redis_url, sink_delay_ms))
     if database_url:
-        _ = transitions | "ToSQL" >> beam.ParDo(SqlTransitionsSink(database_url, ruleset_ref))
+        _ = transitions | "ToSQL" >> beam.ParDo(SqlTransitionsSink(database_url, ruleset_ref, run_id))
         _ = (
             dead
             | "BatchDead" >> beam.BatchElements(min_batch_size=100, max_batch_size=5000)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from legacy_batch.job import LegacyWriterSink, as_sink, load_events, run_as_of, run_as_ofs, run_legacy
 from legacy_batch.query import build_query
 from segments.db import make_engine
-from segments.errors import InputError, RuleSetError
+from segments.errors import InputError, RuleSetError, RunFailed
 from segments.events import KINDS, MONEY_KINDS, Event, format_micros, parse_line
 from segments.outputs import Assignment, read_assignments, read_meta
 from segments.redisstore import RedisStore
@@ -255,6 +255,80 @@ def test_an_interrupted_run_leaves_no_output_that_looks_complete(store: SqlStore
     with pytest.raises(InputError, match="not a complete segshadow output"):
         read_meta(out)
     assert not (tmp_path / "legacy.jsonl.partial").exists()
+
+
+class _LockHolder:
+    """Another session holding the write lock of the staging table from the ``n``-th as-of on: SQLite
+    ``BEGIN EXCLUSIVE`` on the file, PostgreSQL ``LOCK TABLE ... ACCESS EXCLUSIVE``."""
+
+    def __init__(self, url: str, at: int) -> None:
+        self.url, self.at, self.conn = url, at, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage == "as_of" and done == self.at and self.conn is None:
+            engine = make_engine(self.url)
+            self.conn = engine.connect()
+            if engine.dialect.name == "sqlite":
+                self.conn.exec_driver_sql("BEGIN EXCLUSIVE")
+            else:
+                self.conn.begin()
+                self.conn.exec_driver_sql("LOCK TABLE segshadow_legacy_staged_assignments IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.rollback()
+            self.conn.close()
+
+
+def _with_timeouts(url: str) -> str:
+    return url + ("&" if "?" in url else "?") + "lock_timeout=300ms&busy_timeout=300ms"
+
+
+def test_a_run_that_fails_part_way_publishes_nothing_and_the_previous_run_stays(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A lock held past the timeout at the 2nd as-of: RunFailed naming it and the run that stays;
+    the published rows (what the router's SQL fallback reads) are the previous complete run's."""
+    from rollout.router import LegacySqlReader
+
+    ruleset = load_ruleset("clickstream")
+    first = _write(tmp_path / "one.jsonl", [_line(f"p{n}", "buyer", 3 * n, "purchase", "150") for n in range(5)])
+    second = _write(tmp_path / "two.jsonl", [_line(f"q{n}", "other", 3 * n, "purchase", "150") for n in range(5)])
+    url = _with_timeouts(database_url)
+    holder = _LockHolder(url, at=2)
+    with SqlStore.open(url) as store:
+        run_legacy(first, ruleset, M5, tmp_path / "one.out", store)
+        published = store.publication(ruleset.ref)
+        assert published is not None
+        before = store.read_assignments(ruleset.ref)
+        try:
+            with pytest.raises(RunFailed) as caught:
+                run_legacy(second, ruleset, M5, tmp_path / "two.out", store, on_progress=holder)
+        finally:
+            holder.release()
+        message = str(caught.value)
+        assert caught.value.exit_code == 1 and "\n" not in message
+        assert "exceeded 300ms" in message and "at as-of" in message and "(3 of" in message, message
+        assert f"nothing of this run is published; the previous complete run (id {published.run_id[:12]}" in message
+        assert store.read_assignments(ruleset.ref) == before and store.publication(ruleset.ref) == published
+        assert {a.user_id for a in before} == {"buyer"}
+        assert LegacySqlReader(store.engine, ruleset.ref).latest("buyer") == (("high_value",), before[-1].as_of)
+        assert LegacySqlReader(store.engine, ruleset.ref).latest("other") == ((), before[-1].as_of)
+        assert not (tmp_path / "two.out").exists() and not (tmp_path / "two.out.partial").exists()
+        run_legacy(second, ruleset, M5, tmp_path / "two.out", store)
+        assert {a.user_id for a in store.read_assignments(ruleset.ref)} == {"other"}
+        assert store.staged_rows(ruleset.ref) == 0
+
+
+def test_an_event_with_absurd_times_is_dead_lettered_and_the_schedule_stays_small(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    lines = [_line("p", "buyer", 0, "purchase", "150"), _line("v", "u", 1, "view", arrival_time=1)]
+    lines.append('{"event_id":"a3","user_id":"u3","event_time":"9999-12-31T23:59:59.999Z","kind":"view"}')
+    events = _write(tmp_path / "events.jsonl", lines)
+    report = run_legacy(events, load_ruleset("clickstream"), M5, tmp_path / "o", store)
+    assert report.counts["rejected_time_out_of_range"] == 2 and report.counts["accepted"] == 1
+    assert len(report.as_ofs) == 2
 
 
 def test_a_file_without_valid_events_is_refused(store: SqlStore, tmp_path: Path) -> None:

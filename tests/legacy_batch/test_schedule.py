@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from legacy_batch.schedule import as_of_times, schedule
+from legacy_batch.schedule import MAX_AS_OFS, MAX_EVERY_MS, MIN_EVERY_MS, as_of_count, as_of_times, schedule
 from segments.errors import UsageError
 from segments.events import Event
 
@@ -35,10 +35,30 @@ def test_one_arrival_exactly_on_a_multiple_has_two_as_ofs() -> None:
     assert as_of_times(4 * M5, 4 * M5, M5) == [4 * M5, 5 * M5]
 
 
-@pytest.mark.parametrize("every", [0, -M5])
-def test_every_must_be_positive(every: int) -> None:
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("every", [0, -M5, 999, 86_400_001])
+def test_every_must_be_within_its_limits(every: int) -> None:
+    with pytest.raises(UsageError, match="--every"):
         as_of_times(0, 1, every)
+
+
+@pytest.mark.parametrize("every", [MIN_EVERY_MS, MAX_EVERY_MS])
+def test_every_at_its_limits_is_accepted(every: int) -> None:
+    assert as_of_times(0, 1, every) == [0, every]
+
+
+def test_a_schedule_over_the_limit_is_refused_naming_the_span_and_every() -> None:
+    first = 1_704_067_200_000
+    last = first + (MAX_AS_OFS - 1) * M5  # MAX_AS_OFS + 1 as-ofs: the last is last + every
+    assert as_of_count(first, last - M5, M5) == MAX_AS_OFS == len(as_of_times(first, last - M5, M5))
+    with pytest.raises(UsageError) as caught:
+        as_of_times(first, last, M5)
+    message = str(caught.value)
+    assert "--every 5m" in message and "347.2 days" in message and "100,001" in message and "\n" not in message
+
+
+def test_the_issues_span_from_1970_to_9999_is_refused_without_building_it() -> None:
+    with pytest.raises(UsageError, match="as-of times"):
+        as_of_times(1, 253_402_300_799_999, M5)
 
 
 def test_no_events_no_as_ofs() -> None:
@@ -54,7 +74,7 @@ def test_schedule_reads_arrivals_not_event_times() -> None:
     st.integers(0, 10**13),
     st.integers(0, 50),
     st.integers(0, 3_600_000),
-    st.sampled_from([1, 1_000, 60_000, M5, 420_000, 3_600_000]),
+    st.sampled_from([1_000, 60_000, M5, 420_000, 3_600_000]),
 )
 def test_as_ofs_are_exactly_the_multiples_in_range(first: int, steps: int, extra: int, every: int) -> None:
     last = first + steps * every + extra % every

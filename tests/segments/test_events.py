@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from segments.errors import InputError
 from segments.events import (
+    DAY_MS,
     REASONS,
     Event,
     Rejection,
+    TimeBounds,
     format_micros,
     load_event_log,
     parse_line,
@@ -232,6 +234,13 @@ REJECTED: list[tuple[str, str]] = [
     (line(event_time="2024-01-01T00:00:00Z\n"), "bad_timestamp"),
     (line(event_time=-1), "bad_timestamp"),
     (line(event_time=10**20), "bad_timestamp"),
+    # time_out_of_range (the two events, and each bound just past its edge)
+    ('{"event_id":"a3","user_id":"u3","event_time":"9999-12-31T23:59:59.999Z","kind":"view"}', "time_out_of_range"),
+    (line(arrival_time=1), "time_out_of_range"),
+    (line(event_time=4_102_444_800_000), "time_out_of_range"),
+    (line(event_time="2100-01-01T00:00:00Z", arrival_time="2099-12-31T23:59:59.999Z"), "time_out_of_range"),
+    (line(arrival_time=T0 + 1_096 * DAY_MS + 1), "time_out_of_range"),
+    (line(arrival_time=T0 - DAY_MS - 1), "time_out_of_range"),
     # unknown_kind
     (line(kind="click"), "unknown_kind"),
     (line(kind="VIEW"), "unknown_kind"),
@@ -487,3 +496,35 @@ def test_a_number_whose_exponent_decimal_cannot_hold_is_bad_json_not_an_exceptio
     for parse in (parse_line, parse_line_in_full):
         rejected = parse(text, 1)
         assert isinstance(rejected, Rejection) and rejected.reason == "bad_json" and "out of range" in rejected.detail
+
+
+# ---- time range (bounded work) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"arrival_time": T0 + 1_096 * DAY_MS},  # exactly the max skew late
+        {"arrival_time": T0 - DAY_MS},  # exactly a day ahead of its arrival
+        {"event_time": 0},  # the earliest instant
+        {"event_time": 4_102_444_800_000 - 1},  # the last millisecond before 2100
+    ],
+)
+def test_times_at_the_edges_of_the_default_bounds_are_accepted(fields: dict[str, int]) -> None:
+    assert isinstance(parse_line(line(**fields), 1), Event)
+
+
+def test_a_rule_sets_bounds_narrow_the_range_on_the_fast_and_the_full_path() -> None:
+    bounds = TimeBounds(earliest_ms=946_684_800_000, max_skew_ms=DAY_MS, max_ahead_ms=0)
+    for text in (line(event_time=0), line(arrival_time=T0 + DAY_MS + 1), line(arrival_time=T0 - 1)):
+        for parse in (parse_line, parse_line_in_full):
+            parsed = parse(text, 3, bounds)
+            assert isinstance(parsed, Rejection) and parsed.reason == "time_out_of_range", text
+    assert isinstance(parse_line(line(arrival_time=T0 + DAY_MS), 3, bounds), Event)
+
+
+def test_load_event_log_counts_times_out_of_range(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text(line() + "\n" + line(event_id="e2", event_time="9999-12-31T23:59:59.999Z") + "\n")
+    log = load_event_log(path)
+    assert len(log.events) == 1 and log.counts["rejected_time_out_of_range"] == 1

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segments.errors import RuleSetError
+from segments.events import DEFAULT_TIME_BOUNDS
 from segments.rules import Fact, RuleSet, compile_ruleset, load_ruleset, shipped_ruleset
 
 T = 1_704_067_200_000
@@ -242,6 +243,15 @@ BAD: list[tuple[RuleSet, Callable[[dict[str, Any]], None], str, str]] = [
     (RISK, lambda d: d["aggregates"]["txns_1m"].update(window="1 minute"), "aggregates.txns_1m.window", "bad"),
     (CLICK, lambda d: d.update(window="ten minutes"), "window", "bad duration"),
     (CLICK, lambda d: d.update(window="0"), "window", "positive"),
+    (CLICK, lambda d: d.update(window="100000000h"), "window", "outside 1s..31d"),
+    (CLICK, lambda d: d.update(window="32d"), "window", "outside 1s..31d"),
+    (CLICK, lambda d: d.update(window="999ms"), "window", "outside 1s..31d"),
+    (RISK, lambda d: d["aggregates"]["txns_1m"].update(window="500ms"), "aggregates.txns_1m.window", "outside"),
+    (CLICK, lambda d: d.update(event_times={"earliest": "2020-01-01"}), "event_times.earliest", "not an RFC 3339"),
+    (CLICK, lambda d: d.update(event_times={"max_ahead": "soon"}), "event_times.max_ahead", "bad duration"),
+    (CLICK, lambda d: d.update(event_times={"latest": "1999-01-01T00:00:00Z", "earliest": "2000-01-01T00:00:00Z"}),
+     "event_times", "earliest < latest"),
+    (CLICK, lambda d: d.update(event_times={"colour": "red"}), "event_times.colour", "Extra"),
     (CLICK, lambda d: d.pop("version"), "version", "Field required"),
     (CLICK, lambda d: d.update(version=0), "version", "greater than or equal to 1"),
     (CLICK, lambda d: d.update(name="Click Stream"), "name", "pattern"),
@@ -317,3 +327,17 @@ def test_unreadable_or_broken_files_are_rule_set_errors(tmp_path: Path) -> None:
 def test_shipped_definitions_are_stable() -> None:
     assert shipped_ruleset("clickstream").digest == CLICK.digest
     assert CLICK.to_canonical_json() == json.dumps(dict(CLICK.definition), sort_keys=True, separators=(",", ":"))
+
+
+def test_a_window_of_exactly_the_limits_is_accepted() -> None:
+    for window in ("1s", "31d"):
+        assert compile_ruleset(mutated(CLICK, lambda d, w=window: d.update(window=w))).window_ms > 0
+
+
+def test_event_times_become_the_rule_sets_time_bounds_and_change_its_digest() -> None:
+    spec = {"earliest": "2020-01-01T00:00:00Z", "max_ahead": "1h"}
+    ruleset = compile_ruleset(mutated(CLICK, lambda d: d.update(event_times=spec)))
+    bounds = ruleset.time_bounds
+    assert bounds.earliest_ms == 1_577_836_800_000 and bounds.max_ahead_ms == 3_600_000
+    assert bounds.latest_ms == DEFAULT_TIME_BOUNDS.latest_ms and bounds.max_skew_ms == DEFAULT_TIME_BOUNDS.max_skew_ms
+    assert ruleset.digest != CLICK.digest and CLICK.time_bounds == DEFAULT_TIME_BOUNDS

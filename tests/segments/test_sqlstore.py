@@ -239,3 +239,69 @@ def test_money_columns_are_integers_on_every_backend(database_url: str) -> None:
         inspector = sa.inspect(store.engine)
         columns = {c["name"]: c["type"] for c in inspector.get_columns("segshadow_events")}
     assert isinstance(columns["amount_micros"], sa.Integer)
+
+
+# ---- a legacy run and a replay's transitions are published at once --------------------------------
+
+
+def _snapshot(as_of: int, *users: str) -> list[Assignment]:
+    return [Assignment(as_of, user, ("s",)) for user in users]
+
+
+def test_a_staged_legacy_run_is_invisible_until_published_then_replaces_the_previous_whole(store: SqlStore) -> None:
+    first = store.begin_legacy_run("c@v1")
+    run = LegacyRun("c@v1", 300_000, 1, 2, 2, 1)
+    store.stage_assignments(first, "c@v1", 300_000, _snapshot(300_000, "a", "b"), run)
+    store.stage_assignments(first, "c@v1", 600_000, _snapshot(600_000, "a"))
+    assert store.read_assignments("c@v1") == [] and store.publication("c@v1") is None
+    published = store.publish_legacy_run(first, "c@v1", 2)
+    assert (published.run_id, published.as_ofs, published.assignments) == (first, 2, 3)
+    assert store.read_assignments("c@v1") == _snapshot(300_000, "a", "b") + _snapshot(600_000, "a")
+    assert [r.as_of for r in store.legacy_runs("c@v1")] == [300_000] and store.staged_rows("c@v1") == 0
+
+    second = store.begin_legacy_run("c@v1")
+    store.stage_assignments(second, "c@v1", 900_000, _snapshot(900_000, "z"))
+    assert store.read_assignments("c@v1")[-1].as_of == 600_000, "staged rows stay unseen"
+    assert store.publication("c@v1") == published
+    store.publish_legacy_run(second, "c@v1", 1)
+    assert store.read_assignments("c@v1") == _snapshot(900_000, "z") and store.legacy_runs("c@v1") == []
+    assert store.publish_legacy_run(second, "c@v1", 1).run_id == second, "publishing again changes nothing"
+    assert store.read_assignments("c@v1") == _snapshot(900_000, "z")
+
+
+def test_a_new_run_discards_what_an_unfinished_run_of_its_rule_set_staged(store: SqlStore) -> None:
+    abandoned = store.begin_legacy_run("c@v1")
+    store.stage_assignments(abandoned, "c@v1", 300_000, _snapshot(300_000, "a", "b"))
+    other = store.begin_legacy_run("r@v1")
+    store.stage_assignments(other, "r@v1", 300_000, _snapshot(300_000, "x"))
+    assert store.staged_rows("c@v1") == 2
+    store.begin_legacy_run("c@v1")
+    assert store.staged_rows("c@v1") == 0 and store.staged_rows("r@v1") == 1
+
+
+def test_staged_checks_match_replace_assignments(store: SqlStore) -> None:
+    run = store.begin_legacy_run("c@v1")
+    with pytest.raises(UsageError):
+        store.stage_assignments(run, "c@v1", 300_000, [Assignment(600_000, "u", ("a",))])
+    with pytest.raises(UsageError):
+        store.stage_assignments(run, "c@v1", 300_000, _snapshot(300_000, "u", "u"))
+
+
+def test_a_replays_transitions_are_published_at_once_replacing_the_previous_replays(store: SqlStore) -> None:
+    old = [Transition("u", ("s",), 5, 1, 6, "event"), Transition("v", ("s",), 7, 1, 8, "event")]
+    store.insert_transitions(old, "c@v1")
+    run = store.begin_transitions("c@v1")
+    new = [Transition("w", ("s",), 9, 1, 10, "event")]
+    assert store.insert_transitions(new, "c@v1", run) == 1
+    assert store.insert_transitions(new, "c@v1", run) == 0, "a retried bundle stages nothing new"
+    assert store.read_transitions("c@v1") == old, "staged transitions stay unseen"
+    assert store.publish_transitions(run, "c@v1") == 1
+    assert store.read_transitions("c@v1") == new
+
+
+def test_a_new_replay_discards_what_an_unfinished_replay_staged(store: SqlStore) -> None:
+    abandoned = store.begin_transitions("c@v1")
+    store.insert_transitions([Transition("u", ("s",), 5, 1, 6, "event")], "c@v1", abandoned)
+    run = store.begin_transitions("c@v1")
+    store.publish_transitions(abandoned, "c@v1")
+    assert store.read_transitions("c@v1") == [] and run != abandoned
