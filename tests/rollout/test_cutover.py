@@ -40,7 +40,8 @@ def walk_to(store: RolloutStore, clock: Clock, tmp_path: Path, target: Position)
     """Advance along the plan on good evidence, waiting each step's minimum time, until ``target``."""
     while store.state().position != target:
         clock.advance(60 * MINUTE)
-        advance(store, PLAN, load_evidence(fresh(tmp_path, clock)), actor="ana")
+        version = store.state().version
+        advance(store, PLAN, load_evidence(fresh(tmp_path, clock)), actor="ana", expected_version=version)
 
 
 def test_the_full_walk_from_off_to_complete_on_good_evidence(
@@ -49,7 +50,10 @@ def test_the_full_walk_from_off_to_complete_on_good_evidence(
     seen = [store.state().position]
     while store.state().position.stage is not Stage.COMPLETE:
         clock.advance(60 * MINUTE)
-        decision, proposal = advance(store, PLAN, load_evidence(fresh(tmp_path, clock)), actor="ana")
+        version = store.state().version
+        decision, proposal = advance(
+            store, PLAN, load_evidence(fresh(tmp_path, clock)), actor="ana", expected_version=version
+        )
         assert proposal.allowed and not decision.forced
         seen.append(decision.target)
     assert [str(p) for p in seen] == [
@@ -131,7 +135,13 @@ def test_past_shadow_evidence_is_required_unless_forced(
     with pytest.raises(UsageError, match="--evidence"):
         advance(store, PLAN, None, actor="ana")
     decision, _ = advance(
-        store, PLAN, None, actor="ana", force=True, reason="comparator down, approved by cab"
+        store,
+        PLAN,
+        None,
+        actor="ana",
+        force=True,
+        reason="comparator down, approved by cab",
+        source=Position.at("shadow"),
     )
     assert decision.forced and decision.evidence_path is None and decision.target == Position.at("canary", 1)
 
