@@ -389,15 +389,15 @@ def _describe(value: float | int | None, unit: str = "") -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-# (gate, "min" when a lower value is weaker, "max" when a higher value is weaker)
+# (field, its key in the plan file, "min" when a lower value is weaker or "max" when a higher one is)
 _GATE_DIRECTIONS: tuple[tuple[str, str, str], ...] = (
-    ("min_pairs", "min", ""),
-    ("min_as_of_rounds", "min", ""),
-    ("max_unexplained_rate", "max", ""),
-    ("max_stream_p99_ms", "max", " ms"),
-    ("dead_letter_tolerance", "max", ""),
-    ("false_positive_tolerance", "max", ""),
-    ("min_time_in_stage_ms", "min", " ms"),
+    ("min_pairs", "min_pairs", "min"),
+    ("min_as_of_rounds", "min_as_of_rounds", "min"),
+    ("max_unexplained_rate", "max_unexplained_rate", "max"),
+    ("max_stream_p99_ms", "max_stream_p99", "max"),
+    ("dead_letter_tolerance", "dead_letter_tolerance", "max"),
+    ("false_positive_tolerance", "false_positive_tolerance", "max"),
+    ("min_time_in_stage_ms", "min_time_in_stage", "min"),
 )
 REQUIRED_BY_DEFAULT = ("max_unexplained_rate", "min_pairs")
 """The gates (besides the evidence age) no plan may relax below the shipped plan without saying why."""
@@ -415,18 +415,22 @@ def _compare(new: Plan, old: Plan, gates: tuple[str, ...] | None, against: str) 
     found: list[str] = []
     if new.evidence_max_age_ms > old.evidence_max_age_ms:
         found.append(
-            f"evidence_max_age {_describe(new.evidence_max_age_ms, ' ms')}, "
-            f"{against} {_describe(old.evidence_max_age_ms, ' ms')}"
+            f"evidence_max_age {format_duration_ms(new.evidence_max_age_ms)} "
+            f"({against} {format_duration_ms(old.evidence_max_age_ms)})"
         )
     positions = sorted({s.position for s in (*new.steps, *old.steps)}, key=lambda p: p.key)
-    for position in positions:
-        mine, theirs = new.gates_for(position), old.gates_for(position)
-        for name, direction, unit in _GATE_DIRECTIONS:
-            if gates is not None and name not in gates:
-                continue
-            a, b = getattr(mine, name), getattr(theirs, name)
+    for field_name, key, direction in _GATE_DIRECTIONS:
+        if gates is not None and field_name not in gates:
+            continue
+        unit = " ms" if field_name.endswith("_ms") else ""
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for position in positions:
+            a, b = getattr(new.gates_for(position), field_name), getattr(old.gates_for(position), field_name)
             if _weaker(direction, a, b):
-                found.append(f"{name} to enter {position}: {_describe(a, unit)}, {against} {_describe(b, unit)}")
+                grouped.setdefault((_describe(a, unit), _describe(b, unit)), []).append(str(position))
+        for (a_text, b_text), where in grouped.items():
+            at = "every step" if len(where) == len(positions) else ", ".join(where)
+            found.append(f"{key} {a_text} ({against} {b_text}) to enter {at}")
     if gates is None:
         kept = {s.position for s in new.steps}
         found.extend(f"step {s.position} dropped" for s in old.steps if s.position not in kept)

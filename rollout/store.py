@@ -432,9 +432,10 @@ class RolloutStore:
             raise self._unavailable(exc) from None
 
     def _add_missing_columns(self) -> None:
-        inspector = sa.inspect(self.engine)
         for table in (state_table, decisions_table):
-            have = {c["name"] for c in inspector.get_columns(table.name)}
+            # The columns a plain SELECT returns: no dialect inspector (CockroachDB's reads its own catalog).
+            with self.engine.connect() as conn:
+                have = set(conn.execute(sa.text(f"SELECT * FROM {table.name} LIMIT 0")).keys())
             missing = [c for c in table.columns if c.name not in have]
             if not missing:
                 continue
