@@ -28,6 +28,7 @@ record through the store with optimistic concurrency. The rules they enforce:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from rollout.evidence import Evidence
@@ -337,7 +338,7 @@ def advance(
         proposal.target,
         tuple(r.to_dict() for r in proposal.results),
         proposal.verdict if proposal.gated and proposal.results else None,
-        evidence.path if evidence else None,
+        _where(evidence),
         evidence.sha256 if evidence else None,
         reason,
         forced,
@@ -348,6 +349,11 @@ def advance(
         uses_evidence=evidence is not None and gated,
     )
     return store.record(state.version, draft), proposal
+
+
+def _where(evidence: Evidence | None) -> str | None:
+    """The evidence's absolute path, so ``history --verify`` finds it from any directory."""
+    return os.path.abspath(evidence.path) if evidence is not None else None
 
 
 def _spell(position: Position) -> str:
@@ -418,7 +424,7 @@ def rollback(
         Position.at(Stage.SHADOW),
         tuple(r.to_dict() for r in results),
         verdict(results) if results else None,
-        evidence.path if evidence else None,
+        _where(evidence),
         evidence.sha256 if evidence else None,
         reason,
         False,

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from rollout.cutover import (
     GatesFailed,
@@ -116,14 +117,15 @@ def print_gates(
 ) -> None:
     """Each gate on a line of its own, with its status, numbers and reason, on stdout (greppable)."""
     if title:
-        out.print(title)
+        out.print(title, markup=False)
     colours = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
     for r in results:
         row = r.to_dict() if isinstance(r, GateResult) else r
         status = str(row["status"])
         numbers = f"observed {_fmt(row['observed'])}, threshold {_fmt(row['threshold'])}"
         colour = colours.get(status, "white")
-        out.print(f"  [{colour}]{status:<12}[/] {row['name']!s:<20} {numbers}: {row['reason']}")
+        detail = escape(f"{row['name']!s:<20} {numbers}: {row['reason']}")
+        out.print(f"  [{colour}]{status:<12}[/] {detail}")
 
 
 def _yes(flag: bool) -> str:
@@ -221,17 +223,21 @@ def register(app: typer.Typer) -> None:
             }
             typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
             return
-        out.print(f"store: {redact(url)}")
+        out.print(f"store: {redact(url)}", markup=False)
         for line in _state_lines(state, now):
             out.print(line)
         mark = " WEAKENED" if in_force.weakened else ""
         pinned = "in force" if not in_force.installs else "not pinned yet: the first advance pins"
-        out.print(f"plan: {the_plan.label} ({pinned}){mark}")
+        out.print(f"plan: {the_plan.label} ({pinned}){mark}", markup=False)
         if last:
-            out.print("last decision: " + _decision_line(last[0]))
+            out.print("last decision: " + _decision_line(last[0]), markup=False)
         if following is not None:
-            bound = "--evidence DIR" if needs_gates(state.position) else f"--from {_spell(state.position)}"
-            out.print(f"next step: {following} (segshadow cutover advance --expect-version {state.version} {bound})")
+            bound = (
+                f"--expect-version {state.version} --evidence DIR"
+                if needs_gates(state.position)
+                else f"--from {_spell(state.position)}"
+            )
+            out.print(f"next step: {following} (segshadow cutover advance {bound})", markup=False)
         if target is not None:
             print_gates(results, f"gates to advance to {target}: {verdict(results)}")
 
@@ -372,11 +378,11 @@ def register(app: typer.Typer) -> None:
             if not decisions:
                 out.print("no decisions yet: the rollout is at off")
             for d in decisions:
-                out.print(_decision_line(d))
+                out.print(_decision_line(d), markup=False)
                 if gates and d.gates:
                     print_gates(d.gates)
             for problem in problems:
-                out.print(f"problem: {problem}")
+                out.print(f"problem: {problem}", markup=False)
             if not problems:
                 tail = f"; {checked} evidence files re-checked" if verify else ""
                 out.print(
@@ -406,7 +412,7 @@ def register(app: typer.Typer) -> None:
                 store, new, actor=_actor(actor), reason=reason, expected_version=expect_version
             )
         for item in relaxed:
-            out.print(f"  weakens: {item}")
+            out.print(f"  weakens: {item}", markup=False)
         out.print(
             f"plan {new.label} in force from decision #{decision.id}{' (WEAKENED)' if decision.weakened else ''}"
         )
@@ -446,7 +452,7 @@ def register(app: typer.Typer) -> None:
         rolled_back: list[Tick] = []
 
         def show(tick: Tick) -> None:
-            out.print(f"{format_ms(tick.at_ms)} {tick.position}: {tick.action}: {tick.reason}")
+            out.print(f"{format_ms(tick.at_ms)} {tick.position}: {tick.action}: {tick.reason}", markup=False)
             if tick.action == "rolled_back":
                 rolled_back.append(tick)
                 print_gates(tick.results)

@@ -240,5 +240,6 @@ def test_plan_set_is_shown_by_history_and_a_mismatching_plan_flag_points_at_it(c
     assert code == 0 and "in force from decision #3" in out and "WEAKENED" not in out
     code, out, _ = cli("cutover", "history")
     assert "plan set at shadow" in out and "back to the shipped plan" in out
+    assert "[plan clickstream-default sha256:" in out and ", was quick sha256:" in out  # notes, not markup
     code, out, _ = cli("cutover", "plan", "show")
     assert code == 0 and "(shipped default)" in out and "name: clickstream-default" in out
