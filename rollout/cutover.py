@@ -316,7 +316,7 @@ def advance(
         proposal = propose(the_plan, state, evidence, now, to, percent)
     if (evidence is None or not gated) and source is None and expected_version is None:
         raise IntentNeeded(
-            f"say what you advance from: --from {_spell(state.position)} (or --expect-version {state.version}), "
+            f"say what you advance from: --from {spell(state.position)} (or --expect-version {state.version}), "
             "as `segshadow cutover status` shows; a move no evidence binds must name its starting point"
         )
     if proposal.off_plan and not force:
@@ -356,7 +356,8 @@ def _where(evidence: Evidence | None) -> str | None:
     return os.path.abspath(evidence.path) if evidence is not None else None
 
 
-def _spell(position: Position) -> str:
+def spell(position: Position) -> str:
+    """``position`` as ``--from`` reads it (``shadow``, ``canary:5``); ``parse_position`` inverts it."""
     return f"canary:{position.percent:g}" if position.stage is Stage.CANARY else position.stage.value
 
 

@@ -33,6 +33,7 @@ from rollout.cutover import (
     propose,
     rollback,
     set_plan,
+    spell,
 )
 from rollout.evidence import load_evidence
 from rollout.gates import EXIT_CODES, GateResult, evaluate, verdict
@@ -158,10 +159,6 @@ def _requested(plan: str | None) -> Plan | None:
     return load_plan(plan) if plan else None
 
 
-def _spell(position: Position) -> str:
-    return f"canary:{position.percent:g}" if position.stage is Stage.CANARY else position.stage.value
-
-
 def register(app: typer.Typer) -> None:
     """Add ``cutover``, ``gate`` and ``serve``."""
     cutover = typer.Typer(
@@ -235,7 +232,7 @@ def register(app: typer.Typer) -> None:
             bound = (
                 f"--expect-version {state.version} --evidence DIR"
                 if needs_gates(state.position)
-                else f"--from {_spell(state.position)}"
+                else f"--from {spell(state.position)}"
             )
             out.print(f"next step: {following} (segshadow cutover advance {bound})", markup=False)
         if target is not None:
