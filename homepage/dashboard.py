@@ -215,10 +215,13 @@ def dashboard(
                 "id": d.id,
                 "at": format_ms(d.at_ms)[:19].replace("T", " "),
                 "actor": d.actor,
-                "move": f"{d.source} → {d.target}",
+                "move": f"plan set at {d.source}" if d.action == "plan" else f"{d.source} → {d.target}",
                 "action": d.action,
                 "forced": d.forced,
+                "weakened": d.weakened,
                 "verdict": d.verdict or "",
+                "plan": d.plan_digest[:12] if d.plan_digest else "—",
+                "evidence": d.evidence_sha256[:12] if d.evidence_sha256 else "—",
                 "reason": d.reason or "",
             }
             for d in reversed(history)

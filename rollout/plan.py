@@ -24,11 +24,24 @@ error names the key path), then compiled to frozen values. The shape::
 A step's ``gates`` override the plan's for the promotion **into** that step (a key
 set to ``null`` switches that gate off). Steps are one or more canary percentages,
 strictly growing, then ``live``, ``rampdown`` and ``complete``.
+
+Identity is the digest, never the name: ``Plan.digest`` is the SHA-256 of the plan's
+text (for a plan compiled from a mapping, of its canonical JSON). ``default`` and
+``risk`` always mean the shipped files (a local file of that name is ``./default``),
+and a plan that takes a shipped plan's ``name`` without being that plan byte for
+byte is refused (``PlanError`` on ``name``), so a lax copy cannot pass as the
+default. ``weakenings`` lists what a plan relaxes against the plan before it (every
+gate, the evidence age, a dropped step, an unpinned rule-set digest) and against the
+shipped plan of its rule set (unexplained rate, minimum pairs, evidence age); a
+non-empty list is what the cutover records as "weakened".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
@@ -38,7 +51,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rollout.stages import Position, Stage
-from segments.durations import parse_duration_ms
+from segments.durations import format_duration_ms, parse_duration_ms
 from segments.errors import SegshadowError
 
 SHIPPED = {"default": "default_plan.yaml", "risk": "risk_plan.yaml"}
@@ -169,6 +182,14 @@ class Plan:
     gates: Gates
     steps: tuple[Step, ...]
     source: str
+    text: str = field(repr=False, compare=False)
+    digest: str
+
+    @property
+    def label(self) -> str:
+        """The plan as people should see it: name and short digest, and "shipped" only by digest."""
+        shipped = shipped_name(self)
+        return f"{self.name} sha256:{self.digest[:12]}" + (f" (shipped {shipped})" if shipped else "")
 
     def next_step(self, current: Position) -> Step | None:
         """The first step after ``current`` (from shadow: the first canary); else None."""
@@ -185,6 +206,49 @@ class Plan:
             if step.position == target:
                 return step.gates
         return self.gates
+
+    def gates_for_move(self, current: Position, target: Position) -> Gates:
+        """The gates a move from ``current`` to ``target`` must pass: every step it enters or skips.
+
+        For the plan's next step that is that step's gates. A move that skips steps,
+        or lands between two (off plan), must meet the strictest value of each gate
+        over every step after ``current`` up to the first step at or beyond ``target``.
+        """
+        upto: list[Gates] = []
+        for step in self.steps:
+            if step.position.key <= current.key:
+                continue
+            upto.append(step.gates)
+            if step.position.key >= target.key:
+                break
+        if not upto:
+            return self.gates_for(target)
+        merged = upto[0]
+        for gates in upto[1:]:
+            merged = strictest(merged, gates)
+        return merged
+
+
+def _lower(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _higher(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def strictest(a: Gates, b: Gates) -> Gates:
+    """Each gate at its stricter value of ``a`` and ``b`` (a gate on in either stays on)."""
+    return Gates(
+        _higher(a.min_pairs, b.min_pairs),
+        _higher(a.min_as_of_rounds, b.min_as_of_rounds),
+        _lower(a.max_unexplained_rate, b.max_unexplained_rate),
+        None if a.max_stream_p99_ms is None and b.max_stream_p99_ms is None
+        else int(_lower(a.max_stream_p99_ms, b.max_stream_p99_ms) or 0),
+        _lower(a.dead_letter_tolerance, b.dead_letter_tolerance),
+        _lower(a.false_positive_tolerance, b.false_positive_tolerance),
+        _higher(a.min_time_in_stage_ms, b.min_time_in_stage_ms),
+    )
 
 
 def _compile_gates(spec: GatesSpec, base: GatesSpec | None = None) -> Gates:
@@ -213,8 +277,17 @@ def _message(text: str) -> str:
     return text.removeprefix("Value error, ")
 
 
-def compile_plan(raw: Any, source: str = "plan") -> Plan:
-    """Validate ``raw`` (parsed YAML) and compile it; ``PlanError`` names the first bad key."""
+def text_digest(text: str) -> str:
+    """The SHA-256 (hex) of a plan's text, as UTF-8: the plan's identity."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def compile_plan(raw: Any, source: str = "plan", text: str | None = None) -> Plan:
+    """Validate ``raw`` (parsed YAML) and compile it; ``PlanError`` names the first bad key.
+
+    ``text`` is the text ``raw`` was parsed from (its digest is the plan's identity);
+    without it the plan's text is the canonical JSON of ``raw``.
+    """
     if not isinstance(raw, dict):
         raise PlanError(source, "not a mapping of plan keys (name, ruleset, gates, steps, ...)")
     try:
@@ -225,6 +298,8 @@ def compile_plan(raw: Any, source: str = "plan") -> Plan:
         more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
         message = "; ".join([_message(first["msg"]), *others]) + more
         raise PlanError(source, message, _error_key(first["loc"])) from None
+    if text is None:
+        text = json.dumps(raw, sort_keys=True, ensure_ascii=False, default=str)
     steps = tuple(
         Step(
             Position.at(s.stage, s.percent),
@@ -242,16 +317,30 @@ def compile_plan(raw: Any, source: str = "plan") -> Plan:
         _compile_gates(spec.gates),
         steps,
         source,
+        text,
+        text_digest(text),
     )
 
 
 def parse_plan_text(text: str, source: str) -> Plan:
-    """Compile YAML plan text; ``PlanError`` for bad syntax or content."""
+    """Compile YAML plan text; ``PlanError`` for bad syntax or content, or a shipped plan's name on another plan."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise PlanError(source, f"not valid YAML: {exc}") from None
-    return compile_plan(raw, source)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise PlanError(source, f"not valid YAML{where}: {first}") from None
+    plan = compile_plan(raw, source, text)
+    claimed = _shipped_digests().get(plan.name)
+    if claimed is not None and claimed != plan.digest:
+        raise PlanError(
+            source,
+            f"{plan.name!r} is the name of a shipped plan, but this is another plan (sha256:{plan.digest[:12]}): "
+            "give your plan a name of its own",
+            "name",
+        )
+    return plan
 
 
 def shipped_plan_text(name: str) -> str:
@@ -264,10 +353,108 @@ def shipped_plan_text(name: str) -> str:
         return (Path(__file__).resolve().parent / filename).read_text(encoding="utf-8")
 
 
+@cache
+def _shipped() -> tuple[tuple[str, str, str], ...]:
+    """Each shipped plan: its key (``default``, ``risk``), the name it declares, the digest of its text."""
+    found = []
+    for key in SHIPPED:
+        text = shipped_plan_text(key)
+        found.append((key, str(yaml.safe_load(text)["name"]), text_digest(text)))
+    return tuple(found)
+
+
+def _shipped_digests() -> dict[str, str]:
+    return {name: digest for _, name, digest in _shipped()}
+
+
+def shipped_name(plan: Plan) -> str | None:
+    """``default`` or ``risk`` when ``plan`` is that shipped plan byte for byte (by digest), else None."""
+    return next((key for key, _, digest in _shipped() if digest == plan.digest), None)
+
+
+def baseline_for(plan: Plan) -> Plan:
+    """The shipped plan a plan is held to: the one for its rule set, else ``default``."""
+    for key in SHIPPED:
+        shipped = load_plan(key)
+        if shipped.ruleset_name == plan.ruleset_name:
+            return shipped
+    return load_plan("default")
+
+
+def _describe(value: float | int | None, unit: str = "") -> str:
+    if value is None:
+        return "off"
+    if unit == " ms":
+        return format_duration_ms(int(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# (field, its key in the plan file, "min" when a lower value is weaker or "max" when a higher one is)
+_GATE_DIRECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("min_pairs", "min_pairs", "min"),
+    ("min_as_of_rounds", "min_as_of_rounds", "min"),
+    ("max_unexplained_rate", "max_unexplained_rate", "max"),
+    ("max_stream_p99_ms", "max_stream_p99", "max"),
+    ("dead_letter_tolerance", "dead_letter_tolerance", "max"),
+    ("false_positive_tolerance", "false_positive_tolerance", "max"),
+    ("min_time_in_stage_ms", "min_time_in_stage", "min"),
+)
+REQUIRED_BY_DEFAULT = ("max_unexplained_rate", "min_pairs")
+"""The gates (besides the evidence age) no plan may relax below the shipped plan without saying why."""
+
+
+def _weaker(direction: str, new: float | int | None, old: float | int | None) -> bool:
+    if old is None:
+        return False
+    if new is None:
+        return True
+    return new < old if direction == "min" else new > old
+
+
+def _compare(new: Plan, old: Plan, gates: tuple[str, ...] | None, against: str) -> list[str]:
+    found: list[str] = []
+    if new.evidence_max_age_ms > old.evidence_max_age_ms:
+        found.append(
+            f"evidence_max_age {format_duration_ms(new.evidence_max_age_ms)} "
+            f"({against} {format_duration_ms(old.evidence_max_age_ms)})"
+        )
+    positions = sorted({s.position for s in (*new.steps, *old.steps)}, key=lambda p: p.key)
+    for field_name, key, direction in _GATE_DIRECTIONS:
+        if gates is not None and field_name not in gates:
+            continue
+        unit = " ms" if field_name.endswith("_ms") else ""
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for position in positions:
+            a, b = getattr(new.gates_for(position), field_name), getattr(old.gates_for(position), field_name)
+            if _weaker(direction, a, b):
+                grouped.setdefault((_describe(a, unit), _describe(b, unit)), []).append(str(position))
+        for (a_text, b_text), where in grouped.items():
+            at = "every step" if len(where) == len(positions) else ", ".join(where)
+            found.append(f"{key} {a_text} ({against} {b_text}) to enter {at}")
+    if gates is None:
+        kept = {s.position for s in new.steps}
+        found.extend(f"step {s.position} dropped" for s in old.steps if s.position not in kept)
+        if old.ruleset_digest is not None and new.ruleset_digest is None:
+            found.append("rule-set digest no longer pinned")
+    return found
+
+
+def weakenings(new: Plan, previous: Plan | None) -> tuple[str, ...]:
+    """What ``new`` relaxes: against ``previous`` (every gate, the evidence age, steps, the
+    rule-set digest) and against the shipped plan of its rule set (unexplained rate, minimum
+    pairs, evidence age). Empty when it relaxes nothing."""
+    found: list[str] = []
+    if previous is not None:
+        found += _compare(new, previous, None, "was")
+    baseline = baseline_for(new)
+    found += _compare(new, baseline, REQUIRED_BY_DEFAULT, f"shipped {shipped_name(baseline)} has")
+    return tuple(dict.fromkeys(found))
+
+
 def load_plan(ref: str | Path | None = None) -> Plan:
-    """Resolve ``ref``: None or ``default`` (clickstream), ``risk``, or a path to a YAML plan."""
+    """Resolve ``ref``: None or ``default`` (clickstream), ``risk`` (always the shipped files), or a path."""
     name = "default" if ref is None else str(ref)
-    if name in SHIPPED and not Path(name).exists():
+    if name in SHIPPED:
         return parse_plan_text(shipped_plan_text(name), f"shipped {name}")
     try:
         text = Path(name).read_text(encoding="utf-8")

@@ -1,8 +1,9 @@
 """The watch: while canary or live, re-evaluate the gates on fresh evidence and roll back on a fail.
 
 Each tick reads the state and the latest evidence, evaluates the gates that
-admitted the current position (without the time-in-stage gate: that one is about
-promotion, not health) and acts as an Argo Rollouts analysis would:
+admitted the current position under the plan in force (without the time-in-stage
+gate: that one is about promotion, not health) and acts as an Argo Rollouts
+analysis would, in ``canary`` and in ``live`` alike:
 
 - a gate **fails** → roll back to ``shadow`` at once, recorded as actor ``auto`` with
   the gate results, the evidence file and its hash;
@@ -20,14 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from rollout.cutover import rollback
+from rollout.cutover import position_gate, rollback
 from rollout.evidence import Evidence
-from rollout.gates import FAIL, INCONCLUSIVE, GateResult, evaluate
+from rollout.gates import FAIL, INCONCLUSIVE, PASS, GateResult, evaluate
 from rollout.plan import Plan
 from rollout.stages import ROLLBACK_FROM, Position
 from rollout.store import AUTO, Decision, RolloutStore
 from segments.errors import ConflictError, InputError
-from segments.timeutil import TimestampError, format_ms, parse_rfc3339_ms
 
 Action = Literal["idle", "waiting", "hold", "ok", "rolled_back", "conflict"]
 
@@ -44,14 +44,6 @@ class Tick:
     decision: Decision | None = None
 
 
-def _generated_ms(evidence: Evidence) -> int | None:
-    text = evidence.data.get("generated_at")
-    try:
-        return parse_rfc3339_ms(text) if isinstance(text, str) else None
-    except TimestampError:
-        return None
-
-
 def watch_once(store: RolloutStore, plan: Plan, load: Callable[[], Evidence]) -> Tick:
     """One look: evaluate and, on a failed gate in canary or live, roll back to shadow."""
     state = store.state()
@@ -62,15 +54,9 @@ def watch_once(store: RolloutStore, plan: Plan, load: Callable[[], Evidence]) ->
         evidence = load()
     except InputError as exc:
         return Tick(now, state.position, "waiting", f"no evidence: {exc}")
-    generated = _generated_ms(evidence)
-    if generated is not None and state.entered_at_ms is not None and generated < state.entered_at_ms:
-        return Tick(
-            now,
-            state.position,
-            "waiting",
-            f"evidence generated {format_ms(generated)} predates the move to {state.position} "
-            f"at {format_ms(state.entered_at_ms)}",
-        )
+    about = position_gate(state, evidence)
+    if about.status != PASS:
+        return Tick(now, state.position, "waiting", f"evidence not about this position: {about.reason}")
     results = evaluate(plan, plan.gates_for(state.position), evidence.data, now, time_in_stage=False)
     failed = [r for r in results if r.status == FAIL]
     if failed:

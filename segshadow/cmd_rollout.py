@@ -14,19 +14,34 @@ import json
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from rollout.cutover import GatesFailed, advance, choose_target, propose, rollback
+from rollout.cutover import (
+    GatesFailed,
+    advance,
+    check_intent,
+    choose_target,
+    parse_position,
+    plan_in_force,
+    plan_step,
+    position_gate,
+    propose,
+    rollback,
+    set_plan,
+    spell,
+)
 from rollout.evidence import VERIFY_MODES, load_evidence
 from rollout.gates import EXIT_CODES, GateResult, evaluate, verdict
-from rollout.plan import load_plan
+from rollout.plan import Plan, load_plan, text_digest
 from rollout.stages import MEANINGS, ORDER, Position, Stage, needs_gates
-from rollout.store import Decision, RolloutState, RolloutStore
+from rollout.store import Decision, RolloutState, RolloutStore, verify_log
 from segments.config import Settings
-from segments.errors import CheckFailed, SegshadowError, UsageError
+from segments.errors import CheckFailed, SegshadowError, StoreUnavailable, UsageError, redact
 from segments.timeutil import format_ms
 from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
 
@@ -37,7 +52,12 @@ EvidenceOpt = Annotated[
     typer.Option("--evidence", help="evidence directory (DIR/parity.json from `segshadow compare`)"),
 ]
 PlanOpt = Annotated[
-    str, typer.Option("--plan", help="rollout plan: 'default' (clickstream), 'risk', or a YAML file")
+    str | None,
+    typer.Option(
+        "--plan",
+        help="rollout plan: 'default' (clickstream), 'risk', or a YAML file; the first decision pins it, "
+        "later it must be the plan in force (change it with `cutover plan set`)",
+    ),
 ]
 ActorOpt = Annotated[str | None, typer.Option("--actor", help="who decides (default: the login name)")]
 
@@ -98,14 +118,15 @@ def print_gates(
 ) -> None:
     """Each gate on a line of its own, with its status, numbers and reason, on stdout (greppable)."""
     if title:
-        out.print(title)
+        out.print(title, markup=False)
     colours = {"pass": "green", "fail": "red", "inconclusive": "yellow"}
     for r in results:
         row = r.to_dict() if isinstance(r, GateResult) else r
         status = str(row["status"])
         numbers = f"observed {_fmt(row['observed'])}, threshold {_fmt(row['threshold'])}"
         colour = colours.get(status, "white")
-        out.print(f"  [{colour}]{status:<12}[/] {row['name']!s:<20} {numbers}: {row['reason']}")
+        detail = escape(f"{row['name']!s:<20} {numbers}: {row['reason']}")
+        out.print(f"  [{colour}]{status:<12}[/] {detail}")
 
 
 def _yes(flag: bool) -> str:
@@ -124,11 +145,18 @@ def _state_lines(state: RolloutState, now: int) -> list[str]:
 
 def _decision_line(d: Decision) -> str:
     forced = " FORCED" if d.forced else ""
+    weakened = " WEAKENED" if d.weakened else ""
     gates = f" gates {d.verdict}" if d.verdict else ""
+    plan = f" plan sha256:{d.plan_digest[:12]}" if d.plan_digest else ""
     evidence = f" evidence {d.evidence_path} sha256:{d.evidence_sha256[:12]}" if d.evidence_sha256 else ""
     reason = f" — {d.reason}" if d.reason else ""
-    move = f"{d.action} {d.source} → {d.target}"
-    return f"#{d.id} {format_ms(d.at_ms)} {d.actor}: {move}{forced}{gates}{evidence}{reason}"
+    notes = "".join(f" [{n}]" for n in d.notes)
+    move = f"plan set at {d.source}" if d.action == "plan" else f"{d.action} {d.source} → {d.target}"
+    return f"#{d.id} {format_ms(d.at_ms)} {d.actor}: {move}{forced}{weakened}{gates}{plan}{evidence}{reason}{notes}"
+
+
+def _requested(plan: str | None) -> Plan | None:
+    return load_plan(plan) if plan else None
 
 
 def register(app: typer.Typer) -> None:
@@ -136,53 +164,77 @@ def register(app: typer.Typer) -> None:
     cutover = typer.Typer(
         help="Walk the cutover through its stages, gated on evidence.", no_args_is_help=True
     )
+    plan_app = typer.Typer(help="The plan in force: show it, or change it (a recorded decision).", no_args_is_help=True)
     gate = typer.Typer(
         help="Evaluate a rollout plan's gates on evidence (for CI and Argo Rollouts).", no_args_is_help=True
     )
     app.add_typer(cutover, name="cutover")
+    cutover.add_typer(plan_app, name="plan")
     app.add_typer(gate, name="gate")
 
     @cutover.command("status")
     def status(
         evidence: EvidenceOpt = None,
-        plan: PlanOpt = "default",
+        plan: PlanOpt = None,
         as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
-        """The stage and percentage, the last decision, and (with --evidence) the next promotion's gates."""
+        """The store, stage and version, the plan in force, the last decision, and (with --evidence) the next gates."""
         conf = settings(database_url, redis_url, data_dir)
+        requested = _requested(plan)
         with _store(conf) as store:
             state = store.state()
             now = store.clock()
             last = store.history(limit=1)
+            in_force = plan_in_force(store, state, requested)
             results: tuple[GateResult, ...] = ()
             target: Position | None = None
-            if (
-                evidence is not None
-                and needs_gates(state.position)
-                and state.position.stage is not Stage.COMPLETE
-            ):
-                proposal = propose(load_plan(plan), state, load_evidence(evidence), now)
+            following: Position | None = None
+            if state.position.stage is not Stage.COMPLETE:
+                following = plan_step(in_force.plan, state.position)
+            if evidence is not None and needs_gates(state.position) and following is not None:
+                proposal = propose(in_force.plan, state, load_evidence(evidence), now)
                 results, target = proposal.results, proposal.target
+            url = store.url
+        the_plan = in_force.plan
         if as_json:
             doc = {
+                "store": redact(url),
                 "stage": state.position.stage.value,
                 "percent": state.position.percent,
                 "version": state.version,
                 "entered_at": format_ms(state.entered_at_ms) if state.entered_at_ms is not None else None,
+                "plan": {
+                    "name": the_plan.name,
+                    "digest": the_plan.digest,
+                    "pinned": not in_force.installs,
+                    "weakened": in_force.weakened,
+                    "weakenings": list(in_force.weakenings),
+                },
                 "last_decision": last[0].to_dict() if last else None,
-                "next": str(target) if target else None,
+                "next": str(following) if following else None,
                 "gates": [r.to_dict() for r in results],
                 "verdict": verdict(results) if results else None,
             }
             typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
             return
+        out.print(f"store: {redact(url)}", markup=False)
         for line in _state_lines(state, now):
             out.print(line)
+        mark = " WEAKENED" if in_force.weakened else ""
+        pinned = "in force" if not in_force.installs else "not pinned yet: the first advance pins"
+        out.print(f"plan: {the_plan.label} ({pinned}){mark}", markup=False)
         if last:
-            out.print("last decision: " + _decision_line(last[0]))
+            out.print("last decision: " + _decision_line(last[0]), markup=False)
+        if following is not None:
+            bound = (
+                f"--expect-version {state.version} --evidence DIR"
+                if needs_gates(state.position)
+                else f"--from {spell(state.position)}"
+            )
+            out.print(f"next step: {following} (segshadow cutover advance {bound})", markup=False)
         if target is not None:
             print_gates(results, f"gates to advance to {target}: {verdict(results)}")
 
@@ -190,43 +242,67 @@ def register(app: typer.Typer) -> None:
     def advance_cmd(
         to: Annotated[str | None, typer.Option("--to", help=f"target stage ({', '.join(ORDER)})")] = None,
         percent: Annotated[float | None, typer.Option("--percent", help="canary percentage")] = None,
+        source: Annotated[
+            str | None,
+            typer.Option("--from", help="where you advance from, as status shows it: STAGE or canary:PERCENT"),
+        ] = None,
+        expect_version: Annotated[
+            int | None, typer.Option("--expect-version", help="the version `cutover status` showed you")
+        ] = None,
         evidence: EvidenceOpt = None,
-        plan: PlanOpt = "default",
+        plan: PlanOpt = None,
         actor: ActorOpt = None,
-        force: Annotated[bool, typer.Option("--force", help="advance even when gates do not pass")] = False,
-        reason: Annotated[str | None, typer.Option("--reason", help="why (required with --force)")] = None,
+        force: Annotated[
+            bool, typer.Option("--force", help="advance when gates do not pass, or off the plan's steps")
+        ] = False,
+        reason: Annotated[
+            str | None, typer.Option("--reason", help="why (required with --force or a weakened first plan)")
+        ] = None,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
-        """Advance one step; past shadow every gate must pass on fresh evidence, else exit 1.
+        """Advance to the plan's next step; past shadow every gate must pass on fresh, unused evidence, else exit 1.
 
-        ``--force --reason TEXT`` overrides failing gates; the decision is recorded as forced.
+        ``--from``/``--expect-version`` make the move conditional on what you saw (a
+        conflict exits 2); moves without evidence need one of them. ``--force --reason
+        TEXT`` overrides failing gates or leaves the plan; the decision is recorded as forced.
         """
         conf = settings(database_url, redis_url, data_dir)
         found = load_evidence(evidence) if evidence is not None else None
-        the_plan = load_plan(plan)
+        requested = _requested(plan)
+        start = parse_position(source) if source is not None else None
         with _store(conf) as store:
             try:
                 decision, proposal = advance(
                     store,
-                    the_plan,
+                    requested,
                     found,
                     actor=_actor(actor),
                     to=to,
                     percent=percent,
                     force=force,
                     reason=reason,
+                    source=start,
+                    expected_version=expect_version,
                 )
             except GatesFailed as exc:
                 print_gates(exc.results, f"gates to advance to {exc.target}: {verdict(exc.results)}")
                 raise
+            except StoreUnavailable as exc:
+                raise SegshadowError(
+                    f"{exc}; the move was not recorded (unless the commit itself was cut off: "
+                    "`segshadow cutover status` tells)"
+                ) from None
         _invalidate_cache(conf)
         if proposal.results:
             print_gates(proposal.results, f"gates to advance to {proposal.target}: {proposal.verdict}")
+        marks = "".join(
+            [", FORCED" if decision.forced else "", ", WEAKENED plan" if decision.weakened else ""]
+        )
         out.print(
             f"advanced {decision.source} → {decision.target} "
-            f"(decision #{decision.id}{', FORCED' if decision.forced else ''})"
+            f"(decision #{decision.id}, version {decision.id}{marks}, plan sha256:{str(decision.plan_digest)[:12]})"
         )
 
     @cutover.command("rollback")
@@ -234,6 +310,9 @@ def register(app: typer.Typer) -> None:
         reason: Annotated[str, typer.Option("--reason", help="why (recorded)")],
         actor: ActorOpt = None,
         evidence: EvidenceOpt = None,
+        expect_version: Annotated[
+            int | None, typer.Option("--expect-version", help="the version `cutover status` showed you")
+        ] = None,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
@@ -242,7 +321,9 @@ def register(app: typer.Typer) -> None:
         conf = settings(database_url, redis_url, data_dir)
         found = load_evidence(evidence) if evidence is not None else None
         with _store(conf) as store:
-            decision = rollback(store, actor=_actor(actor), reason=reason, evidence=found)
+            state = store.state()
+            check_intent(state, None, expect_version)
+            decision = rollback(store, actor=_actor(actor), reason=reason, evidence=found, expected=state)
         _invalidate_cache(conf)
         out.print(f"rolled back {decision.source} → {decision.target} (decision #{decision.id})")
 
@@ -250,18 +331,43 @@ def register(app: typer.Typer) -> None:
     def history(
         as_json: Annotated[bool, typer.Option("--json", help="print JSON Lines, one decision each")] = False,
         gates: Annotated[bool, typer.Option("--gates", help="show each decision's gate results")] = False,
+        verify: Annotated[
+            bool,
+            typer.Option("--verify", help="also re-check every plan text and every recorded evidence still on disk"),
+        ] = False,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
-        """Replay the decision log, oldest first, and check that it leads to the current state."""
-        from rollout.store import replay
-
+        """The decision log, oldest first; checks its hash chain leads to the state row (exit 1 when not)."""
         conf = settings(database_url, redis_url, data_dir)
         with _store(conf) as store:
             decisions = store.history()
             state = store.state()
-        replayed = replay(decisions)
+            problems = [str(p) for p in verify_log(decisions, state)]
+            checked = 0
+            if verify:
+                for digest in dict.fromkeys(d.plan_digest for d in decisions if d.plan_digest):
+                    text = store.plan_text(digest)
+                    first = next(d.id for d in decisions if d.plan_digest == digest)
+                    if text is None:
+                        problems.append(f"decision #{first}: the text of plan sha256:{digest[:12]} is missing")
+                    elif text_digest(text) != digest:
+                        problems.append(f"decision #{first}: the stored text of plan sha256:{digest[:12]} was edited")
+                for d in decisions:
+                    if not d.evidence_path or not d.evidence_sha256 or not Path(d.evidence_path).exists():
+                        continue
+                    try:
+                        now = load_evidence(d.evidence_path)
+                    except SegshadowError as exc:
+                        problems.append(f"decision #{d.id}: evidence {d.evidence_path} does not verify: {exc}")
+                        continue
+                    checked += 1
+                    if now.sha256 != d.evidence_sha256:
+                        problems.append(
+                            f"decision #{d.id}: evidence {d.evidence_path} is sha256:{now.sha256[:12]} now, "
+                            f"sha256:{d.evidence_sha256[:12]} when recorded"
+                        )
         if as_json:
             for d in decisions:
                 typer.echo(json.dumps(d.to_dict(), ensure_ascii=False))
@@ -269,19 +375,63 @@ def register(app: typer.Typer) -> None:
             if not decisions:
                 out.print("no decisions yet: the rollout is at off")
             for d in decisions:
-                out.print(_decision_line(d))
+                out.print(_decision_line(d), markup=False)
                 if gates and d.gates:
                     print_gates(d.gates)
-        if replayed != state:
-            raise CheckFailed(
-                f"the decision log leads to {replayed.position} v{replayed.version}, the state row says "
-                f"{state.position} v{state.version}"
+            for problem in problems:
+                out.print(f"problem: {problem}", markup=False)
+            if not problems:
+                tail = f"; {checked} evidence files re-checked" if verify else ""
+                out.print(
+                    f"log verified: {len(decisions)} decisions chain to the state row (version {state.version}){tail}"
+                )
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CheckFailed(f"the decision log does not verify: {problems[0]}{more}")
+
+    @plan_app.command("set")
+    def plan_set(
+        file: Annotated[str, typer.Argument(help="the plan: 'default', 'risk', or a YAML file")],
+        reason: Annotated[str | None, typer.Option("--reason", help="why (required; recorded)")] = None,
+        actor: ActorOpt = None,
+        expect_version: Annotated[
+            int | None, typer.Option("--expect-version", help="the version `cutover status` showed you")
+        ] = None,
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Put another plan in force, as a recorded decision; a plan that relaxes a gate is marked weakened."""
+        conf = settings(database_url, redis_url, data_dir)
+        new = load_plan(file)
+        with _store(conf) as store:
+            decision, relaxed = set_plan(
+                store, new, actor=_actor(actor), reason=reason, expected_version=expect_version
             )
+        for item in relaxed:
+            out.print(f"  weakens: {item}", markup=False)
+        out.print(
+            f"plan {new.label} in force from decision #{decision.id}{' (WEAKENED)' if decision.weakened else ''}"
+        )
+
+    @plan_app.command("show")
+    def plan_show(
+        database_url: DatabaseOpt = None,
+        redis_url: RedisOpt = None,
+        data_dir: DataDirOpt = None,
+    ) -> None:
+        """Print the plan in force: its digest, then its full text as it was pinned."""
+        conf = settings(database_url, redis_url, data_dir)
+        with _store(conf) as store:
+            in_force = plan_in_force(store, store.state(), None)
+        state = "in force" if not in_force.installs else "not pinned yet: the first advance pins it"
+        out.print(f"# plan {in_force.plan.label} ({state}){' WEAKENED' if in_force.weakened else ''}")
+        typer.echo(in_force.plan.text.rstrip("\n"))
 
     @cutover.command("watch")
     def watch_cmd(
         evidence: Annotated[str, typer.Option("--evidence", help="evidence directory, re-read every tick")],
-        plan: PlanOpt = "default",
+        plan: PlanOpt = None,
         interval: Annotated[str, typer.Option("--interval", help="time between ticks")] = "30s",
         iterations: Annotated[
             int, typer.Option("--iterations", help="ticks to run; 0 runs until interrupted")
@@ -294,18 +444,19 @@ def register(app: typer.Typer) -> None:
         from rollout.watch import Tick, watch
 
         conf = settings(database_url, redis_url, data_dir)
-        the_plan = load_plan(plan)
+        requested = _requested(plan)
         every_s = duration(interval) / 1000
         rolled_back: list[Tick] = []
 
         def show(tick: Tick) -> None:
-            out.print(f"{format_ms(tick.at_ms)} {tick.position}: {tick.action}: {tick.reason}")
+            out.print(f"{format_ms(tick.at_ms)} {tick.position}: {tick.action}: {tick.reason}", markup=False)
             if tick.action == "rolled_back":
                 rolled_back.append(tick)
                 print_gates(tick.results)
                 _invalidate_cache(conf)
 
         with _store(conf) as store:
+            the_plan = plan_in_force(store, store.state(), requested).plan
             watch(
                 store,
                 the_plan,
@@ -320,7 +471,7 @@ def register(app: typer.Typer) -> None:
     @gate.command("check")
     def check(
         evidence: Annotated[str, typer.Option("--evidence", help="evidence directory (DIR/parity.json)")],
-        plan: PlanOpt = "default",
+        plan: PlanOpt = None,
         to: Annotated[
             str | None, typer.Option("--to", help="the promotion to check (default: the next one)")
         ] = None,
@@ -336,31 +487,50 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Exit 0 when every gate passes, 1 when one fails, 3 when inconclusive; prints every gate's numbers.
 
+        The plan is the one in force (``--plan`` must be it once the rollout has one).
         The promotion checked is the next one from the rollout's current state (the
-        plan's first canary before shadow); time in stage is taken from the store and
-        not checked while the rollout has not reached shadow.
+        plan's first canary before shadow), with the gates of every step it enters or
+        skips; time in stage is taken from the store and not checked while the rollout
+        has not reached shadow. Evidence generated before the current position began is
+        inconclusive, evidence that already admitted a move fails.
         """
         conf = settings(database_url, redis_url, data_dir)
-        the_plan = load_plan(plan)
+        requested = _requested(plan)
         if verify not in VERIFY_MODES:
             raise UsageError(f"--verify must be counts or full, not {verify!r}")
         found = load_evidence(evidence, verify)
         with _store(conf) as store:
             state = store.state()
             now = store.clock()
+            the_plan = plan_in_force(store, state, requested).plan
+            used = store.evidence_use(found.sha256)
+        extra: list[GateResult] = []
         if needs_gates(state.position):
-            target = choose_target(the_plan, state.position, to, percent)
+            current = state.position
             in_stage = state.in_stage_ms(now)
             timed = True
+            extra.append(position_gate(state, found))
         else:
-            shadow = Position.at(Stage.SHADOW)
-            target = choose_target(the_plan, shadow, to, percent)
+            current = Position.at(Stage.SHADOW)
             in_stage, timed = None, False
-        results = evaluate(
-            the_plan, the_plan.gates_for(target), found.data, now, in_stage, time_in_stage=timed
+        target = choose_target(the_plan, current, to, percent)
+        if used is not None:
+            extra.append(
+                GateResult("evidence_unused", "fail", found.sha256[:12], None, f"already admitted decision #{used}")
+            )
+        results = (
+            *evaluate(
+                the_plan,
+                the_plan.gates_for_move(current, target),
+                found.data,
+                now,
+                in_stage,
+                time_in_stage=timed,
+            ),
+            *extra,
         )
         outcome = verdict(results)
-        print_gates(results, f"gates of {the_plan.name} to enter {target}, evidence {found.path}")
+        print_gates(results, f"gates of plan {the_plan.label} to enter {target}, evidence {found.path}")
         if not timed:
             out.print(
                 f"min_time_in_stage not checked: the rollout is at {state.position}, before the gated stages"

@@ -25,7 +25,11 @@ RedisOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     str | None,
-    typer.Option("--data-dir", help="where embedded state lives (default .segshadow); env SEGSHADOW_DATA_DIR"),
+    typer.Option(
+        "--data-dir",
+        help="where embedded state lives (default: $XDG_DATA_HOME/segshadow, else ~/.local/share/segshadow); "
+        "env SEGSHADOW_DATA_DIR",
+    ),
 ]
 
 

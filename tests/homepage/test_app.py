@@ -177,3 +177,29 @@ def test_healthz_and_static_assets(site: Site, make_app) -> None:
     script = app.get("/static/live.js")
     assert script.status_code == 200 and "innerHTML" not in script.text.replace("never innerHTML", "")
     assert app.get("/static/shop.css").status_code == 200
+
+
+def test_the_dashboard_decision_table_shows_forced_and_weakened_moves_plan_and_evidence(
+    site: Site, make_app
+) -> None:
+    from rollout.store import Draft
+
+    site.move_to(Position.at("dual_write"), Position.at("shadow"))
+    state = site.store.state()
+    draft = Draft(
+        "lead",
+        "advance",
+        state.position,
+        Position.at("canary", 25),
+        evidence_path="/ev/parity.json",
+        evidence_sha256="ab" * 32,
+        reason="CAB-7",
+        forced=True,
+        plan_digest="cd" * 32,
+        weakened=True,
+    )
+    site.store.record(state.version, draft)
+    page = client(make_app).get("/dashboard").text
+    row = next(line for line in page.split("<tr") if "shadow → canary 25%" in line)
+    assert "chip-forced" in row and ">weakened<" in row
+    assert ("cd" * 6) in row and ("ab" * 6) in row and "CAB-7" in row

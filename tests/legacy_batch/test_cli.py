@@ -76,6 +76,8 @@ def test_embedded_database_by_default_and_stored_versions_by_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _no_servers_from_the_environment(monkeypatch)
+    monkeypatch.delenv("SEGSHADOW_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     monkeypatch.chdir(tmp_path)
     rules = tmp_path / "mine.yaml"
     rules.write_text(
@@ -85,7 +87,7 @@ def test_embedded_database_by_default_and_stored_versions_by_name(
     )
     events = _events(tmp_path / "events.jsonl")
     assert _run(["legacy", "run", "--events", str(events), "--rules", str(rules), "--out", "a.jsonl"]) == 0
-    assert (tmp_path / ".segshadow" / "segshadow.db").is_file()
+    assert (tmp_path / "xdg" / "segshadow" / "segshadow.db").is_file()
     assert _run(["legacy", "run", "--events", str(events), "--rules", "mine@v3", "--out", "b.jsonl"]) == 0
     assert _run(["legacy", "run", "--events", str(events), "--rules", "mine", "--out", "c.jsonl"]) == 0
     first = read_assignments(tmp_path / "a.jsonl")

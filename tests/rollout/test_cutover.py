@@ -7,14 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from rollout.cutover import GatesFailed, advance, choose_target, rollback
+from rollout.cutover import (
+    GatesFailed,
+    IntentNeeded,
+    OffPlan,
+    PlanMismatch,
+    advance,
+    choose_target,
+    rollback,
+    set_plan,
+)
 from rollout.evidence import load_evidence
 from rollout.gates import FAIL, PASS
 from rollout.plan import load_plan
 from rollout.stages import IllegalTransition, Position, Stage
-from rollout.store import RolloutStore, replay
+from rollout.store import EvidenceReused, RolloutStore, replay
 from rollout.watch import watch, watch_once
-from segments.errors import InputError, UsageError
+from segments.errors import ConflictError, InputError, UsageError
 from tests.rollout.helpers import MINUTE, Clock, bad_evidence, good_evidence, write_evidence
 
 PLAN = load_plan("default")
@@ -40,7 +49,8 @@ def walk_to(store: RolloutStore, clock: Clock, tmp_path: Path, target: Position)
     """Advance along the plan on good evidence, waiting each step's minimum time, until ``target``."""
     while store.state().position != target:
         clock.advance(60 * MINUTE)
-        advance(store, PLAN, load_evidence(fresh(tmp_path, clock)), actor="ana")
+        version = store.state().version
+        advance(store, PLAN, load_evidence(fresh(tmp_path, clock)), actor="ana", expected_version=version)
 
 
 def test_the_full_walk_from_off_to_complete_on_good_evidence(
@@ -49,7 +59,10 @@ def test_the_full_walk_from_off_to_complete_on_good_evidence(
     seen = [store.state().position]
     while store.state().position.stage is not Stage.COMPLETE:
         clock.advance(60 * MINUTE)
-        decision, proposal = advance(store, PLAN, load_evidence(fresh(tmp_path, clock)), actor="ana")
+        version = store.state().version
+        decision, proposal = advance(
+            store, PLAN, load_evidence(fresh(tmp_path, clock)), actor="ana", expected_version=version
+        )
         assert proposal.allowed and not decision.forced
         seen.append(decision.target)
     assert [str(p) for p in seen] == [
@@ -131,7 +144,13 @@ def test_past_shadow_evidence_is_required_unless_forced(
     with pytest.raises(UsageError, match="--evidence"):
         advance(store, PLAN, None, actor="ana")
     decision, _ = advance(
-        store, PLAN, None, actor="ana", force=True, reason="comparator down, approved by cab"
+        store,
+        PLAN,
+        None,
+        actor="ana",
+        force=True,
+        reason="comparator down, approved by cab",
+        source=Position.at("shadow"),
     )
     assert decision.forced and decision.evidence_path is None and decision.target == Position.at("canary", 1)
 
@@ -226,3 +245,196 @@ def test_missing_or_broken_evidence_files_are_input_errors(tmp_path: Path) -> No
     (tmp_path / "parity.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(InputError, match="not a JSON object"):
         load_evidence(tmp_path / "parity.json")
+
+
+# ---- pinned plans, moves that follow them, evidence bound to one position and one move -----------
+
+
+def lax_plan_text(name: str) -> str:
+    """The shipped plan with every gate switched off, under ``name``."""
+    import yaml
+
+    from rollout.plan import shipped_plan_text
+
+    raw = yaml.safe_load(shipped_plan_text("default"))
+    raw["name"] = name
+    raw["gates"] = dict.fromkeys(raw["gates"])
+    for step in raw["steps"]:
+        step.pop("gates", None)
+    return yaml.safe_dump(raw)
+
+
+def test_a_lax_plan_under_the_shipped_name_is_refused_and_default_always_means_the_shipped_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rollout.plan import PlanError, shipped_name
+
+    spoof = tmp_path / "p.yaml"
+    spoof.write_text(lax_plan_text("clickstream-default"), encoding="utf-8")
+    with pytest.raises(PlanError, match="name: 'clickstream-default' is the name of a shipped plan"):
+        load_plan(spoof)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").write_text(lax_plan_text("clickstream-default"), encoding="utf-8")
+    assert load_plan("default").digest == PLAN.digest and shipped_name(load_plan("default")) == "default"
+
+
+def test_a_renamed_lax_plan_needs_a_reason_is_pinned_and_every_decision_under_it_is_weakened(
+    store: RolloutStore, clock: Clock, tmp_path: Path
+) -> None:
+    path = tmp_path / "lax.yaml"
+    path.write_text(lax_plan_text("lax"), encoding="utf-8")
+    lax = load_plan(path)
+    with pytest.raises(UsageError, match=r"weakens the shipped plan .*max_unexplained_rate"):
+        advance(store, lax, None, actor="ana", expected_version=0)
+    first, _ = advance(store, lax, None, actor="ana", expected_version=0, reason="demo only")
+    assert first.weakened and first.plan_digest == lax.digest
+    assert any("weakens: max_unexplained_rate" in n for n in first.notes)
+    with pytest.raises(PlanMismatch, match="cutover plan set"):
+        advance(store, PLAN, None, actor="ana", expected_version=1)
+    advance(store, None, None, actor="ana", expected_version=1)
+    clock.advance(MINUTE)
+    decision, _ = advance(store, None, load_evidence(fresh(tmp_path, clock, bad=True)), actor="ana")
+    assert decision.weakened and decision.plan_digest == lax.digest and not decision.forced
+    assert all(d.weakened for d in store.history())
+
+
+def test_changing_the_plan_is_a_recorded_decision_and_relaxing_it_is_marked(
+    store: RolloutStore, clock: Clock, tmp_path: Path
+) -> None:
+    walk_to(store, clock, tmp_path, Position.at("shadow"))
+    path = tmp_path / "lax.yaml"
+    path.write_text(lax_plan_text("lax"), encoding="utf-8")
+    with pytest.raises(UsageError, match="--reason"):
+        set_plan(store, load_plan(path), actor="bo", reason=None)
+    entered = store.state().entered_at_ms
+    decision, relaxed = set_plan(store, load_plan(path), actor="bo", reason="CAB-9")
+    assert decision.action == "plan" and decision.weakened and relaxed
+    assert any("min_time_in_stage off (was 10m) to enter canary 1%, canary 5%" in r for r in relaxed)
+    state = store.state()
+    assert state.position == Position.at("shadow") and state.entered_at_ms == entered
+    assert state.plan_digest == load_plan(path).digest and state.plan_weakened
+    back, again = set_plan(store, PLAN, actor="bo", reason="back to the shipped plan")
+    assert not back.weakened and not again and not store.state().plan_weakened
+    assert replay(store.history()) == store.state()
+
+
+@pytest.mark.parametrize(("start", "percent", "gate_pairs"), [("shadow", 25.0, 5000), ("canary 50", 99.9, 10_000)])
+def test_off_plan_and_skipping_moves_need_force_and_meet_every_skipped_steps_gates(
+    store: RolloutStore, clock: Clock, tmp_path: Path, start: str, percent: float, gate_pairs: int
+) -> None:
+    here = Position.at("shadow") if start == "shadow" else Position.at("canary", 50)
+    walk_to(store, clock, tmp_path, here)
+    clock.advance(60 * MINUTE)
+    evidence = load_evidence(fresh(tmp_path, clock))
+    with pytest.raises(OffPlan, match=f"canary {percent:g}% is not the next step"):
+        advance(store, PLAN, evidence, actor="ana", percent=percent)
+    assert store.state().position == here
+    decision, _ = advance(store, PLAN, evidence, actor="ana", percent=percent, force=True, reason="skip")
+    assert decision.forced and decision.target == Position.at("canary", percent)
+    assert any(n.startswith("off plan: the plan's next step was") for n in decision.notes)
+    [pairs] = [g for g in decision.gates if g["name"] == "min_pairs"]
+    assert pairs["threshold"] == gate_pairs
+
+
+def test_evidence_older_than_the_position_or_the_last_rollback_does_not_admit_a_move(
+    store: RolloutStore, clock: Clock, tmp_path: Path
+) -> None:
+    walk_to(store, clock, tmp_path, Position.at("canary", 1))
+    clock.advance(60 * MINUTE)
+    before = write_evidence(tmp_path / "before", good_evidence(store.state().entered_at_ms - 1))
+    with pytest.raises(GatesFailed, match=r"evidence_after_position inconclusive: generated .* before the rollout"):
+        advance(store, PLAN, load_evidence(before), actor="ana")
+    taken = fresh(tmp_path, clock)  # about canary 1%, then the rollout rolls back
+    clock.advance(MINUTE)
+    rollback(store, actor="auto", reason="pager")
+    clock.advance(15 * MINUTE)
+    with pytest.raises(GatesFailed, match="before the rollout reached shadow"):
+        advance(store, PLAN, load_evidence(taken), actor="ana")
+    assert store.state().position == Position.at("shadow")
+
+
+def test_one_evidence_admits_one_move_even_when_forced(store: RolloutStore, clock: Clock, tmp_path: Path) -> None:
+    walk_to(store, clock, tmp_path, Position.at("shadow"))
+    clock.advance(60 * MINUTE)
+    ahead = load_evidence(write_evidence(tmp_path / "ahead", good_evidence(clock.now + 50_000)))
+    first, _ = advance(store, PLAN, ahead, actor="ana")
+    assert first.target == Position.at("canary", 1)
+    clock.advance(11 * MINUTE)  # past min_time_in_stage; still after the move, still young
+    with pytest.raises(EvidenceReused, match=f"already admitted decision #{first.id}") as info:
+        advance(store, PLAN, ahead, actor="ana")
+    assert info.value.exit_code == 2
+    with pytest.raises(EvidenceReused):
+        advance(store, PLAN, ahead, actor="ana", force=True, reason="again")
+    assert store.state().position == Position.at("canary", 1) and store.evidence_use(ahead.sha256) == first.id
+
+
+def test_a_stated_intent_that_no_longer_holds_is_a_conflict(store: RolloutStore, clock: Clock, tmp_path: Path) -> None:
+    walk_to(store, clock, tmp_path, Position.at("dual_write"))
+    with pytest.raises(IntentNeeded, match=r"--from dual_write \(or --expect-version 1\)"):
+        advance(store, PLAN, None, actor="ana")
+    with pytest.raises(ConflictError, match="not at off"):
+        advance(store, PLAN, None, actor="ana", source=Position.at("off"))
+    with pytest.raises(ConflictError, match="not at version 0"):
+        advance(store, PLAN, None, actor="ana", expected_version=0)
+    assert store.state().version == 1
+    advance(store, PLAN, None, actor="ana", source=Position.at("dual_write"), expected_version=1)
+    assert store.state().position == Position.at("shadow")
+
+
+def test_two_plain_advances_at_once_move_one_step(database_url: str, tmp_path: Path) -> None:
+    """Threads on a real store, each with the evidence it saw: one moves, the other conflicts."""
+    import threading
+
+    with RolloutStore.open(database_url) as setup:
+        advance(setup, None, None, actor="ana", expected_version=0)
+        advance(setup, None, None, actor="ana", expected_version=1)
+    quick = tmp_path / "quick.yaml"
+    quick.write_text(
+        load_plan("default").text.replace("min_time_in_stage: 10m", "min_time_in_stage: null").replace(
+            "name: clickstream-default", "name: quick"
+        ),
+        encoding="utf-8",
+    )
+    stores = [RolloutStore.open(database_url) for _ in range(2)]
+    try:
+        set_plan(stores[0], load_plan(quick), actor="ana", reason="no waits in tests")
+        seen = load_evidence(write_evidence(tmp_path / "seen", good_evidence(stores[0].clock())))
+        barrier = threading.Barrier(2)
+        outcomes: list[object] = [None, None]
+
+        def operator(i: int) -> None:
+            barrier.wait()
+            try:
+                outcomes[i] = advance(stores[i], None, seen, actor=f"op{i}")[0]
+            except ConflictError as exc:
+                outcomes[i] = exc
+
+        threads = [threading.Thread(target=operator, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert sorted(type(o).__name__ for o in outcomes) in (
+            ["ConflictError", "Decision"],
+            ["Decision", "EvidenceReused"],
+        )
+        assert stores[0].state().position == Position.at("canary", 1)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_watch_rolls_back_from_live_as_from_canary(store: RolloutStore, clock: Clock, tmp_path: Path) -> None:
+    walk_to(store, clock, tmp_path, Position.at("live"))
+    clock.advance(MINUTE)
+    directory = write_evidence(tmp_path / "live-ev", bad_evidence(clock.now))
+    tick = watch_once(store, PLAN, lambda: load_evidence(directory))
+    assert tick.action == "rolled_back" and "unexplained failed" in tick.reason
+    last = store.history()[-1]
+    assert (last.actor, last.action, last.source, last.target) == (
+        "auto",
+        "rollback",
+        Position.at("live"),
+        Position.at("shadow"),
+    )
+    assert last.plan_digest == PLAN.digest and store.state().position == Position.at("shadow")

@@ -135,6 +135,7 @@ def test_unreadable_or_non_yaml_plan_files_are_plan_errors(tmp_path: Path) -> No
 def test_a_plan_file_round_trips_through_the_loader(tmp_path: Path) -> None:
     raw = yaml.safe_load(shipped_plan_text("default"))
     raw["steps"][0]["percent"] = 2
+    raw["name"] = "mine"
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     plan = load_plan(path)

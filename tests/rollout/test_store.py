@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 
@@ -9,7 +10,18 @@ import pytest
 import sqlalchemy as sa
 
 from rollout.stages import Position
-from rollout.store import INITIAL, Decision, Draft, RolloutStore, decisions_table, replay
+from rollout.store import (
+    GENESIS,
+    INITIAL,
+    Decision,
+    Draft,
+    RolloutStore,
+    decisions_table,
+    replay,
+    state_table,
+    verify_log,
+)
+from segments.db import normalize_url
 from segments.errors import ConflictError, InputError, StoreUnavailable, UsageError
 from tests.rollout.helpers import Clock, closed_port
 
@@ -231,3 +243,134 @@ def test_the_cockroachdb_dialect_and_its_transaction_retry_path(database_url: st
     finally:
         for s in stores:
             s.close()
+
+
+# ---- the hash chain --------------------------------------------------------------------------------
+
+
+def five_decisions(store: RolloutStore) -> None:
+    for target in [
+        Position.at("dual_write"),
+        Position.at("shadow"),
+        Position.at("canary", 1),
+        Position.at("canary", 5),
+        Position.at("live"),
+    ]:
+        step(store, target)
+
+
+def test_an_untouched_log_verifies_and_ends_at_the_state_head(database_url: str) -> None:
+    with RolloutStore.open(database_url) as store:
+        five_decisions(store)
+        decisions, state = store.history(), store.state()
+        assert verify_log(decisions, state) == ()
+        assert decisions[0].prev_hash == GENESIS and state.head == decisions[-1].row_hash
+        assert all(b.prev_hash == a.row_hash for a, b in itertools.pairwise(decisions))
+
+
+def _rows(store: RolloutStore) -> dict[int, dict[str, object]]:
+    with store.engine.connect() as conn:
+        return {row.id: dict(row._mapping) for row in conn.execute(sa.select(decisions_table))}
+
+
+@pytest.mark.parametrize("tamper", ["edited", "deleted", "reordered", "last deleted"])
+def test_an_edited_deleted_or_reordered_row_is_named_by_its_id(database_url: str, tamper: str) -> None:
+    with RolloutStore.open(database_url) as store:
+        five_decisions(store)
+        rows = _rows(store)
+        table = decisions_table
+        with store.engine.begin() as conn:
+            if tamper == "edited":
+                conn.execute(table.update().where(table.c.id == 3).values(to_percent=50.0, reason="nothing to see"))
+            elif tamper == "deleted":
+                conn.execute(table.delete().where(table.c.id == 3))
+            elif tamper == "last deleted":
+                conn.execute(table.delete().where(table.c.id == 5))
+            else:  # rows 3 and 4 swap places, each keeping its own content and hashes
+                for here, there in ((3, 4), (4, 3)):
+                    values = {k: v for k, v in rows[there].items() if k != "id"}
+                    conn.execute(table.update().where(table.c.id == here).values(**values))
+        problems = verify_log(store.history(), store.state())
+    expected = {"edited": 3, "deleted": 3, "reordered": 3, "last deleted": 5}[tamper]
+    assert problems and problems[0].id == expected, problems
+    assert f"decision #{expected}: " in str(problems[0])
+
+
+def test_a_store_of_the_previous_version_is_upgraded_in_place_and_chained(database_url: str) -> None:
+    old = sa.MetaData()
+    keep = {"plan_digest", "plan_weakened", "head", "weakened", "notes", "prev_hash", "row_hash"}
+    for table in (state_table, decisions_table):
+        columns = [
+            sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable, autoincrement=False)
+            for c in table.columns
+            if c.name not in keep
+        ]
+        sa.Table(table.name, old, *columns)
+    engine = sa.create_engine(normalize_url(database_url))
+    with engine.begin() as conn:
+        old.create_all(conn)
+        state_row = {"id": 1, "stage": "shadow", "percent": 0.0, "version": 2, "entered_at": 7}
+        conn.execute(old.tables[state_table.name].insert().values(**state_row))
+        for i, (a, b) in enumerate([("off", "dual_write"), ("dual_write", "shadow")], start=1):
+            conn.execute(
+                old.tables[decisions_table.name].insert().values(
+                    id=i, at=i, actor="old", action="advance", from_stage=a, from_percent=0.0,
+                    to_stage=b, to_percent=0.0, gates="[]", forced=False,
+                )
+            )
+    engine.dispose()
+    with RolloutStore.open(database_url) as store:
+        state = store.state()
+        assert (state.position, state.version, state.plan_digest) == (Position.at("shadow"), 2, None)
+        assert verify_log(store.history(), state) == ()
+        step(store, Position.at("canary", 1))
+        assert verify_log(store.history(), store.state()) == ()
+    with RolloutStore.open(database_url) as again:  # opening twice changes nothing
+        assert again.state().version == 3 and verify_log(again.history(), again.state()) == ()
+
+
+def test_a_store_that_goes_away_between_the_gate_check_and_the_move_records_nothing(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The outage hits after the state was read and the gates evaluated, as the decision is written."""
+    from rollout.cutover import advance
+
+    clock = Clock()
+    calls = {"n": 0}
+    engine = sa.create_engine(normalize_url(database_url))
+    sqlite_file = Path(database_url.removeprefix("sqlite:///")) if database_url.startswith("sqlite") else None
+    schema = database_url.rsplit("%3D", 1)[-1] if sqlite_file is None else ""
+
+    def outage(go: bool) -> None:
+        if sqlite_file is not None:
+            store.engine.dispose()
+            src, dst = (sqlite_file, tmp_path / "away.db") if go else (tmp_path / "away.db", sqlite_file)
+            if not go:
+                sqlite_file.unlink(missing_ok=True)  # the empty file SQLite made while it was gone
+            src.rename(dst)
+        else:
+            with engine.begin() as conn:
+                names = (schema, f"{schema}_away") if go else (f"{schema}_away", schema)
+                conn.execute(sa.text(f'ALTER SCHEMA "{names[0]}" RENAME TO "{names[1]}"'))
+
+    def breaking_clock() -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:  # 1: the advance's "now" for its gates; 2: the record's timestamp
+            outage(True)
+        return clock()
+
+    store = RolloutStore.open(database_url, clock)
+    try:
+        step(store, Position.at("dual_write"))
+        before = store.state()
+        store.clock = breaking_clock
+        with pytest.raises(StoreUnavailable):
+            advance(store, None, None, actor="ana", expected_version=1)
+        outage(False)
+        store.clock = clock
+        store.engine.dispose()
+        assert store.state() == before
+        assert verify_log(store.history(), store.state()) == ()
+    finally:
+        store.close()
+        engine.dispose()
