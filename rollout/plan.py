@@ -251,6 +251,8 @@ def parse_plan_text(text: str, source: str) -> Plan:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PlanError(source, f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise PlanError(source, "nested too deeply to read") from None
     return compile_plan(raw, source)
 
 
@@ -273,4 +275,6 @@ def load_plan(ref: str | Path | None = None) -> Plan:
         text = Path(name).read_text(encoding="utf-8")
     except OSError as exc:
         raise PlanError(name, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(name, f"cannot read: not UTF-8 text (byte {exc.start})") from None
     return parse_plan_text(text, name)
