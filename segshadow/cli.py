@@ -310,10 +310,20 @@ class _Warnings(logging.Handler):
 
 @contextlib.contextmanager
 def _logging_to(run: Invocation) -> Iterator[None]:
-    """While a command runs, the root logger feeds the capture (so Beam's ``basicConfig`` adds no stderr handler)."""
+    """While a command runs, the root logger feeds the capture and nothing else writes log records to a terminal.
+
+    A handler that ``logging.basicConfig`` put on the root logger (Beam calls it; so
+    does any ``logging.warning`` before one exists) is set aside for the run, so Beam's
+    own error logs (a traceback for every failed DoFn) do not reach stderr. Other
+    handlers (a test's log capture) stay.
+    """
     root = logging.getLogger()
-    handlers = [_Capture(run), _Warnings(run)]
+    terminals = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    aside = [h for h in root.handlers if type(h) is logging.StreamHandler and h.stream in terminals]
+    handlers: list[logging.Handler] = [_Capture(run), _Warnings(run)]
     level = root.level
+    for terminal in aside:
+        root.removeHandler(terminal)
     for handler in handlers:
         root.addHandler(handler)
     if root.level > logging.WARNING or root.level == logging.NOTSET:
@@ -323,6 +333,8 @@ def _logging_to(run: Invocation) -> Iterator[None]:
     finally:
         for handler in handlers:
             root.removeHandler(handler)
+        for terminal in aside:
+            root.addHandler(terminal)
         root.setLevel(level)
 
 
