@@ -28,7 +28,16 @@ from rollout.store import Decision, RolloutState, RolloutStore
 from segments.config import Settings
 from segments.errors import CheckFailed, SegshadowError
 from segments.timeutil import format_ms
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, duration_between, percentage, settings
+from segshadow.common import (
+    DatabaseOpt,
+    DataDirOpt,
+    RedisOpt,
+    duration,
+    duration_between,
+    listen_port,
+    percentage,
+    settings,
+)
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -373,7 +382,7 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port", help="TCP port (1-65535)", min=1, max=65535)] = 8000,
+        port: Annotated[int, typer.Option("--port", help="TCP port (1-65535, free)", callback=listen_port)] = 8000,
         evidence: EvidenceOpt = None,
         plan: Annotated[
             str | None, typer.Option("--plan", help="plan whose gates the dashboard shows")

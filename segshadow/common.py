@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -79,6 +80,30 @@ def percentage(value: float | None) -> float | None:
     """A typer callback: a percentage above 0 and at most 100."""
     if value is not None and not (math.isfinite(value) and 0 < value <= 100):
         raise typer.BadParameter(f"{value} is not a percentage above 0 and at most 100")
+    return value
+
+
+def listen_port(ctx: typer.Context, value: int) -> int:
+    """A typer callback for a port to serve on: 1-65535 and free to listen on.
+
+    The probe binds on ``--host`` when it was read first (it is declared first, so
+    it is unless given after ``--port``), else on 127.0.0.1; a port in use is a usage
+    error here rather than the server's own start-up failure later.
+    """
+    if not 1 <= value <= 65535:
+        raise typer.BadParameter(f"{value} is not a port (1-65535)")
+    host = ctx.params.get("host") or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, value, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return value  # the server reports a host it cannot resolve
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot listen on {host}:{value}: {exc.strerror or exc}") from None
     return value
 
 

@@ -264,3 +264,16 @@ def test_errors_raised_inside_beam_are_unwrapped_to_one_line(
     if code == 1:
         log = Path(done.stderr.rsplit("traceback in ", 1)[1].rstrip(")\n")).read_text(encoding="utf-8")
         assert "apache_beam" in log and "log records" in log, "Beam's own error log is kept in the file"
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """uvicorn's own start-up failure was exit 3 (a gate's 'inconclusive') after two lines."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run(["serve", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'x.db'}"], capsys)
+    assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in one_line(err)
+    assert not (tmp_path / "x.db").exists()
