@@ -143,7 +143,7 @@ def _run(args: list[str], run: Invocation) -> int:
 
 def _failed(exc: Exception, args: Sequence[str], run: Invocation) -> int:
     """The one line for an exception that escaped a command; tracebacks go to a log (or stderr with --debug)."""
-    known = _in_chain(exc, SegshadowError)
+    known = _in_chain(exc, SegshadowError) or _remote_error(exc)
     if isinstance(known, SegshadowError):
         if run.debug:
             traceback.print_exception(exc)
@@ -188,6 +188,29 @@ def _in_chain(exc: BaseException, kind: type[BaseException] | tuple[type[BaseExc
     return next((e for e in _chain(exc) if isinstance(e, kind)), None)
 
 
+_REMOTE = re.compile(r"^(?:\w+: )?segments\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def _remote_error(exc: BaseException) -> SegshadowError | None:
+    """A ``SegshadowError`` that a Beam worker process raised, from the traceback text the runner passed on.
+
+    Across a process boundary only text comes back (a ``RuntimeError`` holding the
+    worker's traceback); its last ``segments.errors.Name: message`` line is rebuilt.
+    """
+    from segments import errors
+
+    found = _REMOTE.findall(str(exc))
+    if not found:
+        return None
+    name, message = found[-1]
+    kind = getattr(errors, name, None)
+    if not (isinstance(kind, type) and issubclass(kind, SegshadowError)):
+        return None
+    rebuilt = SegshadowError(message)
+    rebuilt.exit_code = kind.exit_code
+    return rebuilt
+
+
 def _store_error(exc: BaseException) -> tuple[str, BaseException] | None:
     """("the database" | "Redis", the error) when a store's client error is in ``exc``'s chain."""
     sa_exc = sys.modules.get("sqlalchemy.exc")
@@ -204,7 +227,10 @@ def _store_error(exc: BaseException) -> tuple[str, BaseException] | None:
 
 
 def _describe(exc: BaseException) -> str:
-    first = _one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback (most recent call last)"):
+        lines = lines[-1:]  # a worker's traceback as text: its last line says what was raised
+    first = _one_line(lines[0] if lines else "")
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 

@@ -277,3 +277,23 @@ def test_serve_on_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: p
         code, _, err = run(["serve", "--port", str(port), "--database-url", f"sqlite:///{tmp_path / 'x.db'}"], capsys)
     assert code == 2 and f"cannot listen on 127.0.0.1:{port}" in one_line(err)
     assert not (tmp_path / "x.db").exists()
+
+
+def test_an_error_from_a_beam_worker_process_is_rebuilt_from_its_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Across a process boundary Beam passes only the worker's traceback, as a RuntimeError's text."""
+    text = (
+        "Traceback (most recent call last):\n  File \"sinks.py\", line 63, in setup\n"
+        "segments.errors.InputError: events.jsonl: no valid events (1 lines, 1 rejected)\n\n"
+        "During handling of the above exception, another exception occurred:\n"
+        "RuntimeError: segments.errors.StoreUnavailable: cannot reach Redis at redis://h:1/0"
+        " [while running 'ToRedis']\n"
+    )
+
+    def worker_failed(path: Path) -> object:
+        raise RuntimeError(text)
+
+    _plant(monkeypatch, worker_failed)
+    code, _, err = run(["import", "rees46", "x.csv", "--out", "o.jsonl"], capsys)
+    assert code == 2 and one_line(err) == "segshadow: error: cannot reach Redis at redis://h:1/0\n"
