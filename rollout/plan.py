@@ -331,6 +331,8 @@ def parse_plan_text(text: str, source: str) -> Plan:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise PlanError(source, f"not valid YAML{where}: {first}") from None
+    except RecursionError:
+        raise PlanError(source, "nested too deeply to read") from None
     plan = compile_plan(raw, source, text)
     claimed = _shipped_digests().get(plan.name)
     if claimed is not None and claimed != plan.digest:
@@ -460,4 +462,6 @@ def load_plan(ref: str | Path | None = None) -> Plan:
         text = Path(name).read_text(encoding="utf-8")
     except OSError as exc:
         raise PlanError(name, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise PlanError(name, f"cannot read: not UTF-8 text (byte {exc.start})") from None
     return parse_plan_text(text, name)

@@ -457,6 +457,8 @@ def parse_ruleset_text(text: str, source: str) -> RuleSet:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RuleSetError(f"{source}: not valid YAML/JSON: {exc}") from None
+    except RecursionError:
+        raise RuleSetError(f"{source}: nested too deeply to read") from None
     return compile_ruleset(raw, source)
 
 
@@ -480,6 +482,8 @@ def load_ruleset(ref: str) -> RuleSet:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
             raise RuleSetError(f"cannot read {ref}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise RuleSetError(f"cannot read {ref}: not UTF-8 text (byte {exc.start})") from None
         return parse_ruleset_text(text, ref)
     name, _, version = ref.partition("@")
     ruleset = shipped_ruleset(name)

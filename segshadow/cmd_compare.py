@@ -18,7 +18,7 @@ from compare.inputs import GateFlags
 from compare.parity import FAIL_ON, fails
 from segments.errors import CheckFailed, UsageError
 from segments.rules import load_ruleset
-from segshadow.common import duration
+from segshadow.common import duration, writable_dir
 
 FailOnOpt = Annotated[
     str,
@@ -45,7 +45,10 @@ def compare(
     legacy: Annotated[Path, typer.Option("--legacy", help="legacy output (SPEC §3 lines + .meta.json)")],
     stream: Annotated[Path, typer.Option("--stream", help="stream output (SPEC §4 lines + .meta.json)")],
     rules: Annotated[str, typer.Option("--rules", help="rule set: clickstream, risk, name@vN or a file")],
-    out: Annotated[Path, typer.Option("--out", help="directory for parity.json, mismatches.jsonl, report.html")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="directory for parity.json, mismatches.jsonl, report.html", callback=writable_dir),
+    ],
     every: Annotated[
         str | None, typer.Option("--every", help="legacy as-of interval (default: the legacy sidecar's, else 5m)")
     ] = None,

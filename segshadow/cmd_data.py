@@ -6,6 +6,7 @@ interrupted command never leaves a partial file under the requested name.
 
 from __future__ import annotations
 
+import csv
 import json
 from functools import partial
 from pathlib import Path
@@ -14,20 +15,22 @@ from typing import Annotated
 import typer
 import yaml
 
-from segments.errors import RuleSetError, UsageError
+from segments.errors import InputError, RuleSetError, UsageError
 from segments.events import write_jsonl
 from segments.faults import FAULTS, write_faulty_workload
 from segments.importers import IMPORTERS
 from segments.rules import SHIPPED, RuleSet, load_ruleset, shipped_ruleset
 from segments.timeutil import TimestampError, parse_rfc3339_ms
 from segments.workloads import DEFAULT_RATE, DEFAULT_START_MS, WORKLOADS, write_workload
-from segshadow.common import DatabaseOpt, DataDirOpt, settings
+from segshadow.common import DatabaseOpt, DataDirOpt, settings, writable_file
 
 import_app = typer.Typer(help="Turn public data sets into SPEC event files.", no_args_is_help=True)
 rules_app = typer.Typer(help="Inspect rule sets.", no_args_is_help=True)
 
 InputArg = Annotated[Path, typer.Argument(help="the data set's CSV file")]
-OutOpt = Annotated[Path, typer.Option("--out", help="events file to write (JSON Lines, SPEC §1)")]
+OutOpt = Annotated[
+    Path, typer.Option("--out", help="events file to write (JSON Lines, SPEC §1)", callback=writable_file)
+]
 
 
 def rejected_path(out: Path) -> Path:
@@ -36,7 +39,10 @@ def rejected_path(out: Path) -> Path:
 
 
 def _import(source: str, csv_path: Path, out: Path) -> None:
-    imported = IMPORTERS[source](csv_path)
+    try:
+        imported = IMPORTERS[source](csv_path)
+    except csv.Error as exc:  # e.g. a field over the csv module's size limit: not a data set this reads
+        raise InputError(f"not a CSV file this importer reads: {exc}", str(csv_path)) from None
     write_jsonl(out, imported.lines)
     bad = rejected_path(out)
     write_jsonl(bad, (r.to_json() for r in imported.rejections))
@@ -73,7 +79,9 @@ def _start_ms(text: str | None) -> int:
 
 def workload(
     kind: Annotated[str, typer.Argument(help="clickstream or risk")],
-    out: Annotated[Path, typer.Option("--out", help="events file to write (JSON Lines, arrival order)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="events file to write (JSON Lines, arrival order)", callback=writable_file)
+    ],
     users: Annotated[int, typer.Option("--users", help="number of users")] = 1000,
     minutes: Annotated[int, typer.Option("--minutes", help="length of the workload in event time")] = 60,
     seed: Annotated[int, typer.Option("--seed", help="random seed (same seed, same file)")] = 1,

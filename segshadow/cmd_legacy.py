@@ -20,7 +20,7 @@ from legacy_batch.job import AssignmentSink, LegacyWriterSink, run_legacy
 from segments.errors import RuleSetError, UsageError
 from segments.rules import RuleSet, load_ruleset
 from segments.sqlstore import SqlStore
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, progress_bars, settings
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, progress_bars, settings, writable_file
 
 legacy_app = typer.Typer(help="The legacy SQL batch segmenter.", no_args_is_help=True)
 
@@ -61,7 +61,9 @@ def _redis_sink(url: str, stack: contextlib.ExitStack) -> AssignmentSink:
 def run(
     events: Annotated[Path, typer.Option("--events", help="events file (JSON Lines, SPEC §1)")],
     rules: Annotated[str, typer.Option("--rules", help="rule set: clickstream, risk, name@vN or a file")],
-    out: Annotated[Path, typer.Option("--out", help="assignments file to write (SPEC §3 lines)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="assignments file to write (SPEC §3 lines)", callback=writable_file)
+    ],
     every: Annotated[str, typer.Option("--every", help="interval between as-of times")] = "5m",
     database_url: DatabaseOpt = None,
     redis_url: RedisOpt = None,

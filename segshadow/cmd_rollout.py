@@ -43,7 +43,16 @@ from rollout.store import Decision, RolloutState, RolloutStore, verify_log
 from segments.config import Settings
 from segments.errors import CheckFailed, SegshadowError, StoreUnavailable, UsageError, redact
 from segments.timeutil import format_ms
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
+from segshadow.common import (
+    DatabaseOpt,
+    DataDirOpt,
+    RedisOpt,
+    duration,
+    duration_between,
+    listen_port,
+    percentage,
+    settings,
+)
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -241,7 +250,10 @@ def register(app: typer.Typer) -> None:
     @cutover.command("advance")
     def advance_cmd(
         to: Annotated[str | None, typer.Option("--to", help=f"target stage ({', '.join(ORDER)})")] = None,
-        percent: Annotated[float | None, typer.Option("--percent", help="canary percentage")] = None,
+        percent: Annotated[
+            float | None,
+            typer.Option("--percent", help="canary percentage (above 0, at most 100)", callback=percentage),
+        ] = None,
         source: Annotated[
             str | None,
             typer.Option("--from", help="where you advance from, as status shows it: STAGE or canary:PERCENT"),
@@ -432,9 +444,12 @@ def register(app: typer.Typer) -> None:
     def watch_cmd(
         evidence: Annotated[str, typer.Option("--evidence", help="evidence directory, re-read every tick")],
         plan: PlanOpt = None,
-        interval: Annotated[str, typer.Option("--interval", help="time between ticks")] = "30s",
+        interval: Annotated[
+            str,
+            typer.Option("--interval", help="time between ticks (10ms-1d)", callback=duration_between("10ms", "1d")),
+        ] = "30s",
         iterations: Annotated[
-            int, typer.Option("--iterations", help="ticks to run; 0 runs until interrupted")
+            int, typer.Option("--iterations", help="ticks to run; 0 runs until interrupted", min=0)
         ] = 0,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
@@ -476,7 +491,8 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--to", help="the promotion to check (default: the next one)")
         ] = None,
         percent: Annotated[
-            float | None, typer.Option("--percent", help="canary percentage of that promotion")
+            float | None,
+            typer.Option("--percent", help="canary percentage of that promotion", callback=percentage),
         ] = None,
         verify: Annotated[
             str, typer.Option("--verify", help="counts (re-derive from the artifacts) or full (recompute)")
@@ -541,7 +557,7 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port")] = 8000,
+        port: Annotated[int, typer.Option("--port", help="TCP port (1-65535, free)", callback=listen_port)] = 8000,
         evidence: EvidenceOpt = None,
         plan: Annotated[
             str | None, typer.Option("--plan", help="plan whose gates the dashboard shows")
@@ -551,7 +567,12 @@ def register(app: typer.Typer) -> None:
             typer.Option("--legacy-ruleset", help="rule set ref (name@vN) of the SQL legacy fallback"),
         ] = None,
         stream_stale_after: Annotated[
-            str, typer.Option("--stream-stale-after", help="stream heartbeat age that counts as stale")
+            str,
+            typer.Option(
+                "--stream-stale-after",
+                help="stream heartbeat age that counts as stale (1ms-1d)",
+                callback=duration_between("1ms", "1d"),
+            ),
         ] = "5s",
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,

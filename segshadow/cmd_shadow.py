@@ -22,7 +22,16 @@ from segments.rules import load_ruleset
 from segments.workloads import WORKLOADS, write_workload
 from segshadow.cmd_compare import FailOnOpt, check_fail_on, fail_on_verdict
 from segshadow.cmd_stream import LatenessOpt, OooOpt, ShardsOpt, gate_params
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, progress_bars, settings
+from segshadow.common import (
+    DatabaseOpt,
+    DataDirOpt,
+    RedisOpt,
+    duration,
+    duration_between,
+    progress_bars,
+    settings,
+    writable_dir,
+)
 
 shadow_app = typer.Typer(help="Shadow runs: both segmenters on the same events, compared.", no_args_is_help=True)
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -37,12 +46,12 @@ _STAGES = {
 @shadow_app.command("run", context_settings=_PASS_THROUGH)
 def run(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", help="run directory for every output")],
+    out: Annotated[Path, typer.Option("--out", help="run directory for every output", callback=writable_dir)],
     workload: Annotated[str | None, typer.Option("--workload", help="generate: clickstream or risk")] = None,
     events: Annotated[Path | None, typer.Option("--events", help="or replay this events file")] = None,
     rules: Annotated[str | None, typer.Option("--rules", help="rule set (default: the workload's)")] = None,
-    users: Annotated[int, typer.Option("--users", help="generated users")] = 2_000,
-    minutes: Annotated[int, typer.Option("--minutes", help="generated minutes of traffic")] = 30,
+    users: Annotated[int, typer.Option("--users", help="generated users", min=1)] = 2_000,
+    minutes: Annotated[int, typer.Option("--minutes", help="generated minutes of traffic", min=1)] = 30,
     seed: Annotated[int, typer.Option("--seed", help="workload seed")] = 1,
     every: Annotated[str, typer.Option("--every", help="legacy as-of interval")] = "5m",
     max_out_of_orderness: OooOpt = "5s",
@@ -50,8 +59,13 @@ def run(
     shards: ShardsOpt = 8,
     noise: Annotated[bool, typer.Option("--noise", help="also run the stream on jittered arrivals")] = False,
     live: Annotated[bool, typer.Option("--live", help="real-time path instead of replay")] = False,
-    rate: Annotated[int, typer.Option("--rate", help="live: events per second")] = 1_000,
-    duration_text: Annotated[str, typer.Option("--duration", help="live: how long to produce")] = "60s",
+    rate: Annotated[
+        int, typer.Option("--rate", help="live: events per second (1-1000000)", min=1, max=1_000_000)
+    ] = 1_000,
+    duration_text: Annotated[
+        str,
+        typer.Option("--duration", help="live: how long to produce (1s-1d)", callback=duration_between("1s", "1d")),
+    ] = "60s",
     database_url: DatabaseOpt = None,
     redis_url: RedisOpt = None,
     data_dir: DataDirOpt = None,

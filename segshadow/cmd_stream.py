@@ -16,12 +16,13 @@ from typing import Annotated
 
 import typer
 
-from segments.errors import UsageError
+from segments.errors import InputError, UsageError
+from segments.events import Event, iter_lines, parse_line
 from segments.lateness import GateParams
 from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
 from segshadow.cmd_legacy import resolve_rules
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, duration_between, settings, writable_file
 from streaming.config import EVENTS_STREAM, GROUP, StreamConfig
 
 stream_app = typer.Typer(help="The Beam streaming segmenter.", no_args_is_help=True)
@@ -29,13 +30,28 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 OooOpt = Annotated[str, typer.Option("--max-out-of-orderness", help="watermark = max event time minus this")]
 LatenessOpt = Annotated[str, typer.Option("--allowed-lateness", help="older than watermark minus this: too late")]
-ShardsOpt = Annotated[int, typer.Option("--shards", help="parallel per-user state partitions")]
+ShardsOpt = Annotated[
+    int, typer.Option("--shards", help="parallel per-user state partitions (1-4096)", min=1, max=4096)
+]
 NoSqlOpt = Annotated[bool, typer.Option("--no-sql", help="do not write the SQL transitions log")]
 
 
 def gate_params(max_out_of_orderness: str, allowed_lateness: str) -> GateParams:
     """The lateness contract from command-line durations; ``UsageError`` when negative or malformed."""
     return GateParams(duration(max_out_of_orderness), duration(allowed_lateness))
+
+
+def require_a_valid_event(path: Path) -> None:
+    """``InputError`` (exit 2, as ``legacy run`` and ``shadow run`` give) when the file holds no valid event.
+
+    Reads up to the first valid line, so only an empty or all-rejected file is read whole.
+    """
+    lines = 0
+    for number, text in iter_lines(path):
+        lines += 1
+        if isinstance(parse_line(text, number), Event):
+            return
+    raise InputError(f"no valid events ({lines} lines, {lines} rejected)", str(path))
 
 
 def _config(ruleset: RuleSet, params: GateParams, shards: int, live: bool = False, batch: int = 20_000) -> StreamConfig:
@@ -49,7 +65,9 @@ def replay(
     ctx: typer.Context,
     events: Annotated[Path, typer.Option("--events", help="recorded events (JSON Lines, SPEC §1)")],
     rules: Annotated[str, typer.Option("--rules", help="rule set: clickstream, risk, name@vN or a file")],
-    out: Annotated[Path, typer.Option("--out", help="transitions file to write (SPEC §4 lines)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="transitions file to write (SPEC §4 lines)", callback=writable_file)
+    ],
     max_out_of_orderness: OooOpt = "5s",
     allowed_lateness: LatenessOpt = "60s",
     shards: ShardsOpt = 8,
@@ -62,6 +80,7 @@ def replay(
     from streaming.replay import run_replay
 
     params = gate_params(max_out_of_orderness, allowed_lateness)
+    require_a_valid_event(events)
     where = settings(database_url, redis_url, data_dir)
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(SqlStore.open(where.database_url))
@@ -95,9 +114,17 @@ def live(
     stream_key: Annotated[str, typer.Option("--stream-key", help="Redis Stream holding the events")] = EVENTS_STREAM,
     group: Annotated[str, typer.Option("--group", help="consumer group")] = GROUP,
     consumer: Annotated[str, typer.Option("--consumer", help="consumer name in the group")] = "stream-1",
-    poll: Annotated[str, typer.Option("--poll", help="how often to read the stream")] = "5ms",
-    duration_text: Annotated[str | None, typer.Option("--duration", help="stop after this long")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="also append transitions to this file")] = None,
+    poll: Annotated[
+        str,
+        typer.Option("--poll", help="how often to read the stream (1ms-1m)", callback=duration_between("1ms", "1m")),
+    ] = "5ms",
+    duration_text: Annotated[
+        str | None,
+        typer.Option("--duration", help="stop after this long (1ms-30d)", callback=duration_between("1ms", "30d")),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="also append transitions to this file", callback=writable_file)
+    ] = None,
     no_sql: NoSqlOpt = False,
     database_url: DatabaseOpt = None,
     redis_url: RedisOpt = None,

@@ -1,9 +1,22 @@
-"""What every command shares: the settings options, duration parsing, console output."""
+"""What every command shares: the settings options, duration parsing, parse-time checks, console output.
+
+The parse-time checks are typer callbacks: a value they refuse is a usage error
+(one line, exit 2) before the command starts any work. Output paths must be
+writable where they point (``writable_file``, ``writable_dir``); ports, shard
+counts, rates and sizes are bounded with typer's ``min``/``max``; durations with
+``duration_between``, which keeps the text (commands parse it themselves) and
+only refuses what is outside its documented range.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import math
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,7 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from segments.config import Settings, resolve_settings
-from segments.durations import parse_duration_ms
+from segments.durations import format_duration_ms, parse_duration_ms
+from segments.errors import SegshadowError, UsageError
 
 console = Console(stderr=True)
 
@@ -40,7 +54,96 @@ def settings(database_url: str | None, redis_url: str | None, data_dir: str | No
 
 def duration(text: str) -> int:
     """A command-line duration (``500ms``, ``5s``, ``10m``, ``1h``) in ms; ``UsageError`` otherwise."""
-    return parse_duration_ms(text)
+    try:
+        return parse_duration_ms(text)
+    except ValueError:  # more digits than Python converts to an int
+        raise UsageError(f"bad duration '{text[:20]}...': too many digits") from None
+
+
+def duration_between(minimum: str, maximum: str) -> Callable[[str | None], str | None]:
+    """A typer callback: the value must be a duration in [minimum, maximum]; it is returned unchanged."""
+    low, high = duration(minimum), duration(maximum)
+
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ms = duration(value)
+        except SegshadowError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if not low <= ms <= high:
+            raise typer.BadParameter(
+                f"{value.strip()} is outside {format_duration_ms(low)}..{format_duration_ms(high)}"
+            )
+        return value
+
+    return check
+
+
+def percentage(value: float | None) -> float | None:
+    """A typer callback: a percentage above 0 and at most 100."""
+    if value is not None and not (math.isfinite(value) and 0 < value <= 100):
+        raise typer.BadParameter(f"{value} is not a percentage above 0 and at most 100")
+    return value
+
+
+def listen_port(ctx: typer.Context, value: int) -> int:
+    """A typer callback for a port to serve on: 1-65535 and free to listen on.
+
+    The probe binds on ``--host`` when it was read first (it is declared first, so
+    it is unless given after ``--port``), else on 127.0.0.1; a port in use is a usage
+    error here rather than the server's own start-up failure later.
+    """
+    if not 1 <= value <= 65535:
+        raise typer.BadParameter(f"{value} is not a port (1-65535)")
+    host = ctx.params.get("host") or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, value, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return value  # the server reports a host it cannot resolve
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot listen on {host}:{value}: {exc.strerror or exc}") from None
+    return value
+
+
+def _probe(directory: Path) -> None:
+    """Create and remove a file in the nearest existing ancestor of ``directory``; ``BadParameter`` if that fails."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise typer.BadParameter(f"cannot create {directory}: {existing} is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(dir=existing, prefix=".segshadow-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write in {existing}: {exc.strerror or exc}") from None
+
+
+def writable_file(value: Path | None) -> Path | None:
+    """A typer callback for an output file: not a directory, and its directory writable (or creatable)."""
+    if value is None:
+        return None
+    if value.is_dir():
+        raise typer.BadParameter(f"{value} is a directory; give a file name")
+    _probe(value.parent if str(value.parent) else Path("."))
+    return value
+
+
+def writable_dir(value: Path | None) -> Path | None:
+    """A typer callback for an output directory: not an existing file, and writable (or creatable)."""
+    if value is None:
+        return None
+    if value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} exists and is not a directory")
+    _probe(value)
+    return value
 
 
 class StageBars:

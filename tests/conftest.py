@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from segments.config import DATABASE_ENV, REDIS_ENV
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+pytest_plugins = ["tests._require"]  # SEGSHADOW_REQUIRE: CI fails where required tests skip
 
 
 def _server_database_url() -> str | None:
