@@ -8,6 +8,7 @@ from typing import NamedTuple
 from hypothesis import strategies as st
 
 from segments.events import Event, parse_line
+from segments.lateness import GateParams
 from segments.rules import RuleSet
 
 BASE = 1_700_000_000_000
@@ -178,3 +179,12 @@ def edge_event_lines(
             if largest is None or event_time >= largest - lag:
                 largest = event_time if largest is None else max(largest, event_time)
     return [json.dumps(r, ensure_ascii=False) for r in rows]
+
+
+def edge_lines_for(ruleset: RuleSet, params: GateParams, max_events: int = 24) -> st.SearchStrategy[list[str]]:
+    """``edge_event_lines`` on ``ruleset``'s window widths and ``params``' too-late edge, with kinds it reads
+    and one it does not (a view for risk, a cart for clickstream)."""
+    kinds = ("txn", "view") if "txn" in ruleset.kinds else ("view", "cart", "purchase", "refund")
+    return edge_event_lines(
+        kinds, ruleset.widths, params.max_out_of_orderness_ms, params.allowed_lateness_ms, max_events
+    )

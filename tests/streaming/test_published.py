@@ -49,7 +49,7 @@ from segments.rules import RuleSet, load_ruleset
 from streaming.admission import admit_all, shard_of
 from streaming.pipeline import ShardBatch, segment_batch
 from streaming.segmenter import ShardSegmenter
-from tests.streaming.oracle import BASE, MINUTE, brute_force, edge_event_lines, parse_all, spec_admission
+from tests.streaming.oracle import BASE, MINUTE, brute_force, edge_lines_for, parse_all, spec_admission
 
 CLICK = load_ruleset("clickstream")
 RISK = load_ruleset("risk")
@@ -161,10 +161,7 @@ def test_every_published_revision_equals_the_rules_over_the_events_known_when_it
     """Events on each other's window edges and on the too-late edge, to the millisecond: every transition
     the shards emit, and the published timeline after every event and batch, agree with brute force over
     the events applied by then."""
-    kinds = ("view", "cart", "purchase", "refund") if ruleset is CLICK else ("txn", "view")
-    lines = data.draw(
-        edge_event_lines(kinds, ruleset.widths, params.max_out_of_orderness_ms, params.allowed_lateness_ms)
-    )
+    lines = data.draw(edge_lines_for(ruleset, params))
     run = _drive(ruleset, params, lines, shards, batch_events)
     _check_every_transition(ruleset, run)
     _check_published_at_due_instants(ruleset, run, shards)
