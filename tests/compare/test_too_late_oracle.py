@@ -15,6 +15,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -44,7 +45,7 @@ def _lines(data: st.DataObject, ruleset: RuleSet, params: GateParams) -> list[st
     return data.draw(edge_lines_for(ruleset, params, max_events=16))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(data=st.data(), ruleset=st.sampled_from([CLICK, RISK]), params=st.sampled_from(GATES))
 def test_the_gate_the_comparator_recomputes_drops_what_spec_4_drops(data, ruleset, params):
     """``too_late_ids`` over the deduplicated log: exactly the events strictly earlier than watermark minus
@@ -102,7 +103,8 @@ def _expected_mismatches(ruleset: RuleSet, events: list[Event], params: GatePara
     return pairs, mismatches
 
 
-@settings(max_examples=60, deadline=None)
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None)
 @given(
     data=st.data(),
     ruleset=st.sampled_from([CLICK, RISK]),

@@ -135,10 +135,10 @@ def edge_event_lines(
     Each event's time is drawn from: exactly the gate's too-late edge at its
     arrival (watermark - allowed lateness, per ``spec_admission`` over the events
     before it) or 1 ms either side; an earlier event's time plus or minus a
-    window width (an event at exactly t - window), 0, or 1 ms either side of
-    those; or anywhere in 40 minutes. Arrival times never go back (the list is the
-    arrival order) and are never before the event time. Ids are sometimes reused
-    (a duplicate with another payload).
+    window width (an event at exactly t - window; the previous event's time half
+    the time), 0, or 1 ms either side of those; or anywhere in 40 minutes. Arrival times never go back (the list is the
+    arrival order) and are never before the event time. Half the events are the
+    previous one's user's. Ids are sometimes reused (a duplicate with another payload).
     """
     n = draw(st.integers(1, max_events))
     users = draw(st.lists(st.sampled_from(["a", "b", "é 😀"]), min_size=1, max_size=2, unique=True))
@@ -149,13 +149,14 @@ def edge_event_lines(
     seen: set[str] = set()
     arrival = BASE
     for i in range(n):
-        how = draw(st.sampled_from(["horizon", "edge", "edge", "free"] if times else ["free"]))
-        nudge = draw(st.sampled_from([0, 0, -1, 1]))
+        how = draw(st.sampled_from(["horizon", "edge", "edge", "edge", "free"] if times else ["free"]))
+        nudge = draw(st.sampled_from([0, 0, 0, -1, 1]))
         if how == "horizon" and largest is not None:
             event_time = largest - lag + nudge
         elif how in ("horizon", "edge"):
-            width = draw(st.sampled_from([0, *widths, *(-w for w in widths)]))
-            event_time = draw(st.sampled_from(times)) + width + nudge
+            width = draw(st.sampled_from([0, *widths, *widths, *widths, *(-w for w in widths)]))
+            reference = times[-1] if draw(st.booleans()) else draw(st.sampled_from(times))
+            event_time = reference + width + nudge
         else:
             event_time = BASE + draw(st.integers(0, 40 * MINUTE))
         reuse = i > 0 and draw(st.integers(0, 5)) == 0
@@ -164,7 +165,7 @@ def edge_event_lines(
         kind = draw(st.sampled_from(kinds))
         row: dict[str, object] = {
             "event_id": event_id,
-            "user_id": draw(st.sampled_from(users)),
+            "user_id": rows[-1]["user_id"] if rows and draw(st.booleans()) else draw(st.sampled_from(users)),
             "event_time": event_time,
             "arrival_time": arrival,
             "kind": kind,

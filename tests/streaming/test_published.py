@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,10 +148,10 @@ def _check_published_at_due_instants(ruleset: RuleSet, run: Published, shards: i
                 assert published == _rules(ruleset, seen, user, t), (user, t, "after step", marker, "knowing", known)
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.parametrize("ruleset", [CLICK, RISK], ids=["clickstream", "risk"])
+@settings(max_examples=150, deadline=None)
 @given(
     data=st.data(),
-    ruleset=st.sampled_from([CLICK, RISK]),
     params=st.sampled_from(GATES),
     shards=st.integers(1, 2),
     batch_events=st.sampled_from([1, 3, 1_000]),

@@ -69,7 +69,7 @@ def test_risk_timeline_equals_brute_force(lines):
     _assert_settled_equals_rules(RISK, applied, transitions)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data(), ruleset=st.sampled_from([CLICK, RISK]), shards=st.integers(1, 2))
 def test_timeline_on_window_and_too_late_edges_equals_brute_force(data, ruleset, shards):
     """Events at exactly t - window, t - 1 min, watermark - allowed lateness, and 1 ms either side: the gate
