@@ -69,6 +69,7 @@ class Published:
 
 
 def _known_count(tr: Transition, n: int) -> int:
+    """How many of the ``n`` applied events (arrival order) the shard held when it emitted ``tr``."""
     if tr.emitted_at >= FINAL:
         return n
     if tr.emitted_at % 2 == 0:
