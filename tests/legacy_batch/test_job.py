@@ -112,7 +112,14 @@ def event_files(draw: st.DrawFn) -> list[str]:
     return lines
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# A quarter of the profile's examples (each is a legacy run on every backend): 25 under the default
+# ``ci`` profile, 250 under ``HYPOTHESIS_PROFILE=slow`` (tests/conftest.py).
+SQL_ORACLE_EXAMPLES = settings.default.max_examples // 4
+
+
+@settings(
+    max_examples=SQL_ORACLE_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(lines=event_files(), ruleset=st.sampled_from(RULESETS), every=st.sampled_from([MIN, M5, 7 * MIN]))
 def test_legacy_output_equals_brute_force(
     store: SqlStore, tmp_path: Path, lines: list[str], ruleset: RuleSet, every: int

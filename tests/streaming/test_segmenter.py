@@ -11,32 +11,27 @@ from segments.outputs import Transition, timelines
 from segments.rules import load_ruleset
 from streaming.admission import admit_all, shard_of
 from streaming.segmenter import Applied, ShardSegmenter, run_shard
-from tests.streaming.oracle import BASE, MINUTE, brute_force, event_lines, parse_all, probe_instants
+from tests.streaming.oracle import (
+    BASE,
+    MINUTE,
+    brute_force,
+    edge_lines_for,
+    event_lines,
+    parse_all,
+    probe_instants,
+    spec_admission,
+)
 
 CLICK = load_ruleset("clickstream")
 RISK = load_ruleset("risk")
 PARAMS = GateParams(5_000, 60_000)
 
 
-def _expected_applied(events, params):
-    """SPEC §4 admission written out plainly: first arrival of an id, watermark, too-late."""
-    seen, kept, max_time = set(), [], None
-    for e in events:
-        if e.event_id in seen:
-            continue
-        seen.add(e.event_id)
-        watermark = None if max_time is None else max_time - params.max_out_of_orderness_ms
-        if watermark is not None and e.event_time < watermark - params.allowed_lateness_ms:
-            continue
-        kept.append(e)
-        max_time = e.event_time if max_time is None else max(max_time, e.event_time)
-    return kept
-
-
 def _run(ruleset, lines, shards=1, params=PARAMS):
     events = arrival_order(parse_all(lines))
     applied, dead, _ = admit_all(events, params)
-    expected = _expected_applied(events, params)
+    spec = spec_admission(events, params.max_out_of_orderness_ms, params.allowed_lateness_ms)
+    expected = [e for e, _ in spec.applied]
     assert [(a.user_id, a.event_time) for a in applied] == [(e.user_id, e.event_time) for e in expected]
     transitions: list[Transition] = []
     final = max(e.arrival_time for e in events)
@@ -72,6 +67,16 @@ def test_risk_timeline_equals_brute_force(lines):
     """The risk tiers, including the one-minute sub-window and distinct merchants, settle to the rules."""
     applied, transitions, _ = _run(RISK, lines)
     _assert_settled_equals_rules(RISK, applied, transitions)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), ruleset=st.sampled_from([CLICK, RISK]), shards=st.integers(1, 2))
+def test_timeline_on_window_and_too_late_edges_equals_brute_force(data, ruleset, shards):
+    """Events at exactly t - window, t - 1 min, watermark - allowed lateness, and 1 ms either side: the gate
+    applies what SPEC §4 applies and the settled timeline is the rules, everywhere."""
+    lines = data.draw(edge_lines_for(ruleset, PARAMS))
+    applied, transitions, _ = _run(ruleset, lines, shards)
+    _assert_settled_equals_rules(ruleset, applied, transitions)
 
 
 @settings(max_examples=60, deadline=None)
