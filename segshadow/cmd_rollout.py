@@ -14,6 +14,7 @@ import json
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -26,8 +27,9 @@ from rollout.plan import load_plan
 from rollout.stages import MEANINGS, ORDER, Position, Stage, needs_gates
 from rollout.store import Decision, RolloutState, RolloutStore
 from segments.config import Settings
-from segments.errors import CheckFailed, SegshadowError
-from segments.timeutil import format_ms
+from segments.errors import CheckFailed, InputError, SegshadowError, UsageError
+from segments.snapshot import ServingSnapshot
+from segments.timeutil import format_ms, wall_clock_ms
 from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, settings
 
 out = Console(highlight=False, soft_wrap=True)
@@ -129,6 +131,52 @@ def _decision_line(d: Decision) -> str:
     reason = f" — {d.reason}" if d.reason else ""
     move = f"{d.action} {d.source} → {d.target}"
     return f"#{d.id} {format_ms(d.at_ms)} {d.actor}: {move}{forced}{gates}{evidence}{reason}"
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """What ``serve --run DIR`` serves: the run's directory, store, plan and serving snapshot."""
+
+    directory: str
+    database_url: str | None
+    plan: str
+    snapshot: ServingSnapshot
+
+    def examples(self, host: str, port: int) -> list[str]:
+        """A page to open per segment the legacy side serves (the side that serves before canary)."""
+        from urllib.parse import quote
+
+        from segments.redisstore import decode_user_id
+
+        lines = [f"recorded run {self.directory}, segments as saved at {format_ms(self.snapshot.saved_at)}"]
+        for segment in ("high_value", "window_shopper", "risk_high", "risk_medium"):
+            users = self.snapshot.users_with("legacy", segment)
+            if users:
+                page = "account" if segment.startswith("risk") else ""
+                user = quote(decode_user_id(users[0]), safe="")
+                lines.append(f"  {segment}: http://{host}:{port}/{page}?user={user}")
+        return lines
+
+
+def _recorded_run(directory: str, redis_url: str | None) -> RecordedRun:
+    """Read a run directory for ``serve --run``; ``UsageError``/``InputError`` when it cannot be served."""
+    from pathlib import Path
+
+    from segments.config import sqlite_url
+    from segments.snapshot import FILENAME, read_serving
+
+    if redis_url:
+        raise UsageError("--run serves from its own embedded Valkey: drop --redis-url")
+    where = Path(directory)
+    if not (where / FILENAME).is_file():
+        raise InputError(f"no {FILENAME}: not a finished run (segshadow shadow run --out {directory})", directory)
+    snapshot = read_serving(where / FILENAME)
+    db = where / "segshadow.db"
+    plan = "default"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        ruleset = json.loads((where / "parity.json").read_text(encoding="utf-8")).get("ruleset", "")
+        plan = "risk" if str(ruleset).startswith("risk") else "default"
+    return RecordedRun(directory, sqlite_url(db.resolve()) if db.is_file() else None, plan, snapshot)
 
 
 def register(app: typer.Typer) -> None:
@@ -378,11 +426,25 @@ def register(app: typer.Typer) -> None:
         stream_stale_after: Annotated[
             str, typer.Option("--stream-stale-after", help="stream heartbeat age that counts as stale")
         ] = "5s",
+        run: Annotated[
+            str | None,
+            typer.Option(
+                "--run",
+                help="serve a finished shadow run (its directory): its segments in a fresh embedded Valkey, "
+                "its rollout store and its evidence; no server needed",
+            ),
+        ] = None,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
-        """Serve the mock shop, its account page, the cutover dashboard and /metrics."""
+        """Serve the mock shop, its account page, the cutover dashboard and /metrics.
+
+        ``--run DIR`` shows a finished ``shadow run --out DIR``: the segments it saved in
+        ``DIR/serving.jsonl``, loaded into a fresh embedded Valkey (never into a configured
+        Redis), the run's SQLite store ``DIR/segshadow.db`` when there is one, and ``DIR`` as
+        the evidence. Staleness is judged at the moment the run saved its segments.
+        """
         import uvicorn
 
         from homepage.app import create_app
@@ -390,19 +452,32 @@ def register(app: typer.Typer) -> None:
         from segments.embedded import redis_endpoint
         from segments.redisstore import RedisStore
 
+        recorded = _recorded_run(run, redis_url) if run is not None else None
+        if recorded is not None:
+            database_url = database_url or recorded.database_url
+            evidence = evidence or recorded.directory
+            plan = plan or recorded.plan
         conf = settings(database_url, redis_url, data_dir)
         the_plan = load_plan(plan) if plan else None
         stale_ms = duration(stream_stale_after)
         # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through Python instead lets the
         # context managers below stop an embedded Valkey rather than leave it running.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        with _store(conf) as store, redis_endpoint(conf.redis_url) as url:
+        with _store(conf) as store, redis_endpoint("embedded" if recorded else conf.redis_url) as url:
             client = serving_client(url)
             stages = StageCache(store, client)
+            clock = wall_clock_ms
+            if recorded is not None:
+                from segments.snapshot import load_serving
+
+                load_serving(client, recorded.snapshot)
+                saved_at = recorded.snapshot.saved_at
+                clock = lambda: saved_at  # noqa: E731  (a recorded run is judged as of its save)
             router = Router(
                 stages,
                 RedisStore(client),
                 LegacySqlReader(store.engine, ruleset),
+                clock=clock,
                 stream_stale_after_ms=stale_ms,
             )
             site = create_app(router, evidence, plan=the_plan)
@@ -410,4 +485,7 @@ def register(app: typer.Typer) -> None:
                 f"segshadow: serving on http://{host}:{port}/ (dashboard /dashboard, metrics /metrics)",
                 file=sys.stderr,
             )
+            if recorded is not None:
+                for line in recorded.examples(host, port):
+                    print(f"segshadow: {line}", file=sys.stderr)
             uvicorn.run(site, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -3,7 +3,9 @@
 ``--workload clickstream|risk`` generates a seeded workload into the run
 directory; ``--events PATH`` takes a file. Replay mode by default; ``--live``
 runs the real-time path (see ``shadow.live``). With no server configured the run
-is self-contained: a SQLite file in the run directory and an embedded Valkey.
+is self-contained: a SQLite file in the run directory and an embedded Valkey. Either
+mode ends by saving the serving store's segments to ``DIR/serving.jsonl``
+(``segments.snapshot``), so ``segshadow serve --run DIR`` can show the run afterwards.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def run(
         typer.echo(f"live: starting the stream, then {rate} events/s for {duration_text}", err=True)
         with redis_endpoint(where.redis_url) as url:
             live_report = run_live(live_plan, db, url, list(ctx.args))
+            keep_serving(url, out)
         ingest, lat = live_report.counts["ingest"], live_report.latency
         typer.echo(
             f"ingest: {ingest['sent']} lines at {ingest['rate_achieved']:,.0f}/s ({ingest['rejected']} rejected, "
@@ -88,6 +91,7 @@ def run(
         )
         typer.echo(live_report.parity.summary_line())
         typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  live: {out / 'live.json'}")
+        typer.echo(f"see it: segshadow serve --run {out}  (then open http://127.0.0.1:8000/)")
         return
 
     from shadow.run import ShadowPlan, run_shadow
@@ -102,6 +106,7 @@ def run(
     plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args))
     with redis_endpoint(where.redis_url) as url, progress_bars(_STAGES, transient=False) as bars:
         report = run_shadow(plan, input_path, db, url, bars)
+        keep_serving(url, out)
     ingest = report.counts["ingest"]
     typer.echo(
         f"ingest: {ingest['accepted']} events dual-written ({ingest['rejected']} rejected, "
@@ -111,6 +116,19 @@ def run(
     )
     typer.echo(report.parity.summary_line())
     typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  summary: {out / 'summary.md'}")
+    typer.echo(f"see it: segshadow serve --run {out}  (then open http://127.0.0.1:8000/)")
+
+
+def keep_serving(redis_url: str, out: Path) -> None:
+    """Save the run's serving data (both sides' segments per user) to ``out/serving.jsonl``."""
+    from segments.redisstore import connect
+    from segments.snapshot import FILENAME, save_serving
+
+    client = connect(redis_url)
+    try:
+        save_serving(client, out / FILENAME)
+    finally:
+        client.close()
 
 
 def register(app: typer.Typer) -> None:
