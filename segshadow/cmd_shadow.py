@@ -91,6 +91,7 @@ def run(
         )
         typer.echo(live_report.parity.summary_line())
         typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  live: {out / 'live.json'}")
+        gate_outlook(out, ruleset.name)
         typer.echo(f"see it: segshadow serve --run {out}  (then open http://127.0.0.1:8000/)")
         return
 
@@ -116,7 +117,39 @@ def run(
     )
     typer.echo(report.parity.summary_line())
     typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  summary: {out / 'summary.md'}")
+    gate_outlook(out, ruleset.name)
     typer.echo(f"see it: segshadow serve --run {out}  (then open http://127.0.0.1:8000/)")
+
+
+def gate_outlook(out: Path, ruleset_name: str) -> None:
+    """Say what the shipped plan's first promotion would decide on this run's evidence, and why.
+
+    Printed after the run and added to ``summary.md``: each gate that does not pass,
+    with its reason, so a demo's inconclusive verdict is explained where it is read.
+    """
+    from rollout.cutover import choose_target
+    from rollout.evidence import load_evidence
+    from rollout.gates import evaluate, verdict
+    from rollout.plan import load_plan
+    from rollout.stages import Position, Stage
+    from segments.timeutil import wall_clock_ms
+
+    plan = load_plan("risk" if ruleset_name == "risk" else "default")
+    target = choose_target(plan, Position.at(Stage.SHADOW))
+    results = evaluate(
+        plan, plan.gates_for(target), load_evidence(out).data, wall_clock_ms(), time_in_stage=False
+    )
+    outcome = verdict(results)
+    head = f"gates of the shipped plan {plan.name} to enter {target}: {outcome}"
+    lines = [f"{r.status} {r.name}: {r.reason}" for r in results if r.status != "pass"]
+    if outcome != "pass":
+        lines.append("evidence that can pass comes from a live run: see the README, 'Evidence that passes'")
+    typer.echo(head + "".join(f"\n  {line}" for line in lines))
+    summary = out / "summary.md"
+    if summary.exists():
+        section = [f"\n### Gates: {head}\n"] + [f"- {line}" for line in lines]
+        with summary.open("a", encoding="utf-8") as handle:
+            handle.write("\n".join(section) + "\n")
 
 
 def keep_serving(redis_url: str, out: Path) -> None:
