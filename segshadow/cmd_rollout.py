@@ -27,6 +27,7 @@ from rollout.plan import load_plan
 from rollout.stages import MEANINGS, ORDER, Position, Stage, needs_gates
 from rollout.store import Decision, RolloutState, RolloutStore
 from segments.config import Settings
+from segments.display import visible
 from segments.errors import CheckFailed, InputError, SegshadowError, UsageError
 from segments.snapshot import ServingSnapshot
 from segments.timeutil import format_ms, wall_clock_ms
@@ -128,9 +129,9 @@ def _decision_line(d: Decision) -> str:
     forced = " FORCED" if d.forced else ""
     gates = f" gates {d.verdict}" if d.verdict else ""
     evidence = f" evidence {d.evidence_path} sha256:{d.evidence_sha256[:12]}" if d.evidence_sha256 else ""
-    reason = f" — {d.reason}" if d.reason else ""
+    reason = f" — {visible(d.reason)}" if d.reason else ""
     move = f"{d.action} {d.source} → {d.target}"
-    return f"#{d.id} {format_ms(d.at_ms)} {d.actor}: {move}{forced}{gates}{evidence}{reason}"
+    return f"#{d.id} {format_ms(d.at_ms)} {visible(d.actor)}: {move}{forced}{gates}{evidence}{reason}"
 
 
 @dataclass(frozen=True)

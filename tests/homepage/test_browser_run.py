@@ -47,9 +47,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, st
     run_dir = tmp / "demo"
     env = _bare_env(tmp)
     cli = [sys.executable, "-m", "segshadow.cli"]
+    small = ["--users", "100", "--minutes", "10"]  # the smallest run whose last as-of has a high_value user
     done = subprocess.run(
-        [*cli, "shadow", "run", "--workload", "clickstream", "--users", "100", "--minutes", "10"]
-        + ["--out", str(run_dir)],
+        [*cli, "shadow", "run", "--workload", "clickstream", *small, "--out", str(run_dir)],
         env=env,
         capture_output=True,
         text=True,
