@@ -10,6 +10,8 @@ mode ends by saving the serving store's segments to ``DIR/serving.jsonl``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +23,7 @@ from segments.errors import UsageError
 from segments.rules import load_ruleset
 from segments.workloads import WORKLOADS, write_workload
 from segshadow.cmd_stream import LatenessOpt, OooOpt, ShardsOpt, gate_params
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, progress_bars, settings
+from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, progress_bars, settings, status_lines
 
 shadow_app = typer.Typer(help="Shadow runs: both segmenters on the same events, compared.", no_args_is_help=True)
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -78,7 +80,7 @@ def run(
         seconds = duration(duration_text) / 1000
         live_plan = LivePlan(ruleset, out, workload or "clickstream", every_ms, params, shards, rate, seconds, seed)
         typer.echo(f"live: starting the stream, then {rate} events/s for {duration_text}", err=True)
-        with redis_endpoint(where.redis_url) as url:
+        with redis_endpoint(where.redis_url) as url, _live_status(url, ruleset.name, out):
             live_report = run_live(live_plan, db, url, list(ctx.args))
             keep_serving(url, out)
         ingest, lat = live_report.counts["ingest"], live_report.latency
@@ -119,6 +121,23 @@ def run(
     typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  summary: {out / 'summary.md'}")
     gate_outlook(out, ruleset.name)
     typer.echo(f"see it: segshadow serve --run {out}  (then open http://127.0.0.1:8000/)")
+
+
+@contextlib.contextmanager
+def _live_status(redis_url: str, ruleset_name: str, out: Path) -> Iterator[None]:
+    """Every 5 s on a terminal: events sent, their rate, the consumer lag and the stream's p99 so far."""
+    import redis
+
+    from shadow.live import GROUP, live_stream_key
+    from shadow.status import LiveWatcher
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    watcher = LiveWatcher(client, live_stream_key(ruleset_name), GROUP, out / "stream.jsonl")
+    try:
+        with status_lines(lambda: watcher.sample().line()):
+            yield
+    finally:
+        client.close()
 
 
 def gate_outlook(out: Path, ruleset_name: str) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated
 
 import typer
@@ -67,3 +68,27 @@ def progress_bars(labels: Mapping[str, str], transient: bool = True) -> Iterator
     )
     with progress:
         yield StageBars(progress, labels)
+
+
+@contextlib.contextmanager
+def status_lines(sample: Callable[[], str], every_s: float = 5.0) -> Iterator[None]:
+    """While the block runs, print ``sample()`` on stderr every ``every_s`` seconds, only on a terminal.
+
+    ``sample`` must not raise (a status line is never worth failing a run for).
+    """
+    if not console.is_terminal:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            console.print(sample(), highlight=False)
+
+    thread = threading.Thread(target=loop, name="segshadow-status", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
