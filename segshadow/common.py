@@ -83,7 +83,7 @@ def status_lines(sample: Callable[[], str], every_s: float = 5.0) -> Iterator[No
 
     def loop() -> None:
         while not stop.wait(every_s):
-            console.print(sample(), highlight=False)
+            console.print(sample(), highlight=False, soft_wrap=True)
 
     thread = threading.Thread(target=loop, name="segshadow-status", daemon=True)
     thread.start()

@@ -6,9 +6,10 @@
 - **lag**: entries the stream's consumer group has not yet read plus those read but
   not acknowledged (``XINFO GROUPS``: ``lag`` + ``pending``); None until the group exists;
 - **p99 so far**: over the event-caused transitions appended to ``stream.jsonl`` so far,
-  ``emitted_at - effective_time`` (when the segment changed after the event's time). It
-  leaves out lateness, so it is a running estimate; the run's final freshness
-  (``shadow.live``, from ingest times) is the figure that counts.
+  ``emitted_at - effective_time``: from the causing event's *event time* to its segment
+  change. A late event counts with its lateness (``stream.jsonl`` does not say when it
+  arrived), so this is an upper estimate; the run's final freshness (``shadow.live``,
+  from ingest times) is the figure that counts.
 
 A sample never raises for a Redis or file problem: the fields it could not read are None.
 """
@@ -40,14 +41,15 @@ class LiveSample:
     p99_ms: float | None
 
     def line(self) -> str:
-        """``live 12 s: 11,950 sent (1,000/s), consumer lag 35, stream p99 so far 41 ms (1,204 transitions)``."""
+        """``live 12 s: 11,950 sent (1,000/s), consumer lag 35, event time to segment p99 so far 41 ms (1,204
+        transitions, late events included)``."""
         sent = "—" if self.sent is None else f"{self.sent:,}"
         rate = "" if self.rate is None else f" ({self.rate:,.0f}/s)"
         lag = "—" if self.lag is None else f"{self.lag:,}"
         p99 = "—" if self.p99_ms is None else f"{self.p99_ms:,.0f} ms"
         return (
             f"live {self.elapsed_s:,.0f} s: {sent} sent{rate}, consumer lag {lag}, "
-            f"stream p99 so far {p99} ({self.transitions:,} transitions)"
+            f"event time to segment p99 so far {p99} ({self.transitions:,} transitions, late events included)"
         )
 
 

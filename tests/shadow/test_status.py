@@ -48,9 +48,12 @@ def test_a_sample_counts_sent_lag_and_the_p99_of_event_caused_transitions(redis_
 
 def test_the_line_reads_well_and_says_what_it_could_not_read() -> None:
     line = LiveSample(12.4, 11_950, 1_000.2, 35, 1_204, 41.3).line()
-    assert line == "live 12 s: 11,950 sent (1,000/s), consumer lag 35, stream p99 so far 41 ms (1,204 transitions)"
-    assert LiveSample(1, None, None, None, 0, None).line() == (
-        "live 1 s: — sent, consumer lag —, stream p99 so far — (0 transitions)"
+    assert line == (
+        "live 12 s: 11,950 sent (1,000/s), consumer lag 35, event time to segment p99 so far 41 ms "
+        "(1,204 transitions, late events included)"
+    )
+    assert LiveSample(1, None, None, None, 0, None).line().startswith(
+        "live 1 s: — sent, consumer lag —, event time to segment p99 so far — (0 transitions"
     )
 
 
