@@ -12,6 +12,10 @@ Format (JSON Lines, UTF-8): a header ``{"format": "segshadow-serving/1", "saved_
 written as the store spells them (user ids percent-encoded), so a load reproduces the
 store exactly; other keys (the event stream, the stage cache) are not saved.
 
+When the run's last as-of left every legacy set empty (the traffic ended a window
+before it), ``serve --run`` serves legacy's last as-of that had segments instead
+(``last_busy_as_of``) and says so.
+
 ``save_serving`` writes to a temporary file and renames it, so a reader never sees
 half a snapshot. ``load_serving`` raises ``InputError`` for a missing or unreadable
 file, a wrong header or a malformed line, and loads nothing in that case.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ from typing import Any
 import redis
 
 from segments.errors import InputError, StoreUnavailable
+from segments.outputs import Assignment
 from segments.redisstore import PREFIX, SIDES
 from segments.timeutil import Clock, wall_clock_ms
 
@@ -52,6 +58,22 @@ class ServingSnapshot:
             if key.startswith(head) and value and segment in json.loads(value.get("segments", "[]")):
                 found.append(key[len(head) :])
         return sorted(found)
+
+
+def last_busy_as_of(assignments: Iterable[Assignment]) -> tuple[int, list[Assignment]] | None:
+    """The latest legacy as-of at which any user had a segment, with its assignments; None when none had.
+
+    A run's final as-ofs are often empty (its traffic ended a window earlier), so this is
+    the last moment the shop had anything to personalise.
+    """
+    by_as_of: dict[int, list[Assignment]] = {}
+    for a in assignments:
+        if a.segments:
+            by_as_of.setdefault(a.as_of, []).append(a)
+    if not by_as_of:
+        return None
+    last = max(by_as_of)
+    return last, by_as_of[last]
 
 
 def _text(value: str | bytes) -> str:

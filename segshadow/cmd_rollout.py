@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -143,19 +143,37 @@ class RecordedRun:
     plan: str
     snapshot: ServingSnapshot
 
-    def examples(self, host: str, port: int) -> list[str]:
-        """A page to open per segment the legacy side serves (the side that serves before canary)."""
+    def load(self, client: Any) -> list[str]:
+        """Load the run's serving data into ``client``; returns what to tell the user, with a page to open
+        per segment legacy serves (the side that serves before canary; ``{base}`` stands for the site)."""
+        from pathlib import Path
         from urllib.parse import quote
 
-        from segments.redisstore import decode_user_id
+        from segments.outputs import read_assignments
+        from segments.redisstore import RedisStore
+        from segments.snapshot import last_busy_as_of, load_serving
 
+        load_serving(client, self.snapshot)
+        store = RedisStore(client, clock=lambda: self.snapshot.saved_at)
         lines = [f"recorded run {self.directory}, segments as saved at {format_ms(self.snapshot.saved_at)}"]
+        legacy = dict(store.scan_side("legacy"))
+        legacy_file = Path(self.directory) / "legacy.jsonl"
+        if not any(s.segments for s in legacy.values()) and legacy_file.is_file():
+            busy = last_busy_as_of(read_assignments(legacy_file))
+            if busy is not None:
+                as_of, rows = busy
+                store.clear_side("legacy")
+                store.write_legacy(as_of, [(a.user_id, frozenset(a.segments)) for a in rows])
+                legacy = dict(store.scan_side("legacy"))
+                lines.append(
+                    f"legacy's last as-of left every set empty (the traffic had ended): serving its last as-of "
+                    f"with segments, {format_ms(as_of)}"
+                )
         for segment in ("high_value", "window_shopper", "risk_high", "risk_medium"):
-            users = self.snapshot.users_with("legacy", segment)
+            users = sorted(u for u, s in legacy.items() if segment in s.segments)
             if users:
                 page = "account" if segment.startswith("risk") else ""
-                user = quote(decode_user_id(users[0]), safe="")
-                lines.append(f"  {segment}: http://{host}:{port}/{page}?user={user}")
+                lines.append(f"  {segment}: {{base}}/{page}?user={quote(users[0], safe='')}")
         return lines
 
 
@@ -468,10 +486,9 @@ def register(app: typer.Typer) -> None:
             client = serving_client(url)
             stages = StageCache(store, client)
             clock = wall_clock_ms
+            notes: list[str] = []
             if recorded is not None:
-                from segments.snapshot import load_serving
-
-                load_serving(client, recorded.snapshot)
+                notes = recorded.load(client)
                 saved_at = recorded.snapshot.saved_at
                 clock = lambda: saved_at  # noqa: E731  (a recorded run is judged as of its save)
             router = Router(
@@ -486,7 +503,6 @@ def register(app: typer.Typer) -> None:
                 f"segshadow: serving on http://{host}:{port}/ (dashboard /dashboard, metrics /metrics)",
                 file=sys.stderr,
             )
-            if recorded is not None:
-                for line in recorded.examples(host, port):
-                    print(f"segshadow: {line}", file=sys.stderr)
+            for line in notes:
+                print(f"segshadow: {line.replace('{base}', f'http://{host}:{port}')}", file=sys.stderr)
             uvicorn.run(site, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -68,3 +68,12 @@ def test_a_load_replaces_keys_of_the_same_name(redis_url: str, tmp_path: Path) -
         assert client.hgetall("segshadow:legacy:u:ann") == {"segments": '["high_value"]', "time": "1"}
     finally:
         client.close()
+
+
+def test_the_last_busy_as_of_is_the_latest_with_any_segment() -> None:
+    from segments.outputs import Assignment
+    from segments.snapshot import last_busy_as_of
+
+    rows = [Assignment(1, "a", ("high_value",)), Assignment(2, "a", ("high_value",)), Assignment(2, "b", ("x",))]
+    assert last_busy_as_of([*rows, Assignment(3, "c", ())]) == (2, rows[1:])
+    assert last_busy_as_of([Assignment(3, "c", ())]) is None and last_busy_as_of([]) is None
