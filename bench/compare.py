@@ -1,6 +1,7 @@
 """Benchmark of the comparator's bulk path: 10M (user, as-of) pairs with 1% mismatches, causes included.
 
-Usage: ``.venv/bin/python bench/compare.py [--users 100000] [--as-ofs 100] [--repeat 3] [--skip-files]``
+Usage: ``.venv/bin/python bench/compare.py [--users 100000] [--as-ofs 100] [--repeat 3] [--skip-files] [--dir DIR]``
+(``--stage NAME --dir DIR`` runs one stage; the benchmark calls itself that way).
 
 Synthetic data, seeded: every user holds a non-empty set at every as-of (users x
 as-ofs pairs); each user's set changes in about half of the 5-minute periods (one

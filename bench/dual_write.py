@@ -1,5 +1,8 @@
 """Benchmark: the dual-write primary path with the shadow side on, off and down.
 
+    .venv/bin/python bench/dual_write.py [--events 100000] [--batch 500] [--repeats 3] [--seed 1]
+                                         [--redis-url URL] [--pin] [--only sqlite|postgresql] [--modes off,on,...]
+
 The same seeded clickstream events (arrival order) are written in batches through
 the primary path, on a fresh events table each time:
 

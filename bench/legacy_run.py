@@ -8,7 +8,8 @@ job records in its ``.meta.json`` (parse, load into SQL, per-as-of query median 
 max), and the child's CPU time and peak RSS (``os.wait4`` rusage, so each backend is
 measured alone; CPU time is the steadier figure on a shared machine). Redis is left out unless ``--redis-url`` is given.
 
-    .venv/bin/python bench/legacy_run.py [--users 100000] [--minutes 60] [--every 5m]
+    .venv/bin/python bench/legacy_run.py [--events FILE | --users 100000 --minutes 60 --seed 7] [--rules clickstream]
+                                         [--every 5m] [--redis-url URL] [--workdir DIR]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Benchmark: live latency, XADD to the user's segments visible in Redis, at a fixed rate.
 
-    python bench/stream_live.py [--rate 10000] [--duration 60] [--warmup 10] [--users 50000] [--shards 4]
-                                [--history-minutes M]
+    .venv/bin/python bench/stream_live.py [--rate 10000] [--duration 60] [--warmup 10] [--users 50000]
+                                          [--shards 4] [--sample 100] [--poll 5ms] [--history-minutes 0]
 
 A producer XADDs events to the Redis Stream at ``--rate`` events/s for
 ``--warmup`` s and then the measured ``--duration`` s, while ``segshadow stream

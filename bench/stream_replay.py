@@ -1,6 +1,12 @@
 """Benchmark: ``stream replay`` end to end over 1M clickstream events of 100K users, against the naive Beam form.
 
-    python bench/stream_replay.py [--events N] [--users U] [--naive-events M] [--shards S] [--workers W]
+    .venv/bin/python bench/stream_replay.py [--users 100000] [--minutes 60] [--naive-events 60000] [--shards 8]
+                                            [--runs 1] [--workdir DIR] [-- BEAM_OPTIONS, e.g. --direct_num_workers=2]
+
+(the project's virtual environment: the system Python has no Beam). ``--users`` and
+``--minutes`` size the generated workload (about users x minutes / 6 events);
+``--runs`` repeats the segshadow pipeline and reports each run; ``--workdir`` (or
+``SEGSHADOW_BENCH_DIR``) keeps the files.
 
 Prints events/s of the segshadow pipeline (parse -> admission -> per-shard state
 -> JSONL and Redis), its peak RSS and the state size per active user, and in the

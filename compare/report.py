@@ -21,6 +21,7 @@ from compare.latency import NOT_MEASURED_REPLAY, LatencySummary
 from compare.mismatches import explain, write_mismatches
 from compare.parity import ParityResult
 from compare.stats import rate
+from segments.display import install
 
 TOP_MISMATCHES = 12
 CAUSE_LABELS = {
@@ -259,7 +260,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(duration=duration, share=share, thousands=lambda n: f"{n:,}")
-    return env
+    return install(env)
 
 
 def _examples(comparison: Comparison) -> tuple[str, list[dict[str, Any]]]:

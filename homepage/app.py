@@ -41,6 +41,7 @@ from rollout.plan import Plan
 from rollout.router import Router
 from rollout.stages import needs_gates
 from rollout.store import RolloutState
+from segments.display import install
 from segments.errors import SegshadowError
 from segments.timeutil import Clock, wall_clock_ms
 
@@ -65,12 +66,14 @@ class BadUserId(SegshadowError):
 
 
 def templates() -> jinja2.Environment:
-    """The site's Jinja2 environment: autoescaping on for everything, undefined names are errors."""
-    return jinja2.Environment(
+    """The site's Jinja2 environment: autoescaping on for everything, undefined names are errors, and
+    ``shown`` for outside text (user ids, actors, reasons; ``segments.display``)."""
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    return install(env)
 
 
 def check_user(user: str) -> str:

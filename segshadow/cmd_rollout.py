@@ -14,8 +14,9 @@ import json
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -41,8 +42,10 @@ from rollout.plan import Plan, load_plan, text_digest
 from rollout.stages import MEANINGS, ORDER, Position, Stage, needs_gates
 from rollout.store import Decision, RolloutState, RolloutStore, verify_log
 from segments.config import Settings
-from segments.errors import CheckFailed, SegshadowError, StoreUnavailable, UsageError, redact
-from segments.timeutil import format_ms
+from segments.display import visible
+from segments.errors import CheckFailed, InputError, SegshadowError, StoreUnavailable, UsageError, redact
+from segments.snapshot import ServingSnapshot
+from segments.timeutil import format_ms, wall_clock_ms
 from segshadow.common import (
     DatabaseOpt,
     DataDirOpt,
@@ -158,14 +161,79 @@ def _decision_line(d: Decision) -> str:
     gates = f" gates {d.verdict}" if d.verdict else ""
     plan = f" plan sha256:{d.plan_digest[:12]}" if d.plan_digest else ""
     evidence = f" evidence {d.evidence_path} sha256:{d.evidence_sha256[:12]}" if d.evidence_sha256 else ""
-    reason = f" — {d.reason}" if d.reason else ""
+    reason = f" — {visible(d.reason)}" if d.reason else ""
     notes = "".join(f" [{n}]" for n in d.notes)
     move = f"plan set at {d.source}" if d.action == "plan" else f"{d.action} {d.source} → {d.target}"
-    return f"#{d.id} {format_ms(d.at_ms)} {d.actor}: {move}{forced}{weakened}{gates}{plan}{evidence}{reason}{notes}"
+    head = f"#{d.id} {format_ms(d.at_ms)} {visible(d.actor)}: {move}"
+    return f"{head}{forced}{weakened}{gates}{plan}{evidence}{reason}{notes}"
 
 
 def _requested(plan: str | None) -> Plan | None:
     return load_plan(plan) if plan else None
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """What ``serve --run DIR`` serves: the run's directory, store, plan and serving snapshot."""
+
+    directory: str
+    database_url: str | None
+    plan: str
+    snapshot: ServingSnapshot
+
+    def load(self, client: Any) -> list[str]:
+        """Load the run's serving data into ``client``; returns what to tell the user, with a page to open
+        per segment legacy serves (the side that serves before canary; ``{base}`` stands for the site)."""
+        from pathlib import Path
+        from urllib.parse import quote
+
+        from segments.outputs import read_assignments
+        from segments.redisstore import RedisStore
+        from segments.snapshot import last_busy_as_of, load_serving
+
+        load_serving(client, self.snapshot)
+        store = RedisStore(client, clock=lambda: self.snapshot.saved_at)
+        lines = [f"recorded run {self.directory}, segments as saved at {format_ms(self.snapshot.saved_at)}"]
+        legacy = dict(store.scan_side("legacy"))
+        legacy_file = Path(self.directory) / "legacy.jsonl"
+        if not any(s.segments for s in legacy.values()) and legacy_file.is_file():
+            busy = last_busy_as_of(read_assignments(legacy_file))
+            if busy is not None:
+                as_of, rows = busy
+                store.clear_side("legacy")
+                store.write_legacy(as_of, [(a.user_id, frozenset(a.segments)) for a in rows])
+                legacy = dict(store.scan_side("legacy"))
+                lines.append(
+                    f"legacy's last as-of left every set empty (the traffic had ended): serving its last as-of "
+                    f"with segments, {format_ms(as_of)}"
+                )
+        for segment in ("high_value", "window_shopper", "risk_high", "risk_medium"):
+            users = sorted(u for u, s in legacy.items() if segment in s.segments)
+            if users:
+                page = "account" if segment.startswith("risk") else ""
+                lines.append(f"  {segment}: {{base}}/{page}?user={quote(users[0], safe='')}")
+        return lines
+
+
+def _recorded_run(directory: str, redis_url: str | None) -> RecordedRun:
+    """Read a run directory for ``serve --run``; ``UsageError``/``InputError`` when it cannot be served."""
+    from pathlib import Path
+
+    from segments.config import sqlite_url
+    from segments.snapshot import FILENAME, read_serving
+
+    if redis_url:
+        raise UsageError("--run serves from its own embedded Valkey: drop --redis-url")
+    where = Path(directory)
+    if not (where / FILENAME).is_file():
+        raise InputError(f"no {FILENAME}: not a finished run (segshadow shadow run --out {directory})", directory)
+    snapshot = read_serving(where / FILENAME)
+    db = where / "segshadow.db"
+    plan = "default"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        ruleset = json.loads((where / "parity.json").read_text(encoding="utf-8")).get("ruleset", "")
+        plan = "risk" if str(ruleset).startswith("risk") else "default"
+    return RecordedRun(directory, sqlite_url(db.resolve()) if db.is_file() else None, plan, snapshot)
 
 
 def register(app: typer.Typer) -> None:
@@ -375,7 +443,13 @@ def register(app: typer.Typer) -> None:
                         problems.append(f"decision #{d.id}: evidence {d.evidence_path} does not verify: {exc}")
                         continue
                     checked += 1
-                    if now.sha256 != d.evidence_sha256:
+                    seal = now.data.get("evidence_seal") or {}
+                    if seal.get("status") != "pass":
+                        problems.append(
+                            f"decision #{d.id}: evidence {d.evidence_path} no longer matches its seal: "
+                            f"{seal.get('reason', 'no seal')}"
+                        )
+                    elif now.sha256 != d.evidence_sha256:
                         problems.append(
                             f"decision #{d.id}: evidence {d.evidence_path} is sha256:{now.sha256[:12]} now, "
                             f"sha256:{d.evidence_sha256[:12]} when recorded"
@@ -574,11 +648,25 @@ def register(app: typer.Typer) -> None:
                 callback=duration_between("1ms", "1d"),
             ),
         ] = "5s",
+        run: Annotated[
+            str | None,
+            typer.Option(
+                "--run",
+                help="serve a finished shadow run (its directory): its segments in a fresh embedded Valkey, "
+                "its rollout store and its evidence; no server needed",
+            ),
+        ] = None,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
-        """Serve the mock shop, its account page, the cutover dashboard and /metrics."""
+        """Serve the mock shop, its account page, the cutover dashboard and /metrics.
+
+        ``--run DIR`` shows a finished ``shadow run --out DIR``: the segments it saved in
+        ``DIR/serving.jsonl``, loaded into a fresh embedded Valkey (never into a configured
+        Redis), the run's SQLite store ``DIR/segshadow.db`` when there is one, and ``DIR`` as
+        the evidence. Staleness is judged at the moment the run saved its segments.
+        """
         import uvicorn
 
         from homepage.app import create_app
@@ -586,19 +674,31 @@ def register(app: typer.Typer) -> None:
         from segments.embedded import redis_endpoint
         from segments.redisstore import RedisStore
 
+        recorded = _recorded_run(run, redis_url) if run is not None else None
+        if recorded is not None:
+            database_url = database_url or recorded.database_url
+            evidence = evidence or recorded.directory
+            plan = plan or recorded.plan
         conf = settings(database_url, redis_url, data_dir)
         the_plan = load_plan(plan) if plan else None
         stale_ms = duration(stream_stale_after)
         # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through Python instead lets the
         # context managers below stop an embedded Valkey rather than leave it running.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        with _store(conf) as store, redis_endpoint(conf.redis_url) as url:
+        with _store(conf) as store, redis_endpoint("embedded" if recorded else conf.redis_url) as url:
             client = serving_client(url)
             stages = StageCache(store, client)
+            clock = wall_clock_ms
+            notes: list[str] = []
+            if recorded is not None:
+                notes = recorded.load(client)
+                saved_at = recorded.snapshot.saved_at
+                clock = lambda: saved_at  # noqa: E731  (a recorded run is judged as of its save)
             router = Router(
                 stages,
                 RedisStore(client),
                 LegacySqlReader(store.engine, ruleset),
+                clock=clock,
                 stream_stale_after_ms=stale_ms,
             )
             site = create_app(router, evidence, plan=the_plan)
@@ -606,4 +706,6 @@ def register(app: typer.Typer) -> None:
                 f"segshadow: serving on http://{host}:{port}/ (dashboard /dashboard, metrics /metrics)",
                 file=sys.stderr,
             )
+            for line in notes:
+                print(f"segshadow: {line.replace('{base}', f'http://{host}:{port}')}", file=sys.stderr)
             uvicorn.run(site, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)

@@ -5,11 +5,15 @@ directory; ``--events PATH`` takes a file. Replay mode by default; ``--live``
 runs the real-time path (see ``shadow.live``). With no database configured the run
 is self-contained: a SQLite file in the run directory and an embedded Valkey. A
 database from ``--database-url`` or ``SEGSHADOW_DATABASE_URL`` is used as given,
-SQLite like any other. Exit 1 when the verdict fails ``--fail-on``.
+SQLite like any other. Exit 1 when the verdict fails ``--fail-on``. Either
+mode ends by saving the serving store's segments to ``DIR/serving.jsonl``
+(``segments.snapshot``), so ``segshadow serve --run DIR`` can show the run afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +34,7 @@ from segshadow.common import (
     duration_between,
     progress_bars,
     settings,
+    status_lines,
     writable_dir,
 )
 
@@ -100,8 +105,9 @@ def run(
         seconds = duration(duration_text) / 1000
         live_plan = LivePlan(ruleset, out, workload or "clickstream", every_ms, params, shards, rate, seconds, seed)
         typer.echo(f"live: starting the stream, then {rate} events/s for {duration_text}", err=True)
-        with redis_endpoint(where.redis_url) as url:
+        with redis_endpoint(where.redis_url) as url, _live_status(url, ruleset.name, out):
             live_report = run_live(live_plan, db, url, list(ctx.args))
+            keep_serving(url, out)
         ingest, lat = live_report.counts["ingest"], live_report.latency
         typer.echo(
             f"ingest: {ingest['sent']} lines at {ingest['rate_achieved']:,.0f}/s ({ingest['rejected']} rejected, "
@@ -112,6 +118,8 @@ def run(
         )
         typer.echo(live_report.parity.summary_line())
         typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  live: {out / 'live.json'}")
+        gate_outlook(out, ruleset.name)
+        typer.echo(f"see it: segshadow serve --run {out}  (then open http://127.0.0.1:8000/)")
         fail_on_verdict(live_report.parity.verdict, live_report.parity.summary_line(), fail_on)
         return
 
@@ -127,6 +135,7 @@ def run(
     plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args))
     with redis_endpoint(where.redis_url) as url, progress_bars(_STAGES, transient=False) as bars:
         report = run_shadow(plan, input_path, db, url, bars)
+        keep_serving(url, out)
     ingest = report.counts["ingest"]
     typer.echo(
         f"ingest: {ingest['accepted']} events dual-written ({ingest['rejected']} rejected, "
@@ -136,7 +145,68 @@ def run(
     )
     typer.echo(report.parity.summary_line())
     typer.echo(f"report: {out / 'report.html'}  parity: {out / 'parity.json'}  summary: {out / 'summary.md'}")
+    gate_outlook(out, ruleset.name)
+    typer.echo(f"see it: segshadow serve --run {out}  (then open http://127.0.0.1:8000/)")
     fail_on_verdict(report.parity.verdict, report.parity.summary_line(), fail_on)
+
+
+@contextlib.contextmanager
+def _live_status(redis_url: str, ruleset_name: str, out: Path) -> Iterator[None]:
+    """Every 5 s on a terminal: events sent, their rate, the consumer lag and the stream's p99 so far."""
+    import redis
+
+    from shadow.live import GROUP, live_stream_key
+    from shadow.status import LiveWatcher
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    watcher = LiveWatcher(client, live_stream_key(ruleset_name), GROUP, out / "stream.jsonl")
+    try:
+        with status_lines(lambda: watcher.sample().line()):
+            yield
+    finally:
+        client.close()
+
+
+def gate_outlook(out: Path, ruleset_name: str) -> None:
+    """Say what the shipped plan's first promotion would decide on this run's evidence, and why.
+
+    Printed after the run and written to ``DIR/gates.md``: each gate that does not
+    pass, with its reason, so a demo's inconclusive verdict is explained where it is
+    read. ``summary.md`` is sealed in the manifest, so the outlook (computed from the
+    sealed evidence) goes beside it rather than into it.
+    """
+    from rollout.cutover import choose_target
+    from rollout.evidence import load_evidence
+    from rollout.gates import evaluate, verdict
+    from rollout.plan import load_plan
+    from rollout.stages import Position, Stage
+    from segments.timeutil import wall_clock_ms
+
+    plan = load_plan("risk" if ruleset_name == "risk" else "default")
+    target = choose_target(plan, Position.at(Stage.SHADOW))
+    results = evaluate(
+        plan, plan.gates_for(target), load_evidence(out).data, wall_clock_ms(), time_in_stage=False
+    )
+    outcome = verdict(results)
+    head = f"gates of the shipped plan {plan.name} to enter {target}: {outcome}"
+    lines = [f"{r.status} {r.name}: {r.reason}" for r in results if r.status != "pass"]
+    if outcome != "pass":
+        lines.append("evidence that can pass comes from a live run: see the README, 'Evidence that passes'")
+    typer.echo(head + "".join(f"\n  {line}" for line in lines))
+    section = [f"# Gates: {head}\n"] + [f"- {line}" for line in lines]
+    (out / "gates.md").write_text("\n".join(section) + "\n", encoding="utf-8")
+
+
+def keep_serving(redis_url: str, out: Path) -> None:
+    """Save the run's serving data (both sides' segments per user) to ``out/serving.jsonl``."""
+    from segments.redisstore import connect
+    from segments.snapshot import FILENAME, save_serving
+
+    client = connect(redis_url)
+    try:
+        save_serving(client, out / FILENAME)
+    finally:
+        client.close()
 
 
 def register(app: typer.Typer) -> None:

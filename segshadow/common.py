@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
@@ -174,3 +175,27 @@ def progress_bars(labels: Mapping[str, str], transient: bool = True) -> Iterator
     )
     with progress:
         yield StageBars(progress, labels)
+
+
+@contextlib.contextmanager
+def status_lines(sample: Callable[[], str], every_s: float = 5.0) -> Iterator[None]:
+    """While the block runs, print ``sample()`` on stderr every ``every_s`` seconds, only on a terminal.
+
+    ``sample`` must not raise (a status line is never worth failing a run for).
+    """
+    if not console.is_terminal:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            console.print(sample(), highlight=False, soft_wrap=True)
+
+    thread = threading.Thread(target=loop, name="segshadow-status", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

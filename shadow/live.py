@@ -611,6 +611,11 @@ def _percent(part: float, whole: float) -> float:
     return round(100 * part / whole, 2) if whole else 0.0
 
 
+def live_stream_key(ruleset_name: str) -> str:
+    """The shadow log a live run of ``ruleset_name`` writes (and its status line reads)."""
+    return f"segshadow:shadow:live:{ruleset_name}:events"
+
+
 def run_live(
     plan: LivePlan,
     database_url: str,
@@ -631,7 +636,7 @@ def run_live(
     for path in (*olds, source_counts_path(paths["stream.jsonl"])):
         path.unlink(missing_ok=True)  # a run owns its directory: nothing from an earlier run may vouch for it
     items = workload_items(plan.workload, plan.lines, plan.seed)
-    stream_key = f"segshadow:shadow:live:{plan.ruleset.name}:events"
+    stream_key = live_stream_key(plan.ruleset.name)
     seconds: dict[str, float] = {}
 
     with SqlStore.open(database_url) as store, RedisStore.open(redis_url) as serving:

@@ -79,6 +79,18 @@ def test_a_hostile_user_id_is_rendered_as_text_everywhere(site: Site, make_app) 
     assert "<img src=x" not in quoted.text and "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in quoted.text
 
 
+def test_a_user_id_with_bidi_controls_is_shown_isolated_with_its_controls_visible(
+    site: Site, make_app
+) -> None:
+    app = client(make_app)
+    for path in ("/", "/account"):
+        page = app.get(path, params={"user": "\u202eevil\u2066"})
+        assert page.status_code == 200
+        shown = re.sub(r'data-user="[^"]*"|href="[^"]*"', "", page.text)  # attributes are not displayed
+        assert "\u202e" not in shown and "\u2066" not in shown
+        assert "<bdi>[U+202E]evil[U+2066]</bdi>" in page.text
+
+
 def test_pages_carry_no_inline_script_or_style(site: Site, make_app) -> None:
     app = client(make_app)
     for path in ("/?user=ann", "/account?user=ann", "/dashboard"):
