@@ -43,6 +43,23 @@ Rules, each with the figure behind it:
   in Redis and a write more than ``SINK_WRITE_FAILING_MS`` on average, when any
   write was retried, or when the journal still holds events; thin when the run
   recorded no sink timing (consumer lag is not measured by a replay run).
+
+**Live** (``--live``: ``LiveHealth``, what ``stream live`` publishes once a second,
+``streaming.health``) is merged into the state and sink layers by ``live_state``
+and ``live_sink``; the worse verdict wins (a live verdict replaces ``thin``), and
+the layer's figures gain ``live``. A series *grows* over the period when the
+median of its last third exceeds that of its first third by half, and its
+latest value is over the threshold:
+
+- state: failing when the source has not published for ``LIVE_STALE_MS`` (the
+  pipeline is down or stalled), or when the watermark lag grew past
+  ``WATERMARK_LAG_FAILING_MS`` while the consumer lag did not (the events' own
+  times stall; with a growing backlog the lag is the sink's, below); suspect when
+  the watermark lag is over it; state size per shard is shown;
+- sink: failing when the consumer lag grew past ``CONSUMER_LAG_FAILING`` entries
+  (the stream falls behind its log), when the sink's bundle time p99 passed
+  ``SINK_BUNDLE_FAILING_MS`` in the period, or when its retries grew; suspect
+  when entries are pending.
 """
 
 from __future__ import annotations
@@ -76,6 +93,9 @@ TOO_LATE_FAILING = 0.015
 SINK_BUNDLE_FAILING_MS = 250
 SINK_WRITE_FAILING_MS = 1.0
 BUCKETS = 10
+LIVE_STALE_MS = 10_000
+WATERMARK_LAG_FAILING_MS = 60_000
+CONSUMER_LAG_FAILING = 1_000
 SPEC_FIELDS = frozenset({"event_id", "user_id", "event_time", "kind", "amount", "arrival_time", "attrs"})
 CANDIDATE_LATENESS_MS = (5_000, 10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 900_000, 1_800_000, 3_600_000)
 SUGGEST_SHARES = (0.005, 0.001)  # the dropped shares the two suggested values bring the run under
@@ -717,3 +737,126 @@ def sink_layer(inputs: SinkInputs) -> LayerVerdict:
     if int(ingest.get("journaled") or 0) or bundle["max"] > SINK_BUNDLE_FAILING_MS:
         return LayerVerdict("sink", "suspect", "Redis was slow or the shadow side failed at times", figures)
     return LayerVerdict("sink", "ok", f"Redis {per_write:.2f} ms a write, no retries, journal empty", figures)
+
+
+# ---- live (stream live's published health) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveHealth:
+    """The published health (``streaming.health``): the current hash, the history since ``since_ms``, the time."""
+
+    current: Mapping[str, Any]
+    history: Sequence[Mapping[str, Any]]
+    now_ms: int
+    since_ms: int
+
+
+def _series(health: LiveHealth, role: str, name: str) -> list[float]:
+    return [float(e[name]) for e in health.history if e.get("role") == role and isinstance(e.get(name), int | float)]
+
+
+def grows(series: Sequence[float], threshold: float) -> bool:
+    """The module doc's growth rule: last third's median over 1.5x the first third's, latest over ``threshold``."""
+    if len(series) < 3 or series[-1] <= threshold:
+        return False
+    third = max(1, len(series) // 3)
+    first, last = sorted(series[:third]), sorted(series[-third:])
+    return last[len(last) // 2] > 1.5 * first[len(first) // 2] + 1
+
+
+def _trend(series: Sequence[float]) -> dict[str, Any]:
+    if not series:
+        return {"points": 0}
+    return {"points": len(series), "first": series[0], "last": series[-1], "max": max(series)}
+
+
+def _merge(layer: LayerVerdict, verdict: str, summary: str, figures: dict[str, Any], findings: list[str],
+           next_step: str) -> LayerVerdict:
+    rank = {"thin": -1, "ok": 0, "suspect": 1, "failing": 2}
+    merged = {**layer.figures, "live": figures}
+    found = tuple(findings) + layer.findings
+    if rank[verdict] > rank[layer.verdict] or layer.verdict == "thin":
+        return LayerVerdict(layer.layer, verdict, summary, merged, found, layer.examples, next_step)
+    return LayerVerdict(layer.layer, layer.verdict, layer.summary, merged, found, layer.examples, layer.next_step)
+
+
+def live_state(layer: LayerVerdict, health: LiveHealth) -> LayerVerdict:
+    """The state layer with the live watermark lag, staleness and state size (module doc)."""
+    current = health.current
+    shards = {k.removeprefix("state_users_shard"): v for k, v in current.items() if k.startswith("state_users_shard")}
+    at = current.get("source_at_ms")
+    age = health.now_ms - int(at) if isinstance(at, int | float) else None
+    lag = _series(health, "source", "watermark_lag_ms")
+    backlog = _series(health, "source", "consumer_lag")
+    figures: dict[str, Any] = {
+        "source_published_ms_ago": age,
+        "watermark_ms": current.get("watermark_ms"),
+        "watermark_lag_ms": current.get("watermark_lag_ms"),
+        "watermark_lag_ms_over_period": _trend(lag),
+        "too_late": current.get("too_late"),
+        "dead_letters": current.get("dead_letters"),
+        "events_in_per_s": current.get("events_in_per_s"),
+        "applied_per_s": current.get("applied_per_s"),
+        "state_users_per_shard": dict(sorted(shards.items())),
+        "state_users": sum(v for v in shards.values() if isinstance(v, int | float)),
+    }
+    if age is None:
+        return _merge(layer, "failing", "live: the stream publishes no health", figures, [],
+                      "start `segshadow stream live` (this version publishes its health) or check its Redis URL")
+    if age > LIVE_STALE_MS:
+        return _merge(layer, "failing", f"live: the source has not published for {format_duration_ms(age)}: the "
+                      "pipeline is down or stalled", figures, [],
+                      "check the stream live process (its log, CPU, the runner) before anything else")
+    if grows(lag, WATERMARK_LAG_FAILING_MS) and not grows(backlog, CONSUMER_LAG_FAILING):
+        text = (f"live: the watermark lag grew from {format_duration_ms(int(lag[0]))} to "
+                f"{format_duration_ms(int(lag[-1]))} while the log is read as it comes")
+        return _merge(layer, "failing", text, figures, [text],
+                      "the events' own times stall (a source delivering old events, or a clock): check ingest")
+    now = current.get("watermark_lag_ms")
+    if isinstance(now, int | float) and now > WATERMARK_LAG_FAILING_MS:
+        text = f"live: the watermark is {format_duration_ms(int(now))} behind the wall clock"
+        return _merge(layer, "suspect", text, figures, [text], "see the sink layer's consumer lag")
+    return _merge(layer, "ok", f"live: watermark lag {format_duration_ms(int(now or 0))}, "
+                  f"{figures['state_users']} users in state", figures, [], "")
+
+
+def live_sink(layer: LayerVerdict, health: LiveHealth) -> LayerVerdict:
+    """The sink layer with the live consumer lag, pending entries, sink latency and retries (module doc)."""
+    current = health.current
+    backlog = _series(health, "source", "consumer_lag")
+    p99 = _series(health, "sink", "sink_ms_p99")
+    retries = _series(health, "sink", "sink_retries")
+    figures: dict[str, Any] = {
+        "consumer_lag": current.get("consumer_lag"),
+        "consumer_lag_over_period": _trend(backlog),
+        "pending_entries": current.get("pending"),
+        "sink_ms_p50": current.get("sink_ms_p50"),
+        "sink_ms_p99": current.get("sink_ms_p99"),
+        "sink_ms_max": current.get("sink_ms_max"),
+        "sink_ms_p99_max_over_period": max(p99) if p99 else None,
+        "sink_writes": current.get("sink_writes"),
+        "sink_retries": current.get("sink_retries"),
+        "sink_retries_over_period": (retries[-1] - retries[0]) if retries else None,
+    }
+    failing: list[str] = []
+    if grows(backlog, CONSUMER_LAG_FAILING):
+        failing.append(f"live: the consumer lag grew from {int(backlog[0])} to {int(backlog[-1])} entries: the "
+                       "stream falls behind its log")
+    if p99 and max(p99) > SINK_BUNDLE_FAILING_MS:
+        failing.append(f"live: slow sink, bundles spent up to {max(p99):.0f} ms in Redis (p99 of a second)")
+    if len(retries) >= 2 and retries[-1] > retries[0]:
+        failing.append(f"live: {int(retries[-1] - retries[0])} Redis writes retried in the period")
+    if failing:
+        slow = len(failing) > 1 or not failing[0].startswith("live: the consumer lag")
+        step = ("check Redis (latency, slowlog, memory, network): the stream waits on its writes" if slow else
+                "the stream cannot keep up: add shards or workers, or find what slows the segmenter")
+        return _merge(layer, "failing", failing[0], figures, failing, step)
+    if int(current.get("pending") or 0):
+        text = f"live: {int(current['pending'])} entries pending in the consumer group"
+        return _merge(layer, "suspect", text, figures, [text], "a consumer other than the stream reads the group")
+    if not p99 and not backlog:
+        return _merge(layer, "thin", "live: the sink and source published no timing in the period", figures, [],
+                      "widen --since, or check that stream live runs")
+    return _merge(layer, "ok", f"live: consumer lag {current.get('consumer_lag')}, sink p99 "
+                  f"{current.get('sink_ms_p99')} ms", figures, [], "")

@@ -7,6 +7,9 @@ their ``.meta.json`` sidecars, ``parity.json``. The legacy definition is the
 shipped rule set its sidecar names (checked by digest); the stream's is the
 ``definition`` its sidecar carries (checked by digest). ``InputError`` only when
 the directory itself does not exist.
+
+``read_live`` reads what ``stream live`` publishes (``streaming.health``) from the
+serving store for ``--live``: ``StoreUnavailable`` when Redis cannot be reached.
 """
 
 from __future__ import annotations
@@ -18,18 +21,21 @@ from typing import Any
 from compare.doctor import (
     Diagnosis,
     LineObs,
+    LiveHealth,
     LogicInputs,
     SinkInputs,
     StateInputs,
     diagnose,
     ingest_layer,
+    live_sink,
+    live_state,
     logic_layer,
     sides_at,
     sink_layer,
     state_layer,
 )
 from compare.drift import segment_drift
-from segments.errors import InputError, SegshadowError
+from segments.errors import InputError, SegshadowError, StoreUnavailable
 from segments.events import Event, iter_lines, load_event_log
 from segments.lateness import GateParams, too_late_ids
 from segments.outputs import meta_path, read_assignments, read_transitions
@@ -116,8 +122,27 @@ def _drift(
     return [r.to_dict() for r in segment_drift(as_ofs, population, counts[0], counts[1], segments)]
 
 
-def examine(run: Path) -> Diagnosis:
-    """Read the run directory ``run`` and diagnose it layer by layer."""
+def read_live(redis_url: str, since_ms: int, now_ms: int) -> LiveHealth:
+    """The live health published in the serving store at ``redis_url``, with its history over ``since_ms``."""
+    import redis
+
+    from segments.redisstore import connect
+    from streaming.health import read_health
+
+    try:
+        client = connect(redis_url)
+        try:
+            current, history = read_health(client, now_ms - since_ms)
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        raise StoreUnavailable("Redis", redis_url, exc) from exc
+    return LiveHealth(current, history, now_ms, since_ms)
+
+
+def examine(run: Path, live: LiveHealth | None = None) -> Diagnosis:
+    """Read the run directory ``run`` and diagnose it layer by layer (with ``live``, the state and sink layers
+    also judge the running pipeline's health)."""
     if not run.is_dir():
         raise InputError("no such evidence directory", str(run))
     shadow = _json(run / "shadow.json") or {}
@@ -161,5 +186,7 @@ def examine(run: Path) -> Diagnosis:
     span = reference.span_ms if reference is not None else 0
     state = state_layer(StateInputs(events, params, span, counts.get("too_late"), stream_meta.get("metrics") or {}))
     sink = sink_layer(SinkInputs(stream_meta.get("metrics") if stream_meta else None, counts, ingest_counts))
+    if live is not None:
+        state, sink = live_state(state, live), live_sink(sink, live)
     drift = _drift(sides, events, reference.segment_names) if sides and reference is not None else []
     return diagnose((ingest, logic, state, sink), drift)

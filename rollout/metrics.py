@@ -16,6 +16,16 @@ files and the store; a counter records each answer of the router. Rollout tools
   ``segshadow_rollout_version``
 - ``segshadow_gate_passing{gate}`` (with a plan: 1 pass, 0 otherwise, for the current position)
 - ``segshadow_served_total{side, fallback}``
+- the live stream's health as it last published it (``streaming.health``, read
+  from the stage cache's Redis at every scrape): ``segshadow_stream_watermark_lag_seconds``,
+  ``segshadow_stream_events_per_second{stage}`` (in, applied),
+  ``segshadow_stream_events{outcome}`` (lines, applied, duplicates, too_late,
+  rejected, dead_letters: totals since the stream started),
+  ``segshadow_stream_consumer_lag_entries``, ``segshadow_stream_pending_entries``,
+  ``segshadow_stream_state_users{shard}``,
+  ``segshadow_stream_sink_bundle_milliseconds{quantile}`` (0.5, 0.99, 1 = max, over
+  the last second), ``segshadow_stream_sink_writes``, ``segshadow_stream_sink_retries``,
+  ``segshadow_stream_health_age_seconds{role}`` (source, shard, sink)
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from rollout.plan import Plan
 from rollout.router import Served, StageCache
 from rollout.stages import ORDER
 from segments.timeutil import Clock, TimestampError, parse_rfc3339_ms, wall_clock_ms
+from streaming.health import HEALTH_KEY, ROLES, parse_fields
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 QUANTILES = (("0.5", "p50_ms"), ("0.95", "p95_ms"), ("0.99", "p99_ms"), ("1", "max_ms"))
@@ -95,12 +106,66 @@ class RolloutCollector(Collector):
                     value=position.percent,
                 )
                 yield from _gauge("segshadow_rollout_version", "rollout state version", view.version)
+        yield from self._stream_health(now)
         if self.plan is not None and found is not None and position is not None:
             results = evaluate(self.plan, self.plan.gates_for(position), data, now, time_in_stage=False)
             gate = GaugeMetricFamily("segshadow_gate_passing", "1 when the gate passes now", labels=["gate"])
             for r in results:
                 gate.add_metric([r.name], 1.0 if r.status == PASS else 0.0)
             yield gate
+
+    def _stream_health(self, now: int) -> Iterator[Metric]:
+        client = self.stages.client if self.stages is not None else None
+        if client is None:
+            return
+        try:
+            health = parse_fields(client.hgetall(HEALTH_KEY) or {})
+        except Exception:  # Redis down: no samples, as for any absent data
+            return
+        if not health:
+            return
+        lag = _num(health, "watermark_lag_ms")
+        yield from _gauge("segshadow_stream_watermark_lag_seconds", "wall clock minus the stream's watermark",
+                          lag / 1000 if lag is not None else None)
+        rates = GaugeMetricFamily("segshadow_stream_events_per_second", "events read and applied per second",
+                                  labels=["stage"])
+        for stage, key in (("in", "events_in_per_s"), ("applied", "applied_per_s")):
+            value = _num(health, key)
+            if value is not None:
+                rates.add_metric([stage], value)
+        yield rates
+        events = GaugeMetricFamily("segshadow_stream_events", "the stream's admission totals", labels=["outcome"])
+        for outcome in ("lines", "applied", "duplicates", "too_late", "rejected", "dead_letters"):
+            value = _num(health, outcome)
+            if value is not None:
+                events.add_metric([outcome], value)
+        yield events
+        yield from _gauge("segshadow_stream_consumer_lag_entries", "log entries the stream has not read",
+                          _num(health, "consumer_lag"))
+        yield from _gauge("segshadow_stream_pending_entries", "entries pending in the consumer group",
+                          _num(health, "pending"))
+        users = GaugeMetricFamily("segshadow_stream_state_users", "users held in a shard's state", labels=["shard"])
+        for key in sorted(health):
+            value = _num(health, key) if key.startswith("state_users_shard") else None
+            if value is not None:
+                users.add_metric([key.removeprefix("state_users_shard")], value)
+        yield users
+        sink = GaugeMetricFamily("segshadow_stream_sink_bundle_milliseconds",
+                                 "time a sink bundle spent in Redis, over the last second", labels=["quantile"])
+        for quantile, key in (("0.5", "sink_ms_p50"), ("0.99", "sink_ms_p99"), ("1", "sink_ms_max")):
+            value = _num(health, key)
+            if value is not None:
+                sink.add_metric([quantile], value)
+        yield sink
+        yield from _gauge("segshadow_stream_sink_writes", "Redis sink writes", _num(health, "sink_writes"))
+        yield from _gauge("segshadow_stream_sink_retries", "Redis sink writes retried", _num(health, "sink_retries"))
+        age = GaugeMetricFamily("segshadow_stream_health_age_seconds", "since a stage last published its health",
+                                labels=["role"])
+        for role in ROLES:
+            at = _num(health, f"{role}_at_ms")
+            if at is not None:
+                age.add_metric([role], (now - at) / 1000)
+        yield age
 
     def _parity(self, data: Mapping[str, Any]) -> Iterator[Metric]:
         pairs, agree = _num(data, "pairs"), _num(data, "agree")

@@ -4,8 +4,9 @@ Prints a table (one row a layer: verdict, what shows it, the next step), writes
 ``DIR/doctor.json`` and places a section in ``DIR/report.html``. Exit 0 when every
 layer is ok (or only suspect), 1 when a layer fails (the first failing one is
 named), 3 when the evidence is too thin to say, 2 for bad usage.
-``--live`` (the running pipeline's metrics) is not available yet: the stream does
-not publish them; it is refused rather than answered from files.
+``--live`` also reads the health ``stream live`` publishes in the serving store
+(``--redis-url`` or ``SEGSHADOW_REDIS_URL``; never an embedded one, which no
+pipeline writes to) over the last ``--since``, into the state and sink layers.
 """
 
 from __future__ import annotations
@@ -17,25 +18,33 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from compare.doctor_evidence import examine
+from compare.doctor_evidence import examine, read_live
 from compare.doctor_report import write_outputs
 from segments.errors import UsageError
-from segshadow.common import duration
+from segments.timeutil import wall_clock_ms
+from segshadow.common import RedisOpt, duration, settings
 
 _STYLE = {"ok": "green", "suspect": "yellow", "failing": "bold red", "thin": "magenta"}
 
 
 def doctor(
     evidence: Annotated[Path, typer.Option("--evidence", help="a shadow run's directory")],
-    live: Annotated[bool, typer.Option("--live", help="also read the running pipeline's metrics (not yet)")] = False,
+    live: Annotated[bool, typer.Option("--live", help="also read the running pipeline's published health")] = False,
     since: Annotated[str, typer.Option("--since", help="with --live: how far back to read")] = "1h",
+    redis_url: RedisOpt = None,
 ) -> None:
     """Walk the layers in order over a run's evidence; name the first failing one and what to do next."""
-    if duration(since) <= 0:
+    since_ms = duration(since)
+    if since_ms <= 0:
         raise UsageError("--since must be positive")
+    health = None
     if live:
-        raise UsageError("--live: the stream does not publish live health metrics yet; use --evidence DIR alone")
-    diagnosis = examine(evidence)
+        where = settings(None, redis_url)
+        if where.redis_embedded:
+            raise UsageError("--live reads the serving store stream live publishes to: give --redis-url or "
+                             "SEGSHADOW_REDIS_URL")
+        health = read_live(where.redis_url, since_ms, wall_clock_ms())
+    diagnosis = examine(evidence, health)
     write_outputs(evidence, diagnosis)
     table = Table(title=f"segshadow doctor: {evidence}")
     for column in ("layer", "verdict", "what shows it", "next step"):

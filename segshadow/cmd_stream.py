@@ -135,7 +135,7 @@ def live(
 
     from segments.embedded import redis_endpoint
     from streaming.live import LiveSource, build_live
-    from streaming.options import LIVE_RUNNER, in_process_tuned, pipeline_options
+    from streaming.options import LIVE_RUNNER, in_process_tuned, pipeline_options, sink_delay_ms
 
     params = gate_params(max_out_of_orderness, allowed_lateness)
     poll_ms = duration(poll)
@@ -154,7 +154,10 @@ def live(
         source = LiveSource(url, stream_key, group, consumer, poll_ms)
         config = _config(ruleset, params, shards, live=True)
         pipeline = beam.Pipeline(options=options)
-        build_live(pipeline, config, source, seconds, None if no_sql else where.database_url, str(out) if out else None)
+        build_live(
+            pipeline, config, source, seconds, None if no_sql else where.database_url, str(out) if out else None,
+            sink_delay_ms(options),
+        )
         with in_process_tuned(options, live=True):
             pipeline.run().wait_until_finish()
     typer.echo(f"stream live {ruleset.ref}: stopped")

@@ -40,6 +40,12 @@ store's ``stream`` values went with the flush, so the latest transition of every
 user in the SQL transitions log is written back to Redis (idempotent: a newer
 transition already there wins).
 
+**Health** (``streaming.health``): once a second the source publishes its
+watermark and lag, its totals and rates, and the consumer lag (entries after its
+cursor, read by ``XINFO GROUPS`` in the same ``MULTI`` as that second's read) to
+the serving store, and sets the matching Beam gauges; the shards and the Redis
+sink publish their own fields the same way.
+
 With ``counts_path`` the source writes its admission counts (``lines``,
 ``applied``, ``duplicates``, ``too_late``, ``rejected``) and its regroups there as
 JSON whenever they change, at most every ``heartbeat_ms``, and when it stops.
@@ -57,12 +63,15 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from segments.events import Event, parse_line
+from segments.lateness import NO_WATERMARK
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission
 from streaming.config import EVENTS_STREAM, FIELD, GROUP, StreamConfig
-from streaming.pipeline import DEAD, Flusher, _Counters, transitions_from
+from streaming.health import HealthPublisher
+from streaming.pipeline import DEAD, METRICS_NAMESPACE, Flusher, _Counters, transitions_from
 from streaming.sinks import sink_all, with_backoff
 from streaming.ticks import Ticks
 
@@ -86,6 +95,7 @@ class LiveSource:
     read_count: int = 5_000
     heartbeat_ms: int = 100  # idle shards learn the watermark (and fire expiries) at least this often
     counts_path: str | None = None  # where the admission counts and regroups are written (module doc)
+    health_ms: int = 1000  # how often each stage publishes its health (module doc); 0: never
 
 
 def _text(value: Any) -> str:
@@ -109,6 +119,18 @@ def _line_of(fields: Any) -> str:
 
 def _raw_reply(response: Any, **_options: Any) -> Any:
     return response
+
+
+def _group_lag(groups: list[Any], group: str) -> dict[str, int]:
+    """``consumer_lag`` and ``pending`` of ``group`` in an ``XINFO GROUPS`` reply (lag absent when Redis cannot
+    count it)."""
+    for info in groups:
+        if isinstance(info, dict) and _text(info.get("name")) == group:
+            out = {"pending": int(info.get("pending") or 0)}
+            if info.get("lag") is not None:
+                out["consumer_lag"] = int(info["lag"])
+            return out
+    return {}
 
 
 class GroupLost(Exception):
@@ -147,6 +169,13 @@ class PollAndAdmit(beam.DoFn):
         self.last_heartbeat = 0.0
         self.failing_since: float | None = None
         self.counts_written: tuple[Any, ...] | None = None
+        self.health = HealthPublisher("source", self.source.health_ms / 1000) if self.source.health_ms else None
+        self.health_base = (0, 0)  # (lines, applied) at the last publish
+        self.lag: dict[str, int] = {}  # the group's lag and pending, from the last read that asked
+        self.gauges = {
+            name: Metrics.gauge(METRICS_NAMESPACE, name)
+            for name in ("watermark_ms", "watermark_lag_ms", "consumer_lag", "pending")
+        }
 
     def teardown(self) -> None:
         if getattr(self, "admission", None) is not None:
@@ -175,7 +204,12 @@ class PollAndAdmit(beam.DoFn):
         pipe = self.client.pipeline(transaction=True)
         pipe.xgroup_setid(key, self.source.group, cursor or b"0", entries_read=self.read_since_group)
         pipe.xrange(key, min=b"(" + cursor if cursor else b"-", max=b"+", count=self.source.read_count)
-        moved, entries = pipe.execute(raise_on_error=False)
+        asked = self.health is not None and self.health.due()
+        if asked:  # once a second: the lag as of this read, in the same atomic step (module doc: health)
+            pipe.xinfo_groups(key)
+        moved, entries, *info = pipe.execute(raise_on_error=False)
+        if asked and info and isinstance(info[0], list):
+            self.lag = _group_lag(info[0], self.source.group)
         if isinstance(moved, redis.ResponseError):
             if _group_lost(moved):
                 raise GroupLost(str(moved))
@@ -275,6 +309,37 @@ class PollAndAdmit(beam.DoFn):
             yield from self._admit(entries)
             self.cursor = entries[-1][0]
             self.read_since_group += len(entries)
+        if self.health is not None and self.health.due():
+            self._publish_health()
+
+    def _publish_health(self) -> None:
+        """The source's health fields (``streaming.health``) to the serving store and the Beam gauges."""
+        assert self.health is not None
+        counts = self.admission.counts
+        elapsed = max(1e-3, time.monotonic() - self.health.last)
+        lines, applied = self.seq, counts.applied
+        rejected = sum(counts.rejected.values())
+        fields: dict[str, float | int] = {
+            "lines": lines,
+            "applied": applied,
+            "duplicates": counts.duplicates,
+            "too_late": counts.too_late,
+            "rejected": rejected,
+            "dead_letters": counts.too_late + rejected,
+            "events_in_per_s": round((lines - self.health_base[0]) / elapsed, 1),
+            "applied_per_s": round((applied - self.health_base[1]) / elapsed, 1),
+            "regroups": len(self.regroups),
+            **self.lag,
+        }
+        watermark = self.admission.gate.watermark
+        if watermark != NO_WATERMARK:
+            fields["watermark_ms"] = watermark
+            fields["watermark_lag_ms"] = wall_clock_ms() - watermark
+        for name, gauge in self.gauges.items():
+            if name in fields:
+                gauge.set(int(fields[name]))
+        self.health_base = (lines, applied)
+        self.health.publish(self.client, fields)
 
     def _failed(self, exc: BaseException) -> None:
         """A read that failed on the connection: nothing was admitted, the next tick reads from the same cursor."""
@@ -310,8 +375,11 @@ def build_live(
     duration_s: float | None,
     database_url: str | None,
     out_path: str | None = None,
+    sink_delay_ms: int = 0,
 ) -> None:
     """Attach the live source, segmentation and sinks to ``pipeline``.
+
+    ``sink_delay_ms`` is the planted slow-sink fault (``streaming.sinks.RedisTransitionsSink``).
 
     With ``out_path`` the transitions are also appended there, and the source's
     counts go to ``source_counts_path(out_path)`` unless ``source.counts_path`` names a file.
@@ -323,8 +391,11 @@ def build_live(
     ticks = pipeline | "Tick" >> Ticks(start, stop, source.poll_ms / 1000, source.hold_ms / 1000)
     poll = PollAndAdmit(config, source, database_url)
     admitted = ticks | "PollAndAdmit" >> beam.ParDo(poll).with_outputs(DEAD, main="batches")
-    transitions = transitions_from(admitted.batches, config)
-    sink_all(transitions, admitted[DEAD], source.redis_url, database_url, config.ruleset.ref)
+    transitions = transitions_from(admitted.batches, config, source.redis_url, source.health_ms)
+    sink_all(
+        transitions, admitted[DEAD], source.redis_url, database_url, config.ruleset.ref,
+        sink_delay_ms=sink_delay_ms, health_ms=source.health_ms,
+    )
     if out_path:
         _ = transitions | "ToJSONL" >> beam.ParDo(AppendJsonl(out_path))
 

@@ -43,6 +43,7 @@ from segments.outputs import Transition
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission, shard_of
 from streaming.config import StreamConfig
+from streaming.health import HealthPublisher
 from streaming.segmenter import PRUNE_EVERY_MS, Row, ShardSegmenter
 
 DEAD = "dead_letter"
@@ -343,12 +344,22 @@ class SegmentShard(beam.DoFn):
     TOKEN_BYTES = 16
     HEADER_BYTES = TOKEN_BYTES + _POSITION.size
 
-    def __init__(self, config: StreamConfig) -> None:
+    def __init__(self, config: StreamConfig, health_url: str | None = None, health_ms: int = 1000) -> None:
         self.config = config
+        self.health_url = health_url
+        self.health_ms = health_ms
 
     def setup(self) -> None:
         self.transitions = Metrics.counter(METRICS_NAMESPACE, "transitions")
         self.users = Metrics.gauge(METRICS_NAMESPACE, "users_in_state")
+        self.users_per_shard: dict[int, Any] = {}  # shard -> its Beam gauge ``users_in_state_shard<N>``
+        self.health: HealthPublisher | None = None
+        self.health_client: Any = None
+        if self.health_url and self.health_ms:
+            from segments.redisstore import connect
+
+            self.health = HealthPublisher("shard", self.health_ms / 1000)
+            self.health_client = connect(self.health_url)
         self.rebuilds = Metrics.counter(METRICS_NAMESPACE, "shard_rebuilds")
         self.held: dict[int, tuple[bytes, ShardState]] = {}  # shard -> (its last log token, its state)
         self.checked: set[int] = set()  # shards whose held state was found current in this bundle
@@ -429,6 +440,28 @@ class SegmentShard(beam.DoFn):
             token = self._end_epoch(state, snapshot_bags, logs) or token
         self.held[shard] = (token, state)
         self.users.set(len(state.segmenter.users))
+        if self.health is not None and self.health.due():
+            self._publish_health()
+
+    def _publish_health(self) -> None:
+        """Every held shard's state size (``streaming.health``) to the serving store and per-shard Beam gauges."""
+        assert self.health is not None
+        fields: dict[str, int] = {}
+        for shard, (_, state) in self.held.items():
+            segmenter = state.segmenter
+            users = len(segmenter.users)
+            fields[f"state_users_shard{shard}"] = users
+            fields[f"state_edges_shard{shard}"] = len(segmenter.ordered) + len(segmenter.pending)
+            gauge = self.users_per_shard.get(shard)
+            if gauge is None:
+                gauge = self.users_per_shard[shard] = Metrics.gauge(METRICS_NAMESPACE, f"users_in_state_shard{shard}")
+            gauge.set(users)
+        self.health.publish(self.health_client, fields)
+
+    def teardown(self) -> None:
+        client = getattr(self, "health_client", None)
+        if client is not None:
+            client.close()
 
     @classmethod
     def bag_of(cls, epoch: int) -> int:
@@ -517,10 +550,12 @@ def _last(entries: Iterable[bytes]) -> bytes:
     return tail[0] if tail else b""
 
 
-def transitions_from(batches: beam.PCollection, config: StreamConfig) -> beam.PCollection:
-    """Keyed shard batches -> lists of transitions."""
+def transitions_from(
+    batches: beam.PCollection, config: StreamConfig, health_url: str | None = None, health_ms: int = 1000
+) -> beam.PCollection:
+    """Keyed shard batches -> lists of transitions (with ``health_url``, the shards publish their health there)."""
     keyed = batches | "ShardKeys" >> beam.Map(_identity).with_output_types(Tuple[int, Any])  # noqa: UP006
-    return keyed | "Segment" >> beam.ParDo(SegmentShard(config))
+    return keyed | "Segment" >> beam.ParDo(SegmentShard(config, health_url, health_ms))
 
 
 def _identity(element: Any) -> Any:

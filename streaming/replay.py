@@ -111,7 +111,7 @@ def build_replay(
     _write_text(transitions | "TransitionsJSON" >> beam.Map(transitions_json), out, "WriteTransitions")
     dead = admitted[DEAD]
     _write_text(dead | "DeadJSON" >> beam.Map(rejection_json), dead_path, "WriteDeadLetters")
-    sink_all(transitions, dead, redis_url, database_url, config.ruleset.ref, run_id, sink_delay)
+    sink_all(transitions, dead, redis_url, database_url, config.ruleset.ref, run_id=run_id, sink_delay_ms=sink_delay)
 
 
 def run_replay(

@@ -27,6 +27,7 @@ from apache_beam.metrics import Metrics
 from segments.errors import StoreUnavailable
 from segments.events import Rejection
 from segments.outputs import Transition
+from streaming.health import HealthPublisher, quantiles
 
 log = logging.getLogger("segshadow.stream")
 T = TypeVar("T")
@@ -73,11 +74,14 @@ class RedisTransitionsSink(beam.DoFn):
     ``redis_retries``, the failed attempts that were retried. ``delay_ms`` (the
     Beam option ``--sink_delay_ms``, a planted fault) holds every bundle that
     wrote something that long before its drain, as a slow Redis would.
+    With ``health_ms`` it publishes its health that often (``streaming.health``:
+    the bundles' Redis time quantiles over the interval, writes and retries).
     """
 
-    def __init__(self, redis_url: str, delay_ms: int = 0) -> None:
+    def __init__(self, redis_url: str, delay_ms: int = 0, health_ms: int = 0) -> None:
         self.redis_url = redis_url
         self.delay_ms = delay_ms
+        self.health_ms = health_ms
 
     def setup(self) -> None:
         from segments.redisstore import RedisStore
@@ -88,6 +92,13 @@ class RedisTransitionsSink(beam.DoFn):
         self.bundle_ms = Metrics.distribution(NAMESPACE, "redis_bundle_ms")
         self.retries = Metrics.counter(NAMESPACE, "redis_retries")
         self.spent = 0.0
+        self.health = HealthPublisher("sink", self.health_ms / 1000) if self.health_ms else None
+        self.totals = [0, 0]  # writes and retries since setup, for the health fields
+        self.recent_ms: list[float] = []  # each bundle's Redis time since the last publish
+
+    def _retried(self) -> None:
+        self.retries.inc()
+        self.totals[1] += 1
 
     def process(self, batch: list[Transition]) -> None:
         start = time.perf_counter()
@@ -98,11 +109,22 @@ class RedisTransitionsSink(beam.DoFn):
         start = time.perf_counter()
         if self.delay_ms and self.spent:
             time.sleep(self.delay_ms / 1000)
-        written = with_backoff("write transitions to Redis", self.writer.drain, retried=self.retries.inc)
+        written = with_backoff("write transitions to Redis", self.writer.drain, retried=self._retried)
         spent, self.spent = self.spent + time.perf_counter() - start, 0.0
         if written:
             self.bundle_ms.update(round(spent * 1000))
         self.written.inc(written)
+        if self.health is not None:
+            self.totals[0] += written
+            if written:
+                self.recent_ms.append(spent * 1000)
+            if self.health.due():
+                marks = quantiles(self.recent_ms)
+                fields: dict[str, float] = {"sink_writes": self.totals[0], "sink_retries": self.totals[1],
+                          "sink_bundles": len(self.recent_ms)}
+                fields |= {f"sink_ms_{name}": round(value, 3) for name, value in marks.items()}
+                self.recent_ms = []
+                self.health.publish(self.store.client, fields)
 
     def teardown(self) -> None:
         writer = getattr(self, "writer", None)
@@ -165,11 +187,12 @@ def sink_all(
     ruleset_ref: str,
     run_id: str | None = None,
     sink_delay_ms: int = 0,
+    health_ms: int = 0,
 ) -> None:
     """Attach the Redis and SQL sinks that are configured (SQL transitions staged under ``run_id``
-    when given; ``sink_delay_ms``: see ``RedisTransitionsSink``)."""
+    when given; ``sink_delay_ms``, ``health_ms``: see ``RedisTransitionsSink``)."""
     if redis_url:
-        _ = transitions | "ToRedis" >> beam.ParDo(RedisTransitionsSink(redis_url, sink_delay_ms))
+        _ = transitions | "ToRedis" >> beam.ParDo(RedisTransitionsSink(redis_url, sink_delay_ms, health_ms))
     if database_url:
         _ = transitions | "ToSQL" >> beam.ParDo(SqlTransitionsSink(database_url, ruleset_ref, run_id))
         _ = (
