@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from compare.alignment import Alignment, Cells, DuplicateCell, Side, align, legacy_cells, settle
-from compare.causes import classify
+from compare.approximate import ApproxBounds, reclassify
+from compare.causes import UNEXPLAINED, Causes, classify
 from compare.frames import SegmentCodec, UserIndex
 from compare.groundtruth import GroundTruth, evaluate, present_cells, tiers
 from compare.inputs import ComparisonInputs, GateFlags, NoiseInput, load_inputs
@@ -166,6 +167,8 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms, paral
     m_user, m_idx, left, right = alignment.mismatches()
     m_time = schedule[m_idx]
     causes = classify(m_user, m_time, events, frame.arrival_time, frame.too_late, frame.relevant, ruleset.span_ms)
+    if ruleset.approximate and inputs.log is not None:
+        causes = approximate_causes(inputs, causes, users, codec, m_user, m_time, right)
     mismatches = Mismatches(m_time, m_user, left, right, causes, users, codec, frame)
     per_segment = {
         name: SegmentCounts(*counts)
@@ -206,6 +209,27 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms, paral
         inputs=dict(inputs.paths),
     )
     return Comparison(result, mismatches)
+
+
+def approximate_causes(
+    inputs: ComparisonInputs,
+    causes: Causes,
+    users: UserIndex,
+    codec: SegmentCodec,
+    m_user: np.ndarray,
+    m_time: np.ndarray,
+    stream: np.ndarray,
+) -> Causes:
+    """``causes`` with the unexplained mismatches that the Count-Min bound explains marked ``approximate``."""
+    assert inputs.log is not None
+    bounds = ApproxBounds(inputs.ruleset, inputs.log.events, inputs.dead_letters.too_late)
+    where = np.flatnonzero(causes.code == UNEXPLAINED)
+    names = [""] * len(m_user)
+    sets: list[frozenset[str]] = [frozenset()] * len(m_user)
+    for i in where.tolist():
+        names[i] = users.name(int(m_user[i]))
+        sets[i] = frozenset(codec.decode(int(stream[i])))
+    return Causes(reclassify(causes.code, bounds, names, m_time, sets), causes.windows)
 
 
 def _legacy_latency(inputs: ComparisonInputs) -> LatencySummary:

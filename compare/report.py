@@ -28,6 +28,7 @@ CAUSE_LABELS = {
     "dropped_too_late": "dropped too late",
     "mixed": "mixed",
     "unexplained": "unexplained",
+    "approximate": "approximate (within the Count-Min bound)",
 }
 VERDICT_LABELS = {
     "parity": "Parity",
