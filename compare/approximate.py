@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import product
 
@@ -136,9 +136,9 @@ def reclassify(
     return out
 
 
-def bound_summary(bounds: ApproxBounds) -> Mapping[str, object]:
-    """The declared sketches, as the report and ``parity.json`` show them."""
+def bound_summary(ruleset: RuleSet) -> dict[str, object]:
+    """The declared sketches (shape, error, confidence, window), as ``sketches.json`` and the report show them."""
     return {
         a.name: {**a.approx.to_dict(), "window_ms": a.window_ms}  # type: ignore[union-attr]
-        for a in bounds.ruleset.approximate
+        for a in ruleset.approximate
     }

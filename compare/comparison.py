@@ -37,6 +37,8 @@ from compare.latency import (
 from compare.manifest import begin, comparison_artifacts, seal
 from compare.mismatches import Mismatches
 from compare.parity import AsOfAgreement, NoiseFloor, ParityResult, SegmentCounts
+from compare.reach import ReachPort
+from compare.sketches import SketchEvidence, build_sketch_evidence
 from segments.errors import InputError
 from segments.events import EventLog
 from segments.lateness import GateParams
@@ -53,6 +55,7 @@ class Comparison:
 
     result: ParityResult
     mismatches: Mismatches
+    sketches: SketchEvidence | None = None  # reach, heavy hitters, Count-Min bounds (``sketches.json``)
 
 
 def _numpy(table: pa.Table, name: str) -> np.ndarray:
@@ -121,12 +124,21 @@ def _pairing(
     return alignment, noise
 
 
-def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms, parallel: bool = True) -> Comparison:
+def compare_inputs(
+    inputs: ComparisonInputs,
+    clock: Clock = wall_clock_ms,
+    parallel: bool = True,
+    *,
+    sketches: bool = True,
+    reach_store: ReachPort | None = None,
+) -> Comparison:
     """Compare two checked outputs; raises ``InputError`` for a side with two lines for one pair.
 
     With ``parallel``, independent steps run two at a time (the work is in numpy
     and Arrow kernels, which release the GIL); the result is the same either way.
-    Big intermediates are dropped as soon as they are used.
+    Big intermediates are dropped as soon as they are used. With ``sketches`` the
+    sketch evidence is built too (``compare.sketches``; with ``reach_store`` each
+    side's reach is also kept in the serving store).
     """
     ruleset = inputs.ruleset
     frame = inputs.events
@@ -208,7 +220,8 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms, paral
         },
         inputs=dict(inputs.paths),
     )
-    return Comparison(result, mismatches)
+    evidence = build_sketch_evidence(inputs, mismatches, reach_store) if sketches else None
+    return Comparison(result, mismatches, evidence)
 
 
 def approximate_causes(
@@ -310,6 +323,7 @@ def run_comparison(
     event_log: EventLog | None = None,
     clock: Clock = wall_clock_ms,
     seal_outputs: bool = True,
+    reach_store: ReachPort | None = None,
 ) -> ParityResult:
     """Compare a legacy and a stream output of the same events and rule set; write the outputs to ``out_dir``.
 
@@ -337,7 +351,7 @@ def run_comparison(
         stream_latency=live,
         event_log=event_log,
     )
-    comparison = compare_inputs(inputs, clock)
+    comparison = compare_inputs(inputs, clock, reach_store=reach_store)
     if out_dir is not None:
         from compare.report import write_outputs
 

@@ -8,6 +8,7 @@ The chart geometry is computed here; the template only draws it.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,9 @@ def write_outputs(out_dir: str | Path, comparison: Comparison) -> dict[str, Path
     _write_text(paths["parity"], comparison.result.to_json())
     _write_text(paths["report"], render_html(comparison))
     _write_text(paths["summary"], render_summary(comparison.result))
+    if comparison.sketches is not None:
+        paths["sketches"] = out / "sketches.json"
+        _write_text(paths["sketches"], json.dumps(comparison.sketches.to_dict(), indent=1) + "\n")
     return paths
 
 
