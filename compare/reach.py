@@ -20,6 +20,7 @@ the serialized sketches, so runs and shards can be merged later.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -215,3 +216,99 @@ def series(reach: Mapping[str, Any], grain: str) -> dict[str, dict[str, list[dic
         if row.get("grain") == grain:
             out[row["segment"]][row["side"]].append(row)
     return {seg: dict(sides) for seg, sides in out.items()}
+
+
+# ---- the chart (geometry only; the report and the dashboard draw it) ---------------------------------
+
+
+@dataclass(frozen=True)
+class ReachLine:
+    side: str
+    line: str  # polyline points of the HLL estimate
+    band: str  # polygon points of the estimate +- its stated bound
+    exact: tuple[tuple[float, float, str], ...]  # (x, y, tooltip) of each exact count
+
+
+@dataclass(frozen=True)
+class ReachChart:
+    segment: str
+    grain: str
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_w: int
+    plot_h: int
+    lines: tuple[ReachLine, ...]
+    y_ticks: tuple[tuple[float, str], ...]
+    x_ticks: tuple[tuple[float, str], ...]
+    bound: float
+    max_error: float
+
+
+def reach_charts(
+    evidence: Mapping[str, Any] | None, grain: str = "minute", width: int = 880, height: int = 200
+) -> list[ReachChart]:
+    """One chart per segment of ``sketches.json``'s reach: both sides' HLL estimate, its bound band, exact dots."""
+    if not evidence:
+        return []
+    summary = evidence.get("summary") or {}
+    bound = float((summary.get("hll") or {}).get(f"{grain}_bound") or 0.0)
+    left, top, right, bottom = 56, 10, 12, 26
+    plot_w, plot_h = width - left - right, height - top - bottom
+    charts = []
+    for segment, sides in sorted(series(evidence, grain).items()):
+        rows = [row for side_rows in sides.values() for row in side_rows]
+        times = sorted({row["bucket"] for row in rows})
+        if not times:
+            continue
+        index = {t: i for i, t in enumerate(times)}
+        peak = max(max(row["hll"] * (1 + bound), row["exact"]) for row in rows) or 1.0
+
+        def x(t: str, _index: dict[str, int] = index, _n: int = len(times)) -> float:
+            return left + plot_w * (_index[t] / max(_n - 1, 1))
+
+        def y(value: float, _peak: float = peak) -> float:
+            return top + plot_h * (1 - value / _peak)
+
+        lines = []
+        for side in ("legacy", "stream"):
+            side_rows = sorted(sides.get(side, []), key=lambda row: row["bucket"])
+            if not side_rows:
+                continue
+            line = " ".join(f"{x(r['bucket']):.1f},{y(r['hll']):.1f}" for r in side_rows)
+            upper = [f"{x(r['bucket']):.1f},{y(r['hll'] * (1 + bound)):.1f}" for r in side_rows]
+            lower = [f"{x(r['bucket']):.1f},{y(max(r['hll'] * (1 - bound), 0)):.1f}" for r in reversed(side_rows)]
+            exact = tuple(
+                (
+                    x(r["bucket"]),
+                    y(r["exact"]),
+                    f"{side} {r['bucket'][11:16]}: exact {r['exact']:,}, HLL {r['hll']:,.0f} "
+                    f"(error {100 * r['hll_error']:.2f}%, bound {100 * bound:.2f}%)"
+                    + (f", Redis {r['redis']:,}" if r.get("redis") is not None else ""),
+                )
+                for r in side_rows
+            )
+            lines.append(ReachLine(side, line, " ".join(upper + lower), exact))
+        y_ticks = tuple((y(v), f"{v:,.0f}") for v in (0, peak / 2, peak))
+        every = max(1, math.ceil(len(times) / 6))
+        x_ticks = tuple((x(t), t[11:16]) for t in times[::every])
+        max_error = max(row["hll_error"] for row in rows)
+        charts.append(
+            ReachChart(
+                segment,
+                grain,
+                width,
+                height,
+                left,
+                top,
+                plot_w,
+                plot_h,
+                tuple(lines),
+                y_ticks,
+                x_ticks,
+                bound,
+                max_error,
+            )
+        )
+    return charts

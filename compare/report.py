@@ -21,6 +21,7 @@ from compare.comparison import Comparison
 from compare.latency import NOT_MEASURED_REPLAY, LatencySummary
 from compare.mismatches import explain, write_mismatches
 from compare.parity import ParityResult
+from compare.reach import reach_charts
 from compare.stats import rate
 
 TOP_MISMATCHES = 12
@@ -29,7 +30,7 @@ CAUSE_LABELS = {
     "dropped_too_late": "dropped too late",
     "mixed": "mixed",
     "unexplained": "unexplained",
-    "approximate": "approximate (within the Count-Min bound)",
+    "approximate": "approximate",
 }
 VERDICT_LABELS = {
     "parity": "Parity",
@@ -301,7 +302,21 @@ def render_html(comparison: Comparison) -> str:
         not_measured=NOT_MEASURED_REPLAY,
         examples_title=title,
         examples=examples,
+        **_sketch_context(comparison),
     )
+
+
+def _sketch_context(comparison: Comparison) -> dict[str, Any]:
+    """What the sketch section (``sketches_section.html``) draws; empty without sketch evidence."""
+    if comparison.sketches is None:
+        return {"sketches": None}
+    data = comparison.sketches.to_dict()
+    reach = data["reach"]
+    return {
+        "sketches": data,
+        "reach_charts": reach_charts(reach, "minute"),
+        "reach_bound": (reach or {}).get("summary", {}).get("hll", {}).get("minute_bound", 0.0),
+    }
 
 
 def render_summary(result: ParityResult) -> str:

@@ -6,8 +6,10 @@
   ``mismatches`` (the events in each mismatch's window), ``dead_letters`` (the
   stream's too-late events, and rejected lines by reason) and ``late_events``
   (applied events that arrived more than the max out-of-orderness after their
-  event time), by ``user``, ``merchant`` and ``kind``. Each item shows the
-  sketch's estimate and bounds and, beside them, the exact count.
+  event time), by ``user``, ``merchant`` and ``kind``. Only items whose lower
+  bound exceeds the sketch's error are listed (no false positives: a flat
+  distribution lists none); each shows the sketch's estimate and bounds and,
+  beside them, the exact count.
 - ``approximate``: the rule set's Count-Min aggregates and their declared bounds
   (``compare.approximate``), when it has any.
 """
@@ -58,7 +60,8 @@ def heavy_hitters(items: Iterable[str], top: int = TOP) -> tuple[list[HeavyHitte
     for item in items:
         sketch.update(item)
         exact[item] += 1
-    found = sketch.get_frequent_items(ds.frequent_items_error_type.NO_FALSE_NEGATIVES)
+    # Only items whose lower bound clears the sketch's error: true heavy hitters, none made up of noise.
+    found = sketch.get_frequent_items(ds.frequent_items_error_type.NO_FALSE_POSITIVES)
     found.sort(key=lambda row: (-row[1], row[0]))
     rows = [HeavyHitter(item, int(est), int(lo), int(hi), exact[item]) for item, est, lo, hi in found[:top]]
     return rows, int(sketch.total_weight), float(sketch.epsilon)
