@@ -35,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from compare.reach import reach_charts
 from homepage.bloom import BloomCache, SegmentBloom
 from homepage.content import badge, payload
 from homepage.dashboard import dashboard
@@ -219,7 +220,7 @@ def create_app(
                 note = f"{note}; {exc}" if note else str(exc)
         gates = _next_gates(plan, state, found.data if found else None, now)
         content = dashboard(found.data if found else None, note, view, history, gates, now)
-        return html("dashboard.html", page="dashboard", d=content)
+        return html("dashboard.html", page="dashboard", d=content, **reach_view(evidence))
 
     if blooms is None and router.source is not None and hasattr(router.source, "scan_side"):
         blooms = BloomCache(router.source, (), clock=clock)  # type: ignore[arg-type]
@@ -253,6 +254,21 @@ def create_app(
         return PlainTextResponse("ok\n")
 
     return app
+
+
+def reach_view(evidence: EvidenceFile | None) -> dict[str, Any]:
+    """The reach charts from ``sketches.json`` beside the evidence's ``parity.json`` (sealed with it)."""
+    if evidence is None:
+        return {"reach": [], "reach_bound": None}
+    try:
+        data = json.loads((evidence.path.parent / "sketches.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"reach": [], "reach_bound": None}
+    reach = data.get("reach") if isinstance(data, dict) else None
+    if not isinstance(reach, dict):
+        return {"reach": [], "reach_bound": None}
+    bound = (reach.get("summary") or {}).get("hll", {}).get("minute_bound")
+    return {"reach": reach_charts(reach, "minute", width=640, height=180), "reach_bound": bound}
 
 
 def _next_gates(plan: Plan | None, state: RolloutState | None, data: Any, now: int) -> list[Any] | None:
