@@ -94,7 +94,7 @@ class CmsRing:
 
     def load_plain(self, plain: Mapping[int, str]) -> None:
         self.buckets = {
-            int(b): ds.count_min_sketch.deserialize(base64.b64decode(t), self.params.seed) for b, t in plain.items()
+            int(b): ds.count_min_sketch.deserialize(base64.b64decode(t)) for b, t in plain.items()
         }
 
 
