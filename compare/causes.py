@@ -11,6 +11,9 @@ change a set):
   the stream as too late, and none above;
 - ``mixed``: both;
 - ``unexplained``: neither. These are defects.
+- ``approximate``: for a rule set with ``approx: cms`` aggregates, a mismatch
+  that would be unexplained but that the sketches' declared bound explains
+  (``compare.approximate``); it is not a defect and gates treat it apart.
 
 ``cause_for`` is the one-pair definition; ``classify`` computes the same for
 many mismatches at once with numpy and keeps, for each, the window's events.
@@ -27,8 +30,8 @@ from compare.keys import SortedRows
 from segments.events import Event
 from segments.windows import in_window
 
-CAUSES = ("late_arrival", "dropped_too_late", "mixed", "unexplained")
-LATE, DROPPED, MIXED, UNEXPLAINED = range(4)
+CAUSES = ("late_arrival", "dropped_too_late", "mixed", "unexplained", "approximate")
+LATE, DROPPED, MIXED, UNEXPLAINED, APPROXIMATE = range(5)
 
 
 def cause_of(late: bool, dropped: bool) -> str:

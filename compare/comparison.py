@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from compare.alignment import Alignment, Cells, DuplicateCell, Side, align, legacy_cells, settle
-from compare.causes import classify
+from compare.approximate import ApproxBounds, reclassify
+from compare.causes import UNEXPLAINED, Causes, classify
 from compare.frames import SegmentCodec, UserIndex
 from compare.groundtruth import GroundTruth, evaluate, present_cells, tiers
 from compare.inputs import ComparisonInputs, GateFlags, NoiseInput, load_inputs
@@ -36,6 +37,8 @@ from compare.latency import (
 from compare.manifest import begin, comparison_artifacts, seal
 from compare.mismatches import Mismatches
 from compare.parity import AsOfAgreement, NoiseFloor, ParityResult, SegmentCounts
+from compare.reach import ReachPort
+from compare.sketches import SketchEvidence, build_sketch_evidence
 from segments.errors import InputError
 from segments.events import EventLog
 from segments.lateness import GateParams
@@ -52,6 +55,7 @@ class Comparison:
 
     result: ParityResult
     mismatches: Mismatches
+    sketches: SketchEvidence | None = None  # reach, heavy hitters, Count-Min bounds (``sketches.json``)
 
 
 def _numpy(table: pa.Table, name: str) -> np.ndarray:
@@ -120,12 +124,21 @@ def _pairing(
     return alignment, noise
 
 
-def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms, parallel: bool = True) -> Comparison:
+def compare_inputs(
+    inputs: ComparisonInputs,
+    clock: Clock = wall_clock_ms,
+    parallel: bool = True,
+    *,
+    sketches: bool = True,
+    reach_store: ReachPort | None = None,
+) -> Comparison:
     """Compare two checked outputs; raises ``InputError`` for a side with two lines for one pair.
 
     With ``parallel``, independent steps run two at a time (the work is in numpy
     and Arrow kernels, which release the GIL); the result is the same either way.
-    Big intermediates are dropped as soon as they are used.
+    Big intermediates are dropped as soon as they are used. With ``sketches`` the
+    sketch evidence is built too (``compare.sketches``; with ``reach_store`` each
+    side's reach is also kept in the serving store).
     """
     ruleset = inputs.ruleset
     frame = inputs.events
@@ -166,6 +179,8 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms, paral
     m_user, m_idx, left, right = alignment.mismatches()
     m_time = schedule[m_idx]
     causes = classify(m_user, m_time, events, frame.arrival_time, frame.too_late, frame.relevant, ruleset.span_ms)
+    if ruleset.approximate and inputs.log is not None:
+        causes = approximate_causes(inputs, causes, users, codec, m_user, m_time, right)
     mismatches = Mismatches(m_time, m_user, left, right, causes, users, codec, frame)
     per_segment = {
         name: SegmentCounts(*counts)
@@ -205,7 +220,29 @@ def compare_inputs(inputs: ComparisonInputs, clock: Clock = wall_clock_ms, paral
         },
         inputs=dict(inputs.paths),
     )
-    return Comparison(result, mismatches)
+    evidence = build_sketch_evidence(inputs, mismatches, reach_store) if sketches else None
+    return Comparison(result, mismatches, evidence)
+
+
+def approximate_causes(
+    inputs: ComparisonInputs,
+    causes: Causes,
+    users: UserIndex,
+    codec: SegmentCodec,
+    m_user: np.ndarray,
+    m_time: np.ndarray,
+    stream: np.ndarray,
+) -> Causes:
+    """``causes`` with the unexplained mismatches that the Count-Min bound explains marked ``approximate``."""
+    assert inputs.log is not None
+    bounds = ApproxBounds(inputs.ruleset, inputs.log.events, inputs.dead_letters.too_late)
+    where = np.flatnonzero(causes.code == UNEXPLAINED)
+    names = [""] * len(m_user)
+    sets: list[frozenset[str]] = [frozenset()] * len(m_user)
+    for i in where.tolist():
+        names[i] = users.name(int(m_user[i]))
+        sets[i] = frozenset(codec.decode(int(stream[i])))
+    return Causes(reclassify(causes.code, bounds, names, m_time, sets), causes.windows)
 
 
 def _legacy_latency(inputs: ComparisonInputs) -> LatencySummary:
@@ -286,6 +323,7 @@ def run_comparison(
     event_log: EventLog | None = None,
     clock: Clock = wall_clock_ms,
     seal_outputs: bool = True,
+    reach_store: ReachPort | None = None,
 ) -> ParityResult:
     """Compare a legacy and a stream output of the same events and rule set; write the outputs to ``out_dir``.
 
@@ -313,7 +351,7 @@ def run_comparison(
         stream_latency=live,
         event_log=event_log,
     )
-    comparison = compare_inputs(inputs, clock)
+    comparison = compare_inputs(inputs, clock, reach_store=reach_store)
     if out_dir is not None:
         from compare.report import write_outputs
 

@@ -437,6 +437,7 @@ class ComparisonInputs:
     noise: tuple[NoiseInput, ...] = ()
     live_latency: np.ndarray | None = None
     paths: Mapping[str, str] = field(default_factory=dict)
+    log: EventLog | None = field(default=None, repr=False)  # the events themselves (sketch evidence reads them)
 
 
 def load_inputs(
@@ -494,4 +495,5 @@ def load_inputs(
         tuple(noise),
         stream_latency,
         {"events": str(events_path), "legacy": str(legacy_path), "stream": str(stream_path)},
+        log,
     )

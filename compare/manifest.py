@@ -89,6 +89,7 @@ def comparison_artifacts(
         "mismatches": out / "mismatches.jsonl",
         "report": out / "report.html",
         "summary": out / "summary.md",
+        "sketches": out / "sketches.json",
         "events": Path(events),
         "legacy": Path(legacy),
         "legacy_meta": meta_path(legacy),

@@ -8,6 +8,7 @@ The chart geometry is computed here; the template only draws it.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from compare.comparison import Comparison
 from compare.latency import NOT_MEASURED_REPLAY, LatencySummary
 from compare.mismatches import explain, write_mismatches
 from compare.parity import ParityResult
+from compare.reach import reach_charts
 from compare.stats import rate
 from segments.display import install
 
@@ -29,6 +31,7 @@ CAUSE_LABELS = {
     "dropped_too_late": "dropped too late",
     "mixed": "mixed",
     "unexplained": "unexplained",
+    "approximate": "approximate",
 }
 VERDICT_LABELS = {
     "parity": "Parity",
@@ -57,6 +60,9 @@ def write_outputs(out_dir: str | Path, comparison: Comparison) -> dict[str, Path
     _write_text(paths["parity"], comparison.result.to_json())
     _write_text(paths["report"], render_html(comparison))
     _write_text(paths["summary"], render_summary(comparison.result))
+    if comparison.sketches is not None:
+        paths["sketches"] = out / "sketches.json"
+        _write_text(paths["sketches"], json.dumps(comparison.sketches.to_dict(), indent=1) + "\n")
     return paths
 
 
@@ -297,7 +303,21 @@ def render_html(comparison: Comparison) -> str:
         not_measured=NOT_MEASURED_REPLAY,
         examples_title=title,
         examples=examples,
+        **_sketch_context(comparison),
     )
+
+
+def _sketch_context(comparison: Comparison) -> dict[str, Any]:
+    """What the sketch section (``sketches_section.html``) draws; empty without sketch evidence."""
+    if comparison.sketches is None:
+        return {"sketches": None}
+    data = comparison.sketches.to_dict()
+    reach = data["reach"]
+    return {
+        "sketches": data,
+        "reach_charts": reach_charts(reach, "minute"),
+        "reach_bound": (reach or {}).get("summary", {}).get("hll", {}).get("minute_bound", 0.0),
+    }
 
 
 def render_summary(result: ParityResult) -> str:

@@ -10,6 +10,8 @@ serve`` runs it with uvicorn. Routes:
   the page's script (``/static/live.js``) puts it in place with ``textContent``;
 - ``/dashboard`` the cutover: stage, agreement over time, mismatches by cause,
   freshness, dead letters, the gates and the decision log;
+- ``/segments/{name}/bloom`` a Bloom filter of the segment's current members (bytes, parameters
+  in ``X-Bloom-*`` headers) and ``/segments/{name}/bloom.json`` (``homepage.bloom``);
 - ``/metrics`` Prometheus, ``/healthz``.
 
 Every value reaches HTML through Jinja2 with autoescaping; no inline script or style
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -32,6 +35,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from compare.reach import reach_charts
+from homepage.bloom import BloomCache, SegmentBloom
 from homepage.content import badge, payload
 from homepage.dashboard import dashboard
 from rollout.evidence import EvidenceFile
@@ -59,6 +64,16 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
 }
 Page = Literal["home", "account"]
+
+
+SEGMENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+class BloomNotFound(SegshadowError):
+    """No filter for that segment (unknown, no members, or no serving store)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no Bloom filter for segment {name[:64]!r}")
 
 
 class BadUserId(SegshadowError):
@@ -93,6 +108,7 @@ def create_app(
     clock: Clock = wall_clock_ms,
     poll_interval_s: float = 0.25,
     sse_max_s: float = 300.0,
+    blooms: BloomCache | None = None,
 ) -> FastAPI:
     """The site over ``router`` (and its stage cache and SQL store); ``evidence_dir`` feeds the dashboard.
 
@@ -207,7 +223,30 @@ def create_app(
                 note = f"{note}; {exc}" if note else str(exc)
         gates = _next_gates(plan, state, found.data if found else None, now)
         content = dashboard(found.data if found else None, note, view, history, gates, now)
-        return html("dashboard.html", page="dashboard", d=content)
+        return html("dashboard.html", page="dashboard", d=content, **reach_view(evidence))
+
+    if blooms is None and router.source is not None and hasattr(router.source, "scan_side"):
+        blooms = BloomCache(router.source, (), clock=clock)  # type: ignore[arg-type]
+
+    def segment_bloom(name: str) -> SegmentBloom:
+        found = blooms.current().get(name) if blooms is not None and SEGMENT_NAME.fullmatch(name) else None
+        if found is None:
+            raise BloomNotFound(name)
+        return found
+
+    @app.exception_handler(BloomNotFound)
+    async def no_bloom(request: Request, exc: BloomNotFound) -> PlainTextResponse:
+        return PlainTextResponse(f"{exc}\n", status_code=404)
+
+    @app.get("/segments/{name}/bloom")
+    def bloom_bytes(name: str) -> Response:
+        found = segment_bloom(name)
+        headers = {**found.headers(), "Cache-Control": "max-age=60"}
+        return Response(found.data, media_type="application/octet-stream", headers=headers)
+
+    @app.get("/segments/{name}/bloom.json")
+    def bloom_json(name: str) -> JSONResponse:
+        return JSONResponse(segment_bloom(name).describe(), headers={"Cache-Control": "max-age=60"})
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -218,6 +257,21 @@ def create_app(
         return PlainTextResponse("ok\n")
 
     return app
+
+
+def reach_view(evidence: EvidenceFile | None) -> dict[str, Any]:
+    """The reach charts from ``sketches.json`` beside the evidence's ``parity.json`` (sealed with it)."""
+    if evidence is None:
+        return {"reach": [], "reach_bound": None}
+    try:
+        data = json.loads((evidence.path.parent / "sketches.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"reach": [], "reach_bound": None}
+    reach = data.get("reach") if isinstance(data, dict) else None
+    if not isinstance(reach, dict):
+        return {"reach": [], "reach_bound": None}
+    bound = (reach.get("summary") or {}).get("hll", {}).get("minute_bound")
+    return {"reach": reach_charts(reach, "minute", width=640, height=180), "reach_bound": bound}
 
 
 def _next_gates(plan: Plan | None, state: RolloutState | None, data: Any, now: int) -> list[Any] | None:

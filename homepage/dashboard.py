@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from compare.causes import CAUSES  # with approximate: Count-Min mismatches, shown apart from defects
 from compare.latency import NOT_MEASURED_REPLAY
 from rollout.gates import GateResult
 from rollout.router import StageView
@@ -18,7 +19,6 @@ from rollout.stages import ORDER, Position
 from rollout.store import Decision
 from segments.timeutil import TimestampError, format_ms, parse_rfc3339_ms
 
-CAUSES = ("late_arrival", "dropped_too_late", "mixed", "unexplained")
 CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 220, 48, 16, 14, 30
 
 

@@ -23,6 +23,9 @@ The gates, in the order they are reported:
 - ``unexplained``: with ``u`` unexplained mismatches in ``n`` pairs, the rate ``u/n``
   at or above the threshold fails; a Wilson 95% upper bound below it passes; in
   between (the rate is fine but the data cannot yet show it) is inconclusive.
+- ``approximate`` (when the plan sets ``max_approximate_rate``): the same rule over the
+  mismatches a rule set's Count-Min bound explains (``by_cause.approximate``), under
+  its own threshold: the accuracy traded for state, kept apart from defects.
 - ``stream_freshness``: the stream's p99 freshness (``compare.latency.summarize``: exact up to its
   bound, else a sketch's upper rank bound, never below the exact p99) is at most the bound;
   replay evidence (``source: replay``) has none: inconclusive, "not measured (replay)".
@@ -169,21 +172,28 @@ def _minimum_gate(name: str, what: str, observed: int | None, minimum: int) -> G
 
 
 def unexplained_gate(evidence: Mapping[str, Any], threshold: float) -> GateResult:
-    pairs, unexplained = _count(evidence, "pairs"), _count(evidence, "by_cause", "unexplained")
-    if pairs is None or unexplained is None or unexplained > pairs:
-        return _missing("unexplained", "pairs and by_cause.unexplained", threshold)
+    return cause_rate_gate(evidence, "unexplained", threshold)
+
+
+def approximate_gate(evidence: Mapping[str, Any], threshold: float) -> GateResult:
+    return cause_rate_gate(evidence, "approximate", threshold)
+
+
+def cause_rate_gate(evidence: Mapping[str, Any], cause: str, threshold: float) -> GateResult:
+    """The rate of ``by_cause[cause]`` in ``pairs`` against ``threshold`` (Wilson 95% upper bound to pass)."""
+    pairs, count = _count(evidence, "pairs"), _count(evidence, "by_cause", cause)
+    if pairs is None or count is None or count > pairs:
+        return _missing(cause, f"pairs and by_cause.{cause}", threshold)
     if pairs == 0:
-        return GateResult("unexplained", INCONCLUSIVE, None, threshold, "no compared pairs")
-    rate = unexplained / pairs
-    upper = wilson_interval(unexplained, pairs)[1]
-    numbers = f"{unexplained} unexplained in {pairs} pairs (rate {rate:.6g}, Wilson 95% upper {upper:.6g})"
+        return GateResult(cause, INCONCLUSIVE, None, threshold, "no compared pairs")
+    rate = count / pairs
+    upper = wilson_interval(count, pairs)[1]
+    numbers = f"{count} {cause} in {pairs} pairs (rate {rate:.6g}, Wilson 95% upper {upper:.6g})"
     if rate >= threshold:
-        return GateResult("unexplained", FAIL, upper, threshold, f"{numbers}: rate at or above {threshold:g}")
+        return GateResult(cause, FAIL, upper, threshold, f"{numbers}: rate at or above {threshold:g}")
     if upper < threshold:
-        return GateResult("unexplained", PASS, upper, threshold, f"{numbers}: upper bound below {threshold:g}")
-    return GateResult(
-        "unexplained", INCONCLUSIVE, upper, threshold, f"{numbers}: upper bound not yet below {threshold:g}"
-    )
+        return GateResult(cause, PASS, upper, threshold, f"{numbers}: upper bound below {threshold:g}")
+    return GateResult(cause, INCONCLUSIVE, upper, threshold, f"{numbers}: upper bound not yet below {threshold:g}")
 
 
 def evidence_seal_gate(evidence: Mapping[str, Any]) -> GateResult:
@@ -331,6 +341,8 @@ def evaluate(
         results.append(_minimum_gate("min_as_of_rounds", "as-of rounds", rounds, gates.min_as_of_rounds))
     if gates.max_unexplained_rate is not None:
         results.append(unexplained_gate(evidence, gates.max_unexplained_rate))
+    if gates.max_approximate_rate is not None:
+        results.append(approximate_gate(evidence, gates.max_approximate_rate))
     if gates.max_stream_p99_ms is not None:
         results.append(freshness_gate(evidence, gates.max_stream_p99_ms))
     if gates.dead_letter_tolerance is not None:

@@ -91,6 +91,7 @@ class GatesSpec(_Strict):
     max_stream_p99: str | None = "50ms"
     dead_letter_tolerance: float | None = Field(default=0.01, ge=0, le=1)
     false_positive_tolerance: float | None = Field(default=0.0, ge=0, le=1)
+    max_approximate_rate: float | None = Field(default=None, gt=0, le=1)  # Count-Min mismatches; off by default
     min_time_in_stage: str | None = "10m"
 
     _durations = field_validator("max_stream_p99", "min_time_in_stage", mode="before")(_duration)
@@ -159,6 +160,7 @@ class Gates:
     dead_letter_tolerance: float | None
     false_positive_tolerance: float | None
     min_time_in_stage_ms: int | None
+    max_approximate_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def _compile_gates(spec: GatesSpec, base: GatesSpec | None = None) -> Gates:
         spec.dead_letter_tolerance,
         spec.false_positive_tolerance,
         ms(spec.min_time_in_stage),
+        max_approximate_rate=spec.max_approximate_rate,
     )
 
 

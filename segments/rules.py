@@ -50,6 +50,7 @@ from pydantic import (
 from segments.durations import format_duration_ms, parse_duration_ms
 from segments.errors import RuleSetError
 from segments.events import DEFAULT_TIME_BOUNDS, KINDS, MICROS, TimeBounds
+from segments.sketches import CmsParams, cms_params
 from segments.timeutil import TimestampError, parse_rfc3339_ms
 
 MIN_WINDOW_MS = 1_000
@@ -101,6 +102,13 @@ class AggregateSpec(_Strict):
     kinds: list[str] | dict[str, int] = Field(min_length=1)
     of: Literal["amount", "merchant"] | None = None
     window: str | None = None
+    # Opt-in approximation (``segments.sketches.CmsParams``): a count from a per-shard Count-Min sketch.
+    approx: Literal["cms"] | None = None
+    width: int | None = None
+    depth: int | None = None
+    error: float | None = None
+    confidence: float | None = None
+    bucket: str | None = None
 
     @field_validator("kinds")
     @classmethod
@@ -199,6 +207,7 @@ class Aggregate:
     weights: Mapping[str, int]
     window_ms: int
     of: str | None
+    approx: CmsParams | None = None  # evaluated from Count-Min sketches in the stream (``streaming.approx``)
 
     @property
     def is_money(self) -> bool:
@@ -292,6 +301,11 @@ class RuleSet:
     def span_ms(self) -> int:
         """The longest window: an event older than ``t - span_ms`` cannot affect the set at ``t``."""
         return max(a.window_ms for a in self.aggregates)
+
+    @property
+    def approximate(self) -> tuple[Aggregate, ...]:
+        """The aggregates declared ``approx: cms`` (empty for an exact rule set)."""
+        return tuple(a for a in self.aggregates if a.approx is not None)
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -388,7 +402,7 @@ def compile_ruleset(raw: Any, source: str = "rule set") -> RuleSet:
         weights = dict.fromkeys(agg.kinds, 1) if isinstance(agg.kinds, list) else dict(agg.kinds)
         if agg.op != "sum" and any(w != 1 for w in weights.values()):
             raise RuleSetError("only sum takes weights per kind", f"{where}.kinds")
-        aggregates[name] = Aggregate(name, agg.op, weights, width, agg.of)
+        aggregates[name] = Aggregate(name, agg.op, weights, width, agg.of, _approx(agg, where))
     seen: set[str] = set()
     segments: list[Segment] = []
     for index, seg in enumerate(spec.segments):
@@ -410,6 +424,22 @@ def compile_ruleset(raw: Any, source: str = "rule set") -> RuleSet:
         digest,
         _time_bounds(spec.event_times),
     )
+
+
+def _approx(agg: AggregateSpec, where: str) -> CmsParams | None:
+    """The Count-Min shape of an ``approx: cms`` aggregate (only ``op: count`` may be approximate)."""
+    shape = (agg.width, agg.depth, agg.error, agg.confidence, agg.bucket)
+    if agg.approx is None:
+        if any(v is not None for v in shape):
+            raise RuleSetError("width/depth/error/confidence/bucket need `approx: cms`", f"{where}.approx")
+        return None
+    if agg.op != "count":
+        raise RuleSetError("only `op: count` may be approximate", f"{where}.approx")
+    bucket_ms = _duration(agg.bucket, f"{where}.bucket") if agg.bucket else 60_000
+    try:
+        return cms_params(agg.width, agg.depth, agg.error, agg.confidence, bucket_ms)
+    except ValueError as exc:
+        raise RuleSetError(str(exc), f"{where}.approx") from None
 
 
 def _duration(text: str, key: str) -> int:

@@ -42,6 +42,7 @@ from segments.errors import InputError
 from segments.events import Event, Rejection, arrival_order, iter_lines, load_event_log, parse_line, write_jsonl
 from segments.lateness import GateParams
 from segments.outputs import Assignment, file_sha256, write_meta
+from segments.reachstore import ReachStore
 from segments.redisstore import RedisStore
 from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
@@ -247,18 +248,20 @@ def run_shadow(
         seconds["noise"] = clock() - start
 
     start = clock()
-    parity = run_comparison(
-        events_path,
-        out / "legacy.jsonl",
-        out / "stream.jsonl",
-        plan.ruleset,
-        plan.every_ms,
-        plan.params,
-        out,
-        noise_stream=noise_stream,
-        event_log=log,
-        seal_outputs=False,
-    )
+    with RedisStore.open(redis_url) as reach_redis:  # each side's segment reach, kept in the serving store too
+        parity = run_comparison(
+            events_path,
+            out / "legacy.jsonl",
+            out / "stream.jsonl",
+            plan.ruleset,
+            plan.every_ms,
+            plan.params,
+            out,
+            noise_stream=noise_stream,
+            event_log=log,
+            seal_outputs=False,
+            reach_store=ReachStore(reach_redis.client),
+        )
     seconds["compare"] = clock() - start
     if progress is not None:
         progress("compare", 1, 1)

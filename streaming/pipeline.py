@@ -42,6 +42,7 @@ from segments.lateness import END_OF_TIME
 from segments.outputs import Transition
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission, shard_of
+from streaming.approx import segmenter_class
 from streaming.config import StreamConfig
 from streaming.health import HealthPublisher
 from streaming.segmenter import PRUNE_EVERY_MS, Row, ShardSegmenter
@@ -504,7 +505,7 @@ class SegmentShard(beam.DoFn):
         positions = [t[0] if t is not None else 0 for t in taken]
         oldest = min(positions)
         base = positions.index(oldest)
-        segmenter = ShardSegmenter.from_parts(
+        segmenter = segmenter_class(self.config.ruleset).from_parts(
             [t[3] if t is not None else None for t in taken],
             base,
             self.config.ruleset,

@@ -69,7 +69,8 @@ def test_parity_json_has_the_stable_keys(tmp_path: Path) -> None:
     data = json.loads((_write_case(tmp_path) / "parity.json").read_text())
     assert set(data) == PARITY_KEYS
     assert (data["pairs"], data["agree"], data["mismatch"]) == (4, 2, 2)
-    assert data["by_cause"] == {"late_arrival": 1, "dropped_too_late": 0, "mixed": 0, "unexplained": 1}
+    causes = {"late_arrival": 1, "dropped_too_late": 0, "mixed": 0, "unexplained": 1, "approximate": 0}
+    assert data["by_cause"] == causes
     assert data["verdict"] == "defects"
     assert data["per_segment"]["high_value"] == {
         "both": 2, "legacy_only": 1, "stream_only": 0, "precision": 1.0, "recall": 2 / 3,

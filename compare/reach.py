@@ -1,0 +1,314 @@
+"""Segment reach over time: distinct users per segment per minute and hour, sketched and exact, both sides.
+
+**Definition.** A user *reaches* segment X in bucket ``[b, b + grain)`` when the
+side had the user in X at some instant of the bucket: for the stream, its
+settled timeline (SPEC §4: per effective time the highest revision; a set holds
+until the next one) overlaps the bucket with X in the set; for legacy, some
+as-of in the bucket assigned X. Timelines are read up to the last as-of (the
+comparison's horizon).
+
+**Sketches beside the exact count.** Per (side, segment, grain, bucket) the
+exact set is counted, and a DataSketches HLL (``segments.sketches``; hours are
+the ``hll_union`` of their minutes, as shards or runs would be merged) gives the
+estimate with its stated bound; ``within`` says whether the exact count lies
+inside it. With a Redis client, each side's reach is also kept in the serving
+store (``ReachStore``: ``PFADD`` per minute, ``PFMERGE`` of the minutes into
+the hour, ``PFCOUNT``), under the side's namespace, and that count and its error
+are recorded too. The evidence (``sketches.json``) carries every series with
+the serialized sketches, so runs and shards can be merged later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from segments.sketches import (
+    GRAINS,
+    HLL_LG_K,
+    HLL_SIGMAS,
+    REDIS_HLL_BOUND,
+    bucket_of,
+    hll_bound,
+    hll_of,
+    hll_to_text,
+    merge_hll,
+    relative_error,
+)
+from segments.timeutil import format_ms
+
+Key = tuple[str, str, str, int]  # side, segment, grain, bucket start (ms)
+
+
+class ReachPort(Protocol):
+    """Where a side's reach is kept in the serving store (``segments.reachstore.ReachStore``)."""
+
+    def add(self, side: str, segment: str, grain: str, bucket_ms: int, users: Iterable[str]) -> None: ...
+    def merge(
+        self, side: str, segment: str, grain: str, bucket_ms: int, sources: Iterable[int], source_grain: str
+    ) -> None: ...
+    def count(self, side: str, segment: str, grain: str, bucket_ms: int) -> int: ...
+
+
+def stream_reach(table: pa.Table, horizon_ms: int) -> dict[Key, set[str]]:
+    """Exact minute reach of a stream output (its settled timelines up to ``horizon_ms``)."""
+    minute = GRAINS["minute"]
+    users = table.column("user_id").to_pylist()
+    segments = table.column("segments").to_pylist()
+    times = table.column("effective_time").to_pylist()
+    revisions = table.column("revision").to_pylist()
+    latest: dict[tuple[str, int], tuple[int, list[str]]] = {}
+    for user, segs, t, rev in zip(users, segments, times, revisions, strict=True):
+        key = (user, t)
+        held = latest.get(key)
+        if held is None or rev > held[0]:
+            latest[key] = (rev, segs)
+    timeline: dict[str, list[tuple[int, list[str]]]] = defaultdict(list)
+    for (user, t), (_, segs) in latest.items():
+        timeline[user].append((t, segs))
+    out: dict[Key, set[str]] = defaultdict(set)
+    for user, steps in timeline.items():
+        steps.sort(key=lambda step: step[0])
+        for i, (start, segs) in enumerate(steps):
+            if not segs or start > horizon_ms:
+                continue
+            end = min(steps[i + 1][0] if i + 1 < len(steps) else horizon_ms + 1, horizon_ms + 1)  # exclusive
+            for b in range(bucket_of(start, minute), end, minute):
+                for seg in segs:
+                    out[("stream", seg, "minute", b)].add(user)
+    return out
+
+
+def legacy_reach(table: pa.Table) -> dict[Key, set[str]]:
+    """Exact minute reach of a legacy output (the as-ofs that assigned each segment)."""
+    minute = GRAINS["minute"]
+    out: dict[Key, set[str]] = defaultdict(set)
+    for t, user, segs in zip(
+        table.column("as_of").to_pylist(),
+        table.column("user_id").to_pylist(),
+        table.column("segments").to_pylist(),
+        strict=True,
+    ):
+        for seg in segs:
+            out[("legacy", seg, "minute", bucket_of(t, minute))].add(user)
+    return out
+
+
+@dataclass(frozen=True)
+class ReachRow:
+    """One bucket of one side's reach of one segment: exact, HLL with its bound, and Redis' count."""
+
+    side: str
+    segment: str
+    grain: str
+    bucket_ms: int
+    exact: int
+    hll: float
+    hll_error: float
+    within: bool
+    redis: int | None
+    redis_error: float | None
+    sketch: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "side": self.side,
+            "segment": self.segment,
+            "grain": self.grain,
+            "bucket": format_ms(self.bucket_ms),
+            "exact": self.exact,
+            "hll": round(self.hll, 2),
+            "hll_error": round(self.hll_error, 6),
+            "within_bound": self.within,
+            "redis": self.redis,
+            "redis_error": None if self.redis_error is None else round(self.redis_error, 6),
+            "sketch": self.sketch,
+        }
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Every reach series, and the bounds they were checked against."""
+
+    rows: tuple[ReachRow, ...]
+    minute_bound: float
+    hour_bound: float
+
+    def summary(self) -> dict[str, Any]:
+        rows = self.rows
+        redis = [r.redis_error for r in rows if r.redis_error is not None]
+        return {
+            "buckets": len(rows),
+            "outside_bound": sum(1 for r in rows if not r.within),
+            "max_hll_error": round(max((r.hll_error for r in rows), default=0.0), 6),
+            "max_redis_error": round(max(redis), 6) if redis else None,
+            "hll": {
+                "lg_k": HLL_LG_K,
+                "sigmas": HLL_SIGMAS,
+                "minute_bound": self.minute_bound,
+                "hour_bound": self.hour_bound,
+            },
+            "redis_bound": REDIS_HLL_BOUND,
+            "bytes_per_sketch_max": max((len(r.sketch) * 3 // 4 for r in rows), default=0),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "series": [r.to_dict() for r in self.rows]}
+
+
+def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: ReachPort | None = None) -> Reach:
+    """Both sides' reach per minute and hour: exact, HLL, and (with ``store``) the serving store's count."""
+    minutes: dict[Key, set[str]] = {**legacy_reach(legacy), **stream_reach(stream, horizon_ms)}
+    hour = GRAINS["hour"]
+    hours: dict[Key, set[str]] = defaultdict(set)
+    hour_parts: dict[Key, list[int]] = defaultdict(list)
+    for (side, seg, _, b), users in minutes.items():
+        key = (side, seg, "hour", bucket_of(b, hour))
+        hours[key] |= users
+        hour_parts[key].append(b)
+    minute_sketches = {key: hll_of(users) for key, users in minutes.items()}
+    bounds = {"minute": hll_bound(False), "hour": hll_bound(True)}
+    redis_counts: dict[Key, int] = {}
+    if store is not None:
+        for (side, seg, grain, b), users in minutes.items():
+            store.add(side, seg, grain, b, users)
+        for (side, seg, grain, b), parts in hour_parts.items():
+            store.merge(side, seg, grain, b, parts, "minute")
+        for key in [*minutes, *hours]:
+            redis_counts[key] = store.count(*key)
+    rows: list[ReachRow] = []
+    for key, users in sorted({**minutes, **hours}.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+        side, seg, grain, b = key
+        if grain == "minute":
+            sketch = minute_sketches[key]
+        else:
+            sketch = merge_hll(minute_sketches[(side, seg, "minute", part)] for part in hour_parts[key])
+        estimate = sketch.get_estimate()
+        error = relative_error(estimate, len(users))
+        redis = redis_counts.get(key)
+        rows.append(
+            ReachRow(
+                side,
+                seg,
+                grain,
+                b,
+                len(users),
+                estimate,
+                error,
+                error <= bounds[grain],
+                redis,
+                None if redis is None else relative_error(redis, len(users)),
+                hll_to_text(sketch),
+            )
+        )
+    return Reach(tuple(rows), bounds["minute"], bounds["hour"])
+
+
+def series(reach: Mapping[str, Any], grain: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``sketches.json``'s reach rows of one grain as ``{segment: {side: [rows by bucket]}}`` (charts)."""
+    out: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for row in reach.get("series", []):
+        if row.get("grain") == grain:
+            out[row["segment"]][row["side"]].append(row)
+    return {seg: dict(sides) for seg, sides in out.items()}
+
+
+# ---- the chart (geometry only; the report and the dashboard draw it) ---------------------------------
+
+
+@dataclass(frozen=True)
+class ReachLine:
+    side: str
+    line: str  # polyline points of the HLL estimate
+    band: str  # polygon points of the estimate +- its stated bound
+    exact: tuple[tuple[float, float, str], ...]  # (x, y, tooltip) of each exact count
+
+
+@dataclass(frozen=True)
+class ReachChart:
+    segment: str
+    grain: str
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_w: int
+    plot_h: int
+    lines: tuple[ReachLine, ...]
+    y_ticks: tuple[tuple[float, str], ...]
+    x_ticks: tuple[tuple[float, str], ...]
+    bound: float
+    max_error: float
+
+
+def reach_charts(
+    evidence: Mapping[str, Any] | None, grain: str = "minute", width: int = 880, height: int = 200
+) -> list[ReachChart]:
+    """One chart per segment of ``sketches.json``'s reach: both sides' HLL estimate, its bound band, exact dots."""
+    if not evidence:
+        return []
+    summary = evidence.get("summary") or {}
+    bound = float((summary.get("hll") or {}).get(f"{grain}_bound") or 0.0)
+    left, top, right, bottom = 56, 10, 12, 26
+    plot_w, plot_h = width - left - right, height - top - bottom
+    charts = []
+    for segment, sides in sorted(series(evidence, grain).items()):
+        rows = [row for side_rows in sides.values() for row in side_rows]
+        times = sorted({row["bucket"] for row in rows})
+        if not times:
+            continue
+        index = {t: i for i, t in enumerate(times)}
+        peak = max(max(row["hll"] * (1 + bound), row["exact"]) for row in rows) or 1.0
+
+        def x(t: str, _index: dict[str, int] = index, _n: int = len(times)) -> float:
+            return left + plot_w * (_index[t] / max(_n - 1, 1))
+
+        def y(value: float, _peak: float = peak) -> float:
+            return top + plot_h * (1 - value / _peak)
+
+        lines = []
+        for side in ("legacy", "stream"):
+            side_rows = sorted(sides.get(side, []), key=lambda row: row["bucket"])
+            if not side_rows:
+                continue
+            line = " ".join(f"{x(r['bucket']):.1f},{y(r['hll']):.1f}" for r in side_rows)
+            upper = [f"{x(r['bucket']):.1f},{y(r['hll'] * (1 + bound)):.1f}" for r in side_rows]
+            lower = [f"{x(r['bucket']):.1f},{y(max(r['hll'] * (1 - bound), 0)):.1f}" for r in reversed(side_rows)]
+            exact = tuple(
+                (
+                    x(r["bucket"]),
+                    y(r["exact"]),
+                    f"{side} {r['bucket'][11:16]}: exact {r['exact']:,}, HLL {r['hll']:,.0f} "
+                    f"(error {100 * r['hll_error']:.2f}%, bound {100 * bound:.2f}%)"
+                    + (f", Redis {r['redis']:,}" if r.get("redis") is not None else ""),
+                )
+                for r in side_rows
+            )
+            lines.append(ReachLine(side, line, " ".join(upper + lower), exact))
+        y_ticks = tuple((y(v), f"{v:,.0f}") for v in (0, peak / 2, peak))
+        every = max(1, math.ceil(len(times) / 6))
+        x_ticks = tuple((x(t), t[11:16]) for t in times[::every])
+        max_error = max(row["hll_error"] for row in rows)
+        charts.append(
+            ReachChart(
+                segment,
+                grain,
+                width,
+                height,
+                left,
+                top,
+                plot_w,
+                plot_h,
+                tuple(lines),
+                y_ticks,
+                x_ticks,
+                bound,
+                max_error,
+            )
+        )
+    return charts

@@ -1,0 +1,305 @@
+"""Approximate counts from Count-Min sketches: the stream's opt-in trade of accuracy for state.
+
+A rule set may declare a ``count`` aggregate ``approx: cms`` (``segments.rules``).
+The exact path is untouched: ``segmenter_class`` picks ``ApproxShardSegmenter``
+only for a rule set with such an aggregate. There, per shard and per
+approximate aggregate, a ring of Count-Min sketches, one per time bucket
+(``CmsParams.bucket_ms``, a minute by default), counts each user's events of the
+aggregate's kinds by event time. Per user, instead of one fact per event of
+those kinds, the shard keeps the set of buckets in which the user has such
+events (**marks**: at most window / bucket + lateness / bucket + 2 of them).
+
+**Value.** The aggregate at instant ``t`` is the sum, over the user's marked
+buckets ``b`` that overlap ``(t - window, t]`` (``b <= t < b + bucket + window``),
+of the bucket's estimate for the user. The sketch never under-estimates, and
+whole buckets are counted (events of the bucket later than ``t``, and those of
+the first bucket before the window), so the value is one-sided: never below
+the exact count over the applied events, and (with probability ``confidence``
+per bucket) at most the user's events in those buckets plus
+``relative_error`` times each bucket's total weight. ``compare.approximate``
+checks every mismatch against exactly that range.
+
+**Due instants.** An event's own instant is settled when it arrives (as on the
+exact path); a marked bucket's exit ``b + bucket + window`` is queued once per
+(user, bucket) and settled when the watermark reaches it; a late event
+re-settles every due instant from its time on, every published instant, and the
+bucket edges the watermark has passed. Events of kinds an exact aggregate also
+reads are kept as facts as before.
+
+Snapshots (``snapshot_part``) carry the marks with each user and the rings,
+serialized, with the shard-wide fields; ``from_parts`` puts them back.
+"""
+
+from __future__ import annotations
+
+import base64
+from bisect import bisect_right, insort
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import datasketches as ds
+
+from segments.lateness import GateParams
+from segments.outputs import Transition
+from segments.rules import Aggregate, RuleSet
+from segments.sketches import CmsParams, bucket_of
+from streaming.evaluate import Evaluator
+from streaming.segmenter import Row, ShardSegmenter, UserWindow, part_of
+
+
+class CmsRing:
+    """Per-bucket Count-Min sketches of one approximate aggregate in one shard."""
+
+    __slots__ = ("buckets", "params", "weights")
+
+    def __init__(self, params: CmsParams, weights: Mapping[str, int]) -> None:
+        self.params = params
+        self.weights = dict(weights)
+        self.buckets: dict[int, ds.count_min_sketch] = {}
+
+    def add(self, user_id: str, event_time: int, kind: str) -> int | None:
+        """Count the event if the aggregate reads its kind; returns its bucket (None if not read)."""
+        weight = self.weights.get(kind)
+        if weight is None:
+            return None
+        start = bucket_of(event_time, self.params.bucket_ms)
+        sketch = self.buckets.get(start)
+        if sketch is None:
+            sketch = self.buckets[start] = self.params.new()
+        sketch.update(user_id, weight)
+        return start
+
+    def estimate(self, user_id: str, buckets: Sequence[int]) -> int:
+        """The sum of the user's estimates over ``buckets`` (starts; missing buckets count 0)."""
+        total = 0.0
+        for start in buckets:
+            sketch = self.buckets.get(start)
+            if sketch is not None:
+                total += sketch.get_estimate(user_id)
+        return round(total)
+
+    def total_weight(self, start: int) -> int:
+        sketch = self.buckets.get(start)
+        return 0 if sketch is None else round(sketch.total_weight)
+
+    def drop_before(self, start: int) -> None:
+        for old in [b for b in self.buckets if b < start]:
+            del self.buckets[old]
+
+    def state_bytes(self) -> int:
+        return sum(s.get_serialized_size_bytes() for s in self.buckets.values())
+
+    def to_plain(self) -> dict[int, str]:
+        return {b: base64.b64encode(s.serialize()).decode("ascii") for b, s in self.buckets.items()}
+
+    def load_plain(self, plain: Mapping[int, str]) -> None:
+        self.buckets = {
+            int(b): ds.count_min_sketch.deserialize(base64.b64decode(t)) for b, t in plain.items()
+        }
+
+
+class ApproxUser(UserWindow):
+    """A user's window plus its id (the sketches' key) and its marked buckets (sorted starts)."""
+
+    __slots__ = ("marks", "user_id")
+
+    def __init__(self, additive: int, part: int, user_id: str) -> None:
+        super().__init__(additive, part)
+        self.user_id = user_id
+        self.marks: list[int] = []
+
+
+def _adopt(user: UserWindow, user_id: str, marks: list[int]) -> ApproxUser:
+    adopted = ApproxUser.__new__(ApproxUser)
+    for slot in ("facts", "part", "pub_times", "pub_values", "revision", "sums", "times"):
+        setattr(adopted, slot, getattr(user, slot))
+    adopted.user_id = user_id
+    adopted.marks = list(marks)
+    return adopted
+
+
+class ApproxEvaluator(Evaluator):
+    """``Evaluator`` with each approximate aggregate's value read from its ring (never the fast path)."""
+
+    __slots__ = ("_rings",)
+
+    def __init__(self, ruleset: RuleSet, rings: Sequence[tuple[int, Aggregate, CmsRing]]) -> None:
+        super().__init__(ruleset)
+        self._single_width = None
+        self._rings = tuple(rings)
+
+    def at(self, user: Any, t: int) -> frozenset[str]:
+        values = list(self._values(user, t, bisect_right(user.times, t)))
+        marks: list[int] = user.marks
+        for index, aggregate, ring in self._rings:
+            covering = [b for b in marks if b <= t < b + ring.params.bucket_ms + aggregate.window_ms]
+            values[index] = ring.estimate(user.user_id, covering)
+        return self.classify(values)
+
+
+class ApproxShardSegmenter(ShardSegmenter):
+    """``ShardSegmenter`` for a rule set with ``approx: cms`` aggregates (see the module doc)."""
+
+    def __init__(self, ruleset: RuleSet, params: GateParams, parts: int = 1, prune_phase_ms: int = 0) -> None:
+        super().__init__(ruleset, params, parts, prune_phase_ms)
+        self._setup_approx()
+
+    def _setup_approx(self) -> None:
+        ruleset = self.ruleset
+        approx = ruleset.approximate
+        self._rings = [
+            (ruleset.aggregates.index(a), a, CmsRing(a.approx, a.weights))  # type: ignore[arg-type]
+            for a in approx
+        ]
+        self._evaluator = ApproxEvaluator(ruleset, self._rings)
+        self._approx_kinds = frozenset(k for a in approx for k in a.weights)
+        self._exact_kinds = frozenset(k for a in ruleset.aggregates if a.approx is None for k in a.weights)
+        self._bucket_ms = min(a.approx.bucket_ms for a in approx)  # type: ignore[union-attr]
+        self._exit_ms = max(a.approx.bucket_ms + a.window_ms for a in approx)  # type: ignore[union-attr]
+
+    # ---- snapshots -------------------------------------------------------------------------------
+
+    def _snapshot(self, items: list[tuple[str, UserWindow]]) -> dict[str, object]:
+        state = super()._snapshot(items)
+        for derived in ("_rings", "_approx_kinds", "_exact_kinds", "_bucket_ms", "_exit_ms"):
+            state.pop(derived, None)
+        state["approx_marks"] = {uid: list(getattr(u, "marks", ())) for uid, u in items}
+        state["approx_rings"] = [ring.to_plain() for _, _, ring in self._rings]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        marks: dict[str, list[int]] = state.pop("approx_marks")  # type: ignore[assignment]
+        rings: list[dict[int, str]] = state.pop("approx_rings")  # type: ignore[assignment]
+        super().__setstate__(state)
+        self._setup_approx()
+        for (_, _, ring), plain in zip(self._rings, rings, strict=True):
+            ring.load_plain(plain)
+        self._adopt_all(marks, self.watermark)
+
+    def _adopt_all(self, marks: Mapping[str, list[int]], watermark: int) -> None:
+        """Make ``users`` named in ``marks`` ``ApproxUser``s and queue their marked buckets' exits."""
+        for user_id, user_marks in marks.items():
+            user = self.users.get(user_id)
+            if user is None or isinstance(user, ApproxUser):
+                continue
+            self.users[user_id] = _adopt(user, user_id, user_marks)
+            for start in user_marks:
+                if start + self._exit_ms > watermark:
+                    self._push_point((start + self._exit_ms, user_id))
+
+    @classmethod
+    def from_parts(
+        cls,
+        snapshots: Sequence[dict[str, object] | None],
+        base: int,
+        ruleset: RuleSet,
+        params: GateParams,
+        prune_phase_ms: int = 0,
+    ) -> ShardSegmenter:
+        shard = super().from_parts(snapshots, base, ruleset, params, prune_phase_ms)
+        assert isinstance(shard, ApproxShardSegmenter)
+        for part, snapshot in enumerate(snapshots):
+            if snapshot is not None and part != base:
+                shard._adopt_all(snapshot["approx_marks"], snapshot["watermark"])  # type: ignore[arg-type]
+        for user_id, user in list(shard.users.items()):
+            if not isinstance(user, ApproxUser):
+                shard.users[user_id] = _adopt(user, user_id, [])
+        return shard
+
+    # ---- the inputs ------------------------------------------------------------------------------
+
+    def apply(self, event: Row, emitted_at: int) -> list[Transition]:
+        user_id, event_time, kind, _, _, _, event_watermark = event
+        out = self.advance(event_watermark, emitted_at) if event_watermark > self.watermark else []
+        if kind not in self._kinds:
+            return out
+        approx = kind in self._approx_kinds
+        if approx:  # the rings are shard-wide: counted even while this user's part is being rebuilt
+            for _, _, ring in self._rings:
+                ring.add(user_id, event_time, kind)
+        user = self.users.get(user_id)
+        if self._frozen and (user.part if user is not None else part_of(user_id, self._parts)) in self._frozen:
+            return out
+        if user is None:
+            user = self.users[user_id] = ApproxUser(self._evaluator.additive_count, self._new_part(user_id), user_id)
+        assert isinstance(user, ApproxUser)
+        if approx:
+            start = bucket_of(event_time, self._bucket_ms)
+            index = bisect_right(user.marks, start)
+            if not index or user.marks[index - 1] != start:
+                insort(user.marks, start)
+                if start + self._exit_ms > self.watermark:
+                    self._push_point((start + self._exit_ms, user_id))
+        if kind in self._exact_kinds:
+            self._apply_to(user_id, user, event, emitted_at, out)
+            return out
+        late = self._is_late(user, event_time)
+        if not late:
+            self._settle(user_id, user, event_time, emitted_at, "event", out)
+        else:
+            self._resettle_from(user, event_time, emitted_at, out)
+        return out
+
+    def _apply_to(self, user_id: str, user: UserWindow, event: Row, emitted_at: int, out: list[Transition]) -> None:
+        """The exact path's insert and settle; a late event also re-settles the published and bucket instants."""
+        event_time = event[1]
+        late = self._is_late(user, event_time)
+        super()._apply_to(user_id, user, event, emitted_at, out)
+        if late:
+            self._resettle_from(user, event_time, emitted_at, out)
+
+    def _is_late(self, user: UserWindow, event_time: int) -> bool:
+        """Behind the watermark, or behind anything the user has published, holds or has marked."""
+        assert isinstance(user, ApproxUser)
+        return (
+            event_time <= self.watermark
+            or bool(user.pub_times and user.pub_times[-1] > event_time)
+            or bool(user.times and user.times[-1] > event_time)
+            or bool(user.marks and user.marks[-1] > bucket_of(event_time, self._bucket_ms))
+        )
+
+    def _resettle_from(self, user: UserWindow, start: int, emitted_at: int, out: list[Transition]) -> None:
+        """Settle, from ``start`` on: the due instants, the published ones, and the bucket edges passed."""
+        assert isinstance(user, ApproxUser)
+        points = set(self._due_points(user, start))
+        points.add(start)
+        points.update(p for p in user.pub_times if p >= start)
+        edge = bucket_of(start, self._bucket_ms) + self._bucket_ms
+        last = min(self.watermark, start + self._exit_ms + self._bucket_ms)
+        while edge <= last:
+            points.add(edge)
+            edge += self._bucket_ms
+        for mark in user.marks:
+            exit_at = mark + self._exit_ms
+            if start <= exit_at <= self.watermark:
+                points.add(exit_at)
+        for point in sorted(points):
+            self._settle(user.user_id, user, point, emitted_at, "correction", out)
+
+    def prune(self) -> None:
+        """The exact sweep, then marks and buckets no admissible event can need; keeps users with marks."""
+        horizon = self.watermark - self.params.allowed_lateness_ms
+        keep_from = bucket_of(horizon - self._exit_ms, self._bucket_ms) if horizon > 0 else None
+        kept: dict[str, UserWindow] = {}
+        if keep_from is not None:
+            for user_id, user in self.users.items():
+                if isinstance(user, ApproxUser):
+                    cut = bisect_right(user.marks, keep_from - 1)
+                    if cut:
+                        del user.marks[:cut]
+                    if user.marks:
+                        kept[user_id] = user
+            for _, _, ring in self._rings:
+                ring.drop_before(keep_from)
+        super().prune()
+        for user_id, user in kept.items():
+            self.users.setdefault(user_id, user)
+
+    def state_bytes(self) -> int:
+        """The sketches' bytes (the shard-wide part of the approximate state)."""
+        return sum(ring.state_bytes() for _, _, ring in self._rings)
+
+
+def segmenter_class(ruleset: RuleSet) -> type[ShardSegmenter]:
+    """``ApproxShardSegmenter`` when the rule set declares an approximate aggregate, else the exact one."""
+    return ApproxShardSegmenter if ruleset.approximate else ShardSegmenter
