@@ -121,13 +121,17 @@ def ingest(
     bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> dict[str, int]:
     """Validate (times within ``bounds``, the rule set's), order and dual-write the input; write
-    ``events.jsonl`` and the ingest dead letters."""
+    ``events.jsonl`` and the ingest dead letters. The journal starts empty: one left in ``out`` by an
+    earlier run that stopped part-way is deleted, never replayed into this run's log."""
     rows, rejected, lines = _read_input(input_path, bounds)
     if not rows:
         raise InputError(f"no valid events ({lines} lines, {len(rejected)} rejected)", str(input_path))
     write_jsonl(out / "ingest.deadletter.jsonl", (r.to_json() for r in rejected))
     store.insert_dead_letters("ingest", rejected)
     write_jsonl(out / "events.jsonl", (line for _, line in rows))
+    # A killed earlier run's journal holds lines of that run's log, which this run has reset: replaying
+    # them would put events that are not in this run's input into its shadow log.
+    (out / "journal.jsonl").unlink(missing_ok=True)
     journal = Journal(out / "journal.jsonl")
     writer = DualWriter(SqlEventsPrimary(store), shadow, journal)
     writer.reject(len(rejected))

@@ -138,3 +138,31 @@ def test_a_rule_sets_event_time_range_dead_letters_an_event_alike_on_both_sides(
     with SqlStore.open(database_url) as store:
         assert store.count_events() == 24
     assert report.parity.by_cause["unexplained"] == 0
+
+
+def test_a_journal_left_by_a_killed_earlier_run_is_not_replayed_into_a_fresh_run(
+    database_url: str, redis_url: str, tmp_path: Path
+):
+    """An earlier run killed while Redis was down left ``journal.jsonl`` in the run directory; the next run
+    in that directory starts a fresh journal, so the old run's events never reach its shadow log."""
+    import redis
+
+    events = tmp_path / "input.jsonl"
+    write_workload("clickstream", events, users=20, minutes=10, seed=8)
+    plan = ShadowPlan(load_ruleset("clickstream"), tmp_path / "run", 300_000, GateParams(), shards=2)
+    plan.out.mkdir()
+    ghost = {"event_id": "ghost", "user_id": "ghost", "event_time": 1_704_067_200_000, "kind": "purchase",
+             "amount": "500"}
+    entry = f"{ghost['event_time']}-1 1 {json.dumps(ghost)}"  # the dual-writer's journal line: id, seq, line
+    (plan.out / "journal.jsonl").write_text(entry + "\n", encoding="utf-8")
+    report = run_shadow(plan, events, database_url, redis_url)
+
+    accepted = report.counts["ingest"]["accepted"]
+    assert report.counts["ingest"]["journal_pending"] == 0 and report.counts["stream"]["lines"] == accepted
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.xlen(f"segshadow:shadow:{plan.ruleset.name}:events") == accepted
+    finally:
+        client.close()
+    assert "ghost" not in (plan.out / "stream.jsonl").read_text()
+    assert (plan.out / "journal.jsonl").read_text() == ""
