@@ -24,8 +24,8 @@ ahead of its arrival). Bounded work must turn each into a dead letter
 (``time_out_of_range``) or a schedule refused in one line. ``--every`` is one of
 1 s to 1 h (or a refused value), and the near times span at most 30 of its
 intervals (an hour at most), so a run that is accepted stays small: every extreme
-is at least fifty years from the near times and from the others, beyond
-``MAX_AS_OFS`` as-ofs at any accepted ``--every`` up to an hour.
+in range is at least 25 years from the near times and from the other ones in
+range, beyond ``MAX_AS_OFS`` as-ofs at any accepted ``--every`` up to an hour.
 """
 
 from __future__ import annotations
