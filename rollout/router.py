@@ -11,6 +11,11 @@ Fallbacks, in order of trouble:
   ``stream_stale_after_ms``): in canary and live the router serves legacy instead and
   says so; in rampdown and complete there is no legacy to fall back to, so it
   serves what the stream has with ``stale=True``.
+- **Redis answers but has no legacy heartbeat** (flushed, or restarted empty, and the
+  legacy job has not written an as-of since): the legacy set comes from the SQL
+  legacy assignments table as below, and the reason says Redis had no legacy
+  heartbeat; without a SQL reader, or when SQL has no published run or is down, the
+  router serves Redis's (empty) legacy side as stale.
 - **Redis is down**: the stage comes from SQL, and the user's legacy set from the SQL
   legacy assignments table (``segshadow_legacy_assignments``, the latest as-of) when
   that table exists; otherwise the side is ``none`` with no segments and the reason
@@ -327,8 +332,16 @@ class Router:
                     user_id, "stream", segments, stage, percent, f"{why}; {trouble}; no fallback", True
                 )
             why = f"{why}; fell back to legacy: {trouble}"
+        meta = source.meta("legacy")
+        if meta is None and self.legacy_sql is not None:
+            # Redis answers but the legacy side is gone (a flush, a restart without persistence) until
+            # the next as-of: the published complete run in SQL is the legacy answer meanwhile.
+            trouble = "Redis answers but has no legacy heartbeat (flushed or never written)"
+            served = self._from_sql(user_id, position, why, trouble, now)
+            if served.side == "legacy":
+                return served  # else SQL has no published run either (or is down): Redis's answer, as stale
         value = source.get("legacy", user_id)
-        stale, stale_why = self._age(source.meta("legacy"), "legacy", now)
+        stale, stale_why = self._age(meta, "legacy", now)
         reason = why if value is not None else f"{why} (legacy has no value: no segments)"
         if stale:
             reason = f"{reason}; {stale_why}"

@@ -95,7 +95,7 @@ from legacy_batch.query import build_query
 from legacy_batch.schedule import as_of_times
 from segments.durations import format_duration_ms
 from segments.errors import SegshadowError, StoreUnavailable, UsageError
-from segments.events import Event, Rejection, load_event_log, parse_line, write_jsonl
+from segments.events import DEFAULT_TIME_BOUNDS, Event, Rejection, TimeBounds, load_event_log, parse_line, write_jsonl
 from segments.lateness import NO_WATERMARK, Gate, GateParams, too_late_ids
 from segments.outputs import Transition, file_sha256, meta_path, read_transitions, write_meta
 from segments.redisstore import RedisStore
@@ -553,6 +553,7 @@ def produce(
     sleep: Callable[[float], None] = time.sleep,
     tick_s: float = TICK_S,
     watch_every_s: float = 0.5,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> Ingested:
     """Send ``items`` at ``rate`` per second for ``duration_s`` seconds, one batch per tick.
 
@@ -560,6 +561,8 @@ def produce(
     it, then dual-written; ``frontier`` moves to just before the stamp, since every
     earlier batch is committed by then. ``watch`` is called every ``watch_every_s``
     between batches (it raises to abort). Stops at ``duration_s`` even if the primary fell behind.
+    An event whose re-timed times are outside ``bounds`` (the rule set's) is rejected
+    ``time_out_of_range`` like a bad line, so neither side sees it.
     """
     got = Ingested()
     start = timer()
@@ -580,6 +583,13 @@ def produce(
             for item in items[sent:due]:
                 if type(item) is Event:
                     event = retime(item, stamp, len(got.events) + len(events) + 1)
+                    problem = bounds.problem(event.event_time, event.arrival_time)
+                    if problem is not None:
+                        raw = event.to_json()
+                        got.rejected.append(
+                            Rejection("time_out_of_range", problem, item.seq, raw, event.event_id, event.user_id)
+                        )
+                        continue
                     events.append(event)
                     lines.append(event.to_json())
                 else:
@@ -669,7 +679,10 @@ def run_live(
             writer = DualWriter(SqlEventsPrimary(store), timed, Journal(paths["journal.jsonl"]))
             schedule.start()
             try:
-                ingested = produce(writer, items, plan.rate, plan.duration_s, frontier, watch, clock)
+                ingested = produce(
+                    writer, items, plan.rate, plan.duration_s, frontier, watch, clock,
+                    bounds=plan.ruleset.time_bounds,
+                )
             finally:
                 writer.close()
                 frontier.close(final_watermark(ingested.events, plan.params))
@@ -697,7 +710,7 @@ def run_live(
     events_path = paths["events.jsonl"]
     write_jsonl(events_path, ingested.lines)
     write_jsonl(out / "ingest.deadletter.jsonl", (r.to_json() for r in ingested.rejected))
-    log = load_event_log(events_path)
+    log = load_event_log(events_path, plan.ruleset.time_bounds)
     watermark = final_watermark(log.events, plan.params)
     compared, unsettled = settled([r.run.as_of for r in runs], watermark)
     if not compared:

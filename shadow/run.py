@@ -19,7 +19,9 @@ Steps, each writing into the run directory ``out``:
    part-way is never read as evidence.
 
 A run owns its stores: it empties the events table, the rule set's earlier
-assignments and transitions are replaced, and the Redis namespaces ``legacy``
+assignments and transitions are replaced when this run's are published (each in
+one switch, so a run that fails part-way leaves the previous complete run
+published for the router's SQL fallback), and the Redis namespaces ``legacy``
 and ``stream`` are cleared, so results never mix with an earlier run's.
 """
 
@@ -39,7 +41,17 @@ from compare.parity import ParityResult
 from legacy_batch.job import LegacyReport, LegacyWriterSink, run_as_ofs
 from legacy_batch.schedule import schedule
 from segments.errors import InputError
-from segments.events import Event, Rejection, arrival_order, iter_lines, load_event_log, parse_line, write_jsonl
+from segments.events import (
+    DEFAULT_TIME_BOUNDS,
+    Event,
+    Rejection,
+    TimeBounds,
+    arrival_order,
+    iter_lines,
+    load_event_log,
+    parse_line,
+    write_jsonl,
+)
 from segments.lateness import GateParams
 from segments.outputs import Assignment, file_sha256, write_meta
 from segments.reachstore import ReachStore
@@ -81,14 +93,17 @@ class ShadowReport:
         return {"counts": self.counts, "seconds": self.seconds, "verdict": self.parity.verdict}
 
 
-def _read_input(path: Path) -> tuple[list[tuple[Event, str]], list[Rejection], int]:
-    """Valid events with their original line, in arrival order; rejections; line count."""
+def _read_input(
+    path: Path, bounds: TimeBounds = DEFAULT_TIME_BOUNDS
+) -> tuple[list[tuple[Event, str]], list[Rejection], int]:
+    """Valid events (times within ``bounds``) with their original line, in arrival order; rejections;
+    line count."""
     valid: list[tuple[Event, str]] = []
     rejected: list[Rejection] = []
     lines = 0
     for number, text in iter_lines(path):
         lines += 1
-        parsed = parse_line(text, number)
+        parsed = parse_line(text, number, bounds)
         if type(parsed) is Event:
             valid.append((parsed, text))
         else:
@@ -104,14 +119,20 @@ def ingest(
     store: SqlStore,
     shadow: RedisStreamShadow,
     progress: Progress | None = None,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> dict[str, int]:
-    """Validate, order and dual-write the input; write ``events.jsonl`` and the ingest dead letters."""
-    rows, rejected, lines = _read_input(input_path)
+    """Validate (times within ``bounds``, the rule set's), order and dual-write the input; write
+    ``events.jsonl`` and the ingest dead letters. The journal starts empty: one left in ``out`` by an
+    earlier run that stopped part-way is deleted, never replayed into this run's log."""
+    rows, rejected, lines = _read_input(input_path, bounds)
     if not rows:
         raise InputError(f"no valid events ({lines} lines, {len(rejected)} rejected)", str(input_path))
     write_jsonl(out / "ingest.deadletter.jsonl", (r.to_json() for r in rejected))
     store.insert_dead_letters("ingest", rejected)
     write_jsonl(out / "events.jsonl", (line for _, line in rows))
+    # A killed earlier run's journal holds lines of that run's log, which this run has reset: replaying
+    # them would put events that are not in this run's input into its shadow log.
+    (out / "journal.jsonl").unlink(missing_ok=True)
     journal = Journal(out / "journal.jsonl")
     writer = DualWriter(SqlEventsPrimary(store), shadow, journal)
     writer.reject(len(rejected))
@@ -144,7 +165,8 @@ def run_legacy_side(
 ) -> LegacyReport:
     """The legacy as-of job over the events table that dual-write filled."""
     as_ofs = schedule(events, plan.every_ms)
-    store.clear_legacy(plan.ruleset.ref)
+    # No clearing first: ``run_as_ofs`` stages and publishes the run in one switch, so a run
+    # that fails part-way leaves the previous complete run published (the router's SQL fallback).
     query_ms: list[float] = []
     run_ms: list[float] = []
     assignments: list[Assignment] = []
@@ -211,10 +233,11 @@ def run_shadow(
         shadow.reset()
         try:
             start = clock()
-            counts = ingest(input_path, out, store, shadow, progress)
+            bounds = plan.ruleset.time_bounds  # both sides read events within the rule set's range
+            counts = ingest(input_path, out, store, shadow, progress, bounds)
             seconds["ingest"] = clock() - start
             events_path = out / "events.jsonl"
-            log = load_event_log(events_path)
+            log = load_event_log(events_path, bounds)
 
             start = clock()
             legacy = run_legacy_side(plan, events_path, log.events, log.counts, store, redis_store, progress)

@@ -259,9 +259,10 @@ class PollAndAdmit(beam.DoFn):
         counts = self.admission.counts
         before = (counts.applied, counts.duplicates, counts.too_late, sum(counts.rejected.values()))
         admission, flusher = self.admission, self.flusher
+        bounds = self.config.ruleset.time_bounds  # the range legacy and the replay read with
         for _, fields in entries:
             self.seq += 1
-            parsed = parse_line(_line_of(fields), self.seq)
+            parsed = parse_line(_line_of(fields), self.seq, bounds)
             if not isinstance(parsed, Event):
                 yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
                 continue

@@ -233,3 +233,31 @@ def test_unreadable_cache_entries_are_replaced_from_the_store(
     view = StageCache(store, serving.client).current()
     assert (view.position, view.source) == (Position.at("off"), "store")
     assert isinstance(serving.client, redis.Redis) and serving.client.get(stage_key()) != "{not json"
+
+
+def test_a_flushed_redis_without_a_legacy_heartbeat_serves_the_published_run_from_sql(
+    store: RolloutStore, serving: RedisStore, database_url: str, clock: Clock
+) -> None:
+    """FLUSHDB takes the legacy values and heartbeat until the next as-of: Redis still answers, but the
+    router serves the published complete run from SQL (fresh, not stale) and says Redis had no heartbeat."""
+    as_of = clock.now - 60_000
+    with SqlStore.open(database_url) as sql:
+        run_id = sql.begin_legacy_run("clickstream@v1")
+        sql.stage_assignments(run_id, "clickstream@v1", as_of, [Assignment(as_of, "ed", ("high_value",))])
+        sql.publish_legacy_run(run_id, "clickstream@v1", 1)
+    seed(serving, clock, {"ed": (("high_value",), ("high_value",))})
+    for stage in ("dual_write", "shadow"):
+        move_to(store, Position.at(stage))
+    router = Router(
+        StageCache(store, serving.client), serving, LegacySqlReader(store.engine, "clickstream@v1"), clock=clock
+    )
+    assert router.serve("ed").segments == ("high_value",) and not router.serve("ed").fallback
+    serving.client.flushdb()
+    served = router.serve("ed")
+    assert (served.side, served.segments, served.stale, served.fallback) == ("legacy", ("high_value",), False, True)
+    assert "no legacy heartbeat" in served.reason and "served legacy from SQL as of" in served.reason, served.reason
+    move_to(store, Position.at("canary", 99.99))  # the stream is gone too: its fallback is the same SQL run
+    router.stages.invalidate()
+    streamed = router.serve("ed")
+    assert (streamed.side, streamed.segments, streamed.fallback) == ("legacy", ("high_value",), True)
+    assert "fell back to legacy" in streamed.reason and "no legacy heartbeat" in streamed.reason, streamed.reason

@@ -17,9 +17,15 @@ child's. ``test_the_installed_script_under_the_limit`` runs the script itself
 once, so the forked runs are known to stand for it. The examples are fixed
 (``derandomize``); the whole fuzz takes well under a minute.
 
-Event and arrival times stay within an hour, and ``--every`` is either refused
-or at least 30 s: the schedule's size for far-apart times and tiny intervals is
-item 1's bound (its own tests), not something to wait for here.
+Event times are near 2024-01-01 or extreme: epoch 1 ms, year 9999, the last
+millisecond before 2100 and the first of it, fifty years on; in the event time, the
+arrival or both (an arrival far in the future of its event time, an event far
+ahead of its arrival). Bounded work must turn each into a dead letter
+(``time_out_of_range``) or a schedule refused in one line. ``--every`` is one of
+1 s to 1 h (or a refused value), and the near times span at most 30 of its
+intervals (an hour at most), so a run that is accepted stays small: every extreme
+in range is at least 25 years from the near times and from the other ones in
+range, beyond ``MAX_AS_OFS`` as-ofs at any accepted ``--every`` up to an hour.
 """
 
 from __future__ import annotations
@@ -154,10 +160,35 @@ T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 HOUR = 3_600_000
 KINDS = ["view", "cart", "purchase", "refund", "txn"]
 
-near_time = st.one_of(
-    st.integers(T0, T0 + HOUR),
-    st.integers(0, 59).map(lambda m: f"2024-01-01T00:{m:02d}:00Z"),
-    st.integers(0, 59).map(lambda m: f"2024-01-01T01:{m:02d}:00+01:00"),
+YEAR = 365 * 24 * HOUR
+EVERY_MS = {"1h": HOUR, "5m": 300_000, "30s": 30_000, "10s": 10_000, "1s": 1_000}
+NEAR_INTERVALS = 30  # how many --every intervals the near times span at most: each accepted run stays small
+
+
+def _clock(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def near_time(span_ms: int = HOUR) -> st.SearchStrategy[Any]:
+    """A time in [T0, T0 + span_ms], as epoch ms or RFC 3339 (UTC or +01:00)."""
+    seconds = st.integers(0, span_ms // 1000)
+    return st.one_of(
+        st.integers(T0, T0 + span_ms),
+        seconds.map(lambda s: f"2024-01-01T{_clock(s)}Z"),
+        seconds.map(lambda s: f"2024-01-01T{_clock(s + 3600)}+01:00"),
+    )
+
+
+extreme_time = st.sampled_from(
+    [
+        1,
+        "1970-01-01T00:00:00.001Z",
+        "9999-12-31T23:59:59.999Z",
+        4_102_444_799_999,  # the last millisecond before 2100: in range
+        "2100-01-01T00:00:00Z",  # the first millisecond of 2100: out of range
+        T0 + 50 * YEAR,
+    ]
 )
 odd_time = st.one_of(
     st.sampled_from([0, -1, 2**63, -(2**63), 2**64, 253_402_300_799_999]),
@@ -178,14 +209,17 @@ scalar = st.one_of(st.text(max_size=12), st.integers(), st.floats(), st.booleans
 
 
 @st.composite
-def event(draw: st.DrawFn) -> dict[str, Any]:
-    """An event of SPEC §1, often valid, with any field possibly missing or odd; arrival times stay near T0."""
+def event(draw: st.DrawFn, span_ms: int = HOUR) -> dict[str, Any]:
+    """An event of SPEC §1, often valid, with any field possibly missing or odd; times near T0 (within
+    ``span_ms``), or extreme (in the event time, the arrival, or both; ``event_lines`` adds well-formed
+    events with extreme times)."""
+    near = near_time(span_ms)
     doc: dict[str, Any] = {
         "event_id": draw(st.one_of(st.text(min_size=1, max_size=4), scalar)),
         "user_id": draw(st.one_of(st.sampled_from(["u1", "u2", "ü"]), st.text(max_size=200), scalar)),
-        "event_time": draw(st.one_of(near_time, near_time, odd_time)),
+        "event_time": draw(st.one_of(near, near, near, odd_time, extreme_time)),
         "kind": draw(st.one_of(st.sampled_from(KINDS), scalar)),
-        "arrival_time": draw(st.one_of(near_time, near_time, odd_time)),
+        "arrival_time": draw(st.one_of(near, near, near, odd_time, extreme_time)),
     }
     if draw(st.booleans()):
         doc["amount"] = draw(amount)
@@ -194,7 +228,7 @@ def event(draw: st.DrawFn) -> dict[str, Any]:
     for key in draw(st.lists(st.sampled_from([*doc]), max_size=2)):
         doc.pop(key, None)
     if "arrival_time" not in doc or not isinstance(doc["arrival_time"], int | str):
-        doc["event_time"] = draw(near_time)  # absent or bad arrival: the event time is the arrival
+        doc["event_time"] = draw(near)  # absent or bad arrival: the event time is the arrival
     return doc
 
 
@@ -223,15 +257,24 @@ def _line(value: Any) -> str:
 
 
 @st.composite
-def event_lines(draw: st.DrawFn) -> bytes:
+def event_lines(draw: st.DrawFn, span_ms: int = HOUR) -> bytes:
     """A file of event lines: valid, mutated, random JSON, random text and random bytes, in any mix."""
     lines: list[bytes] = []
     for _ in range(draw(st.integers(0, 12))):
-        kind = draw(st.sampled_from(["event", "event", "event", "mutated", "json", "text", "bytes"]))
-        if kind == "event":
-            lines.append(_line(draw(event())).encode())
+        kinds = ["valid", "valid", "event", "event", "extreme", "extreme", "mutated", "json", "text", "bytes"]
+        kind = draw(st.sampled_from(kinds))
+        if kind == "valid":  # most files hold some valid events, so runs get as far as the schedule
+            doc = {"event_id": f"v{len(lines)}", "user_id": draw(st.sampled_from(["u1", "u2"])), "kind": "view"}
+            lines.append(_line({**doc, "event_time": draw(near_time(span_ms))}).encode())
+        elif kind == "event":
+            lines.append(_line(draw(event(span_ms))).encode())
+        elif kind == "extreme":  # well formed, so only the time range can refuse it
+            at = draw(extreme_time)
+            arrival = draw(st.one_of(st.just(at), extreme_time, near_time(span_ms)))
+            doc = {"event_id": f"x{len(lines)}", "user_id": "u1", "event_time": at, "arrival_time": arrival}
+            lines.append(_line({**doc, "kind": "view"}).encode())
         elif kind == "mutated":
-            lines.append(draw(mutated_text(_line(draw(event())))).encode("utf-8", "surrogatepass"))
+            lines.append(draw(mutated_text(_line(draw(event(span_ms))))).encode("utf-8", "surrogatepass"))
         elif kind == "json":
             lines.append(_line(draw(st.recursive(scalar, lambda c: st.lists(c, max_size=3), max_leaves=6))).encode())
         elif kind == "text":
@@ -311,10 +354,21 @@ def _shipped(path: str) -> str:
 # ---- the fuzz --------------------------------------------------------------------------------------------
 
 
+@st.composite
+def legacy_input(draw: st.DrawFn) -> tuple[bytes, str]:
+    """An ``--every`` (accepted or refused) and an event file whose near times span at most
+    ``NEAR_INTERVALS`` of it (see the module doc)."""
+    refused = draw(st.integers(0, 4)) == 0
+    every = draw(refused_every) if refused else draw(st.sampled_from(list(EVERY_MS)))
+    span = min(HOUR, NEAR_INTERVALS * EVERY_MS.get(every, HOUR))
+    return draw(event_lines(span)), every
+
+
 @pytest.mark.slow
 @settings(FUZZ, max_examples=15)
-@given(data=event_lines(), every=st.one_of(*[st.sampled_from(["5m", "1h", "30s"])] * 4, refused_every))
-def test_legacy_run_on_any_event_file(cli: Runner, data: bytes, every: str) -> None:
+@given(run=legacy_input())
+def test_legacy_run_on_any_event_file(cli: Runner, run: tuple[bytes, str]) -> None:
+    data, every = run
     events = cli.workdir / "events.jsonl"
     events.write_bytes(data)
     db = cli.workdir / "legacy.db"

@@ -100,6 +100,30 @@ def test_producer_stamps_the_wall_clock_keeps_lateness_and_moves_the_frontier(re
         assert any(e.arrival_time <= through for e in got.events)
 
 
+def test_producer_rejects_re_timed_events_outside_the_rule_sets_time_range(redis_url: str, tmp_path: Path):
+    """With the rule set's range (here at most 2 s between event and arrival), a re-timed event outside
+    it is dead-lettered ``time_out_of_range`` by the producer and never reaches SQL or the shadow log."""
+    from segments.events import TimeBounds
+
+    items = workload_items("clickstream", 200, seed=4)
+    bounds = TimeBounds(max_skew_ms=2_000)
+    shadow = RedisStreamShadow(redis_url, "segshadow:test:live-bounds")
+    with SqlStore.open(f"sqlite:///{tmp_path / 'p.db'}") as store:
+        writer = DualWriter(SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"))
+        got = produce(writer, items, rate=1_000, duration_s=2.0, frontier=Frontier(), bounds=bounds)
+        writer.close()
+        stored = {e.event_id for e in store.iter_events()}
+    logged = shadow.client.xlen("segshadow:test:live-bounds")
+    shadow.close()
+
+    late = {i.event_id for i in items if isinstance(i, Event) and i.arrival_time - i.event_time > 2_000}
+    out_of_range = [r for r in got.rejected if r.reason == "time_out_of_range"]
+    assert late and {r.event_id for r in out_of_range} == late
+    assert len(got.events) + len(got.rejected) == len(items)
+    assert all(e.arrival_time - e.event_time <= 2_000 for e in got.events)
+    assert stored == {e.event_id for e in got.events} and logged == len(got.events)
+
+
 def test_retime_keeps_the_workload_lateness():
     """A line 90 s late in the workload arrives now and is still 90 s late."""
     late = _event("u", 1_000, 91_000)

@@ -63,3 +63,106 @@ def test_shadow_run_refuses_an_unreadable_input_in_one_line(tmp_path: Path, caps
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("segshadow: error:") and "Traceback" not in "\n".join(err)
+
+
+class _Stop(Exception):
+    """Planted failure of a shadow run's legacy side."""
+
+
+def test_a_shadow_run_failing_in_its_legacy_side_leaves_the_previous_complete_run_published(
+    database_url: str, redis_url: str, tmp_path: Path
+):
+    """The legacy side stops at its 2nd as-of: the rows the router's SQL fallback reads are still the
+    previous complete run's, not emptied by the new run before it published anything."""
+    from legacy_batch.job import run_legacy
+    from rollout.router import LegacySqlReader
+    from segments.sqlstore import SqlStore
+
+    ruleset = load_ruleset("clickstream")
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    write_workload("clickstream", first, users=40, minutes=20, seed=5)
+    write_workload("clickstream", second, users=40, minutes=20, seed=6)
+
+    def stop_at_second_as_of(stage: str, done: int, total: int) -> None:
+        if stage == "legacy" and done == 2:
+            raise _Stop
+
+    with SqlStore.open(database_url) as store:
+        run_legacy(first, ruleset, 300_000, tmp_path / "first.out", store)
+        published = store.publication(ruleset.ref)
+        before = store.read_assignments(ruleset.ref)
+    assert published is not None and before
+    user, last = before[-1].user_id, before[-1].as_of
+    plan = ShadowPlan(ruleset, tmp_path / "run", 300_000, GateParams(), shards=2)
+    with pytest.raises(_Stop):
+        run_shadow(plan, second, database_url, redis_url, progress=stop_at_second_as_of)
+    with SqlStore.open(database_url) as store:
+        assert store.publication(ruleset.ref) == published
+        assert store.read_assignments(ruleset.ref) == before
+        assert LegacySqlReader(store.engine, ruleset.ref).latest(user) == (tuple(sorted(before[-1].segments)), last)
+    assert (plan.out / "INCOMPLETE").exists()
+
+
+def test_a_rule_sets_event_time_range_dead_letters_an_event_alike_on_both_sides(
+    database_url: str, redis_url: str, tmp_path: Path
+):
+    """``event_times: {max_ahead: 1m}``: an event 5 minutes ahead of its arrival (inside the default
+    range, outside this one) is dead-lettered ``time_out_of_range`` at ingest, so neither the SQL events
+    table (legacy) nor the Redis Stream (the stream) holds it and the two sides agree on it."""
+    from segments.rules import compile_ruleset
+    from segments.sqlstore import SqlStore
+
+    definition = dict(load_ruleset("clickstream").definition)
+    ruleset = compile_ruleset({**definition, "event_times": {"max_ahead": "1m"}})
+    base = 1_704_067_200_000
+    lines = [
+        {"event_id": f"v{n}", "user_id": f"u{n % 4}", "event_time": base + n * 30_000, "kind": "view"}
+        for n in range(24)
+    ]
+    ahead = base + 5 * 60_000
+    lines.append(
+        {"event_id": "odd", "user_id": "odd", "event_time": ahead + 5 * 60_000, "arrival_time": ahead,
+         "kind": "purchase", "amount": "500"}
+    )
+    events = tmp_path / "input.jsonl"
+    events.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    plan = ShadowPlan(ruleset, tmp_path / "run", 60_000, GateParams(), shards=2)
+    report = run_shadow(plan, events, database_url, redis_url)
+
+    dead = [json.loads(line) for line in (plan.out / "ingest.deadletter.jsonl").read_text().splitlines()]
+    assert [(d["reason"], json.loads(d["raw"])["event_id"]) for d in dead] == [("time_out_of_range", "odd")], dead
+    assert report.counts["ingest"]["accepted"] == 24
+    assert report.counts["stream"]["lines"] == 24 and report.counts["stream"]["rejected"] == 0
+    assert "odd" not in (plan.out / "events.jsonl").read_text()
+    assert "odd" not in (plan.out / "legacy.jsonl").read_text() and "odd" not in (plan.out / "stream.jsonl").read_text()
+    with SqlStore.open(database_url) as store:
+        assert store.count_events() == 24
+    assert report.parity.by_cause["unexplained"] == 0
+
+
+def test_a_journal_left_by_a_killed_earlier_run_is_not_replayed_into_a_fresh_run(
+    database_url: str, redis_url: str, tmp_path: Path
+):
+    """An earlier run killed while Redis was down left ``journal.jsonl`` in the run directory; the next run
+    in that directory starts a fresh journal, so the old run's events never reach its shadow log."""
+    import redis
+
+    events = tmp_path / "input.jsonl"
+    write_workload("clickstream", events, users=20, minutes=10, seed=8)
+    plan = ShadowPlan(load_ruleset("clickstream"), tmp_path / "run", 300_000, GateParams(), shards=2)
+    plan.out.mkdir()
+    ghost = {"event_id": "ghost", "user_id": "ghost", "event_time": 1_704_067_200_000, "kind": "purchase",
+             "amount": "500"}
+    entry = f"{ghost['event_time']}-1 1 {json.dumps(ghost)}"  # the dual-writer's journal line: id, seq, line
+    (plan.out / "journal.jsonl").write_text(entry + "\n", encoding="utf-8")
+    report = run_shadow(plan, events, database_url, redis_url)
+
+    accepted = report.counts["ingest"]["accepted"]
+    assert report.counts["ingest"]["journal_pending"] == 0 and report.counts["stream"]["lines"] == accepted
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.xlen(f"segshadow:shadow:{plan.ruleset.name}:events") == accepted
+    finally:
+        client.close()
+    assert "ghost" not in (plan.out / "stream.jsonl").read_text()
+    assert (plan.out / "journal.jsonl").read_text() == ""

@@ -150,3 +150,36 @@ def test_live_source_recreates_a_vanished_log_and_counts_what_it_had_applied_as_
     key = lambda t: (t.user_id, t.effective_time, t.revision, t.segments, t.cause)  # noqa: E731
     live = {key(t) for t in read_transitions(out) if t.effective_time <= settled}
     assert live == {key(t) for t in expected if t.effective_time <= settled}
+
+
+def test_live_source_dead_letters_by_the_rule_sets_event_time_range_as_the_replay_does(
+    redis_url: str, tmp_path: Path
+):
+    """``event_times: {max_ahead: 1m}``: an event 5 minutes ahead of its arrival (inside the default range)
+    is ``time_out_of_range`` in the live source exactly as in the replay (and legacy's ingest)."""
+    import json
+
+    from segments.rules import compile_ruleset
+    from streaming.live import source_counts_path
+
+    ruleset = compile_ruleset({**dict(load_ruleset("clickstream").definition), "event_times": {"max_ahead": "1m"}})
+    base = 1_704_067_200_000
+    rows = [{"event_id": f"v{n}", "user_id": f"u{n % 3}", "event_time": base + n * 20_000, "kind": "view"}
+            for n in range(12)]
+    rows.insert(6, {"event_id": "odd", "user_id": "odd", "event_time": base + 7 * 60_000,
+                    "arrival_time": base + 2 * 60_000, "kind": "purchase", "amount": "500"})
+    lines = [json.dumps(row) for row in rows]
+    _produce(redis_url, lines)
+    out = tmp_path / "live.jsonl"
+    config = StreamConfig(ruleset, GateParams(), shards=2, live=True)
+    pipeline = beam.Pipeline(options=pipeline_options([], LIVE_RUNNER, streaming=True))
+    build_live(pipeline, config, LiveSource(redis_url, poll_ms=5), 3.0, None, str(out))
+    pipeline.run().wait_until_finish()
+
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    replay = run_replay(events, tmp_path / "replay.jsonl", StreamConfig(ruleset, GateParams(), shards=2))
+    counts = json.loads(source_counts_path(out).read_text())
+    assert counts["rejected_by_reason"] == {"time_out_of_range": 1}, counts
+    assert replay.counts["rejected"] == 1 and counts["applied"] == replay.counts["applied"] == 12
+    assert all(t.user_id != "odd" for t in read_transitions(out))
