@@ -253,6 +253,17 @@ class Alignment:
             out.append((both, int(np.count_nonzero(lb)) - both, int(np.count_nonzero(rb)) - both))
         return out
 
+    def per_bit_over_time(self, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """How many pairs have each of the first ``bits`` bits set, per as-of: (left, right), each ``bits`` x as-ofs."""
+        n = len(self.schedule)
+        counts = (np.zeros((bits, n), dtype=np.int64), np.zeros((bits, n), dtype=np.int64))
+        as_idx = (np.arange(len(self.left)) if self.keys is None else self.keys) % n
+        for i in range(bits):
+            b = self.left.dtype.type(1 << i)
+            for side, masks in enumerate((self.left, self.right)):
+                counts[side][i] = np.bincount(as_idx[(masks & b) != 0], minlength=n)
+        return counts
+
     def lookup(self, user: np.ndarray, as_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Both masks at arbitrary (user, as-of) cells; 0 where neither side has a set."""
         n = len(self.schedule)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from compare.alignment import Alignment, Cells, DuplicateCell, Side, align, legacy_cells, settle
 from compare.approximate import ApproxBounds, reclassify
 from compare.causes import UNEXPLAINED, Causes, classify
+from compare.drift import drift_section
 from compare.frames import SegmentCodec, UserIndex
 from compare.groundtruth import GroundTruth, evaluate, present_cells, tiers
 from compare.inputs import ComparisonInputs, GateFlags, NoiseInput, load_inputs
@@ -190,6 +191,7 @@ def compare_inputs(
     over_time = tuple(
         AsOfAgreement(int(t), int(p), int(a)) for t, p, a in zip(schedule.tolist(), pairs_at, agree_at, strict=True)
     )
+    drift = _drift(alignment, codec, schedule, pairs_at)
     result = ParityResult(
         ruleset={"name": ruleset.name, "version": ruleset.version, "digest": ruleset.digest},
         events_sha256=inputs.events_sha256,
@@ -219,6 +221,7 @@ def compare_inputs(
             "span_ms": ruleset.span_ms,
         },
         inputs=dict(inputs.paths),
+        drift=drift,
     )
     evidence = build_sketch_evidence(inputs, mismatches, reach_store) if sketches else None
     return Comparison(result, mismatches, evidence)
@@ -243,6 +246,17 @@ def approximate_causes(
         names[i] = users.name(int(m_user[i]))
         sets[i] = frozenset(codec.decode(int(stream[i])))
     return Causes(reclassify(causes.code, bounds, names, m_time, sets), causes.windows)
+
+
+def _drift(alignment: Alignment, codec: SegmentCodec, schedule: np.ndarray, pairs_at: np.ndarray) -> dict[str, Any]:
+    """``segment_drift`` from the alignment: each side's count of pairs in each segment at each as-of."""
+    left, right = alignment.per_bit_over_time(len(codec.names))
+    times = [int(t) for t in schedule.tolist()]
+    counts = [
+        {t: {name: int(side[i, j]) for i, name in enumerate(codec.names)} for j, t in enumerate(times)}
+        for side in (left, right)
+    ]
+    return drift_section(times, {t: int(p) for t, p in zip(times, pairs_at, strict=True)}, counts[0], counts[1])
 
 
 def _legacy_latency(inputs: ComparisonInputs) -> LatencySummary:

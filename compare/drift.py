@@ -136,3 +136,18 @@ def segment_drift(
 def max_psi(rows: Sequence[DriftRow]) -> float:
     """The largest side-to-side PSI over all rows (0.0 for none): what a ``max_segment_psi`` gate would read."""
     return max((r.psi_sides for r in rows), default=0.0)
+
+
+def drift_section(
+    as_ofs: Sequence[int],
+    pairs_at: Mapping[int, int],
+    legacy_counts: Mapping[int, Mapping[str, int]],
+    stream_counts: Mapping[int, Mapping[str, int]],
+) -> dict[str, Any]:
+    """``parity.json``'s ``segment_drift``: the population at each as-of is its **pairs** (users either side
+    put in some segment), the segments are every one either side put anyone in (by name), and
+    ``max_psi`` is ``max_psi`` of the rows, rounded as the rows are. Both the comparator (from the
+    alignment) and the evidence seal (from the legacy output and the mismatches) build it here."""
+    names = {n for side in (legacy_counts, stream_counts) for tally in side.values() for n, c in tally.items() if c}
+    rows = segment_drift(as_ofs, pairs_at, legacy_counts, stream_counts, sorted(names))
+    return {"population": "pairs", "max_psi": round(max_psi(rows), 6), "per_as_of": [r.to_dict() for r in rows]}

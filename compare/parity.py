@@ -25,6 +25,11 @@
   output, events_sha256, outside_schedule}}`` for each side run twice.
 - ``params``: ``{every_ms, max_out_of_orderness_ms, allowed_lateness_ms, span_ms}``.
 - ``inputs``: ``{events, legacy, stream}`` paths as given.
+- ``segment_drift``: ``null`` (a result built without it), or ``{population: "pairs", max_psi,
+  per_as_of: [row]}`` with one row per segment either side put anyone in (by name) and as-of
+  (``compare.drift.DriftRow.to_dict``: ``as_of`` in epoch ms, ``population`` the as-of's pairs, each
+  side's count and share, ``psi_sides``, the chi-square and its p, each side's PSI against its own
+  earlier as-ofs); ``max_psi`` is the largest ``psi_sides``, what the ``max_segment_psi`` gate reads.
 - ``verdict``: ``"parity"`` (no mismatch), ``"explained_differences"`` (mismatches, none unexplained)
   or ``"defects"`` (at least one unexplained mismatch).
 """
@@ -139,6 +144,7 @@ class ParityResult:
     noise: tuple[NoiseFloor, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     inputs: Mapping[str, str] = field(default_factory=dict)
+    drift: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if sum(self.by_cause.values()) != self.mismatch or set(self.by_cause) != set(CAUSES):
@@ -186,6 +192,7 @@ class ParityResult:
             "noise": {n.side: n.to_dict() for n in self.noise} or None,
             "params": dict(self.params),
             "inputs": dict(self.inputs),
+            "segment_drift": dict(self.drift) if self.drift is not None else None,
             "verdict": self.verdict,
         }
 

@@ -1,5 +1,7 @@
 """The rollout dashboard's content: pure functions from evidence, stage and decisions to display values.
 
+``drift_rows`` is the segment drift panel: each segment's largest side-to-side PSI
+from ``parity.json``'s ``segment_drift`` and a small bar chart of it per as-of.
 Charts are drawn as SVG from numbers computed here (no script, no inline style), so
 the page works under a strict Content-Security-Policy.
 """
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compare.causes import CAUSES  # with approximate: Count-Min mismatches, shown apart from defects
+from compare.drift import PSI_ACT, PSI_LOOK
 from compare.latency import NOT_MEASURED_REPLAY
 from rollout.gates import GateResult
 from rollout.router import StageView
@@ -133,6 +136,65 @@ def freshness_rows(latency: Any) -> list[dict[str, Any]]:
     return rows
 
 
+DRIFT_W, DRIFT_H = 240, 40
+
+
+def drift_rows(section: Any) -> list[dict[str, Any]] | None:
+    """``segment_drift`` per segment: its largest side-to-side PSI, where, the shares there, a level
+    (``ok`` below ``PSI_LOOK``, ``look`` below ``PSI_ACT``, else ``act``), and one bar per as-of of a
+    ``DRIFT_W`` x ``DRIFT_H`` SVG (height by PSI over ``max(PSI_ACT, largest)``, with the two
+    thresholds as lines). None when the evidence has no drift figures; malformed rows are left out."""
+    rows = section.get("per_as_of") if isinstance(section, Mapping) else None
+    if not isinstance(rows, list):
+        return None
+    by_segment: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        usable = isinstance(row, Mapping) and isinstance(row.get("segment"), str) and _num(row, "psi_sides") is not None
+        if usable and type(row.get("as_of")) is int:
+            by_segment.setdefault(row["segment"], []).append(row)
+    out = []
+    for segment, mine in by_segment.items():
+        mine.sort(key=lambda r: r["as_of"])
+        psis = [float(r["psi_sides"]) for r in mine]
+        worst = mine[psis.index(max(psis))]
+        top = max(PSI_ACT, max(psis))
+        step = DRIFT_W / len(mine)
+
+        def y(value: float, top: float = top) -> float:
+            return round(DRIFT_H - DRIFT_H * value / top, 1)
+
+        bars = [
+            {
+                "x": round(i * step + 0.5, 1),
+                "w": round(max(step - 1, 1), 1),
+                "y": y(psi),
+                "h": round(DRIFT_H - y(psi), 1),
+                "level": _psi_level(psi),
+                "title": f"{format_ms(int(r['as_of']))[11:16]}: PSI {psi:.4f}, legacy "
+                f"{_percent(_num(r, 'legacy_share') or 0.0)} vs stream {_percent(_num(r, 'stream_share') or 0.0)}",
+            }
+            for i, (r, psi) in enumerate(zip(mine, psis, strict=True))
+        ]
+        out.append(
+            {
+                "segment": segment,
+                "max_psi": f"{max(psis):.4f}",
+                "level": _psi_level(max(psis)),
+                "at": format_ms(int(worst["as_of"]))[11:16],
+                "legacy_share": _percent(_num(worst, "legacy_share") or 0.0),
+                "stream_share": _percent(_num(worst, "stream_share") or 0.0),
+                "bars": bars,
+                "look_y": y(PSI_LOOK),
+                "act_y": y(PSI_ACT),
+            }
+        )
+    return sorted(out, key=lambda r: r["segment"])
+
+
+def _psi_level(psi: float) -> str:
+    return "ok" if psi < PSI_LOOK else "look" if psi < PSI_ACT else "act"
+
+
 def stage_steps(position: Position | None) -> list[dict[str, str]]:
     """The seven stages with ``done``, ``current`` or ``todo``; the current canary shows its percentage."""
     steps = []
@@ -194,6 +256,8 @@ def dashboard(
         "rounds": data.get("as_of_rounds", "—"),
         "chart": agreement_chart(data.get("agreement_over_time")),
         "causes": cause_bars(data.get("by_cause")),
+        "drift": drift_rows(data.get("segment_drift")),
+        "drift_max": _num(data, "segment_drift", "max_psi"),
         "freshness": freshness_rows(data.get("latency")),
         "dead_letters": [
             {

@@ -4,7 +4,7 @@ The keys the gates read (SPEC §5 and the comparator's contract): ``pairs``,
 ``agree``, ``mismatch``, ``by_cause``, ``per_segment``, ``ruleset{name, version,
 digest}``, ``generated_at`` (RFC 3339), ``as_of_rounds``, ``unexplained_rate``,
 ``unexplained_rate_wilson95``, ``agreement_over_time``, ``latency{legacy, stream}``,
-``dead_letter{legacy, stream}``, ``ground_truth`` (risk only) and ``verdict``. A
+``dead_letter{legacy, stream}``, ``ground_truth`` (risk only), ``segment_drift.max_psi`` and ``verdict``. A
 missing key is not an error here: the gate that needs it says "inconclusive".
 
 **The seal** (``compare.manifest`` writes it). ``load_evidence`` checks, and puts
@@ -24,7 +24,10 @@ the ``evidence_seal`` gate of ``rollout.gates.evaluate`` reads it:
    ``pairs``, ``agree``, ``per_segment.*.both`` and ``agreement_over_time`` from the
    legacy output's lines plus the mismatches (a pair is a legacy line, or a
    mismatch whose legacy set is empty); ``as_of_rounds`` from the legacy sidecar's
-   schedule; ``dead_letter.*`` from the events file (validation, dedup and the
+   schedule; ``segment_drift`` (every row and ``max_psi``) from each side's count per
+   as-of and segment, legacy's from its lines and the stream's as legacy's plus the
+   mismatches' differences, over the pairs (``compare.drift.drift_section``);
+   ``dead_letter.*`` from the events file (validation, dedup and the
    stream's lateness gate with the manifest's parameters) and the stream's
    dead-letter file; the stream freshness from the live samples
    (``stream_latency.txt``) by ``compare.latency.summarize``, or "not measured"
@@ -57,6 +60,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from compare.causes import CAUSES
+from compare.drift import drift_section
 from compare.inputs import read_dead_letters
 from compare.latency import summarize
 from compare.manifest import FORMAT, INCOMPLETE, MANIFEST, REQUIRED, file_digest
@@ -266,6 +270,7 @@ def recount(files: Mapping[str, Path], params: Any) -> dict[str, tuple[Any, str]
     stream_only: Counter[str] = Counter()
     missed_at: Counter[str] = Counter()
     unseen_at: Counter[str] = Counter()  # mismatches legacy has no line for (empty legacy set)
+    shift_at: Counter[tuple[str, str]] = Counter()  # (as_of, segment): stream's count minus legacy's
     mismatch = 0
     for row in _jsonl(mismatches_path):
         left, right = _names(row, "legacy", mismatches_path), _names(row, "stream", mismatches_path)
@@ -276,17 +281,21 @@ def recount(files: Mapping[str, Path], params: Any) -> dict[str, tuple[Any, str]
         causes[cause] += 1
         legacy_only.update(left - right)
         stream_only.update(right - left)
+        shift_at.update((row["as_of"], name) for name in right - left)
+        shift_at.subtract((row["as_of"], name) for name in left - right)
         missed_at[row["as_of"]] += 1
         if not left:
             unseen_at[row["as_of"]] += 1
     lines_at: Counter[str] = Counter()
     in_legacy: Counter[str] = Counter()
+    legacy_at: Counter[tuple[str, str]] = Counter()
     for row in _jsonl(legacy_path):
         names = _names(row, "segments", legacy_path)
         if not isinstance(row.get("as_of"), str) or not names:
             raise _Broken(f"{l_name}: a line has no as_of or an empty set")
         lines_at[row["as_of"]] += 1
         in_legacy.update(names)
+        legacy_at.update((row["as_of"], name) for name in names)
     pairs = sum(lines_at.values()) + sum(unseen_at.values())
     agree = pairs - mismatch
     both_src = f"{l_name} and {m_name}"
@@ -305,7 +314,9 @@ def recount(files: Mapping[str, Path], params: Any) -> dict[str, tuple[Any, str]
         derived[f"per_segment.{name}.both"] = (in_legacy[name] - legacy_only[name], both_src)
         derived[f"per_segment.{name}.legacy_only"] = (legacy_only[name], m_name)
         derived[f"per_segment.{name}.stream_only"] = (stream_only[name], m_name)
-    derived.update(_rounds(files["legacy_meta"], lines_at, unseen_at, missed_at, both_src))
+    times = _schedule(files["legacy_meta"])
+    derived.update(_rounds(times, files["legacy_meta"].name, lines_at, unseen_at, missed_at, both_src))
+    derived.update(_drift(times, lines_at, unseen_at, legacy_at, shift_at, both_src))
     derived.update(_dead_letters(files, params))
     derived.update(_freshness(files))
     return derived
@@ -317,11 +328,8 @@ def _verdict(mismatch: int, unexplained: int) -> str:
     return "defects" if unexplained else "explained_differences"
 
 
-def _rounds(
-    meta_path: Path, lines_at: Counter[str], unseen_at: Counter[str], missed_at: Counter[str], source: str
-) -> dict[str, tuple[Any, str]]:
-    from segments.timeutil import format_ms
-
+def _schedule(meta_path: Path) -> list[int]:
+    """The legacy sidecar's as-of times, in order."""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -329,12 +337,50 @@ def _rounds(
     times = meta.get("as_of_times") if isinstance(meta, dict) else None
     if not isinstance(times, list) or not all(type(t) is int for t in times):
         raise _Broken(f"{meta_path.name}: as_of_times is missing")
+    return sorted(times)
+
+
+def _rounds(
+    times: list[int], meta_name: str, lines_at: Counter[str], unseen_at: Counter[str], missed_at: Counter[str],
+    source: str,
+) -> dict[str, tuple[Any, str]]:
+    from segments.timeutil import format_ms
+
     over_time = []
-    for t in sorted(times):
+    for t in times:
         stamp = format_ms(t)
         pairs = lines_at[stamp] + unseen_at[stamp]
         over_time.append({"as_of": stamp, "pairs": pairs, "agree": pairs - missed_at[stamp]})
-    return {"as_of_rounds": (len(times), meta_path.name), "agreement_over_time": (over_time, source)}
+    return {"as_of_rounds": (len(times), meta_name), "agreement_over_time": (over_time, source)}
+
+
+def _drift(
+    times: list[int],
+    lines_at: Counter[str],
+    unseen_at: Counter[str],
+    legacy_at: Counter[tuple[str, str]],
+    shift_at: Counter[tuple[str, str]],
+    source: str,
+) -> dict[str, tuple[Any, str]]:
+    """``segment_drift`` (every row and ``max_psi``) from each side's count per (as-of, segment): legacy's from
+    its lines, the stream's as legacy's plus what the mismatches add and take away."""
+    from segments.timeutil import format_ms
+
+    stamps = {format_ms(t): t for t in times}
+    legacy: dict[int, dict[str, int]] = {t: {} for t in times}
+    stream: dict[int, dict[str, int]] = {t: {} for t in times}
+    for (stamp, name), count in legacy_at.items():
+        if stamp in stamps:
+            legacy[stamps[stamp]][name] = count
+    for (stamp, name) in set(legacy_at) | set(shift_at):
+        if stamp in stamps:
+            stream[stamps[stamp]][name] = legacy_at[(stamp, name)] + shift_at[(stamp, name)]
+    pairs = {t: lines_at[format_ms(t)] + unseen_at[format_ms(t)] for t in times}
+    try:
+        section = drift_section(times, pairs, legacy, stream)
+    except ValueError as exc:
+        raise _Broken(f"{source}: {exc}") from None
+    return {f"segment_drift.{key}": (section[key], source) for key in ("max_psi", "per_as_of")}
 
 
 def _dead_letters(files: Mapping[str, Path], params: Any) -> dict[str, tuple[Any, str]]:

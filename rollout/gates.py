@@ -35,6 +35,10 @@ The gates, in the order they are reported:
   applied; exact arithmetic).
 - ``false_positive_rate`` (risk evidence only): for every tier, the stream's rate is at
   most legacy's plus the tolerance.
+- ``max_segment_psi`` (optional, off unless the plan sets it): the largest side-to-side
+  population stability index over every segment and as-of (``segment_drift.max_psi``,
+  ``compare.drift``) is at most the threshold; above fails; evidence without the figure
+  (a comparator older than the drift measure) is inconclusive.
 - ``min_time_in_stage``: the rollout has been at its current position that long;
   less (or unknown) is inconclusive.
 """
@@ -297,6 +301,26 @@ def false_positive_gate(evidence: Mapping[str, Any], tolerance: float) -> GateRe
     )
 
 
+def segment_psi_gate(evidence: Mapping[str, Any], threshold: float) -> GateResult:
+    """Pass when ``segment_drift.max_psi`` is at most ``threshold``, fail above, inconclusive without it."""
+    observed = _real(evidence, "segment_drift", "max_psi")
+    if observed is None or observed < 0:
+        return _missing("max_segment_psi", "segment_drift.max_psi", threshold)
+    figure = f"largest segment PSI {observed:.4f}{_worst_drift(evidence)}"
+    if observed <= threshold:
+        return GateResult("max_segment_psi", PASS, observed, threshold, f"{figure} (at most {threshold:g})")
+    return GateResult("max_segment_psi", FAIL, observed, threshold, f"{figure} is over {threshold:g}")
+
+
+def _worst_drift(evidence: Mapping[str, Any]) -> str:
+    """`` in SEGMENT`` for the row with the largest PSI, when the rows say; else nothing."""
+    rows = _get(evidence, "segment_drift", "per_as_of")
+    if not isinstance(rows, list):
+        return ""
+    scored = [r for r in rows if isinstance(r, Mapping) and isinstance(r.get("psi_sides"), int | float)]
+    return f" in {max(scored, key=lambda r: r['psi_sides']).get('segment')}" if scored else ""
+
+
 def time_in_stage_gate(in_stage_ms: int | None, minimum_ms: int) -> GateResult:
     want = format_duration_ms(minimum_ms)
     if in_stage_ms is None:
@@ -349,6 +373,8 @@ def evaluate(
         results.append(dead_letter_gate(evidence, gates.dead_letter_tolerance))
     if gates.false_positive_tolerance is not None:
         results.append(false_positive_gate(evidence, gates.false_positive_tolerance))
+    if gates.max_segment_psi is not None:
+        results.append(segment_psi_gate(evidence, gates.max_segment_psi))
     if time_in_stage and gates.min_time_in_stage_ms is not None:
         results.append(time_in_stage_gate(in_stage_ms, gates.min_time_in_stage_ms))
     return tuple(r for r in results if r is not None)

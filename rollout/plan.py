@@ -14,6 +14,7 @@ error names the key path), then compiled to frozen values. The shape::
       dead_letter_tolerance: 0.01              # stream rate <= legacy rate + this
       false_positive_tolerance: 0.0            # risk: stream FPR per tier <= legacy's + this
       min_time_in_stage: 10m
+      max_segment_psi: 0.1                     # optional, off by default: segment drift between the sides
     steps:                                     # in order, after shadow
       - {stage: canary, percent: 1}
       - {stage: canary, percent: 5, gates: {min_pairs: 5000}}
@@ -93,6 +94,7 @@ class GatesSpec(_Strict):
     false_positive_tolerance: float | None = Field(default=0.0, ge=0, le=1)
     max_approximate_rate: float | None = Field(default=None, gt=0, le=1)  # Count-Min mismatches; off by default
     min_time_in_stage: str | None = "10m"
+    max_segment_psi: float | None = Field(default=None, ge=0)
 
     _durations = field_validator("max_stream_p99", "min_time_in_stage", mode="before")(_duration)
 
@@ -161,6 +163,7 @@ class Gates:
     false_positive_tolerance: float | None
     min_time_in_stage_ms: int | None
     max_approximate_rate: float | None = None
+    max_segment_psi: float | None = None
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,7 @@ def strictest(a: Gates, b: Gates) -> Gates:
         _lower(a.dead_letter_tolerance, b.dead_letter_tolerance),
         _lower(a.false_positive_tolerance, b.false_positive_tolerance),
         _higher(a.min_time_in_stage_ms, b.min_time_in_stage_ms),
+        _lower(a.max_segment_psi, b.max_segment_psi),
     )
 
 
@@ -269,6 +273,7 @@ def _compile_gates(spec: GatesSpec, base: GatesSpec | None = None) -> Gates:
         spec.false_positive_tolerance,
         ms(spec.min_time_in_stage),
         max_approximate_rate=spec.max_approximate_rate,
+        max_segment_psi=spec.max_segment_psi,
     )
 
 
@@ -403,6 +408,7 @@ _GATE_DIRECTIONS: tuple[tuple[str, str, str], ...] = (
     ("dead_letter_tolerance", "dead_letter_tolerance", "max"),
     ("false_positive_tolerance", "false_positive_tolerance", "max"),
     ("min_time_in_stage_ms", "min_time_in_stage", "min"),
+    ("max_segment_psi", "max_segment_psi", "max"),
 )
 REQUIRED_BY_DEFAULT = ("max_unexplained_rate", "min_pairs")
 """The gates (besides the evidence age) no plan may relax below the shipped plan without saying why."""

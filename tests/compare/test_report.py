@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -19,7 +20,7 @@ EVIL = '<img src="https://evil.example/x.png" onerror=alert(1)>'
 PARITY_KEYS = {
     "pairs", "agree", "mismatch", "by_cause", "per_segment", "ruleset", "events_sha256", "generated_at",
     "as_of_rounds", "unexplained_rate", "unexplained_rate_wilson95", "agreement_over_time", "latency",
-    "dead_letter", "ground_truth", "noise", "params", "inputs", "verdict",
+    "dead_letter", "ground_truth", "noise", "params", "inputs", "segment_drift", "verdict",
 }
 
 
@@ -91,6 +92,18 @@ def test_parity_json_has_the_stable_keys(tmp_path: Path) -> None:
     assert data["latency"]["stream"]["expiry_p99_ms"] == 5_000  # the expiry, 5 s after its effective time
     assert data["dead_letter"]["stream"] == {"rejected": 0, "too_late": 0, "events": 6, "source": "dead_letter"}
     assert data["ground_truth"] is None and data["noise"] is None
+    # drift over each as-of's pairs: at 10:00 legacy has bob in window_shopper and two high_value users
+    # of 3 pairs, the stream none and one; at 15:00 carol is high_value on both sides
+    drift = data["segment_drift"]
+    got = {(r["segment"], r["as_of"]): (r["population"], r["legacy_in"], r["stream_in"]) for r in drift["per_as_of"]}
+    assert got == {
+        ("high_value", T0 + 10 * MIN): (3, 2, 1), ("high_value", T0 + 15 * MIN): (1, 1, 1),
+        ("window_shopper", T0 + 10 * MIN): (3, 1, 0), ("window_shopper", T0 + 15 * MIN): (1, 0, 0),
+    }
+    shopper = (1 / 3 - 1e-4) * math.log((1 / 3) / 1e-4) + (2 / 3 - 1) * math.log(2 / 3)  # an empty bin floored
+    assert drift["max_psi"] == round(shopper, 6)
+    high = {r["as_of"]: r["psi_sides"] for r in drift["per_as_of"] if r["segment"] == "high_value"}
+    assert high == {T0 + 10 * MIN: round(2 / 3 * math.log(2), 6), T0 + 15 * MIN: 0.0}
 
 
 def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:

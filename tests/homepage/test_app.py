@@ -159,6 +159,16 @@ def test_the_dashboard_shows_stage_agreement_causes_freshness_and_decisions(site
     assert "shadow → canary 5%" in page.text and "Gates for the next promotion" in page.text
 
 
+def test_the_dashboard_shows_each_segments_drift_from_the_evidence(site: Site, make_app) -> None:
+    drift = json.loads((site.evidence / "parity.json").read_text())["segment_drift"]
+    worst = max(drift["per_as_of"], key=lambda r: r["psi_sides"])
+    page = client(make_app).get("/dashboard").text
+    assert 'id="segment-drift"' in page and "Segment drift, legacy vs stream" in page
+    assert worst["segment"] in page and f"<b>{worst['psi_sides']:.4f}</b>" in page
+    assert f"largest {drift['max_psi']:.4f}" in page
+    assert page.count("<rect") >= len(drift["per_as_of"])
+
+
 def test_the_dashboard_without_evidence_says_so(site: Site, make_app) -> None:
     (site.evidence / "parity.json").unlink()
     page = client(make_app).get("/dashboard")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compare.causes import CAUSES
+from compare.drift import drift_section
 from compare.latency import not_measured, summarize
 from compare.manifest import comparison_artifacts, seal
 from compare.stats import rate
@@ -101,9 +102,10 @@ def write_evidence(directory: Path, data: dict[str, Any]) -> Path:
     mismatch record per ``by_cause`` count, an events file with the dead-letter
     counts (too-late events an hour behind), live freshness samples whose exact
     p50/p95/p99/max are ``data``'s, then ``manifest.json``. The fields derived from
-    those (``agree``, ``mismatch``, ``per_segment``, ``agreement_over_time``, the
-    rate and verdict) are rewritten to match; ``pairs``, ``by_cause``, the dead
-    letters, the freshness figure, ``generated_at`` and ``ruleset`` stay as given.
+    those (``agree``, ``mismatch``, ``per_segment``, ``agreement_over_time``,
+    ``segment_drift``, the rate and verdict) are rewritten to match; ``pairs``, ``by_cause`` (cut, in
+    cause order, to at most ``pairs`` mismatches), the dead letters, the freshness figure,
+    ``generated_at`` and ``ruleset`` stay as given.
     """
     directory.mkdir(parents=True, exist_ok=True)
     data = json.loads(json.dumps(data))
@@ -112,6 +114,10 @@ def write_evidence(directory: Path, data: dict[str, Any]) -> Path:
     rounds = max(rounds, 1)
     pairs = int(data.get("pairs") or 0)
     causes = {c: int((data.get("by_cause") or {}).get(c, 0)) for c in CAUSES}
+    room = pairs  # a mismatch is a pair: more than ``pairs`` cannot be (and the drift recount refuses it)
+    for c in CAUSES:
+        causes[c] = min(causes[c], room)
+        room -= causes[c]
     as_ofs = [T0 + i * 5 * MINUTE for i in range(rounds)]
     stamps = [format_ms(t) for t in as_ofs]
     mismatch_rows = [(c, n) for c in CAUSES for n in range(causes[c])]
@@ -160,6 +166,14 @@ def write_evidence(directory: Path, data: dict[str, Any]) -> Path:
             }
             for r in range(rounds)
         ],
+    )
+    lines_at = {t: len(range(r, pairs, rounds)) for r, t in enumerate(as_ofs)}
+    high_at = {t: len(range(r, mismatch, rounds)) for r, t in enumerate(as_ofs)}
+    data["segment_drift"] = drift_section(
+        as_ofs,
+        lines_at,
+        {t: {"window_shopper": lines_at[t]} for t in as_ofs},
+        {t: {"window_shopper": lines_at[t], "high_value": high_at[t]} for t in as_ofs},
     )
     artifacts = comparison_artifacts(
         directory, directory / "events.jsonl", directory / "legacy.jsonl", directory / "stream.jsonl"

@@ -19,6 +19,7 @@ from rollout.gates import (
     false_positive_gate,
     freshness_gate,
     ruleset_gate,
+    segment_psi_gate,
     time_in_stage_gate,
     unexplained_gate,
     verdict,
@@ -212,3 +213,26 @@ def test_results_name_the_numbers_they_compared() -> None:
     assert result.status == FAIL
     assert "3 unexplained in 1000 pairs" in result.reason and result.threshold == 0.001
     assert isinstance(result.observed, float) and result.observed > 0.003
+
+
+def drifted(max_psi: object, rows: object = None) -> dict:
+    return good_evidence(T0, segment_drift=None if max_psi is None else {"max_psi": max_psi, "per_as_of": rows or []})
+
+
+def test_segment_psi_gate_passes_at_or_below_the_threshold_fails_above_and_is_inconclusive_without_the_figure() -> None:
+    rows = [{"segment": "high_value", "psi_sides": 0.2}, {"segment": "window_shopper", "psi_sides": 0.01}]
+    assert segment_psi_gate(drifted(0.05), 0.1).status == PASS
+    assert segment_psi_gate(drifted(0.1), 0.1).status == PASS
+    above = segment_psi_gate(drifted(0.2, rows), 0.1)
+    assert above.status == FAIL and above.observed == 0.2 and "in high_value" in above.reason, above
+    for absent in (None, "0.2", -1.0, math.nan, True):
+        assert segment_psi_gate(drifted(absent), 0.1).status == INCONCLUSIVE, absent
+
+
+def test_the_segment_psi_gate_runs_only_when_the_plan_sets_it() -> None:
+    step = PLAN.steps[0]
+    off = by_name(evaluate(PLAN, step.gates, drifted(0.9), T0, in_stage_ms=step.gates.min_time_in_stage_ms))
+    assert "max_segment_psi" not in off
+    on = dataclasses.replace(step.gates, max_segment_psi=0.25)
+    results = by_name(evaluate(PLAN, on, drifted(0.9), T0, in_stage_ms=step.gates.min_time_in_stage_ms))
+    assert results["max_segment_psi"].status == FAIL and verdict(tuple(results.values())) == FAIL

@@ -140,3 +140,20 @@ def test_a_plan_file_round_trips_through_the_loader(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     plan = load_plan(path)
     assert plan.steps[0].position == Position.at(Stage.CANARY, 2) and plan.source == str(path)
+
+
+def test_max_segment_psi_is_off_by_default_and_dropping_or_raising_it_is_a_weakening() -> None:
+    from rollout.plan import strictest, weakenings
+
+    assert compile_plan(minimal()).gates.max_segment_psi is None
+    strict = compile_plan(minimal(gates={"max_segment_psi": 0.1}))
+    assert strict.gates.max_segment_psi == 0.1
+    assert all(s.gates.max_segment_psi == 0.1 for s in strict.steps)
+    dropped = compile_plan(minimal(gates={"max_segment_psi": None}))
+    assert any(w.startswith("max_segment_psi off (was 0.1)") for w in weakenings(dropped, strict))
+    laxer = compile_plan(minimal(gates={"max_segment_psi": 0.3}))
+    assert any(w.startswith("max_segment_psi 0.3 (was 0.1)") for w in weakenings(laxer, strict))
+    assert not [w for w in weakenings(strict, dropped) if "max_segment_psi" in w]  # turning it on is stricter
+    assert strictest(dropped.gates, strict.gates).max_segment_psi == 0.1
+    with pytest.raises(PlanError, match="max_segment_psi"):
+        compile_plan(minimal(gates={"max_segment_psi": -1}))

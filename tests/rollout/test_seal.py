@@ -121,6 +121,8 @@ COUNTED = [
     ("dead_letter.legacy.events", lambda d: d["dead_letter"]["legacy"].update(events=10**6)),
     ("latency.stream.p99_ms", lambda d: d["latency"]["stream"].update(p99_ms=3.0, source="live", count=10)),
     ("as_of_rounds", lambda d: d.update(as_of_rounds=100)),
+    ("segment_drift.max_psi", lambda d: d["segment_drift"].update(max_psi=0.0)),
+    ("segment_drift.per_as_of", lambda d: d["segment_drift"]["per_as_of"][-1].update(psi_sides=0.0)),
 ]
 
 
