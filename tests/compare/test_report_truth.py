@@ -9,6 +9,7 @@ from pathlib import Path
 from compare.axes import thousands, time_ticks
 from compare.comparison import Comparison, compare_inputs
 from compare.inputs import load_inputs
+from compare.manifest import MANIFEST
 from compare.mismatches import describe
 from compare.parity import AsOfAgreement, ParityResult
 from compare.report import agreement_chart, render_html
@@ -75,3 +76,14 @@ def test_time_labels_over_two_days_carry_the_date() -> None:
 
 def test_thousands_is_one_format() -> None:
     assert thousands(1234567) == "1,234,567" and thousands(None) == "—" and thousands(12.0) == "12"
+
+
+def test_lines_rejected_at_ingest_are_counted_in_the_inputs_block_and_sealed(tmp_path: Path) -> None:
+    lines = "".join(f'{{"line": {n}, "reason": "bad_json"}}\n' for n in range(4))
+    (tmp_path / "ingest.deadletter.jsonl").write_text(lines)
+    out = _write_case(tmp_path)
+    html = (out / "report.html").read_text()
+    assert "(4 lines rejected: 4 at ingest" in html
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["dead_letter"]["ingest"] == {"rejected": 4, "source": "ingest.deadletter.jsonl"}
+    assert "ingest.deadletter.jsonl" in (out / MANIFEST).read_text()
