@@ -212,3 +212,12 @@ def test_results_name_the_numbers_they_compared() -> None:
     assert result.status == FAIL
     assert "3 unexplained in 1000 pairs" in result.reason and result.threshold == 0.001
     assert isinstance(result.observed, float) and result.observed > 0.003
+
+
+def test_duration_gates_observe_readable_durations_not_raw_milliseconds() -> None:
+    """'observed 425855ms, threshold 1h' read badly: the observed time is rounded for people like its threshold."""
+    stage = time_in_stage_gate(425_855, 3_600_000)
+    assert (stage.observed, stage.threshold) == ("7m 6s", "1h")
+    assert "7m 6s in the current stage" in stage.reason or "only 7m 6s" in stage.reason
+    fresh = freshness_gate({"latency": {"stream": {"source": "live", "p99_ms": 1234.5, "count": 10}}}, 2_000)
+    assert fresh.reason == "stream p99 1.2s (at most 2s)" and fresh.observed == 1234.5
