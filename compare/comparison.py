@@ -211,6 +211,7 @@ def compare_inputs(
                 "events": int(np.count_nonzero(frame.applied)),
                 "source": inputs.dead_letters.source,
             },
+            **({"ingest": dict(inputs.ingest)} if inputs.ingest is not None else {}),
         },
         ground_truth=_ground_truth(inputs, alignment, codec, event_user),
         noise=noise,

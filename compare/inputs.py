@@ -25,6 +25,11 @@ otherwise recomputed with SPEC §3 and checked against ``as_of_count``,
 ``run_durations_ms``), ``assignments``. Stream: ``ruleset``, ``events_sha256``,
 ``max_out_of_orderness_ms``, ``allowed_lateness_ms``, ``counts.transitions``,
 ``dead_letter_path`` (a name beside the output; default ``FILE.deadletter.jsonl``).
+
+Lines rejected before the events file was written (``shadow run``'s
+``ingest.deadletter.jsonl`` in the events file's directory, or ``data import``'s
+``EVENTS.rejected.jsonl`` beside it) are not in the events file; ``ingest_rejections``
+counts them so the report's inputs block says what the console said.
 """
 
 from __future__ import annotations
@@ -438,6 +443,26 @@ class ComparisonInputs:
     live_latency: np.ndarray | None = None
     paths: Mapping[str, str] = field(default_factory=dict)
     log: EventLog | None = field(default=None, repr=False)  # the events themselves (sketch evidence reads them)
+    ingest: Mapping[str, Any] | None = None
+
+
+def ingest_deadletter_file(events_path: str | Path) -> Path | None:
+    """The file of lines rejected before ``events_path`` was written, when there is one (see the module doc)."""
+    events = Path(events_path)
+    for candidate in (events.with_name(events.name + ".rejected.jsonl"), events.with_name("ingest.deadletter.jsonl")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def ingest_rejections(events_path: str | Path) -> dict[str, Any] | None:
+    """``{rejected, source}``: how many lines were rejected upstream of ``events_path``; None without such a file."""
+    path = ingest_deadletter_file(events_path)
+    if path is None:
+        return None
+    with path.open("rb") as lines:
+        rejected = sum(1 for line in lines if line.strip())
+    return {"rejected": rejected, "source": path.name}
 
 
 def load_inputs(
@@ -496,4 +521,5 @@ def load_inputs(
         stream_latency,
         {"events": str(events_path), "legacy": str(legacy_path), "stream": str(stream_path)},
         log,
+        ingest_rejections(events_path),
     )

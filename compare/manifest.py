@@ -34,6 +34,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from compare.inputs import ingest_deadletter_file
 from compare.parity import ParityResult
 from segments.outputs import meta_path
 from segments.timeutil import Clock, format_ms, wall_clock_ms
@@ -96,6 +97,7 @@ def comparison_artifacts(
         "stream": Path(stream),
         "stream_meta": meta_path(stream),
         "stream_deadletter": _stream_deadletter(Path(stream)),
+        "ingest_deadletter": ingest_deadletter_file(events),
         "stream_latency": Path(stream_latency) if stream_latency is not None else None,
         "noise_legacy": Path(noise_legacy) if noise_legacy is not None else None,
         "noise_stream": Path(noise_stream) if noise_stream is not None else None,

@@ -11,8 +11,9 @@ One record of ``mismatches.jsonl``::
 
 ``events`` are the user's events in the window ``(as_of - span, as_of]`` of the
 kinds the rules read, by event time. The segment diff is computed by deepdiff
-once per distinct pair of sets (there are few); ``explain`` runs deepdiff over a
-whole record (sets and events each side saw), for the handful a person reads.
+once per distinct pair of sets (there are few) and kept in the file as field-level
+detail. What a person reads is ``describe``: the record in words (which events the
+two sides saw differently and why that changes the set), never diff-library text.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from deepdiff import DeepDiff
 
 from compare.causes import CAUSES, UNEXPLAINED, Causes
 from compare.frames import EventFrame, SegmentCodec, UserIndex
+from segments.display import visible
 from segments.events import write_jsonl
 from segments.timeutil import format_ms
 
@@ -156,11 +158,62 @@ def views(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def explain(record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """deepdiff of one record's two views (legacy -> stream): the diff and its sentences."""
+    """deepdiff of one record's two views (legacy -> stream) for field-level detail, and ``describe``'s sentences."""
     legacy, stream = views(record)
     diff = DeepDiff(legacy, stream, ignore_order=True, verbose_level=2)
-    text = diff.pretty()
-    return json.loads(diff.to_json()), [line for line in text.splitlines() if line.strip()]
+    return json.loads(diff.to_json()), describe(record)
+
+
+def _clock(text: str) -> str:
+    return text[11:19] if len(text) >= 19 else text
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names)
+
+
+def describe(record: dict[str, Any]) -> list[str]:
+    """One record in words: which events the two sides saw differently, and what that changes in the set.
+
+    The first sentence names the difference in segments; then one sentence per event
+    the sides saw differently (the stream applied it but it arrived after the as-of, or
+    legacy saw it but the stream dropped it as too late); then why that changes the
+    set, or, when no event was seen differently, that timing does not explain it.
+    """
+    legacy, stream = set(record["legacy"]), set(record["stream"])
+    as_of = _clock(record["as_of"])
+    gained, lost = sorted(stream - legacy), sorted(legacy - stream)
+    parts = []
+    if gained:
+        parts.append(f"the stream has {_names(gained)}, legacy has not")
+    if lost:
+        parts.append(f"legacy has {_names(lost)}, the stream has not")
+    lines = [f"At the as-of {as_of}: " + "; ".join(parts) + "."]
+    late = [e for e in record["events"] if e["stream"] == "applied" and not e["seen_by_legacy"]]
+    dropped = [e for e in record["events"] if e["stream"] != "applied" and e["seen_by_legacy"]]
+    for e in late:
+        lines.append(
+            f"The stream applied {visible(e['event_id'])} ({e['kind']} at {_clock(e['event_time'])}, arrived "
+            f"{_clock(e['arrival_time'])}, after the as-of {as_of}), which legacy could not see yet."
+        )
+    for e in dropped:
+        lines.append(
+            f"Legacy counted {visible(e['event_id'])} ({e['kind']} at {_clock(e['event_time'])}, arrived "
+            f"{_clock(e['arrival_time'])}), which the stream dropped as too late."
+        )
+    if late or dropped:
+        which = "these events are" if len(late) + len(dropped) > 1 else "this event is"
+        lines.append(
+            f"Both sides apply the same rules and {which} the only difference in what they read in the window, "
+            f"so the timing accounts for the difference in {_names(gained + lost)}."
+        )
+    else:
+        count = len(record["events"])
+        lines.append(
+            f"Both sides saw the same {count} event{'s' if count != 1 else ''} of this user in the window, "
+            "so event timing does not explain the difference: it is a defect to investigate."
+        )
+    return lines
 
 
 def write_mismatches(path: str | Path, mismatches: Mismatches) -> int:

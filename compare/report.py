@@ -16,6 +16,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from compare.axes import TimeTick, agreement_shares, line_runs, thousands, time_ticks
 from compare.causes import CAUSES
 from compare.comparison import Comparison
 from compare.latency import NOT_MEASURED_REPLAY, LatencySummary
@@ -115,24 +116,28 @@ class AgreementChart:
     top: int
     plot_w: int
     plot_h: int
-    line: str
-    area: str
+    lines: tuple[str, ...]
     bars: tuple[tuple[float, float, float, float, str], ...]
     y_ticks: tuple[Tick, ...]
-    x_ticks: tuple[Tick, ...]
+    x_ticks: tuple[TimeTick, ...]
     points: tuple[tuple[float, float, str], ...]
+    empty: tuple[tuple[float, float, str], ...]
 
 
 def agreement_chart(result: ParityResult, width: int = 880, height: int = 240) -> AgreementChart | None:
-    """Agreement (%) per as-of as a line, pairs per as-of as faint bars underneath."""
-    rows = [r for r in result.agreement_over_time]
-    if not rows:
+    """Agreement (%) per as-of as a line, pairs per as-of as faint bars underneath.
+
+    An as-of with no pairs breaks the line and is marked on the baseline as empty
+    (``compare.axes``); None when no as-of has pairs.
+    """
+    rows = list(result.agreement_over_time)
+    ratios = agreement_shares([r.pairs for r in rows], [r.agree for r in rows])
+    drawn = [100 * v for v in ratios if v is not None]
+    if not drawn:
         return None
     left, top, right, bottom = 56, 14, 16, 34
     plot_w, plot_h = width - left - right, height - top - bottom
-    shares = [100 * rate(r.agree, r.pairs) if r.pairs else 100.0 for r in rows]
-    low = min(shares)
-    floor = 100.0 - _nice_span(100.0 - low)
+    floor = 100.0 - _nice_span(100.0 - min(drawn))
     n = len(rows)
     step = plot_w / max(n - 1, 1)
 
@@ -142,9 +147,7 @@ def agreement_chart(result: ParityResult, width: int = 880, height: int = 240) -
     def y(value: float) -> float:
         return top + plot_h * (100.0 - value) / (100.0 - floor)
 
-    coords = [(x(i), y(v)) for i, v in enumerate(shares)]
-    line = " ".join(f"{a:.1f},{b:.1f}" for a, b in coords)
-    area = f"{coords[0][0]:.1f},{top + plot_h:.1f} " + line + f" {coords[-1][0]:.1f},{top + plot_h:.1f}"
+    coords = [None if v is None else (x(i), y(100 * v)) for i, v in enumerate(ratios)]
     most = max(r.pairs for r in rows) or 1
     bar_w = max(1.0, min(step * 0.7, 18.0))
     bars = tuple(
@@ -153,18 +156,26 @@ def agreement_chart(result: ParityResult, width: int = 880, height: int = 240) -
             top + plot_h - plot_h * 0.3 * r.pairs / most,
             bar_w,
             plot_h * 0.3 * r.pairs / most,
-            f"{r.to_dict()['as_of']}: {r.pairs} pairs, {r.agree} agree",
+            f"{r.to_dict()['as_of']}: {thousands(r.pairs)} pairs, {thousands(r.agree)} agree",
         )
         for i, r in enumerate(rows)
     )
     y_ticks = tuple(Tick(y(v), f"{v:g}%") for v in _linear_ticks(floor, 100.0))
-    label_every = max(1, math.ceil(n / 6))
-    x_ticks = tuple(Tick(x(i), rows[i].to_dict()["as_of"][5:16].replace("T", " ")) for i in range(0, n, label_every))
+    x_ticks = time_ticks([r.as_of for r in rows], [x(i) for i in range(n)])
     points = tuple(
-        (a, b, f"{rows[i].to_dict()['as_of']}: {shares[i]:.3f}% of {rows[i].pairs} pairs agree")
-        for i, (a, b) in enumerate(coords)
+        (c[0], c[1], f"{rows[i].to_dict()['as_of']}: {100 * (ratios[i] or 0):.3f}% of "
+         f"{thousands(rows[i].pairs)} pairs agree")
+        for i, c in enumerate(coords)
+        if c is not None
     ) if n <= 400 else ()
-    return AgreementChart(width, height, left, top, plot_w, plot_h, line, area, bars, y_ticks, x_ticks, points)
+    empty = tuple(
+        (x(i), top + plot_h, f"{r.to_dict()['as_of']}: no pairs (nothing to compare)")
+        for i, r in enumerate(rows)
+        if not r.pairs
+    )
+    return AgreementChart(
+        width, height, left, top, plot_w, plot_h, line_runs(coords), bars, y_ticks, x_ticks, points, empty
+    )
 
 
 def _nice_span(gap: float) -> float:
@@ -265,7 +276,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(duration=duration, share=share, thousands=lambda n: f"{n:,}")
+    env.filters.update(duration=duration, share=share, thousands=thousands)
     return install(env)
 
 

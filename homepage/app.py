@@ -35,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from compare.axes import thousands
 from compare.reach import reach_charts
 from homepage.bloom import BloomCache, SegmentBloom
 from homepage.content import badge, payload
@@ -82,12 +83,14 @@ class BadUserId(SegshadowError):
 
 def templates() -> jinja2.Environment:
     """The site's Jinja2 environment: autoescaping on for everything, undefined names are errors, and
-    ``shown`` for outside text (user ids, actors, reasons; ``segments.display``)."""
+    ``shown`` for outside text (user ids, actors, reasons; ``segments.display``) and ``thousands`` for counts
+    (``compare.axes``)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.filters["thousands"] = thousands
     return install(env)
 
 

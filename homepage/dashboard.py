@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from compare.axes import TimeTick, agreement_shares, line_runs, thousands, time_ticks
 from compare.causes import CAUSES  # with approximate: Count-Min mismatches, shown apart from defects
 from compare.drift import PSI_ACT, PSI_LOOK
 from compare.latency import NOT_MEASURED_REPLAY
@@ -27,13 +28,17 @@ CHART_W, CHART_H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 220, 48, 16, 14, 30
 
 @dataclass(frozen=True)
 class Chart:
-    """A line chart in a ``CHART_W`` x ``CHART_H`` SVG: polyline points, an area path, and labelled ticks."""
+    """A line chart in a ``CHART_W`` x ``CHART_H`` SVG: polyline runs, dots, empty as-ofs and labelled ticks.
 
-    line: str
-    area: str
+    As in the report (``compare.axes``), an as-of with no pairs breaks the line and is
+    listed in ``empty`` (marked on the baseline), never drawn at 100%.
+    """
+
+    lines: tuple[str, ...]
     dots: tuple[tuple[float, float, str], ...]
+    empty: tuple[tuple[float, float, str], ...]
     y_ticks: tuple[tuple[float, str], ...]
-    x_ticks: tuple[tuple[float, str], ...]
+    x_ticks: tuple[TimeTick, ...]
 
 
 def human_ms(ms: float | None) -> str:
@@ -60,51 +65,55 @@ def _num(node: Any, *path: str) -> float | None:
 
 def agreement_chart(series: Any) -> Chart | None:
     """Agreement (agree / pairs) per as-of round; None without at least one round with pairs."""
-    points: list[tuple[str, float]] = []
+    rounds: list[tuple[str, int, int, int]] = []
     if isinstance(series, Sequence):
         for item in series:
             pairs, agree = _num(item, "pairs"), _num(item, "agree")
-            if pairs and agree is not None and isinstance(item.get("as_of"), str):
-                points.append((item["as_of"], agree / pairs))
-    if not points:
+            if pairs is None or agree is None or not isinstance(item.get("as_of"), str):
+                continue
+            try:
+                at = parse_rfc3339_ms(item["as_of"])
+            except TimestampError:
+                continue
+            rounds.append((item["as_of"], at, int(pairs), int(agree)))
+    ratios = agreement_shares([p for _, _, p, _ in rounds], [a for _, _, _, a in rounds])
+    drawn = [r for r in ratios if r is not None]
+    if not drawn:
         return None
-    low = min(ratio for _, ratio in points)
+    low = min(drawn)
     floor = max(0.0, min(0.99, math.floor((low - 0.002) * 100) / 100))  # a whole percent below the lowest
     span_x = CHART_W - PAD_L - PAD_R
     span_y = CHART_H - PAD_T - PAD_B
+    n = len(rounds)
 
     def x(i: int) -> float:
-        return PAD_L + (span_x * i / (len(points) - 1) if len(points) > 1 else span_x / 2)
+        return round(PAD_L + (span_x * i / (n - 1) if n > 1 else span_x / 2), 1)
 
     def y(ratio: float) -> float:
-        return PAD_T + span_y * (1 - (ratio - floor) / (1 - floor))
+        return round(PAD_T + span_y * (1 - (ratio - floor) / (1 - floor)), 1)
 
-    coords = [(round(x(i), 1), round(y(r), 1)) for i, (_, r) in enumerate(points)]
-    line = " ".join(f"{a},{b}" for a, b in coords)
-    base = PAD_T + span_y
-    area = (
-        f"M{coords[0][0]},{base} " + " ".join(f"L{a},{b}" for a, b in coords) + f" L{coords[-1][0]},{base} Z"
+    coords = [None if r is None else (x(i), y(r)) for i, r in enumerate(ratios)]
+    dots = tuple(
+        (c[0], c[1], f"{rounds[i][0]}: {ratios[i] or 0:.2%} of {thousands(rounds[i][2])} pairs")
+        for i, c in enumerate(coords)
+        if c is not None
     )
-    dots = tuple((a, b, f"{points[i][0]}: {points[i][1]:.2%}") for i, (a, b) in enumerate(coords))
+    empty = tuple(
+        (x(i), float(PAD_T + span_y), f"{text}: no pairs (nothing to compare)")
+        for i, (text, _, pairs, _) in enumerate(rounds)
+        if not pairs
+    )
     steps = 4
     y_ticks = tuple(
         (round(y(floor + (1 - floor) * k / steps), 1), _percent(floor + (1 - floor) * k / steps))
         for k in range(steps + 1)
     )
-    picks = sorted({0, len(points) // 2, len(points) - 1})
-    x_ticks = tuple((coords[i][0], _short_time(points[i][0])) for i in picks)
-    return Chart(line, area, dots, y_ticks, x_ticks)
+    x_ticks = time_ticks([at for _, at, _, _ in rounds], [x(i) for i in range(n)], most=4)
+    return Chart(line_runs(coords), dots, empty, y_ticks, x_ticks)
 
 
 def _percent(ratio: float) -> str:
     return f"{ratio * 100:.2f}".rstrip("0").rstrip(".") + "%"
-
-
-def _short_time(text: str) -> str:
-    try:
-        return format_ms(parse_rfc3339_ms(text))[11:16]
-    except TimestampError:
-        return text[:16]
 
 
 def cause_bars(by_cause: Any) -> list[dict[str, Any]]:
@@ -253,7 +262,7 @@ def dashboard(
         "ruleset": f"{ruleset.get('name')}@v{ruleset.get('version')}" if ruleset else "—",
         "generated_at": generated if isinstance(generated, str) else "—",
         "age": age or "—",
-        "rounds": data.get("as_of_rounds", "—"),
+        "rounds": _num(data, "as_of_rounds"),
         "chart": agreement_chart(data.get("agreement_over_time")),
         "causes": cause_bars(data.get("by_cause")),
         "drift": drift_rows(data.get("segment_drift")),

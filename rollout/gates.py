@@ -54,7 +54,7 @@ from typing import Any, Literal
 from compare.latency import NOT_MEASURED_REPLAY
 from compare.stats import wilson_interval
 from rollout.plan import Gates, Plan
-from segments.durations import format_duration_ms
+from segments.durations import format_duration_ms, readable_duration_ms
 from segments.timeutil import TimestampError, parse_rfc3339_ms
 
 Status = Literal["pass", "fail", "inconclusive"]
@@ -159,7 +159,7 @@ def evidence_age_gate(plan: Plan, evidence: Mapping[str, Any], now_ms: int) -> G
             limit,
             f"generated_at {text} is in the future: check the clocks",
         )
-    observed = format_duration_ms(max(age, 0))
+    observed = readable_duration_ms(max(age, 0))
     if age > plan.evidence_max_age_ms:
         return GateResult(
             "evidence_age", INCONCLUSIVE, observed, limit, f"stale: generated {observed} ago, over {limit}"
@@ -230,9 +230,14 @@ def freshness_gate(evidence: Mapping[str, Any], bound_ms: int) -> GateResult:
         return _missing("stream_freshness", "latency.stream.p99_ms", bound_ms)
     if count == 0:
         return GateResult("stream_freshness", INCONCLUSIVE, None, bound_ms, "no stream latency samples")
+    bound = format_duration_ms(bound_ms)
     if p99 <= bound_ms:
-        return GateResult("stream_freshness", PASS, p99, bound_ms, f"stream p99 {p99:g} ms (at most {bound_ms} ms)")
-    return GateResult("stream_freshness", FAIL, p99, bound_ms, f"stream p99 {p99:g} ms is over {bound_ms} ms")
+        return GateResult(
+            "stream_freshness", PASS, p99, bound_ms, f"stream p99 {readable_duration_ms(p99)} (at most {bound})"
+        )
+    return GateResult(
+        "stream_freshness", FAIL, p99, bound_ms, f"stream p99 {readable_duration_ms(p99)} is over {bound}"
+    )
 
 
 def dead_letter_gate(evidence: Mapping[str, Any], tolerance: float) -> GateResult:
@@ -327,7 +332,7 @@ def time_in_stage_gate(in_stage_ms: int | None, minimum_ms: int) -> GateResult:
         return GateResult(
             "min_time_in_stage", INCONCLUSIVE, None, want, "time in the current stage is unknown"
         )
-    have = format_duration_ms(max(in_stage_ms, 0))
+    have = readable_duration_ms(max(in_stage_ms, 0))
     if in_stage_ms >= minimum_ms:
         return GateResult(
             "min_time_in_stage", PASS, have, want, f"{have} in the current stage (at least {want})"

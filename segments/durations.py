@@ -30,3 +30,18 @@ def format_duration_ms(ms: int) -> str:
         if ms and ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+def readable_duration_ms(ms: float) -> str:
+    """``ms`` rounded for people: ``850ms``, ``4.2s``, ``7m 6s``, ``2h 5m``, ``3d 4h`` (never a raw ``425855ms``)."""
+    if ms < 1_000:
+        return f"{ms:.1f}ms" if ms < 10 and ms != int(ms) else f"{ms:.0f}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f}s".replace(".0s", "s")
+    seconds = round(ms / 1000)
+    for big, small, big_unit, small_unit in ((86_400, 3_600, "d", "h"), (3_600, 60, "h", "m"), (60, 1, "m", "s")):
+        if seconds >= big:
+            whole, rest = divmod(seconds, big)
+            part = rest // small
+            return f"{whole}{big_unit} {part}{small_unit}" if part else f"{whole}{big_unit}"
+    return f"{seconds}s"  # pragma: no cover - every value of a minute or more is handled above

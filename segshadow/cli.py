@@ -53,6 +53,7 @@ logging.getLogger().addFilter(lambda record: "apitools not found" not in record.
 from segments.config import DATA_DIR_ENV  # noqa: E402
 from segments.errors import SegshadowError  # noqa: E402
 from segshadow import cmd_compare, cmd_data, cmd_doctor, cmd_legacy, cmd_rollout, cmd_shadow, cmd_stream  # noqa: E402
+from segshadow.common import plain_help  # noqa: E402
 
 DEBUG_ENV = "SEGSHADOW_DEBUG"
 LOG_NAME = "segshadow-error.log"
@@ -63,7 +64,7 @@ _BEAM_STEP = re.compile(r" \[while running '[^']*'\]")
 app = typer.Typer(
     name="segshadow",
     help="Shadow-mode migration harness: legacy SQL batch segments vs an Apache Beam stream.",
-    no_args_is_help=True,
+    no_args_is_help=True, rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
@@ -83,7 +84,8 @@ def _root(
     debug: Annotated[
         bool,
         typer.Option(
-            "--debug", help=f"print the traceback of an unexpected failure instead of logging it; env {DEBUG_ENV}"
+            "--debug/--no-debug",
+            help=f"print the traceback of an unexpected failure instead of logging it; env {DEBUG_ENV}",
         ),
     ] = False,
 ) -> None:
@@ -102,6 +104,7 @@ def version() -> None:
 
 for part in (cmd_data, cmd_legacy, cmd_stream, cmd_compare, cmd_shadow, cmd_rollout, cmd_doctor):
     part.register(app)
+plain_help(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from compare.inputs import GateFlags
 from compare.parity import FAIL_ON, fails
 from segments.errors import CheckFailed, UsageError
 from segments.rules import load_ruleset
-from segshadow.common import duration, writable_dir
+from segshadow.common import busy, duration, writable_dir
 
 FailOnOpt = Annotated[
     str,
@@ -80,18 +80,19 @@ def compare(
         duration(max_out_of_orderness) if max_out_of_orderness is not None else None,
         duration(allowed_lateness) if allowed_lateness is not None else None,
     )
-    result = run_comparison(
-        events,
-        legacy,
-        stream,
-        load_ruleset(rules),
-        every_ms,
-        flags,
-        out,
-        noise_legacy=noise_legacy,
-        noise_stream=noise_stream,
-        stream_latency=stream_latency,
-    )
+    with busy("comparing"):
+        result = run_comparison(
+            events,
+            legacy,
+            stream,
+            load_ruleset(rules),
+            every_ms,
+            flags,
+            out,
+            noise_legacy=noise_legacy,
+            noise_stream=noise_stream,
+            stream_latency=stream_latency,
+        )
     typer.echo(f"{result.summary_line()} -> {out / 'report.html'}")
     fail_on_verdict(result.verdict, result.summary_line(), fail_on)
 

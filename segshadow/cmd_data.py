@@ -27,7 +27,7 @@ from segshadow.common import DatabaseOpt, DataDirOpt, settings, writable_file
 import_app = typer.Typer(help="Turn public data sets into SPEC event files.", no_args_is_help=True)
 rules_app = typer.Typer(help="Inspect rule sets.", no_args_is_help=True)
 
-InputArg = Annotated[Path, typer.Argument(help="the data set's CSV file")]
+InputArg = Annotated[Path, typer.Argument(metavar="CSV_PATH", help="the data set's CSV file")]
 OutOpt = Annotated[
     Path, typer.Option("--out", help="events file to write (JSON Lines, SPEC §1)", callback=writable_file)
 ]
@@ -78,7 +78,7 @@ def _start_ms(text: str | None) -> int:
 
 
 def workload(
-    kind: Annotated[str, typer.Argument(help="clickstream or risk")],
+    kind: Annotated[str, typer.Argument(metavar="KIND", help="clickstream or risk")],
     out: Annotated[
         Path, typer.Option("--out", help="events file to write (JSON Lines, arrival order)", callback=writable_file)
     ],
@@ -87,7 +87,12 @@ def workload(
     seed: Annotated[int, typer.Option("--seed", help="random seed (same seed, same file)")] = 1,
     start: Annotated[str | None, typer.Option("--start", help="first event time: RFC 3339 or epoch ms")] = None,
     rate: Annotated[
-        float, typer.Option("--events-per-user-per-minute", help="size knob (default 1/6: 100K users x 60 min ~ 1M)")
+        float,
+        typer.Option(
+            "--events-per-user-per-minute",
+            help="size knob (100K users x 60 min ~ 1M events)",
+            show_default="1/6, i.e. 10 per hour",
+        ),
     ] = DEFAULT_RATE,
     late_share: Annotated[float, typer.Option("--late-share", help="share of events that arrive late")] = 0.05,
     dup_share: Annotated[float, typer.Option("--dup-share", help="share of events delivered twice")] = 0.01,
@@ -148,8 +153,10 @@ def _resolve(ref: str, database_url: str | None, data_dir: str | None) -> RuleSe
 
 @rules_app.command("show")
 def rules_show(
-    ref: Annotated[str, typer.Argument(help="a shipped name (clickstream, risk, name@vN) or a YAML/JSON file")],
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    ref: Annotated[
+        str, typer.Argument(metavar="REF", help="a shipped name (clickstream, risk, name@vN) or a YAML/JSON file")
+    ],
+    as_json: Annotated[bool, typer.Option("--json/--no-json", help="print one JSON object")] = False,
     database_url: DatabaseOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -164,7 +171,9 @@ def rules_show(
 
 @rules_app.command("list")
 def rules_list(
-    stored: Annotated[bool, typer.Option("--stored", help="also list the versions stored in the database")] = False,
+    stored: Annotated[
+        bool, typer.Option("--stored/--no-stored", help="also list the versions stored in the database")
+    ] = False,
     database_url: DatabaseOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:

@@ -29,7 +29,9 @@ _STYLE = {"ok": "green", "suspect": "yellow", "failing": "bold red", "thin": "ma
 
 def doctor(
     evidence: Annotated[Path, typer.Option("--evidence", help="a shadow run's directory")],
-    live: Annotated[bool, typer.Option("--live", help="also read the running pipeline's published health")] = False,
+    live: Annotated[
+        bool, typer.Option("--live/--no-live", help="also read the running pipeline's published health")
+    ] = False,
     since: Annotated[str, typer.Option("--since", help="with --live: how far back to read")] = "1h",
     redis_url: RedisOpt = None,
 ) -> None:

@@ -253,7 +253,7 @@ def register(app: typer.Typer) -> None:
     def status(
         evidence: EvidenceOpt = None,
         plan: PlanOpt = None,
-        as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+        as_json: Annotated[bool, typer.Option("--json/--no-json", help="print JSON")] = False,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
@@ -333,7 +333,7 @@ def register(app: typer.Typer) -> None:
         plan: PlanOpt = None,
         actor: ActorOpt = None,
         force: Annotated[
-            bool, typer.Option("--force", help="advance when gates do not pass, or off the plan's steps")
+            bool, typer.Option("--force/--no-force", help="advance when gates do not pass, or off the plan's steps")
         ] = False,
         reason: Annotated[
             str | None, typer.Option("--reason", help="why (required with --force or a weakened first plan)")
@@ -409,11 +409,13 @@ def register(app: typer.Typer) -> None:
 
     @cutover.command("history")
     def history(
-        as_json: Annotated[bool, typer.Option("--json", help="print JSON Lines, one decision each")] = False,
-        gates: Annotated[bool, typer.Option("--gates", help="show each decision's gate results")] = False,
+        as_json: Annotated[bool, typer.Option("--json/--no-json", help="print JSON Lines, one decision each")] = False,
+        gates: Annotated[bool, typer.Option("--gates/--no-gates", help="show each decision's gate results")] = False,
         verify: Annotated[
             bool,
-            typer.Option("--verify", help="also re-check every plan text and every recorded evidence still on disk"),
+            typer.Option(
+                "--verify/--no-verify", help="also re-check every plan text and every recorded evidence still on disk"
+            ),
         ] = False,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
@@ -477,7 +479,7 @@ def register(app: typer.Typer) -> None:
 
     @plan_app.command("set")
     def plan_set(
-        file: Annotated[str, typer.Argument(help="the plan: 'default', 'risk', or a YAML file")],
+        file: Annotated[str, typer.Argument(metavar="FILE", help="the plan: 'default', 'risk', or a YAML file")],
         reason: Annotated[str | None, typer.Option("--reason", help="why (required; recorded)")] = None,
         actor: ActorOpt = None,
         expect_version: Annotated[
@@ -630,7 +632,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("serve")
     def serve(
-        host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+        host: Annotated[
+            str, typer.Option("--host", help="address to listen on (keep 127.0.0.1 unless you mean to expose the site)")
+        ] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="TCP port (1-65535, free)", callback=listen_port)] = 8000,
         evidence: EvidenceOpt = None,
         plan: Annotated[

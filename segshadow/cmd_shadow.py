@@ -62,8 +62,8 @@ def run(
     max_out_of_orderness: OooOpt = "5s",
     allowed_lateness: LatenessOpt = "60s",
     shards: ShardsOpt = 8,
-    noise: Annotated[bool, typer.Option("--noise", help="also run the stream on jittered arrivals")] = False,
-    live: Annotated[bool, typer.Option("--live", help="real-time path instead of replay")] = False,
+    noise: Annotated[bool, typer.Option("--noise/--no-noise", help="also run the stream on jittered arrivals")] = False,
+    live: Annotated[bool, typer.Option("--live/--no-live", help="real-time path instead of replay")] = False,
     rate: Annotated[
         int, typer.Option("--rate", help="live: events per second (1-1000000)", min=1, max=1_000_000)
     ] = 1_000,

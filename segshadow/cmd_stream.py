@@ -22,7 +22,16 @@ from segments.lateness import GateParams
 from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
 from segshadow.cmd_legacy import resolve_rules
-from segshadow.common import DatabaseOpt, DataDirOpt, RedisOpt, duration, duration_between, settings, writable_file
+from segshadow.common import (
+    DatabaseOpt,
+    DataDirOpt,
+    RedisOpt,
+    busy,
+    duration,
+    duration_between,
+    settings,
+    writable_file,
+)
 from streaming.config import EVENTS_STREAM, GROUP, StreamConfig
 
 stream_app = typer.Typer(help="The Beam streaming segmenter.", no_args_is_help=True)
@@ -33,7 +42,7 @@ LatenessOpt = Annotated[str, typer.Option("--allowed-lateness", help="older than
 ShardsOpt = Annotated[
     int, typer.Option("--shards", help="parallel per-user state partitions (1-4096)", min=1, max=4096)
 ]
-NoSqlOpt = Annotated[bool, typer.Option("--no-sql", help="do not write the SQL transitions log")]
+NoSqlOpt = Annotated[bool, typer.Option("--no-sql/--sql", help="do not write the SQL transitions log")]
 
 
 def gate_params(max_out_of_orderness: str, allowed_lateness: str) -> GateParams:
@@ -86,6 +95,7 @@ def replay(
         store = stack.enter_context(SqlStore.open(where.database_url))
         ruleset = resolve_rules(rules, store)
         store.register_ruleset(ruleset)
+        stack.enter_context(busy("stream replay (Beam)"))
         result = run_replay(
             events,
             out,

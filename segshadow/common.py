@@ -11,24 +11,55 @@ only refuses what is outside its documented range.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
+import re
 import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from typer.core import TyperCommand
 
 from segments.config import Settings, resolve_settings
 from segments.durations import format_duration_ms, parse_duration_ms
 from segments.errors import SegshadowError, UsageError
 
 console = Console(stderr=True)
+
+
+class PlainUsage(TyperCommand):
+    """A command whose usage line names required arguments as ``CSV_PATH``, not typer's ``{CSV_PATH}``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [_BRACED.sub(r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+
+_BRACED = re.compile(r"\{([^{}]*)\}")
+
+
+def plain_help(app: typer.Typer) -> typer.Typer:
+    """Make every command of ``app`` (and its groups) print plain help; returns ``app``.
+
+    Docstrings mark code with double backticks for readers of the source; typer would
+    print them literally, so a command without an explicit ``help`` gets its
+    docstring without them. Usage lines name arguments without braces (``PlainUsage``).
+    """
+    for info in app.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = inspect.cleandoc(info.callback.__doc__).replace("``", "")
+        if info.cls in (None, TyperCommand):
+            info.cls = PlainUsage
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            plain_help(group.typer_instance)
+    return app
 
 DatabaseOpt = Annotated[
     str | None,
@@ -175,6 +206,18 @@ def progress_bars(labels: Mapping[str, str], transient: bool = True) -> Iterator
     )
     with progress:
         yield StageBars(progress, labels)
+
+
+@contextlib.contextmanager
+def busy(label: str) -> Iterator[None]:
+    """An indeterminate bar with the elapsed time for one step whose size is not known in advance.
+
+    For work that has no count to report (a Beam pipeline, a comparison); like
+    ``progress_bars`` it is shown only when stderr is a terminal and goes away when done.
+    """
+    with progress_bars({"busy": label}) as bars:
+        bars.progress.add_task(label, total=None)
+        yield
 
 
 @contextlib.contextmanager

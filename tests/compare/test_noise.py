@@ -54,3 +54,13 @@ def test_second_run_that_differs_is_counted_and_other_events_are_allowed(tmp_pat
     (noise,) = result.noise
     assert (noise.side, noise.pairs, noise.mismatch, noise.outside_schedule) == ("legacy", 2, 1, 1)
     assert result.to_dict()["noise"]["legacy"]["mismatch_rate"] == 0.5
+
+
+def test_noise_floor_is_in_the_report_not_only_the_summary(tmp_path: Path) -> None:
+    events, legacy, stream = _case(tmp_path)
+    shutil.copy(legacy, f"{legacy}.2")
+    shutil.copy(meta_path(legacy), meta_path(f"{legacy}.2"))
+    out = tmp_path / "out"
+    run_comparison(events, legacy, stream, CLICK, noise_legacy=f"{legacy}.2", out_dir=out)
+    html = (out / "report.html").read_text()
+    assert "Noise floor" in html and "<td>legacy</td><td>2</td><td>0</td>" in html

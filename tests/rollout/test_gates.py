@@ -236,3 +236,12 @@ def test_the_segment_psi_gate_runs_only_when_the_plan_sets_it() -> None:
     on = dataclasses.replace(step.gates, max_segment_psi=0.25)
     results = by_name(evaluate(PLAN, on, drifted(0.9), T0, in_stage_ms=step.gates.min_time_in_stage_ms))
     assert results["max_segment_psi"].status == FAIL and verdict(tuple(results.values())) == FAIL
+
+
+def test_duration_gates_observe_readable_durations_not_raw_milliseconds() -> None:
+    """'observed 425855ms, threshold 1h' read badly: the observed time is rounded for people like its threshold."""
+    stage = time_in_stage_gate(425_855, 3_600_000)
+    assert (stage.observed, stage.threshold) == ("7m 6s", "1h")
+    assert "7m 6s in the current stage" in stage.reason or "only 7m 6s" in stage.reason
+    fresh = freshness_gate({"latency": {"stream": {"source": "live", "p99_ms": 1234.5, "count": 10}}}, 2_000)
+    assert fresh.reason == "stream p99 1.2s (at most 2s)" and fresh.observed == 1234.5

@@ -13,7 +13,8 @@ def test_history_shows_bidi_controls_in_actor_and_reason_visibly(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     where = ["--database-url", f"sqlite:///{tmp_path / 'r.db'}", "--data-dir", str(tmp_path)]
-    code, _, err = run(["cutover", "advance", "--actor", "\u202eeve", "--reason", "ok\u2067 go", *where], capsys)
+    argv = ["cutover", "advance", "--from", "off", "--actor", "\u202eeve", "--reason", "ok\u2067 go", *where]
+    code, _, err = run(argv, capsys)
     assert code == 0, err
     code, printed, err = run(["cutover", "history", *where], capsys)
     assert code == 0, err
