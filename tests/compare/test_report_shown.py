@@ -21,5 +21,5 @@ def test_the_examples_say_how_many_of_how_many_and_where_all_are(tmp_path: Path)
     assert html.count('<div class="mm">') == 12
     assert (
         '12 of 15 mismatches shown; all 15 in <span class="mono">mismatches.jsonl</span> '
-        "(late arrival 0, dropped too late 0, mixed 0, unexplained 15)."
+        "(late arrival 0, dropped too late 0, mixed 0, unexplained 15, approximate 0)."
     ) in html
