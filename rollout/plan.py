@@ -253,7 +253,8 @@ def strictest(a: Gates, b: Gates) -> Gates:
         _lower(a.dead_letter_tolerance, b.dead_letter_tolerance),
         _lower(a.false_positive_tolerance, b.false_positive_tolerance),
         _higher(a.min_time_in_stage_ms, b.min_time_in_stage_ms),
-        _lower(a.max_segment_psi, b.max_segment_psi),
+        max_approximate_rate=_lower(a.max_approximate_rate, b.max_approximate_rate),
+        max_segment_psi=_lower(a.max_segment_psi, b.max_segment_psi),
     )
 
 
