@@ -71,6 +71,9 @@ PlanOpt = Annotated[
         "later it must be the plan in force (change it with `cutover plan set`)",
     ),
 ]
+ExpectVersionOpt = Annotated[
+    int | None, typer.Option("--expect-version", help="the version `cutover status` showed you")
+]
 ActorOpt = Annotated[str | None, typer.Option("--actor", help="who decides (default: the login name)")]
 
 
@@ -326,9 +329,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--from", help="where you advance from, as status shows it: STAGE or canary:PERCENT"),
         ] = None,
-        expect_version: Annotated[
-            int | None, typer.Option("--expect-version", help="the version `cutover status` showed you")
-        ] = None,
+        expect_version: ExpectVersionOpt = None,
         evidence: EvidenceOpt = None,
         plan: PlanOpt = None,
         actor: ActorOpt = None,
@@ -390,9 +391,7 @@ def register(app: typer.Typer) -> None:
         reason: Annotated[str, typer.Option("--reason", help="why (recorded)")],
         actor: ActorOpt = None,
         evidence: EvidenceOpt = None,
-        expect_version: Annotated[
-            int | None, typer.Option("--expect-version", help="the version `cutover status` showed you")
-        ] = None,
+        expect_version: ExpectVersionOpt = None,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
@@ -482,9 +481,7 @@ def register(app: typer.Typer) -> None:
         file: Annotated[str, typer.Argument(metavar="FILE", help="the plan: 'default', 'risk', or a YAML file")],
         reason: Annotated[str | None, typer.Option("--reason", help="why (required; recorded)")] = None,
         actor: ActorOpt = None,
-        expect_version: Annotated[
-            int | None, typer.Option("--expect-version", help="the version `cutover status` showed you")
-        ] = None,
+        expect_version: ExpectVersionOpt = None,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
