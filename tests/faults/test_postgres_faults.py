@@ -206,12 +206,24 @@ def test_backend_terminated_at_the_start(fault_db: FaultDb, tmp_path: Path) -> N
 
 
 def test_backend_terminated_in_the_middle(fault_db: FaultDb, tmp_path: Path) -> None:
-    """Once a few as-ofs are staged, the run's backend is terminated while it runs a statement."""
+    """Once a few as-ofs are staged, the run's backend is terminated inside an as-of's transaction.
+
+    The run is held there by a lock we take on the staged runs' table: terminating
+    whichever backend looks active is a race, since a statement that has just finished
+    leaves an idle pooled connection, which the pool's pre-ping replaces unnoticed
+    (nothing is lost then, and the run rightly completes).
+    """
     previous = _publish_a_complete_run(fault_db, tmp_path)
+    engine = sa.create_engine(_driver(fault_db.url), poolclass=sa.pool.NullPool)
     proc, out = _start_run(fault_db, tmp_path)
     _wait_for(lambda: fault_db.staged_as_ofs() >= 3, proc, "three as-ofs are staged")
-    _wait_for(lambda: fault_db.terminate("state = 'active'") > 0, proc, "a statement of the run is terminated")
-    code, err = _finish(proc)
+    with engine.connect() as locker:
+        locker.begin()
+        locker.exec_driver_sql("LOCK TABLE segshadow_legacy_staged_runs IN ACCESS EXCLUSIVE MODE")
+        _wait_for(lambda: bool(fault_db.backends("wait_event_type = 'Lock'")), proc, "an as-of waits for the lock")
+        assert fault_db.terminate("wait_event_type = 'Lock'") == 1
+        code, err = _finish(proc)
+        locker.rollback()
     line = _assert_failed_cleanly(code, err, out, " at as-of ", "nothing of this run is published")
     assert "terminated the connection" in line or "connection to the server was lost" in line, line
     done, total = line.split(" at as-of ", 1)[1].split("(", 1)[1].split(")", 1)[0].split(" of ")
@@ -246,7 +258,9 @@ def test_database_dropped_in_the_middle(fault_db: FaultDb, tmp_path: Path) -> No
     fault_db.sql(f'DROP DATABASE "{fault_db.name}" WITH (FORCE)')
     code, err = _finish(proc)
     line = _assert_failed_cleanly(code, err, out, "nothing of this run is published")
-    assert "terminated the connection" in line or "does not exist" in line, line
+    # which of the three the run meets depends on where it is when the server ends its session
+    told = ("terminated the connection", "does not exist", "the connection to the server was lost")
+    assert any(words in line for words in told), line
 
 
 def test_a_table_lock_held_past_the_timeout(fault_db: FaultDb, tmp_path: Path) -> None:
