@@ -372,7 +372,7 @@ class RolloutStore:
 
     @classmethod
     def open(cls, url: str, clock: Clock = wall_clock_ms, create: bool = True) -> RolloutStore:
-        store = cls(make_engine(url), clock, url)
+        store = cls(make_engine(url, durable=True), clock, url)
         if create:
             store.create()
         return store

@@ -16,6 +16,17 @@ server that stops answering is a failure with a reason, never a hang
   TCP keepalives notice a server that vanished without closing the connection.
 - SQLite: the busy timeout [10 s] (how long a writer waits for another's lock).
 
+**SQLite durability.** A file database runs in write-ahead-log mode. The segment
+store (events, as-ofs, transitions) syncs with ``synchronous=NORMAL``: a commit
+survives the process being killed, and the file is never corrupted, but an
+operating-system crash or power loss can roll back the last commits. With the
+default ``FULL`` every commit waited for an fsync, and the live run's three
+writers (the dual-writer, the legacy job, the stream's transitions sink) queued
+on those: the stream's freshness p99 at 300 events/s was 66 to 207 ms on a quiet
+2-core machine, 28 to 34 ms with ``NORMAL``. The rollout store (the decision log)
+asks ``durable=True`` and keeps ``FULL``. Power-loss durability of the segment
+store is PostgreSQL's job, the production backend.
+
 Each is set in the database URL's query, in the duration syntax of the command
 line: ``postgresql://host/db?lock_timeout=30s&statement_timeout=1h``,
 ``sqlite:///file.db?busy_timeout=2s`` (``0`` turns a PostgreSQL timeout off). These
@@ -91,9 +102,10 @@ def backend(engine: Engine) -> str:
     return str(engine.dialect.name)
 
 
-def make_engine(url: str, check: bool = True) -> Engine:
+def make_engine(url: str, check: bool = True, durable: bool = False) -> Engine:
     """An engine for ``url`` with bounded waits (module doc); with ``check``, connect once and raise
-    ``StoreUnavailable`` if that fails. ``UsageError`` for a URL or timeout that cannot be used."""
+    ``StoreUnavailable`` if that fails. ``UsageError`` for a URL or timeout that cannot be used.
+    ``durable`` keeps SQLite's ``synchronous=FULL`` (module doc, 'SQLite durability')."""
     if not url or "://" not in url:
         raise UsageError(f"not a database URL: {url!r}")
     try:
@@ -101,7 +113,7 @@ def make_engine(url: str, check: bool = True) -> Engine:
         if url.startswith("sqlite"):
             engine = sa.create_engine(normalize_url(driver_url), connect_args={"timeout": timeouts.busy_ms / 1000})
             if ":memory:" not in url and url.rstrip("/") != "sqlite:":
-                sa.event.listen(engine, "connect", _sqlite_wal)
+                sa.event.listen(engine, "connect", _sqlite_wal_full if durable else _sqlite_wal)
         else:
             engine = sa.create_engine(
                 normalize_url(driver_url), pool_pre_ping=True, connect_args=_server_args(driver_url, timeouts)
@@ -180,11 +192,17 @@ def describe_db_error(exc: BaseException, engine: Engine | None = None) -> str:
     return f"{type(orig).__name__}: {first[:200]}"
 
 
-def _sqlite_wal(dbapi_connection: object, _record: object) -> None:
-    """Write-ahead logging: readers (legacy's as-of queries) no longer block the live writers and back."""
+def _sqlite_wal(dbapi_connection: object, _record: object, synchronous: str = "NORMAL") -> None:
+    """Write-ahead logging: readers (legacy's as-of queries) no longer block the live writers and back;
+    ``synchronous`` as the module doc says."""
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.close()
+
+
+def _sqlite_wal_full(dbapi_connection: object, record: object) -> None:
+    _sqlite_wal(dbapi_connection, record, "FULL")
 
 
 def run_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:

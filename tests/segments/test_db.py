@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 
@@ -35,3 +37,20 @@ def test_every_engine_waits_a_bounded_time(database_url: str) -> None:
                 assert conn.execute(sa.text("SHOW statement_timeout")).scalar() == "7s"
     finally:
         engine.dispose()
+
+
+def test_sqlite_files_log_ahead_and_only_the_rollout_store_syncs_every_commit(tmp_path: Path) -> None:
+    """The segment store trades the last commits on power loss for its writers' latency; the decision log does not."""
+    from rollout.store import RolloutStore
+
+    def pragmas(engine: sa.Engine) -> tuple[str, int]:
+        with engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+            return str(mode), int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+
+    segments = make_engine(f"sqlite:///{tmp_path / 'segments.db'}")
+    assert pragmas(segments) == ("wal", 1)  # NORMAL
+    rollout = RolloutStore.open(f"sqlite:///{tmp_path / 'rollout.db'}")
+    assert pragmas(rollout.engine) == ("wal", 2)  # FULL
+    rollout.close()
+    segments.dispose()
