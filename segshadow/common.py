@@ -25,7 +25,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from typer.core import TyperCommand
+from typer.core import TyperArgument, TyperCommand, TyperOption
 
 from segments.config import Settings, resolve_settings
 from segments.durations import format_duration_ms, parse_duration_ms
@@ -35,13 +35,61 @@ console = Console(stderr=True)
 
 
 class PlainUsage(TyperCommand):
-    """A command whose usage line names required arguments as ``CSV_PATH``, not typer's ``{CSV_PATH}``."""
+    """A command whose usage line names required arguments as ``CSV_PATH``, not typer's ``{CSV_PATH}``,
+    and whose options name their value as argparse does (``--every EVERY``), not by type (``<str>``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if isinstance(param, TyperOption) and not param.is_flag and not param.count and param.metavar is None:
+                param.metavar = _metavar(param)
+            elif isinstance(param, TyperArgument):
+                # its name already says what it is (CSV_PATH); typer would add "<path>" after it
+                param.display_type_rich = _no_type  # type: ignore[method-assign]
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [_BRACED.sub(r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
+def _no_type(ctx: Any) -> None:
+    return None
+
+
 _BRACED = re.compile(r"\{([^{}]*)\}")
+
+
+def _metavar(option: TyperOption) -> str:
+    """What an option's value is, in a word: N, NUMBER, PATH, URL, DURATION, else its name."""
+    described = option.type_descriptor
+    kind = described.ranged_type_name if described.is_ranged else getattr(described.annotation, "__name__", "")
+    name = (option.name or "value").upper()
+    if described.is_path:
+        return "PATH"
+    if kind == "int":
+        return "N"
+    if kind == "float":
+        return "NUMBER"
+    if name.endswith("URL"):
+        return "URL"
+    if name in _DURATIONS or (isinstance(option.default, str) and _is_duration(option.default)):
+        return "DURATION"
+    if name in _DIRECTORIES:
+        return "DIR"
+    return name if len(name) <= 12 else "TEXT"
+
+
+_DURATIONS = frozenset(
+    {"EVERY", "MAX_OUT_OF_ORDERNESS", "ALLOWED_LATENESS", "DURATION", "DURATION_TEXT", "SINCE", "POLL"}
+)
+_DIRECTORIES = frozenset({"DATA_DIR", "EVIDENCE", "RUN"})
+
+
+def _is_duration(text: str) -> bool:
+    try:
+        parse_duration_ms(text)
+    except (UsageError, ValueError):
+        return False
+    return not text.isdigit()
 
 
 def plain_help(app: typer.Typer) -> typer.Typer:
@@ -60,6 +108,7 @@ def plain_help(app: typer.Typer) -> typer.Typer:
         if group.typer_instance is not None:
             plain_help(group.typer_instance)
     return app
+
 
 DatabaseOpt = Annotated[
     str | None,
