@@ -36,7 +36,7 @@ console = Console(stderr=True)
 
 class PlainUsage(TyperCommand):
     """A command whose usage line names required arguments as ``CSV_PATH``, not typer's ``{CSV_PATH}``,
-    and whose options name their value as argparse does (``--every EVERY``), not by type (``<str>``)."""
+    and whose options name their value in a word (``--every DURATION``), not by type tag (``<str>``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
