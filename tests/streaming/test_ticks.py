@@ -20,17 +20,21 @@ class _Collect(beam.DoFn):
 
 
 def test_ticks_come_in_order_at_their_times_until_the_stop() -> None:
+    """Over 4 s, so that a pipeline slow to start on a loaded machine (CI saw load 13) still meets most
+    ticks: those whose time passed before the first bundle are skipped, as the module doc says."""
     _Collect.seen = []
-    start = time.time() + 0.2
-    interval = 0.02
+    start = time.time() + 0.5
+    interval, count = 0.05, 80
     pipeline = beam.Pipeline(options=pipeline_options([], LIVE_RUNNER, streaming=True))
-    _ = pipeline | Ticks(start, start + 0.5, interval, hold_s=0.1) | beam.ParDo(_Collect())
+    _ = pipeline | Ticks(start, start + count * interval, interval, hold_s=0.1) | beam.ParDo(_Collect())
     pipeline.run().wait_until_finish()
 
     ticks = [tick for tick, _ in _Collect.seen]
+    assert ticks, "the pipeline started within the 4.5 s and met ticks"
     assert ticks == sorted(set(ticks)), "each tick once, in order"
-    assert ticks and ticks[-1] < 25, "none at or after the stop"
-    assert len(ticks) >= 10, "most ticks fire (a slow machine may skip a few, never repeat one)"
+    assert ticks[-1] < count, "none at or after the stop"
+    met = count - ticks[0]
+    assert len(ticks) >= met / 2, f"most ticks after the first fire ({len(ticks)} of {met}); none is repeated"
     for tick, at in _Collect.seen:
         assert at >= start + tick * interval - 0.001, "no tick before its time"
 
