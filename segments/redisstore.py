@@ -23,6 +23,21 @@ different set (a corrected re-run of the same as-of; ``revision`` then counts up
 Many keys go in one script call and many calls in one pipeline. Connection errors are
 retried with bounded exponential backoff; because every write is idempotent a retried
 pipeline is safe. When the server stays unreachable, ``StoreUnavailable`` is raised.
+
+**A legacy snapshot is published at once.** An as-of's snapshot takes many script
+calls (its users, then clearing the users who left), so readers must not see it half
+written: some users already at the new as-of, others still at the old one, or a
+user who left still in their segment when the new as-of is otherwise visible. Each
+``write_legacy`` takes a new generation (``gen`` in the meta hash, counted up), stamps
+every value it writes with it, and only when the whole snapshot is written sets
+``published_gen`` in the meta hash, one command. A value overwritten while its own
+generation is published is first kept as ``prev_*`` fields of the same hash. Readers
+(``get``, ``get_many``, ``scan_side`` on the legacy side) resolve each user in one
+script with the meta hash: the value if its generation is published, else the kept
+one, else no value; so every reader sees one complete snapshot, the old one until
+the flip and the new one after. A write that fails part-way leaves its values
+unpublished, and the next write does not move them into ``prev_*``. Values written
+before generations existed count as published.
 """
 
 from __future__ import annotations
@@ -193,17 +208,19 @@ def _stored(raw: Mapping[Any, Any]) -> StoredSegments | None:
     )
 
 
-# KEYS: meta, nonempty index, user keys...; ARGV: as_of, written_at, clear flag, then (segments, member)
-# per key. Set mode replaces when the as-of is later, or equal with a different set; clear mode
-# (users absent from the snapshot) empties only values older than the as-of.
+# KEYS: meta, nonempty index, user keys...; ARGV: as_of, written_at, clear flag, generation, then
+# (segments, member) per key. Set mode replaces when the as-of is later, or equal with a different set;
+# clear mode (users absent from the snapshot) empties only values older than the as-of. A replaced value
+# of a published generation is kept as prev_* (module doc, 'A legacy snapshot is published at once').
 _LEGACY_LUA = """
 local t = tonumber(ARGV[1])
 local clear = ARGV[3] == '1'
+local pub = tonumber(redis.call('HGET', KEYS[1], 'published_gen')) or 0
 local changed = 0
 for i = 3, #KEYS do
-  local j = 4 + (i - 3) * 2
+  local j = 5 + (i - 3) * 2
   local segs = ARGV[j]
-  local cur = redis.call('HMGET', KEYS[i], 'time', 'revision', 'segments')
+  local cur = redis.call('HMGET', KEYS[i], 'time', 'revision', 'segments', 'gen', 'written_at')
   local st = tonumber(cur[1])
   local rev = nil
   if st == nil then
@@ -214,7 +231,12 @@ for i = 3, #KEYS do
     rev = tonumber(cur[2]) + 1
   end
   if rev ~= nil then
-    redis.call('HSET', KEYS[i], 'segments', segs, 'time', ARGV[1], 'revision', rev, 'written_at', ARGV[2])
+    if st ~= nil and (tonumber(cur[4]) or 0) <= pub then
+      redis.call('HSET', KEYS[i], 'prev_segments', cur[3], 'prev_time', cur[1], 'prev_revision', cur[2],
+        'prev_written_at', cur[5])
+    end
+    redis.call('HSET', KEYS[i], 'segments', segs, 'time', ARGV[1], 'revision', rev, 'written_at', ARGV[2],
+      'gen', ARGV[4])
     changed = changed + 1
     if segs == '[]' then
       redis.call('SREM', KEYS[2], ARGV[j + 1])
@@ -262,6 +284,34 @@ return changed
 """
 
 
+# KEYS: legacy meta, user keys...; returns per key the fields of the value a reader may see (segments,
+# time, revision, written_at), or an empty list: the value if its generation is published, else prev_*.
+_LEGACY_READ_LUA = """
+local pub = tonumber(redis.call('HGET', KEYS[1], 'published_gen')) or 0
+local out = {}
+for i = 2, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'segments', 'time', 'revision', 'written_at', 'gen',
+    'prev_segments', 'prev_time', 'prev_revision', 'prev_written_at')
+  if v[1] and (tonumber(v[5]) or 0) <= pub then
+    out[i - 1] = {v[1], v[2], v[3], v[4]}
+  elseif v[1] and v[6] then
+    out[i - 1] = {v[6], v[7], v[8], v[9]}
+  else
+    out[i - 1] = {}
+  end
+end
+return out
+"""
+
+
+def _visible(fields: Sequence[Any]) -> StoredSegments | None:
+    """One entry of ``_LEGACY_READ_LUA``'s reply as a value (None: nothing published for the user)."""
+    if not fields:
+        return None
+    segments, time, revision, written_at = (_text(f) for f in fields)
+    return StoredSegments(tuple(json.loads(segments)), int(time), int(revision), int(written_at))
+
+
 # One script call: its keys and its arguments.
 ScriptCall = tuple[list[str], list[str]]
 
@@ -306,6 +356,7 @@ class RedisStore:
         self.prefix = prefix
         self.clock = clock
         self._legacy = client.register_script(_LEGACY_LUA)
+        self._legacy_read = client.register_script(_LEGACY_READ_LUA)
         self._stream = client.register_script(_STREAM_LUA)
 
     @classmethod
@@ -344,7 +395,8 @@ class RedisStore:
         stored one does not touch that user; a different set at the same as-of replaces
         the stored one with ``revision + 1``.
         """
-        head = [meta_key("legacy", self.prefix), _nonempty_key(self.prefix)]
+        meta = meta_key("legacy", self.prefix)
+        head = [meta, _nonempty_key(self.prefix)]
         written: set[str] = set()
         entries: list[tuple[str, list[str]]] = []
         for user_id, segments in rows:
@@ -352,11 +404,13 @@ class RedisStore:
             written.add(member)
             entries.append((f"{self.prefix}:legacy:u:{member}", [_segments_json(segments), member]))
         try:
-            changed = self._pipelined(self._legacy, head, [str(as_of), str(self.clock()), "0"], entries)
+            gen = str(self.client.hincrby(meta, "gen", 1))
+            changed = self._pipelined(self._legacy, head, [str(as_of), str(self.clock()), "0", gen], entries)
             index = sorted(_text(m) for m in self.client.smembers(_nonempty_key(self.prefix)))
             gone = [(f"{self.prefix}:legacy:u:{m}", ["[]", m]) for m in index if m not in written]
             if gone or not entries:
-                changed += self._pipelined(self._legacy, head, [str(as_of), str(self.clock()), "1"], gone)
+                changed += self._pipelined(self._legacy, head, [str(as_of), str(self.clock()), "1", gen], gone)
+            self.client.hset(meta, "published_gen", gen)  # the flip: readers see the whole snapshot from here
         except redis.RedisError as exc:
             raise self._unavailable(exc) from None
         return changed
@@ -434,13 +488,18 @@ class RedisStore:
 
     def get(self, side: str, user_id: str) -> StoredSegments | None:
         """The user's stored set on ``side``, or None when the side has never written the user."""
+        if side == "legacy":
+            return self.get_many(side, [user_id])[0]
         try:
             return _stored(self.client.hgetall(user_key(side, user_id, self.prefix)))
         except redis.RedisError as exc:
             raise self._unavailable(exc) from None
 
     def get_many(self, side: str, user_ids: Sequence[str]) -> list[StoredSegments | None]:
-        """``get`` for many users in one round trip, in the order given."""
+        """``get`` for many users in one round trip, in the order given (legacy: from one snapshot)."""
+        if side == "legacy":
+            keys = [user_key(side, user_id, self.prefix) for user_id in user_ids]
+            return self._read_legacy(keys, per_call=max(1, len(keys)))
         try:
             pipe = self.client.pipeline(transaction=False)
             for user_id in user_ids:
@@ -481,13 +540,29 @@ class RedisStore:
             raise self._unavailable(exc) from None
 
     def _fetch(self, keys: list[str]) -> Iterator[tuple[str, StoredSegments]]:
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        for key, raw in zip(keys, pipe.execute(), strict=True):
-            stored = _stored(raw)
+        if keys and parse_user_key(keys[0], self.prefix)[0] == "legacy":
+            values = self._read_legacy(keys)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            values = [_stored(raw) for raw in pipe.execute()]
+        for key, stored in zip(keys, values, strict=True):
             if stored is not None:
                 yield parse_user_key(key, self.prefix)[1], stored
+
+    def _read_legacy(self, keys: list[str], per_call: int = BATCH_KEYS) -> list[StoredSegments | None]:
+        """The published legacy values of ``keys`` (module doc), ``per_call`` keys per atomic script call
+        (``get_many``: all in one, so from one snapshot)."""
+        meta = meta_key("legacy", self.prefix)
+        out: list[StoredSegments | None] = []
+        try:
+            for start in range(0, len(keys), per_call):
+                reply = self._legacy_read(keys=[meta, *keys[start : start + per_call]])
+                out.extend(_visible(fields) for fields in reply)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from None
+        return out
 
     def clear_side(self, side: str) -> int:
         """Delete every key of ``side`` (values, heartbeat, index); returns how many were deleted."""

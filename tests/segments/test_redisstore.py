@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis import exceptions as redis_errors
 
 from segments.errors import StoreUnavailable, UsageError
 from segments.outputs import Transition
@@ -190,6 +191,71 @@ def test_a_corrected_rerun_of_the_same_as_of_bumps_the_revision(store: RedisStor
     assert store.write_legacy(300_000, fixed) == 1
     assert store.get("legacy", "u1") == StoredSegments(("window_shopper",), 300_000, 2, 5_000)
     assert store.get("legacy", "u2") == StoredSegments(("high_value",), 300_000, 1, 1_000)
+
+
+def _snapshot(store: RedisStore, users: list[str]) -> dict[str, tuple[tuple[str, ...], int] | None]:
+    return {
+        user: None if value is None else (value.segments, value.time)
+        for user, value in zip(users, store.get_many("legacy", users), strict=True)
+    }
+
+
+def test_a_snapshot_that_fails_part_way_stays_invisible_and_the_next_one_replaces_it_whole(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set phase of as-of 600,000 lands, its clear phase fails: readers still see as-of 300,000 whole,
+    and the failed values never become anyone's kept value."""
+    users = [f"u{i}" for i in range(600)]  # several script calls per phase
+    store.write_legacy(300_000, [(u, frozenset({"high_value"})) for u in users])
+    before = _snapshot(store, users)
+    real = store._pipelined
+    calls = []
+
+    def clear_phase_fails(*args: object, **kwargs: object) -> int:
+        calls.append(args[2])
+        if args[2][2] == "1":  # head args: as_of, written_at, clear flag, generation
+            raise redis_errors.ConnectionError("the server went away mid-snapshot")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_pipelined", clear_phase_fails)
+    half = [(u, frozenset({"window_shopper"})) for u in users[:300]]
+    with pytest.raises(StoreUnavailable):
+        store.write_legacy(600_000, half)
+    assert len(calls) == 2, "the set phase ran, then the clear phase failed"
+    assert _snapshot(store, users) == before, "nothing of the failed as-of is visible"
+    assert dict(store.scan_side("legacy")) == {u: store.get("legacy", u) for u in users}
+    monkeypatch.undo()
+
+    store.write_legacy(900_000, [(u, frozenset({"high_value"})) for u in users[100:200]])
+    after = _snapshot(store, users)
+    assert after == {
+        u: ((("high_value",), 900_000) if 100 <= int(u[1:]) < 200 else ((), 900_000)) for u in users
+    }, "the next as-of is seen whole"
+
+
+def test_readers_see_one_whole_snapshot_while_the_next_is_written(store: RedisStore) -> None:
+    """A reader polling 300 users in one call while as-of 600,000 is written never sees two as-ofs."""
+    users = [f"u{i}" for i in range(6_000)]
+    sample = users[::20]
+    store.write_legacy(300_000, [(u, frozenset({"high_value"})) for u in users])
+    seen: list[set[int]] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            values = store.get_many("legacy", sample)
+            seen.append({v.time for v in values if v is not None})
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        store.write_legacy(600_000, [(u, frozenset({"window_shopper"})) for u in users[: len(users) // 2]])
+    finally:
+        done.set()
+        reader.join()
+    assert len(seen) > 3, "the reader read while the writer wrote"
+    assert all(len(times) == 1 for times in seen), [sorted(t) for t in seen if len(t) > 1][:3]
+    assert seen[-1] == {600_000}
 
 
 # ---- stream writes -------------------------------------------------------------------------------
