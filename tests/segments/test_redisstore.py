@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -211,11 +212,11 @@ def test_a_snapshot_that_fails_part_way_stays_invisible_and_the_next_one_replace
     real = store._pipelined
     calls = []
 
-    def clear_phase_fails(*args: object, **kwargs: object) -> int:
-        calls.append(args[2])
-        if args[2][2] == "1":  # head args: as_of, written_at, clear flag, generation
+    def clear_phase_fails(script: Any, head_keys: list[str], head_args: list[str], entries: Any) -> int:
+        calls.append(head_args)
+        if head_args[2] == "1":  # head args: as_of, written_at, clear flag, generation
             raise redis_errors.ConnectionError("the server went away mid-snapshot")
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(script, head_keys, head_args, entries)
 
     monkeypatch.setattr(store, "_pipelined", clear_phase_fails)
     half = [(u, frozenset({"window_shopper"})) for u in users[:300]]
