@@ -18,15 +18,26 @@ Roles: ``parity``, ``mismatches``, ``events``, ``legacy``, ``legacy_meta``,
 ``stream_deadletter``, ``noise_legacy``, ``noise_stream``, ``report``, ``summary``,
 ``shadow`` and ``live`` when the run has them. A path inside the run directory is
 stored relative to it (the directory can be moved), any other path absolute.
-``rollout.evidence`` verifies all of it on use. The seal proves the files are the
-ones the run wrote and agree with each other; it is not a signature: whoever can
-rewrite every file and the manifest consistently can forge it (documented in
-``rollout/README.md``).
+``rollout.evidence`` verifies all of it on use. The hashes prove the files are the
+ones the manifest names and agree with each other; alone they are not a signature:
+whoever can rewrite every file and the manifest consistently can forge them (say,
+move ``generated_at`` in both to make stale evidence fresh).
+
+**Signed evidence.** With ``SEGSHADOW_EVIDENCE_KEY`` set (the key itself, or
+``@FILE`` to read it from a file; at least 16 bytes) the manifest also carries
+``"signature": {"alg": "HMAC-SHA256", "key_id", "value"}``: an HMAC of the
+manifest's canonical JSON (sorted keys, no spaces, the signature left out) under
+the key; ``key_id`` is the first 12 hex digits of the key's SHA-256, so a reader
+can tell which key without learning it. A verifier that has the key set requires
+a valid signature, so whoever runs the gates with the key (a CI job, the rollout
+service) accepts only evidence that a holder of the key sealed; an operator
+without it cannot re-seal an edited run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Mapping
@@ -36,6 +47,7 @@ from typing import Any
 
 from compare.inputs import ingest_deadletter_file
 from compare.parity import ParityResult
+from segments.errors import UsageError
 from segments.outputs import meta_path
 from segments.timeutil import Clock, format_ms, wall_clock_ms
 
@@ -44,6 +56,57 @@ INCOMPLETE = "INCOMPLETE"
 FORMAT = "segshadow-evidence/1"
 REQUIRED = ("parity", "mismatches", "events", "legacy", "legacy_meta", "stream", "stream_meta")
 CHUNK = 1 << 20
+KEY_ENV = "SEGSHADOW_EVIDENCE_KEY"
+SIGNATURE_ALG = "HMAC-SHA256"
+MIN_KEY_BYTES = 16
+
+
+def evidence_key(environ: Mapping[str, str] = os.environ) -> bytes | None:
+    """The signing key from ``SEGSHADOW_EVIDENCE_KEY`` (``@FILE``: the file's bytes, stripped), or None.
+
+    ``UsageError`` for an unreadable key file or a key shorter than 16 bytes.
+    """
+    text = environ.get(KEY_ENV)
+    if not text:
+        return None
+    if text.startswith("@"):
+        try:
+            key = Path(text[1:]).read_bytes().strip()
+        except OSError as exc:
+            raise UsageError(f"{KEY_ENV}: cannot read the key file {text[1:]}: {exc.strerror}") from None
+    else:
+        key = text.encode("utf-8")
+    if len(key) < MIN_KEY_BYTES:
+        raise UsageError(f"{KEY_ENV}: the key has {len(key)} bytes; at least {MIN_KEY_BYTES} are needed")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """Which key, without the key: the first 12 hex digits of its SHA-256."""
+    return hashlib.sha256(key).hexdigest()[:12]
+
+
+def signature_value(manifest: Mapping[str, Any], key: bytes) -> str:
+    """The HMAC-SHA256 (hex) of ``manifest``'s canonical JSON, its ``signature`` left out."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+def signature_problem(manifest: Mapping[str, Any], key: bytes | None) -> str | None:
+    """Why ``manifest``'s signature does not hold under ``key`` (None: it holds, or no key to require one)."""
+    if key is None:
+        return None
+    signed = manifest.get("signature")
+    if not isinstance(signed, dict):
+        return f"{MANIFEST}: not signed, and {KEY_ENV} is set: only signed evidence is accepted"
+    if signed.get("alg") != SIGNATURE_ALG:
+        return f"{MANIFEST}: signature algorithm {signed.get('alg')!r}, not {SIGNATURE_ALG}"
+    if signed.get("key_id") != key_id(key):
+        return f"{MANIFEST}: signed with key {signed.get('key_id')!r}, not this one ({key_id(key)})"
+    if not hmac.compare_digest(str(signed.get("value", "")), signature_value(manifest, key)):
+        return f"{MANIFEST}: the signature does not match: the manifest was changed after it was signed"
+    return None
 
 
 def code_version() -> str:
@@ -132,8 +195,10 @@ def seal(
 
     ``result`` is the comparison's result (or ``parity.json``'s content) the manifest binds.
 
-    Raises ``OSError`` when an artifact cannot be read (the run then stays incomplete).
+    Signed when ``SEGSHADOW_EVIDENCE_KEY`` is set (module doc). Raises ``OSError`` when an
+    artifact cannot be read (the run then stays incomplete), ``UsageError`` for an unusable key.
     """
+    key = evidence_key()
     out = Path(out_dir)
     entries: dict[str, Any] = {}
     for role, path in sorted(artifacts.items()):
@@ -150,6 +215,8 @@ def seal(
         "verdict": data["verdict"],
         "artifacts": entries,
     }
+    if key is not None:
+        manifest["signature"] = {"alg": SIGNATURE_ALG, "key_id": key_id(key), "value": signature_value(manifest, key)}
     target = out / MANIFEST
     temp = out / (MANIFEST + ".partial")
     with open(temp, "w", encoding="utf-8") as handle:

@@ -63,7 +63,7 @@ from compare.causes import CAUSES
 from compare.drift import drift_section
 from compare.inputs import read_dead_letters
 from compare.latency import summarize
-from compare.manifest import FORMAT, INCOMPLETE, MANIFEST, REQUIRED, file_digest
+from compare.manifest import FORMAT, INCOMPLETE, MANIFEST, REQUIRED, evidence_key, file_digest, signature_problem
 from compare.stats import rate
 from segments.errors import InputError, SegshadowError
 from segments.events import load_event_log
@@ -125,9 +125,10 @@ def load_evidence(where: str | Path, verify: Verify = "counts") -> Evidence:
     if not isinstance(data, dict):
         raise InputError("not a JSON object", str(path))
     identity, problems = _check_seal(path, data, verify)
+    what = "manifest, its signature and artifacts" if evidence_key() is not None else "manifest and artifacts"
     data[SEAL] = {
         "status": "fail" if problems else "pass",
-        "reason": "; ".join(problems) if problems else f"manifest and artifacts verified ({verify})",
+        "reason": "; ".join(problems) if problems else f"{what} verified ({verify})",
         "problems": problems,
         "verify": verify,
         "manifest_sha256": identity,
@@ -161,6 +162,9 @@ def _check_seal(parity: Path, data: Mapping[str, Any], verify: Verify) -> tuple[
         return identity, [*problems, f"{MANIFEST}: not JSON (partial or damaged)"]
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         return identity, [*problems, f"{MANIFEST}: not a {FORMAT} manifest"]
+    signature = signature_problem(manifest, evidence_key())
+    if signature is not None:
+        problems.append(signature)
     listed = manifest.get("artifacts")
     if not isinstance(listed, dict):
         return identity, [*problems, f"{MANIFEST}: artifacts is missing"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from compare.comparison import run_comparison
-from compare.manifest import INCOMPLETE, MANIFEST, file_digest
+from compare.manifest import INCOMPLETE, KEY_ENV, MANIFEST, file_digest, seal
 from legacy_batch.job import run_legacy
 from rollout.evidence import load_evidence
 from rollout.gates import evaluate
@@ -208,3 +208,73 @@ def test_a_directory_left_by_a_run_that_stopped_says_incomplete(tmp_path: Path, 
     (tmp_path / INCOMPLETE).write_text("")
     code, out = gate_check(tmp_path)
     assert code == 2 and "incomplete run" in out and len(out.strip().splitlines()) == 1
+
+
+# ---- signed evidence -----------------------------------------------------------------------------
+
+KEY = "a-key-the-gate-holds-0123456789"
+
+
+def _sign_again(ev: Path) -> None:
+    """Seal ``ev`` afresh from its parity.json and listed artifacts, as a run would (signed if a key is set)."""
+    manifest = json.loads((ev / MANIFEST).read_text())
+    artifacts = {
+        role: Path(e["path"]) if Path(e["path"]).is_absolute() else ev / e["path"]
+        for role, e in manifest["artifacts"].items()
+    }
+    seal(ev, json.loads((ev / "parity.json").read_text()), artifacts)
+
+
+def test_signed_evidence_passes_with_the_key_and_without_one(
+    evidence: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    _sign_again(evidence)
+    signed = json.loads((evidence / MANIFEST).read_text())["signature"]
+    assert signed["alg"] == "HMAC-SHA256" and KEY not in json.dumps(signed)
+    assert load_evidence(evidence).sealed
+    assert "its signature" in load_evidence(evidence).data["evidence_seal"]["reason"]
+    monkeypatch.delenv(KEY_ENV)
+    assert load_evidence(evidence).sealed, "without the key the hashes are checked as before"
+
+
+def test_stale_evidence_made_fresh_and_resealed_without_the_key_fails_under_it(
+    evidence: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forgery hashes cannot catch: generated_at moved in parity.json AND the manifest, every hash redone."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    _sign_again(evidence)
+    monkeypatch.delenv(KEY_ENV)
+    later = format_ms(parse_rfc3339_ms(json.loads((evidence / "parity.json").read_text())["generated_at"]) + 10**7)
+    edit_parity(evidence, lambda d: d.update(generated_at=later))
+    manifest = json.loads((evidence / MANIFEST).read_text())
+    manifest["generated_at"] = later
+    (evidence / MANIFEST).write_text(json.dumps(manifest))
+    reseal(evidence)
+    assert load_evidence(evidence).sealed, "without a key this forgery holds: the hashes agree"
+    monkeypatch.setenv(KEY_ENV, KEY)
+    assert "the signature does not match" in seal_reason(evidence)
+    monkeypatch.delenv(KEY_ENV)
+    _sign_again(evidence)  # the attacker re-seals with no key: unsigned
+    monkeypatch.setenv(KEY_ENV, KEY)
+    assert "not signed" in load_evidence(evidence).data["evidence_seal"]["reason"]
+    monkeypatch.setenv(KEY_ENV, "another-key-0123456789abcdef")
+    _sign_again(evidence)  # or with a key of their own
+    monkeypatch.setenv(KEY_ENV, KEY)
+    assert "signed with key" in seal_reason(evidence)
+
+
+def test_a_short_or_unreadable_key_is_a_usage_error(
+    evidence: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gate_check: Callable
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "short")
+    code, out = gate_check(evidence)
+    assert code == 2 and "the key has 5 bytes; at least 16" in out and "Traceback" not in out, out
+    monkeypatch.setenv(KEY_ENV, f"@{tmp_path / 'nowhere.key'}")
+    code, out = gate_check(evidence)
+    assert code == 2 and "cannot read the key file" in out, out
+    (tmp_path / "gate.key").write_text(KEY + "\n")
+    monkeypatch.setenv(KEY_ENV, f"@{tmp_path / 'gate.key'}")
+    _sign_again(evidence)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    assert load_evidence(evidence).sealed, "a key file holds the same key (its trailing newline stripped)"
