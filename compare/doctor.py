@@ -135,6 +135,7 @@ class Diagnosis:
 
     layers: tuple[LayerVerdict, ...]
     drift: tuple[Mapping[str, Any], ...] = ()
+    drift_source: str = ""
 
     @property
     def first_failing(self) -> str | None:
@@ -165,14 +166,19 @@ class Diagnosis:
             "headline": self.headline,
             "layers": [v.to_dict() for v in self.layers],
             "drift": [dict(r) for r in self.drift],
+            "drift_max_psi": max((float(r["psi_sides"]) for r in self.drift), default=0.0),
+            "drift_source": self.drift_source,
         }
 
 
-def diagnose(layers: Sequence[LayerVerdict], drift: Sequence[Mapping[str, Any]] = ()) -> Diagnosis:
-    """The diagnosis of the four layers (``ValueError`` unless given in ``LAYERS`` order)."""
+def diagnose(
+    layers: Sequence[LayerVerdict], drift: Sequence[Mapping[str, Any]] = (), *, drift_source: str = ""
+) -> Diagnosis:
+    """The diagnosis of the four layers (``ValueError`` unless given in ``LAYERS`` order); ``drift`` is
+    ``segment_drift.per_as_of`` (``compare.drift``), ``drift_source`` where it was read."""
     if tuple(v.layer for v in layers) != LAYERS:
         raise ValueError(f"layers must be {', '.join(LAYERS)} in that order")
-    return Diagnosis(tuple(layers), tuple(drift))
+    return Diagnosis(tuple(layers), tuple(drift), drift_source)
 
 
 def _quantile(sorted_values: Sequence[int], q: float) -> int | None:

@@ -34,7 +34,7 @@ from compare.doctor import (
     sink_layer,
     state_layer,
 )
-from compare.drift import segment_drift
+from compare.drift import drift_from_sides
 from segments.errors import InputError, SegshadowError, StoreUnavailable
 from segments.events import Event, iter_lines, load_event_log
 from segments.lateness import GateParams, too_late_ids
@@ -95,31 +95,16 @@ def _stream_rules(ref: dict[str, Any]) -> RuleSet | None:
     return ruleset if ruleset.digest == ref.get("digest") else None
 
 
-def _drift(
-    sides: dict[int, tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]], events: list[Event],
-    segments: tuple[str, ...],
-) -> list[dict[str, Any]]:
-    as_ofs = sorted(sides)
-    arrivals = sorted((e.arrival_time, e.user_id) for e in events)
-    population: dict[int, int] = {}
-    seen: set[str] = set()
-    index = 0
-    for t in as_ofs:
-        while index < len(arrivals) and arrivals[index][0] <= t:
-            seen.add(arrivals[index][1])
-            index += 1
-        population[t] = len(seen)
-    counts: list[dict[int, dict[str, int]]] = [{}, {}]
-    for t, pair in sides.items():
-        for side, sets in enumerate(pair):
-            tally: dict[str, int] = {}
-            for value in sets.values():
-                for name in value:
-                    tally[name] = tally.get(name, 0) + 1
-            counts[side][t] = tally
-    for t in as_ofs:  # a stream user with no arrival by t is still a user at t
-        population[t] = max(population[t], len(sides[t][0].keys() | sides[t][1].keys()))
-    return [r.to_dict() for r in segment_drift(as_ofs, population, counts[0], counts[1], segments)]
+def _drift(parity: dict[str, Any] | None, sides: Any) -> tuple[list[dict[str, Any]], str]:
+    """The run's segment drift, one definition (``compare.drift``): ``parity.json``'s ``segment_drift`` when the
+    comparison of these outputs has it (what the report, the dashboard and the gate read), else the same
+    section computed from the outputs."""
+    section = parity.get("segment_drift") if parity is not None else None
+    if isinstance(section, dict) and isinstance(section.get("per_as_of"), list):
+        return [dict(r) for r in section["per_as_of"] if isinstance(r, dict)], "parity.json"
+    if sides:
+        return list(drift_from_sides(sides)["per_as_of"]), "outputs (no parity.json of these outputs)"
+    return [], ""
 
 
 def read_live(redis_url: str, since_ms: int, now_ms: int) -> LiveHealth:
@@ -188,5 +173,5 @@ def examine(run: Path, live: LiveHealth | None = None) -> Diagnosis:
     sink = sink_layer(SinkInputs(stream_meta.get("metrics") if stream_meta else None, counts, ingest_counts))
     if live is not None:
         state, sink = live_state(state, live), live_sink(sink, live)
-    drift = _drift(sides, events, reference.segment_names) if sides and reference is not None else []
-    return diagnose((ingest, logic, state, sink), drift)
+    drift, source = _drift(parity, sides)
+    return diagnose((ingest, logic, state, sink), drift, drift_source=source)

@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from compare.doctor import Diagnosis
+from compare.drift import worst_per_segment
 from segments.timeutil import format_ms
 
 MARK_BEGIN = "<!-- segshadow doctor: begin -->"
@@ -68,6 +69,9 @@ def section_context(diagnosis: Diagnosis) -> dict[str, Any]:
         "d": data,
         "lateness": state["figures"].get("lateness_table", []),
         "drift": drift_chart(data["drift"]),
+        "drift_table": [r | {"at": format_ms(int(r["as_of"]))} for r in worst_per_segment({"per_as_of": data["drift"]})
+                        if isinstance(r["as_of"], int)],
+        "drift_source": data["drift_source"],
     }
 
 
