@@ -23,7 +23,14 @@ Rules, each with the figure behind it:
   over ``DUP_SUSPECT`` and a lateness shift between the halves are suspect.
   Kinds no rule reads are listed (they cannot change a segment).
 - **logic**: the two sides' rule sets (name, version, digest, from the output
-  sidecars). Different digests fail, with a readable diff of the definitions and
+  sidecars) and, when the run has a store (its ``segshadow.db`` or
+  ``--database-url``), their history over the compared period: the rule set each
+  legacy as-of run used, the rule sets the stream's transitions were written under
+  (effective times in the period), and versions the store registered while the
+  legacy runs ran. A change within the period fails first, with the diff of each
+  change and the share of the mismatched pairs it accounts for (re-evaluated with
+  the legacy definition in force at their as-of, only where the two sides' then
+  differed). Different sidecar digests fail, with a readable diff of the definitions and
   the share of the mismatched pairs the change accounts for (each re-evaluated
   with the legacy definition over the events the stream applied: accounted for
   when that gives the legacy set). Same digests: failing when the comparison found
@@ -396,17 +403,21 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def definition_diff(legacy: Mapping[str, Any], stream: Mapping[str, Any]) -> list[str]:
-    """A readable diff of two rule-set definitions: one line per changed, added or removed setting."""
+def definition_diff(
+    legacy: Mapping[str, Any], stream: Mapping[str, Any], *, labels: tuple[str, str] = ("legacy", "stream")
+) -> list[str]:
+    """A readable diff of two rule-set definitions: one line per changed, added or removed setting
+    (``labels`` name the two sides: the legacy and stream sides, or a rule set before and after a change)."""
     a, b = _flatten(legacy), _flatten(stream)
+    la, lb = labels
     lines = []
     for path in sorted(a.keys() | b.keys()):
         if path not in b:
-            lines.append(f"{path}: {a[path]!r} (legacy) -> absent (stream)")
+            lines.append(f"{path}: {a[path]!r} ({la}) -> absent ({lb})")
         elif path not in a:
-            lines.append(f"{path}: absent (legacy) -> {b[path]!r} (stream)")
+            lines.append(f"{path}: absent ({la}) -> {b[path]!r} ({lb})")
         elif a[path] != b[path]:
-            lines.append(f"{path}: {a[path]!r} (legacy) -> {b[path]!r} (stream)")
+            lines.append(f"{path}: {a[path]!r} ({la}) -> {b[path]!r} ({lb})")
     return lines
 
 
@@ -435,11 +446,18 @@ def rule_change_share(
     sides: Mapping[int, tuple[Mapping[str, frozenset[str]], Mapping[str, frozenset[str]]]],
     legacy_rules: RuleSet,
     applied: Sequence[Event],
+    *,
+    legacy_at: Mapping[int, RuleSet] | None = None,
+    stream_digest_at: Mapping[int, str] | None = None,
 ) -> tuple[int, int, list[str]]:
     """(mismatched pairs, pairs the rule change accounts for, examples).
 
-    A mismatch is accounted for when the legacy definition, evaluated over the
-    events the stream applied (``applied``), gives exactly the legacy set.
+    A mismatch at as-of ``t`` is accounted for when the legacy definition in force
+    at ``t`` (``legacy_at[t]``, else ``legacy_rules``), evaluated over the events the
+    stream applied (``applied``), gives exactly the legacy set. With
+    ``stream_digest_at`` (the stream's rule-set digest per as-of), a pair at an
+    as-of where both sides ran the same definition is never accounted for: the
+    change cannot explain it.
     """
     by_user: dict[str, list[Event]] = {}
     for e in sorted(applied, key=lambda e: e.event_time):
@@ -453,16 +471,78 @@ def rule_change_share(
             if lset == sset:
                 continue
             mismatched += 1
+            rules = (legacy_at or {}).get(t, legacy_rules)
+            if stream_digest_at is not None and stream_digest_at.get(t) == rules.digest:
+                continue
             facts = by_user.get(user, [])
-            again = legacy_rules.segments_at_sorted(times.get(user, []), facts, t)
+            again = rules.segments_at_sorted(times.get(user, []), facts, t)
             if again == lset:
                 accounted += 1
                 if len(examples) < 3:
                     examples.append(
                         f"{user} at {format_ms(t)}: legacy {sorted(lset)}, stream {sorted(sset)}; "
-                        f"the legacy rules over the stream's events give {sorted(again)}"
+                        f"the legacy rules ({rules.ref}) over the stream's events give {sorted(again)}"
                     )
     return mismatched, accounted, examples
+
+
+class RuleSetUse(NamedTuple):
+    """A rule set in use: ``legacy`` ran it at as-of ``at``; the ``stream`` wrote transitions under it effective at
+    ``at``; or the ``store`` registered it at ``at`` (wall clock)."""
+
+    side: str
+    ref: str
+    digest: str
+    at: int
+
+
+@dataclass(frozen=True)
+class RuleSetChange:
+    """A side switched rule set within the compared period (or the store registered a newer version in it)."""
+
+    side: str
+    before: str
+    after: str
+    at: int
+
+    def text(self) -> str:
+        if self.side == "store":
+            return f"the store registered {self.after} at {format_ms(self.at)} (after {self.before}), within the period"
+        return f"{self.side} switched from {self.before} to {self.after} at {format_ms(self.at)}"
+
+
+def changes_in_period(
+    uses: Iterable[RuleSetUse], first: int, last: int, *, wall: tuple[int, int] | None = None
+) -> list[RuleSetChange]:
+    """The rule-set changes within the compared period: per side (``legacy``, ``stream``), each switch of digest
+    between consecutive uses with ``first <= at <= last`` (as-of or effective time); for the ``store``, each
+    version registered strictly inside ``wall`` (the period's wall clock: first legacy run's start, last one's
+    end) when an earlier version of that name was already stored (a first registration changes nothing)."""
+    mine = list(uses)
+    out: list[RuleSetChange] = []
+    for side in ("legacy", "stream"):
+        seq = sorted((u for u in mine if u.side == side and first <= u.at <= last), key=lambda u: (u.at, u.ref))
+        for a, b in pairwise(seq):
+            if a.digest != b.digest:
+                out.append(RuleSetChange(side, a.ref, b.ref, b.at))
+    if wall is not None:
+        stored = sorted((u for u in mine if u.side == "store"), key=lambda u: (u.at, u.ref))
+        for a, b in pairwise(stored):
+            if wall[0] < b.at < wall[1] and a.digest != b.digest:
+                out.append(RuleSetChange("store", a.ref, b.ref, b.at))
+    return out
+
+
+def in_force(uses: Iterable[RuleSetUse], side: str, times: Sequence[int]) -> dict[int, str]:
+    """The ref a side had in force at each of ``times``: its latest use at or before it (none before its first)."""
+    seq = sorted((u.at, u.ref) for u in uses if u.side == side)
+    stamps = [at for at, _ in seq]
+    out: dict[int, str] = {}
+    for t in times:
+        i = bisect_right(stamps, t)
+        if i:
+            out[t] = seq[i - 1][1]
+    return out
 
 
 @dataclass(frozen=True)
@@ -476,6 +556,11 @@ class LogicInputs:
     parity: Mapping[str, Any] | None
     sides: Mapping[int, tuple[Mapping[str, frozenset[str]], Mapping[str, frozenset[str]]]] | None = None
     applied: Sequence[Event] = ()
+    changes: Sequence[RuleSetChange] = ()
+    definitions: Mapping[str, RuleSet] = field(default_factory=dict)  # by ref, from the store
+    legacy_at: Mapping[int, str] = field(default_factory=dict)  # ref in force per as-of
+    stream_at: Mapping[int, str] = field(default_factory=dict)
+    history: str = "not checked: no store with the run"
 
 
 def _ref(ref: Mapping[str, Any]) -> str:
@@ -485,10 +570,13 @@ def _ref(ref: Mapping[str, Any]) -> str:
 def logic_layer(inputs: LogicInputs) -> LayerVerdict:
     """The logic verdict (see the module doc)."""
     lref, sref = inputs.legacy_ref, inputs.stream_ref
-    figures: dict[str, Any] = {"legacy_ruleset": dict(lref), "stream_ruleset": dict(sref)}
+    figures: dict[str, Any] = {"legacy_ruleset": dict(lref), "stream_ruleset": dict(sref),
+                               "ruleset_history": inputs.history}
     if not lref.get("digest") or not sref.get("digest"):
         return LayerVerdict("logic", "thin", "a side's output names no rule-set digest", figures,
                             next_step="re-run the side whose sidecar is missing or old")
+    if inputs.changes:
+        return _changed_in_period(inputs, figures)
     if lref["digest"] != sref["digest"]:
         if inputs.legacy_rules is None or inputs.stream_rules is None or inputs.sides is None:
             return LayerVerdict(
@@ -521,6 +609,42 @@ def logic_layer(inputs: LogicInputs) -> LayerVerdict:
                             figures, (), (), "read mismatches.jsonl (cause unexplained): a side evaluates the "
                             "rules differently; reproduce one pair with segshadow rules show and the events listed")
     return LayerVerdict("logic", "ok", f"both sides ran {_ref(lref)}; no unexplained mismatch", figures)
+
+
+def _changed_in_period(inputs: LogicInputs, figures: dict[str, Any]) -> LayerVerdict:
+    """The logic verdict when the rule set changed during the compared period (module doc)."""
+    changes = inputs.changes
+    defs = inputs.definitions
+    diff: list[str] = []
+    for change in changes:
+        before, after = defs.get(change.before), defs.get(change.after)
+        if before is not None and after is not None:
+            diff += [f"{change.before} -> {change.after}: {line}" for line in
+                     definition_diff(before.definition, after.definition, labels=(change.before, change.after))]
+        else:
+            diff.append(f"{change.before} -> {change.after}: a definition is not in the store, no diff")
+    figures |= {"changes": [c.text() for c in changes], "diff": diff}
+    mismatched = accounted = 0
+    examples: list[str] = []
+    base = inputs.legacy_rules or inputs.stream_rules
+    if inputs.sides is not None and base is not None:
+        legacy_at = {t: defs[r] for t, r in inputs.legacy_at.items() if r in defs}
+        stream_default = (inputs.stream_rules or base).digest
+        stream_digest = {t: defs[r].digest if r in defs else stream_default
+                         for t in inputs.sides for r in [inputs.stream_at.get(t, "")]}
+        mismatched, accounted, examples = rule_change_share(
+            inputs.sides, base, inputs.applied, legacy_at=legacy_at, stream_digest_at=stream_digest
+        )
+        figures |= {"mismatched_pairs": mismatched, "accounted_by_change": accounted,
+                    "accounted_share": round(accounted / mismatched, 6) if mismatched else 0.0}
+    share = f"; the change accounts for {accounted} of {mismatched} mismatched pairs " \
+        f"({accounted / mismatched:.0%})" if mismatched else ""
+    return LayerVerdict(
+        "logic", "failing", f"the rule set changed during the compared period: {changes[0].text()}{share}",
+        figures, tuple(c.text() for c in changes) + tuple(diff), tuple(examples),
+        "compare only periods with one rule set on each side (split the run at the change), or roll the change "
+        "out to both sides together",
+    )
 
 
 # ---- state ---------------------------------------------------------------------------------------
