@@ -45,10 +45,14 @@ Rules, each with the figure behind it:
   allowed lateness values, how many events would be dropped (exact, for the same
   log) and the extra state (facts held: the applied event rate times the extra
   lateness, as the state keeps ``span + allowed lateness`` of event time).
-- **sink**: the Redis sink's time per bundle and per write, its retries, and the
-  dual-write journal: failing when a bundle spent more than ``SINK_BUNDLE_FAILING_MS``
-  in Redis and a write more than ``SINK_WRITE_FAILING_MS`` on average, when any
-  write was retried, or when the journal still holds events; thin when the run
+- **sink**: the Redis sink's time per bundle and per write (quantiles from the
+  replay's histogram, ``streaming.sinkstats``: a bundle's Redis time shared over
+  its pipelined writes), its retries and failures, and the dual-write journal:
+  failing when a bundle spent more than ``SINK_BUNDLE_FAILING_MS`` in Redis and a
+  write more than ``SINK_WRITE_FAILING_MS`` on average, when any write was
+  retried or any bundle failed, when the time per write grew from the run's
+  first third to its last past ``SINK_WRITE_FAILING_MS``, or when the journal
+  still holds events; thin when the run
   recorded no sink timing (consumer lag is not measured by a replay run).
 
 **Live** (``--live``: ``LiveHealth``, what ``stream live`` publishes once a second,
@@ -65,8 +69,9 @@ latest value is over the threshold:
   the watermark lag is over it; state size per shard is shown;
 - sink: failing when the consumer lag grew past ``CONSUMER_LAG_FAILING`` entries
   (the stream falls behind its log), when the sink's bundle time p99 passed
-  ``SINK_BUNDLE_FAILING_MS`` in the period, or when its retries grew; suspect
-  when entries are pending.
+  ``SINK_BUNDLE_FAILING_MS`` in the period, when its retries or failures grew,
+  or when its time per write (p99 of each second) grew past
+  ``SINK_WRITE_FAILING_MS``; suspect when entries are pending.
 """
 
 from __future__ import annotations
@@ -844,6 +849,8 @@ def sink_layer(inputs: SinkInputs) -> LayerVerdict:
         return LayerVerdict("sink", "thin", "the run recorded no Redis sink timing", figures, (),
                             (), "re-run with this version: the stream's sidecar then records the sink's timing")
     per_write = bundle["sum"] / writes if writes else 0.0
+    failures = int(inputs.counts.get("redis_failures") or 0)
+    write = (inputs.metrics or {}).get("redis_write")
     figures |= {
         "redis_bundles": bundle["count"],
         "redis_bundle_ms_mean": bundle["mean"],
@@ -851,10 +858,20 @@ def sink_layer(inputs: SinkInputs) -> LayerVerdict:
         "redis_writes": writes,
         "redis_ms_per_write": round(per_write, 4),
         "redis_retries": retries,
-        "redis_latency_quantiles": "not measured (per-bundle totals only)",
+        "redis_failures": failures,
+        "redis_write_latency": dict(write) if isinstance(write, Mapping) else
+        "not measured (a sidecar from before per-write latency was recorded)",
     }
     if retries:
         failing.append(f"{retries} Redis writes were retried")
+    if failures:
+        failing.append(f"{failures} Redis sink bundles failed after every retry")
+    if isinstance(write, Mapping) and write.get("grew") and \
+            float(write.get("ms_per_write_last_third") or 0) > SINK_WRITE_FAILING_MS:
+        failing.append(
+            f"Redis latency grew during the run: {write['ms_per_write_first_third']} ms a write in its first third, "
+            f"{write['ms_per_write_last_third']} ms in its last"
+        )
     if bundle["max"] > SINK_BUNDLE_FAILING_MS and per_write > SINK_WRITE_FAILING_MS:
         failing.append(
             f"slow sink: a bundle spent {bundle['max']} ms in Redis, {per_write:.2f} ms a write "
@@ -866,7 +883,8 @@ def sink_layer(inputs: SinkInputs) -> LayerVerdict:
                             "on its writes")
     if int(ingest.get("journaled") or 0) or bundle["max"] > SINK_BUNDLE_FAILING_MS:
         return LayerVerdict("sink", "suspect", "Redis was slow or the shadow side failed at times", figures)
-    return LayerVerdict("sink", "ok", f"Redis {per_write:.2f} ms a write, no retries, journal empty", figures)
+    p99 = f" (p99 at most {write['ms_per_write_p99_at_most']} ms)" if isinstance(write, Mapping) else ""
+    return LayerVerdict("sink", "ok", f"Redis {per_write:.2f} ms a write{p99}, no retries, journal empty", figures)
 
 
 # ---- live (stream live's published health) -------------------------------------------------------
@@ -957,6 +975,8 @@ def live_sink(layer: LayerVerdict, health: LiveHealth) -> LayerVerdict:
     backlog = _series(health, "source", "consumer_lag")
     p99 = _series(health, "sink", "sink_ms_p99")
     retries = _series(health, "sink", "sink_retries")
+    failures = _series(health, "sink", "sink_failures")
+    per_write = _series(health, "sink", "sink_write_ms_p99")
     figures: dict[str, Any] = {
         "consumer_lag": current.get("consumer_lag"),
         "consumer_lag_over_period": _trend(backlog),
@@ -968,6 +988,12 @@ def live_sink(layer: LayerVerdict, health: LiveHealth) -> LayerVerdict:
         "sink_writes": current.get("sink_writes"),
         "sink_retries": current.get("sink_retries"),
         "sink_retries_over_period": (retries[-1] - retries[0]) if retries else None,
+        "sink_failures": current.get("sink_failures"),
+        "sink_failures_over_period": (failures[-1] - failures[0]) if failures else None,
+        "sink_write_ms_p50": current.get("sink_write_ms_p50"),
+        "sink_write_ms_p99": current.get("sink_write_ms_p99"),
+        "sink_write_ms_p99_over_period": _trend(per_write),
+        "sink_write_ms_p99_grew": grows(per_write, SINK_WRITE_FAILING_MS),
     }
     failing: list[str] = []
     if grows(backlog, CONSUMER_LAG_FAILING):
@@ -977,6 +1003,11 @@ def live_sink(layer: LayerVerdict, health: LiveHealth) -> LayerVerdict:
         failing.append(f"live: slow sink, bundles spent up to {max(p99):.0f} ms in Redis (p99 of a second)")
     if len(retries) >= 2 and retries[-1] > retries[0]:
         failing.append(f"live: {int(retries[-1] - retries[0])} Redis writes retried in the period")
+    if len(failures) >= 2 and failures[-1] > failures[0]:
+        failing.append(f"live: {int(failures[-1] - failures[0])} sink bundles failed after every retry in the period")
+    if figures["sink_write_ms_p99_grew"]:
+        failing.append(f"live: the Redis time per write grew from {per_write[0]:.3f} ms to {per_write[-1]:.3f} ms "
+                       "(p99 of a second)")
     if failing:
         slow = len(failing) > 1 or not failing[0].startswith("live: the consumer lag")
         step = ("check Redis (latency, slowlog, memory, network): the stream waits on its writes" if slow else
