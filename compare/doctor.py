@@ -520,13 +520,18 @@ def changes_in_period(
     uses: Iterable[RuleSetUse], first: int, last: int, *, wall: tuple[int, int] | None = None
 ) -> list[RuleSetChange]:
     """The rule-set changes within the compared period: per side (``legacy``, ``stream``), each switch of digest
-    between consecutive uses with ``first <= at <= last`` (as-of or effective time); for the ``store``, each
-    version registered strictly inside ``wall`` (the period's wall clock: first legacy run's start, last one's
-    end) when an earlier version of that name was already stored (a first registration changes nothing)."""
+    between consecutive uses with ``first <= at <= last`` (as-of or effective time), the first of them against
+    the side's latest use before ``first`` (the rule set in force when the period began: a side that ran two
+    rule sets from before the period on, as two full replays into one store do, did not switch in it); for the
+    ``store``, each version registered strictly inside ``wall`` (the period's wall clock: first legacy run's
+    start, last one's end) when an earlier version of that name was already stored (a first registration
+    changes nothing)."""
     mine = list(uses)
     out: list[RuleSetChange] = []
     for side in ("legacy", "stream"):
-        seq = sorted((u for u in mine if u.side == side and first <= u.at <= last), key=lambda u: (u.at, u.ref))
+        before = [u for u in mine if u.side == side and u.at < first]
+        start = [max(before, key=lambda u: (u.at, u.ref))] if before else []
+        seq = start + sorted((u for u in mine if u.side == side and first <= u.at <= last), key=lambda u: (u.at, u.ref))
         for a, b in pairwise(seq):
             if a.digest != b.digest:
                 out.append(RuleSetChange(side, a.ref, b.ref, b.at))

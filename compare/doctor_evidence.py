@@ -127,7 +127,7 @@ class History(NamedTuple):
 
 def read_history(database_url: str, name: str, first: int, last: int) -> History:
     """Every stored version of rule set ``name``, the legacy as-of runs in ``[first, last]`` under each, and the
-    first effective time of the stream transitions in it under each (a side's start under a rule set).
+    first effective time of the stream's transitions under each, up to ``last`` (the stream's start under it).
 
     An as-of that legacy ran under several rule sets is parallel runs (two versions compared in one
     database), not a switch: it is left out of the legacy uses and counted in the note."""
@@ -150,8 +150,8 @@ def read_history(database_url: str, name: str, first: int, last: int) -> History
             for run in store.legacy_runs(ref):
                 if first <= run.as_of <= last:
                     runs.setdefault(run.as_of, []).append((ref, row.digest, run.started_at, run.finished_at))
-            times = [t.effective_time for t in store.read_transitions(ref) if first <= t.effective_time <= last]
-            if times:
+            times = [t.effective_time for t in store.read_transitions(ref) if t.effective_time <= last]
+            if times:  # when the stream started under it (before the period: in force when it began)
                 uses.append(RuleSetUse("stream", ref, row.digest, min(times)))
     except Exception as exc:  # a store of another schema or version: say so, never fail the triage on it
         return History([], {}, None, f"not checked: the store's rule-set history cannot be read ({exc})")

@@ -39,6 +39,12 @@ def test_a_switch_within_the_period_is_a_change_and_outside_it_or_in_parallel_is
     assert "legacy switched from r@v1 to r@v2 at " + format_ms(T0 + 20 * M) == changes[0].text()
     assert [c.side for c in changes_in_period(uses, T0, T0 + 60 * M, wall=(6_000, 9_000))] == ["legacy", "stream"]
     assert changes_in_period(uses, T0, T0 + 15 * M, wall=(500, 900)) == []  # one rule set on each side in it
+    # two full replays into one store started before the period: both in force from before it, no switch in it
+    parallel = [RuleSetUse("stream", "r@v1", "d1", T0 - M), RuleSetUse("stream", "r@v2", "d2", T0 - M // 2)]
+    assert changes_in_period(parallel, T0, T0 + 60 * M) == []
+    later = [parallel[0], RuleSetUse("stream", "r@v2", "d2", T0 + 30 * M)]  # v1 in force at the start, v2 from 30m
+    assert [(c.before, c.after, c.at) for c in changes_in_period(later, T0, T0 + 60 * M)] == \
+        [("r@v1", "r@v2", T0 + 30 * M)]
     assert changes_in_period([RuleSetUse("store", "r@v1", "d1", 5_000)], T0, T0, wall=(0, 9_000)) == []
     assert in_force(uses, "legacy", [T0 - 1, T0, T0 + 22 * M]) == {T0: "r@v1", T0 + 22 * M: "r@v2"}
 
@@ -105,3 +111,26 @@ def test_doctor_names_a_legacy_rule_set_switch_half_way_through_the_period(
     assert 0 < figures["accounted_by_change"] <= figures["mismatched_pairs"]
     assert all(example.split(" at ")[1][:24] >= format_ms(switch)[:24] for example in logic["examples"])
     print(f"switch: {figures['accounted_by_change']} of {figures['mismatched_pairs']} mismatched pairs accounted")
+
+
+@pytest.mark.slow
+def test_a_full_replay_under_the_next_version_into_the_same_store_is_a_rule_set_difference_not_a_switch(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream replayed from the start under v2 into the run's store (its transitions under v1 stay there): both
+    started before the first as-of, so the doctor names the sides' different rule sets, not a change in the period."""
+    monkeypatch.delenv(DATABASE_ENV, raising=False)
+    workload = tmp_path / "input.jsonl"
+    assert _run(["workload", "clickstream", "--users", "200", "--minutes", "25", "--out", str(workload),
+                 "--fault", "rule-change"]) == 0
+    out = tmp_path / "run"
+    assert _run(["shadow", "run", "--events", str(workload), "--rules", "clickstream", "--out", str(out),
+                 "--redis-url", redis_url]) == 0
+    assert _run(["stream", "replay", "--events", str(out / "events.jsonl"), "--rules",
+                 str(tmp_path / "input.jsonl.stream-rules.yaml"), "--out", str(out / "stream.jsonl"),
+                 "--database-url", f"sqlite:///{out / 'segshadow.db'}", "--redis-url", redis_url]) == 0
+    assert _run(["doctor", "--evidence", str(out)]) == 1
+    layers = json.loads((out / "doctor.json").read_text())["layers"]
+    logic = next(layer for layer in layers if layer["layer"] == "logic")
+    assert logic["summary"].startswith("the sides ran different rule sets"), logic["summary"]
+    assert logic["figures"]["ruleset_history"].startswith("checked in the store: 2 stored versions")
