@@ -749,6 +749,7 @@ class StateInputs:
     span_ms: int
     stream_too_late: int | None
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    rebuilds: int | None = None  # the stream's shard state rebuilds (its counts)
 
 
 def state_layer(inputs: StateInputs) -> LayerVerdict:
@@ -786,7 +787,11 @@ def state_layer(inputs: StateInputs) -> LayerVerdict:
                                                                                    strict=True)],
         "watermark_lag_ms_p50_per_tenth": [_quantile(sorted(v), 0.5) for v in lag],
         "users_in_state": inputs.metrics.get("users_in_state", "not measured"),
-        "snapshot_and_rebuild_times": "not measured",
+        "users_in_state_per_shard": {k.removeprefix("users_in_state_shard"): v for k, v in
+                                     sorted(inputs.metrics.items()) if k.startswith("users_in_state_shard")}
+        or "not measured (replay: the total only)",
+        "shard_rebuilds": "not measured" if inputs.rebuilds is None else inputs.rebuilds,
+        "snapshot_and_rebuild_times": "not measured (the segmenter records no timing)",
         "lateness_table": [r.to_dict() for r in table],
     }
     examples = tuple(

@@ -244,7 +244,9 @@ def examine(run: Path, live: LiveHealth | None = None, *, database_url: str | No
 
     counts = stream_meta.get("counts") or {}
     span = reference.span_ms if reference is not None else 0
-    state = state_layer(StateInputs(events, params, span, counts.get("too_late"), stream_meta.get("metrics") or {}))
+    rebuilds = counts.get("shard_rebuilds")
+    state = state_layer(StateInputs(events, params, span, counts.get("too_late"), stream_meta.get("metrics") or {},
+                                    rebuilds=rebuilds if isinstance(rebuilds, int) else None))
     sink = sink_layer(SinkInputs(stream_meta.get("metrics") if stream_meta else None, counts, ingest_counts))
     if live is not None:
         state, sink = live_state(state, live), live_sink(sink, live)
