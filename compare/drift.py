@@ -12,7 +12,11 @@ Two measures compare two such splits:
   the chi-square survival function for one degree of freedom (no library needed).
 
 Each side is compared with the other at the same as-of, and with its own
-**baseline**: the pooled counts of its earlier as-ofs (none for the first).
+**baseline**: the pooled counts of its earlier as-ofs (none for the first), by
+PSI and by the chi-square of its in/out split against the baseline's. (The
+pooled as-ofs count a user once per as-of, so the baseline's p-value treats
+repeated observations of a user as independent: read it as a ranking of how
+unusual an as-of is, not as an exact probability.)
 Pure: plain counts in, frozen rows out.
 """
 
@@ -72,6 +76,10 @@ class DriftRow:
     p_sides: float
     psi_legacy_baseline: float | None
     psi_stream_baseline: float | None
+    chi2_legacy_baseline: float | None = None
+    p_legacy_baseline: float | None = None
+    chi2_stream_baseline: float | None = None
+    p_stream_baseline: float | None = None
 
     @property
     def legacy_share(self) -> float:
@@ -95,6 +103,10 @@ class DriftRow:
             "p_sides": self.p_sides,
             "psi_legacy_baseline": None if self.psi_legacy_baseline is None else round(self.psi_legacy_baseline, 6),
             "psi_stream_baseline": None if self.psi_stream_baseline is None else round(self.psi_stream_baseline, 6),
+            "chi2_legacy_baseline": None if self.chi2_legacy_baseline is None else round(self.chi2_legacy_baseline, 4),
+            "p_legacy_baseline": self.p_legacy_baseline,
+            "chi2_stream_baseline": None if self.chi2_stream_baseline is None else round(self.chi2_stream_baseline, 4),
+            "p_stream_baseline": self.p_stream_baseline,
         }
 
 
@@ -122,13 +134,16 @@ def segment_drift(
                 raise ValueError(f"{segment} at {t}: more users in the segment than in the population")
             x, p = chi_square(a, n, b, n)
             baselines: dict[str, float | None] = {}
+            tests: dict[str, tuple[float, float] | tuple[None, None]] = {}
             for side, count in (("legacy", a), ("stream", b)):
                 base_in, base_total = pooled[side]
                 baselines[side] = psi(count, n, base_in, base_total) if base_total else None
+                tests[side] = chi_square(count, n, base_in, base_total) if base_total else (None, None)
                 pooled[side][0] += count
                 pooled[side][1] += n
             rows.append(
-                DriftRow(segment, t, n, a, b, psi(a, n, b, n), x, p, baselines["legacy"], baselines["stream"])
+                DriftRow(segment, t, n, a, b, psi(a, n, b, n), x, p, baselines["legacy"], baselines["stream"],
+                         *tests["legacy"], *tests["stream"])
             )
     return rows
 
@@ -185,8 +200,9 @@ def _number(row: Mapping[str, Any], key: str) -> float | None:
 
 def worst_per_segment(section: Any) -> list[dict[str, Any]]:
     """Per segment (by name), from a ``segment_drift`` section: the as-of with the largest side-to-side PSI and
-    its shares, PSI, chi-square and p; the smallest p of any as-of; and each side's largest PSI against its own
-    baseline. What the report and the dashboard show beside each other; malformed rows are left out."""
+    its shares, PSI, chi-square and p; the smallest p of any as-of; and each side's largest PSI and smallest
+    chi-square p against its own baseline. What the report and the dashboard show beside each other; malformed
+    rows are left out."""
     rows = section.get("per_as_of") if isinstance(section, Mapping) else None
     if not isinstance(rows, list):
         return []
@@ -203,6 +219,8 @@ def worst_per_segment(section: Any) -> list[dict[str, Any]]:
         for side in ("legacy", "stream"):
             values = [v for v in (_number(r, f"psi_{side}_baseline") for r in mine) if v is not None]
             base[side] = max(values) if values else None
+            ps_base = [v for v in (_number(r, f"p_{side}_baseline") for r in mine) if v is not None]
+            base[f"p_{side}"] = min(ps_base) if ps_base else None
         out.append({
             "segment": segment,
             "as_of": worst.get("as_of"),
@@ -214,5 +232,7 @@ def worst_per_segment(section: Any) -> list[dict[str, Any]]:
             "min_p_sides": min(ps) if ps else None,
             "max_psi_legacy_baseline": base["legacy"],
             "max_psi_stream_baseline": base["stream"],
+            "min_p_legacy_baseline": base["p_legacy"],
+            "min_p_stream_baseline": base["p_stream"],
         })
     return out
