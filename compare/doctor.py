@@ -23,7 +23,14 @@ Rules, each with the figure behind it:
   over ``DUP_SUSPECT`` and a lateness shift between the halves are suspect.
   Kinds no rule reads are listed (they cannot change a segment).
 - **logic**: the two sides' rule sets (name, version, digest, from the output
-  sidecars). Different digests fail, with a readable diff of the definitions and
+  sidecars) and, when the run has a store (its ``segshadow.db`` or
+  ``--database-url``), their history over the compared period: the rule set each
+  legacy as-of run used, the rule sets the stream's transitions were written under
+  (effective times in the period), and versions the store registered while the
+  legacy runs ran. A change within the period fails first, with the diff of each
+  change and the share of the mismatched pairs it accounts for (re-evaluated with
+  the legacy definition in force at their as-of, only where the two sides' then
+  differed). Different sidecar digests fail, with a readable diff of the definitions and
   the share of the mismatched pairs the change accounts for (each re-evaluated
   with the legacy definition over the events the stream applied: accounted for
   when that gives the legacy set). Same digests: failing when the comparison found
@@ -38,10 +45,14 @@ Rules, each with the figure behind it:
   allowed lateness values, how many events would be dropped (exact, for the same
   log) and the extra state (facts held: the applied event rate times the extra
   lateness, as the state keeps ``span + allowed lateness`` of event time).
-- **sink**: the Redis sink's time per bundle and per write, its retries, and the
-  dual-write journal: failing when a bundle spent more than ``SINK_BUNDLE_FAILING_MS``
-  in Redis and a write more than ``SINK_WRITE_FAILING_MS`` on average, when any
-  write was retried, or when the journal still holds events; thin when the run
+- **sink**: the Redis sink's time per bundle and per write (quantiles from the
+  replay's histogram, ``streaming.sinkstats``: a bundle's Redis time shared over
+  its pipelined writes), its retries and failures, and the dual-write journal:
+  failing when a bundle spent more than ``SINK_BUNDLE_FAILING_MS`` in Redis and a
+  write more than ``SINK_WRITE_FAILING_MS`` on average, when any write was
+  retried or any bundle failed, when the time per write grew from the run's
+  first third to its last past ``SINK_WRITE_FAILING_MS``, or when the journal
+  still holds events; thin when the run
   recorded no sink timing (consumer lag is not measured by a replay run).
 
 **Live** (``--live``: ``LiveHealth``, what ``stream live`` publishes once a second,
@@ -58,8 +69,9 @@ latest value is over the threshold:
   the watermark lag is over it; state size per shard is shown;
 - sink: failing when the consumer lag grew past ``CONSUMER_LAG_FAILING`` entries
   (the stream falls behind its log), when the sink's bundle time p99 passed
-  ``SINK_BUNDLE_FAILING_MS`` in the period, or when its retries grew; suspect
-  when entries are pending.
+  ``SINK_BUNDLE_FAILING_MS`` in the period, when its retries or failures grew,
+  or when its time per write (p99 of each second) grew past
+  ``SINK_WRITE_FAILING_MS``; suspect when entries are pending.
 """
 
 from __future__ import annotations
@@ -135,6 +147,7 @@ class Diagnosis:
 
     layers: tuple[LayerVerdict, ...]
     drift: tuple[Mapping[str, Any], ...] = ()
+    drift_source: str = ""
 
     @property
     def first_failing(self) -> str | None:
@@ -165,14 +178,19 @@ class Diagnosis:
             "headline": self.headline,
             "layers": [v.to_dict() for v in self.layers],
             "drift": [dict(r) for r in self.drift],
+            "drift_max_psi": max((float(r["psi_sides"]) for r in self.drift), default=0.0),
+            "drift_source": self.drift_source,
         }
 
 
-def diagnose(layers: Sequence[LayerVerdict], drift: Sequence[Mapping[str, Any]] = ()) -> Diagnosis:
-    """The diagnosis of the four layers (``ValueError`` unless given in ``LAYERS`` order)."""
+def diagnose(
+    layers: Sequence[LayerVerdict], drift: Sequence[Mapping[str, Any]] = (), *, drift_source: str = ""
+) -> Diagnosis:
+    """The diagnosis of the four layers (``ValueError`` unless given in ``LAYERS`` order); ``drift`` is
+    ``segment_drift.per_as_of`` (``compare.drift``), ``drift_source`` where it was read."""
     if tuple(v.layer for v in layers) != LAYERS:
         raise ValueError(f"layers must be {', '.join(LAYERS)} in that order")
-    return Diagnosis(tuple(layers), tuple(drift))
+    return Diagnosis(tuple(layers), tuple(drift), drift_source)
 
 
 def _quantile(sorted_values: Sequence[int], q: float) -> int | None:
@@ -390,17 +408,21 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def definition_diff(legacy: Mapping[str, Any], stream: Mapping[str, Any]) -> list[str]:
-    """A readable diff of two rule-set definitions: one line per changed, added or removed setting."""
+def definition_diff(
+    legacy: Mapping[str, Any], stream: Mapping[str, Any], *, labels: tuple[str, str] = ("legacy", "stream")
+) -> list[str]:
+    """A readable diff of two rule-set definitions: one line per changed, added or removed setting
+    (``labels`` name the two sides: the legacy and stream sides, or a rule set before and after a change)."""
     a, b = _flatten(legacy), _flatten(stream)
+    la, lb = labels
     lines = []
     for path in sorted(a.keys() | b.keys()):
         if path not in b:
-            lines.append(f"{path}: {a[path]!r} (legacy) -> absent (stream)")
+            lines.append(f"{path}: {a[path]!r} ({la}) -> absent ({lb})")
         elif path not in a:
-            lines.append(f"{path}: absent (legacy) -> {b[path]!r} (stream)")
+            lines.append(f"{path}: absent ({la}) -> {b[path]!r} ({lb})")
         elif a[path] != b[path]:
-            lines.append(f"{path}: {a[path]!r} (legacy) -> {b[path]!r} (stream)")
+            lines.append(f"{path}: {a[path]!r} ({la}) -> {b[path]!r} ({lb})")
     return lines
 
 
@@ -429,11 +451,18 @@ def rule_change_share(
     sides: Mapping[int, tuple[Mapping[str, frozenset[str]], Mapping[str, frozenset[str]]]],
     legacy_rules: RuleSet,
     applied: Sequence[Event],
+    *,
+    legacy_at: Mapping[int, RuleSet] | None = None,
+    stream_digest_at: Mapping[int, str] | None = None,
 ) -> tuple[int, int, list[str]]:
     """(mismatched pairs, pairs the rule change accounts for, examples).
 
-    A mismatch is accounted for when the legacy definition, evaluated over the
-    events the stream applied (``applied``), gives exactly the legacy set.
+    A mismatch at as-of ``t`` is accounted for when the legacy definition in force
+    at ``t`` (``legacy_at[t]``, else ``legacy_rules``), evaluated over the events the
+    stream applied (``applied``), gives exactly the legacy set. With
+    ``stream_digest_at`` (the stream's rule-set digest per as-of), a pair at an
+    as-of where both sides ran the same definition is never accounted for: the
+    change cannot explain it.
     """
     by_user: dict[str, list[Event]] = {}
     for e in sorted(applied, key=lambda e: e.event_time):
@@ -447,16 +476,83 @@ def rule_change_share(
             if lset == sset:
                 continue
             mismatched += 1
+            rules = (legacy_at or {}).get(t, legacy_rules)
+            if stream_digest_at is not None and stream_digest_at.get(t) == rules.digest:
+                continue
             facts = by_user.get(user, [])
-            again = legacy_rules.segments_at_sorted(times.get(user, []), facts, t)
+            again = rules.segments_at_sorted(times.get(user, []), facts, t)
             if again == lset:
                 accounted += 1
                 if len(examples) < 3:
                     examples.append(
                         f"{user} at {format_ms(t)}: legacy {sorted(lset)}, stream {sorted(sset)}; "
-                        f"the legacy rules over the stream's events give {sorted(again)}"
+                        f"the legacy rules ({rules.ref}) over the stream's events give {sorted(again)}"
                     )
     return mismatched, accounted, examples
+
+
+class RuleSetUse(NamedTuple):
+    """A rule set in use: ``legacy`` ran it at as-of ``at``; the ``stream`` wrote transitions under it effective at
+    ``at``; or the ``store`` registered it at ``at`` (wall clock)."""
+
+    side: str
+    ref: str
+    digest: str
+    at: int
+
+
+@dataclass(frozen=True)
+class RuleSetChange:
+    """A side switched rule set within the compared period (or the store registered a newer version in it)."""
+
+    side: str
+    before: str
+    after: str
+    at: int
+
+    def text(self) -> str:
+        if self.side == "store":
+            return f"the store registered {self.after} at {format_ms(self.at)} (after {self.before}), within the period"
+        return f"{self.side} switched from {self.before} to {self.after} at {format_ms(self.at)}"
+
+
+def changes_in_period(
+    uses: Iterable[RuleSetUse], first: int, last: int, *, wall: tuple[int, int] | None = None
+) -> list[RuleSetChange]:
+    """The rule-set changes within the compared period: per side (``legacy``, ``stream``), each switch of digest
+    between consecutive uses with ``first <= at <= last`` (as-of or effective time), the first of them against
+    the side's latest use before ``first`` (the rule set in force when the period began: a side that ran two
+    rule sets from before the period on, as two full replays into one store do, did not switch in it); for the
+    ``store``, each version registered strictly inside ``wall`` (the period's wall clock: first legacy run's
+    start, last one's end) when an earlier version of that name was already stored (a first registration
+    changes nothing)."""
+    mine = list(uses)
+    out: list[RuleSetChange] = []
+    for side in ("legacy", "stream"):
+        before = [u for u in mine if u.side == side and u.at < first]
+        start = [max(before, key=lambda u: (u.at, u.ref))] if before else []
+        seq = start + sorted((u for u in mine if u.side == side and first <= u.at <= last), key=lambda u: (u.at, u.ref))
+        for a, b in pairwise(seq):
+            if a.digest != b.digest:
+                out.append(RuleSetChange(side, a.ref, b.ref, b.at))
+    if wall is not None:
+        stored = sorted((u for u in mine if u.side == "store"), key=lambda u: (u.at, u.ref))
+        for a, b in pairwise(stored):
+            if wall[0] < b.at < wall[1] and a.digest != b.digest:
+                out.append(RuleSetChange("store", a.ref, b.ref, b.at))
+    return out
+
+
+def in_force(uses: Iterable[RuleSetUse], side: str, times: Sequence[int]) -> dict[int, str]:
+    """The ref a side had in force at each of ``times``: its latest use at or before it (none before its first)."""
+    seq = sorted((u.at, u.ref) for u in uses if u.side == side)
+    stamps = [at for at, _ in seq]
+    out: dict[int, str] = {}
+    for t in times:
+        i = bisect_right(stamps, t)
+        if i:
+            out[t] = seq[i - 1][1]
+    return out
 
 
 @dataclass(frozen=True)
@@ -470,6 +566,11 @@ class LogicInputs:
     parity: Mapping[str, Any] | None
     sides: Mapping[int, tuple[Mapping[str, frozenset[str]], Mapping[str, frozenset[str]]]] | None = None
     applied: Sequence[Event] = ()
+    changes: Sequence[RuleSetChange] = ()
+    definitions: Mapping[str, RuleSet] = field(default_factory=dict)  # by ref, from the store
+    legacy_at: Mapping[int, str] = field(default_factory=dict)  # ref in force per as-of
+    stream_at: Mapping[int, str] = field(default_factory=dict)
+    history: str = "not checked: no store with the run"
 
 
 def _ref(ref: Mapping[str, Any]) -> str:
@@ -479,10 +580,13 @@ def _ref(ref: Mapping[str, Any]) -> str:
 def logic_layer(inputs: LogicInputs) -> LayerVerdict:
     """The logic verdict (see the module doc)."""
     lref, sref = inputs.legacy_ref, inputs.stream_ref
-    figures: dict[str, Any] = {"legacy_ruleset": dict(lref), "stream_ruleset": dict(sref)}
+    figures: dict[str, Any] = {"legacy_ruleset": dict(lref), "stream_ruleset": dict(sref),
+                               "ruleset_history": inputs.history}
     if not lref.get("digest") or not sref.get("digest"):
         return LayerVerdict("logic", "thin", "a side's output names no rule-set digest", figures,
                             next_step="re-run the side whose sidecar is missing or old")
+    if inputs.changes:
+        return _changed_in_period(inputs, figures)
     if lref["digest"] != sref["digest"]:
         if inputs.legacy_rules is None or inputs.stream_rules is None or inputs.sides is None:
             return LayerVerdict(
@@ -515,6 +619,42 @@ def logic_layer(inputs: LogicInputs) -> LayerVerdict:
                             figures, (), (), "read mismatches.jsonl (cause unexplained): a side evaluates the "
                             "rules differently; reproduce one pair with segshadow rules show and the events listed")
     return LayerVerdict("logic", "ok", f"both sides ran {_ref(lref)}; no unexplained mismatch", figures)
+
+
+def _changed_in_period(inputs: LogicInputs, figures: dict[str, Any]) -> LayerVerdict:
+    """The logic verdict when the rule set changed during the compared period (module doc)."""
+    changes = inputs.changes
+    defs = inputs.definitions
+    diff: list[str] = []
+    for change in changes:
+        before, after = defs.get(change.before), defs.get(change.after)
+        if before is not None and after is not None:
+            diff += [f"{change.before} -> {change.after}: {line}" for line in
+                     definition_diff(before.definition, after.definition, labels=(change.before, change.after))]
+        else:
+            diff.append(f"{change.before} -> {change.after}: a definition is not in the store, no diff")
+    figures |= {"changes": [c.text() for c in changes], "diff": diff}
+    mismatched = accounted = 0
+    examples: list[str] = []
+    base = inputs.legacy_rules or inputs.stream_rules
+    if inputs.sides is not None and base is not None:
+        legacy_at = {t: defs[r] for t, r in inputs.legacy_at.items() if r in defs}
+        stream_default = (inputs.stream_rules or base).digest
+        stream_digest = {t: defs[r].digest if r in defs else stream_default
+                         for t in inputs.sides for r in [inputs.stream_at.get(t, "")]}
+        mismatched, accounted, examples = rule_change_share(
+            inputs.sides, base, inputs.applied, legacy_at=legacy_at, stream_digest_at=stream_digest
+        )
+        figures |= {"mismatched_pairs": mismatched, "accounted_by_change": accounted,
+                    "accounted_share": round(accounted / mismatched, 6) if mismatched else 0.0}
+    share = f"; the change accounts for {accounted} of {mismatched} mismatched pairs " \
+        f"({accounted / mismatched:.0%})" if mismatched else ""
+    return LayerVerdict(
+        "logic", "failing", f"the rule set changed during the compared period: {changes[0].text()}{share}",
+        figures, tuple(c.text() for c in changes) + tuple(diff), tuple(examples),
+        "compare only periods with one rule set on each side (split the run at the change), or roll the change "
+        "out to both sides together",
+    )
 
 
 # ---- state ---------------------------------------------------------------------------------------
@@ -609,6 +749,7 @@ class StateInputs:
     span_ms: int
     stream_too_late: int | None
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    rebuilds: int | None = None  # the stream's shard state rebuilds (its counts)
 
 
 def state_layer(inputs: StateInputs) -> LayerVerdict:
@@ -646,7 +787,11 @@ def state_layer(inputs: StateInputs) -> LayerVerdict:
                                                                                    strict=True)],
         "watermark_lag_ms_p50_per_tenth": [_quantile(sorted(v), 0.5) for v in lag],
         "users_in_state": inputs.metrics.get("users_in_state", "not measured"),
-        "snapshot_and_rebuild_times": "not measured",
+        "users_in_state_per_shard": {k.removeprefix("users_in_state_shard"): v for k, v in
+                                     sorted(inputs.metrics.items()) if k.startswith("users_in_state_shard")}
+        or "not measured (replay: the total only)",
+        "shard_rebuilds": "not measured" if inputs.rebuilds is None else inputs.rebuilds,
+        "snapshot_and_rebuild_times": "not measured (the segmenter records no timing)",
         "lateness_table": [r.to_dict() for r in table],
     }
     examples = tuple(
@@ -714,6 +859,8 @@ def sink_layer(inputs: SinkInputs) -> LayerVerdict:
         return LayerVerdict("sink", "thin", "the run recorded no Redis sink timing", figures, (),
                             (), "re-run with this version: the stream's sidecar then records the sink's timing")
     per_write = bundle["sum"] / writes if writes else 0.0
+    failures = int(inputs.counts.get("redis_failures") or 0)
+    write = (inputs.metrics or {}).get("redis_write")
     figures |= {
         "redis_bundles": bundle["count"],
         "redis_bundle_ms_mean": bundle["mean"],
@@ -721,10 +868,20 @@ def sink_layer(inputs: SinkInputs) -> LayerVerdict:
         "redis_writes": writes,
         "redis_ms_per_write": round(per_write, 4),
         "redis_retries": retries,
-        "redis_latency_quantiles": "not measured (per-bundle totals only)",
+        "redis_failures": failures,
+        "redis_write_latency": dict(write) if isinstance(write, Mapping) else
+        "not measured (a sidecar from before per-write latency was recorded)",
     }
     if retries:
         failing.append(f"{retries} Redis writes were retried")
+    if failures:
+        failing.append(f"{failures} Redis sink bundles failed after every retry")
+    if isinstance(write, Mapping) and write.get("grew") and \
+            float(write.get("ms_per_write_last_third") or 0) > SINK_WRITE_FAILING_MS:
+        failing.append(
+            f"Redis latency grew during the run: {write['ms_per_write_first_third']} ms a write in its first third, "
+            f"{write['ms_per_write_last_third']} ms in its last"
+        )
     if bundle["max"] > SINK_BUNDLE_FAILING_MS and per_write > SINK_WRITE_FAILING_MS:
         failing.append(
             f"slow sink: a bundle spent {bundle['max']} ms in Redis, {per_write:.2f} ms a write "
@@ -736,7 +893,8 @@ def sink_layer(inputs: SinkInputs) -> LayerVerdict:
                             "on its writes")
     if int(ingest.get("journaled") or 0) or bundle["max"] > SINK_BUNDLE_FAILING_MS:
         return LayerVerdict("sink", "suspect", "Redis was slow or the shadow side failed at times", figures)
-    return LayerVerdict("sink", "ok", f"Redis {per_write:.2f} ms a write, no retries, journal empty", figures)
+    p99 = f" (p99 at most {write['ms_per_write_p99_at_most']} ms)" if isinstance(write, Mapping) else ""
+    return LayerVerdict("sink", "ok", f"Redis {per_write:.2f} ms a write{p99}, no retries, journal empty", figures)
 
 
 # ---- live (stream live's published health) -------------------------------------------------------
@@ -827,6 +985,8 @@ def live_sink(layer: LayerVerdict, health: LiveHealth) -> LayerVerdict:
     backlog = _series(health, "source", "consumer_lag")
     p99 = _series(health, "sink", "sink_ms_p99")
     retries = _series(health, "sink", "sink_retries")
+    failures = _series(health, "sink", "sink_failures")
+    per_write = _series(health, "sink", "sink_write_ms_p99")
     figures: dict[str, Any] = {
         "consumer_lag": current.get("consumer_lag"),
         "consumer_lag_over_period": _trend(backlog),
@@ -838,6 +998,12 @@ def live_sink(layer: LayerVerdict, health: LiveHealth) -> LayerVerdict:
         "sink_writes": current.get("sink_writes"),
         "sink_retries": current.get("sink_retries"),
         "sink_retries_over_period": (retries[-1] - retries[0]) if retries else None,
+        "sink_failures": current.get("sink_failures"),
+        "sink_failures_over_period": (failures[-1] - failures[0]) if failures else None,
+        "sink_write_ms_p50": current.get("sink_write_ms_p50"),
+        "sink_write_ms_p99": current.get("sink_write_ms_p99"),
+        "sink_write_ms_p99_over_period": _trend(per_write),
+        "sink_write_ms_p99_grew": grows(per_write, SINK_WRITE_FAILING_MS),
     }
     failing: list[str] = []
     if grows(backlog, CONSUMER_LAG_FAILING):
@@ -847,6 +1013,11 @@ def live_sink(layer: LayerVerdict, health: LiveHealth) -> LayerVerdict:
         failing.append(f"live: slow sink, bundles spent up to {max(p99):.0f} ms in Redis (p99 of a second)")
     if len(retries) >= 2 and retries[-1] > retries[0]:
         failing.append(f"live: {int(retries[-1] - retries[0])} Redis writes retried in the period")
+    if len(failures) >= 2 and failures[-1] > failures[0]:
+        failing.append(f"live: {int(failures[-1] - failures[0])} sink bundles failed after every retry in the period")
+    if figures["sink_write_ms_p99_grew"]:
+        failing.append(f"live: the Redis time per write grew from {per_write[0]:.3f} ms to {per_write[-1]:.3f} ms "
+                       "(p99 of a second)")
     if failing:
         slow = len(failing) > 1 or not failing[0].startswith("live: the consumer lag")
         step = ("check Redis (latency, slowlog, memory, network): the stream waits on its writes" if slow else

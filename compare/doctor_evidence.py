@@ -6,7 +6,12 @@ Files read, each optional (a layer whose files are missing is ``thin``, never ok
 their ``.meta.json`` sidecars, ``parity.json``. The legacy definition is the
 shipped rule set its sidecar names (checked by digest); the stream's is the
 ``definition`` its sidecar carries (checked by digest). ``InputError`` only when
-the directory itself does not exist.
+the directory itself does not exist. The rule-set history of the compared period
+(``read_history``) comes from the store the run wrote to: ``--database-url``, else
+the run's ``segshadow.db``; without one the logic layer says it was not checked.
+The segment drift is ``parity.json``'s (``compare.drift``, the figure the report,
+the dashboard and the ``max_segment_psi`` gate read), or the same section computed
+from the outputs when the run has no comparison of them.
 
 ``read_live`` reads what ``stream live`` publishes (``streaming.health``) from the
 serving store for ``--live``: ``StoreUnavailable`` when Redis cannot be reached.
@@ -14,18 +19,22 @@ serving store for ``--live``: ``StoreUnavailable`` when Redis cannot be reached.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from compare.doctor import (
     Diagnosis,
     LineObs,
     LiveHealth,
     LogicInputs,
+    RuleSetUse,
     SinkInputs,
     StateInputs,
+    changes_in_period,
     diagnose,
+    in_force,
     ingest_layer,
     live_sink,
     live_state,
@@ -34,7 +43,7 @@ from compare.doctor import (
     sink_layer,
     state_layer,
 )
-from compare.drift import segment_drift
+from compare.drift import drift_from_sides
 from segments.errors import InputError, SegshadowError, StoreUnavailable
 from segments.events import Event, iter_lines, load_event_log
 from segments.lateness import GateParams, too_late_ids
@@ -95,31 +104,68 @@ def _stream_rules(ref: dict[str, Any]) -> RuleSet | None:
     return ruleset if ruleset.digest == ref.get("digest") else None
 
 
-def _drift(
-    sides: dict[int, tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]], events: list[Event],
-    segments: tuple[str, ...],
-) -> list[dict[str, Any]]:
-    as_ofs = sorted(sides)
-    arrivals = sorted((e.arrival_time, e.user_id) for e in events)
-    population: dict[int, int] = {}
-    seen: set[str] = set()
-    index = 0
-    for t in as_ofs:
-        while index < len(arrivals) and arrivals[index][0] <= t:
-            seen.add(arrivals[index][1])
-            index += 1
-        population[t] = len(seen)
-    counts: list[dict[int, dict[str, int]]] = [{}, {}]
-    for t, pair in sides.items():
-        for side, sets in enumerate(pair):
-            tally: dict[str, int] = {}
-            for value in sets.values():
-                for name in value:
-                    tally[name] = tally.get(name, 0) + 1
-            counts[side][t] = tally
-    for t in as_ofs:  # a stream user with no arrival by t is still a user at t
-        population[t] = max(population[t], len(sides[t][0].keys() | sides[t][1].keys()))
-    return [r.to_dict() for r in segment_drift(as_ofs, population, counts[0], counts[1], segments)]
+def _drift(parity: dict[str, Any] | None, sides: Any) -> tuple[list[dict[str, Any]], str]:
+    """The run's segment drift, one definition (``compare.drift``): ``parity.json``'s ``segment_drift`` when the
+    comparison of these outputs has it (what the report, the dashboard and the gate read), else the same
+    section computed from the outputs."""
+    section = parity.get("segment_drift") if parity is not None else None
+    if isinstance(section, dict) and isinstance(section.get("per_as_of"), list):
+        return [dict(r) for r in section["per_as_of"] if isinstance(r, dict)], "parity.json"
+    if sides:
+        return list(drift_from_sides(sides)["per_as_of"]), "outputs (no parity.json of these outputs)"
+    return [], ""
+
+
+class History(NamedTuple):
+    """The rule-set history the store holds for the compared period (``compare.doctor.RuleSetUse``)."""
+
+    uses: list[RuleSetUse]
+    definitions: dict[str, RuleSet]
+    wall: tuple[int, int] | None
+    note: str
+
+
+def read_history(database_url: str, name: str, first: int, last: int) -> History:
+    """Every stored version of rule set ``name``, the legacy as-of runs in ``[first, last]`` under each, and the
+    first effective time of the stream's transitions under each, up to ``last`` (the stream's start under it).
+
+    An as-of that legacy ran under several rule sets is parallel runs (two versions compared in one
+    database), not a switch: it is left out of the legacy uses and counted in the note."""
+    from segments.sqlstore import SqlStore
+
+    uses: list[RuleSetUse] = []
+    definitions: dict[str, RuleSet] = {}
+    runs: dict[int, list[tuple[str, str, int, int]]] = {}
+    try:
+        store = SqlStore.open(database_url, create=False)
+    except SegshadowError as exc:
+        return History([], {}, None, f"not checked: the store cannot be opened ({exc})")
+    try:
+        stored = [r for r in store.stored_rulesets() if r.name == name]
+        for row in stored:
+            ref = f"{row.name}@v{row.version}"
+            uses.append(RuleSetUse("store", ref, row.digest, row.created_at))
+            with contextlib.suppress(SegshadowError):
+                definitions[ref] = store.load_ruleset(row.name, row.version)
+            for run in store.legacy_runs(ref):
+                if first <= run.as_of <= last:
+                    runs.setdefault(run.as_of, []).append((ref, row.digest, run.started_at, run.finished_at))
+            times = [t.effective_time for t in store.read_transitions(ref) if t.effective_time <= last]
+            if times:  # when the stream started under it (before the period: in force when it began)
+                uses.append(RuleSetUse("stream", ref, row.digest, min(times)))
+    except Exception as exc:  # a store of another schema or version: say so, never fail the triage on it
+        return History([], {}, None, f"not checked: the store's rule-set history cannot be read ({exc})")
+    finally:
+        store.close()
+    parallel = sum(1 for v in runs.values() if len({d for _, d, _, _ in v}) > 1)
+    single = [(t, v[0]) for t, v in sorted(runs.items()) if len({d for _, d, _, _ in v}) == 1]
+    uses += [RuleSetUse("legacy", ref, digest, t) for t, (ref, digest, _, _) in single]
+    wall = (min(r[2] for _, r in single), max(r[3] for _, r in single)) if single else None
+    note = (f"checked in the store: {len(stored)} stored versions of {name}, {len(single)} legacy as-of runs and "
+            f"the stream's transitions in the period")
+    if parallel:
+        note += f"; {parallel} as-ofs were run under several rule sets (parallel runs, not a switch)"
+    return History(uses, definitions, wall, note)
 
 
 def read_live(redis_url: str, since_ms: int, now_ms: int) -> LiveHealth:
@@ -140,9 +186,10 @@ def read_live(redis_url: str, since_ms: int, now_ms: int) -> LiveHealth:
     return LiveHealth(current, history, now_ms, since_ms)
 
 
-def examine(run: Path, live: LiveHealth | None = None) -> Diagnosis:
+def examine(run: Path, live: LiveHealth | None = None, *, database_url: str | None = None) -> Diagnosis:
     """Read the run directory ``run`` and diagnose it layer by layer (with ``live``, the state and sink layers
-    also judge the running pipeline's health)."""
+    also judge the running pipeline's health). The rule-set history is read from the store at
+    ``database_url``, else from the run's own ``segshadow.db`` when it has one."""
     if not run.is_dir():
         raise InputError("no such evidence directory", str(run))
     shadow = _json(run / "shadow.json") or {}
@@ -180,13 +227,28 @@ def examine(run: Path, live: LiveHealth | None = None) -> Diagnosis:
     parity = _json(run / "parity.json")
     if parity is not None and (parity.get("ruleset") or {}).get("digest") != sref.get("digest"):
         parity = None  # a comparison of other outputs than these
-    logic = logic_layer(LogicInputs(lref, sref, legacy_rules, stream_rules, parity, sides, applied))
+    history_inputs: dict[str, Any] = {}
+    url = database_url or (f"sqlite:///{run / 'segshadow.db'}" if (run / "segshadow.db").is_file() else None)
+    name = lref.get("name") or sref.get("name")
+    if url is not None and as_ofs and isinstance(name, str):
+        history = read_history(url, name, min(as_ofs), max(as_ofs))
+        history_inputs = {
+            "changes": changes_in_period(history.uses, min(as_ofs), max(as_ofs), wall=history.wall),
+            "definitions": history.definitions,
+            "legacy_at": in_force(history.uses, "legacy", as_ofs),
+            "stream_at": in_force(history.uses, "stream", as_ofs),
+            "history": history.note,
+        }
+    logic = logic_layer(LogicInputs(lref, sref, legacy_rules, stream_rules, parity, sides, applied,
+                                    **history_inputs))
 
     counts = stream_meta.get("counts") or {}
     span = reference.span_ms if reference is not None else 0
-    state = state_layer(StateInputs(events, params, span, counts.get("too_late"), stream_meta.get("metrics") or {}))
+    rebuilds = counts.get("shard_rebuilds")
+    state = state_layer(StateInputs(events, params, span, counts.get("too_late"), stream_meta.get("metrics") or {},
+                                    rebuilds=rebuilds if isinstance(rebuilds, int) else None))
     sink = sink_layer(SinkInputs(stream_meta.get("metrics") if stream_meta else None, counts, ingest_counts))
     if live is not None:
         state, sink = live_state(state, live), live_sink(sink, live)
-    drift = _drift(sides, events, reference.segment_names) if sides and reference is not None else []
-    return diagnose((ingest, logic, state, sink), drift)
+    drift, source = _drift(parity, sides)
+    return diagnose((ingest, logic, state, sink), drift, drift_source=source)

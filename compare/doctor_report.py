@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from compare.doctor import Diagnosis
+from compare.drift import worst_per_segment
 from segments.timeutil import format_ms
 
 MARK_BEGIN = "<!-- segshadow doctor: begin -->"
@@ -50,11 +51,17 @@ def drift_chart(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
                 })
             width = max(width, x + 2 * BAR_W + 8)
     worst = max(rows, key=lambda r: r["psi_sides"])
+    times = sorted({r["as_of"] for r in rows})
+    bottom = len(segments) * ROW_H + 16
+    every = 2 if len(times) > 1 else 1  # a group is narrower than its HH:MM label
+    for i, t in enumerate(times):
+        if i % every == 0:
+            labels.append({"x": 140 + i * (2 * BAR_W + 4), "y": bottom, "text": format_ms(t)[11:16]})
     return {
         "bars": bars,
         "labels": labels,
-        "width": width,
-        "height": len(segments) * ROW_H + 4,
+        "width": width + 20,
+        "height": bottom + 4,
         "max_psi": worst["psi_sides"],
         "worst": f"{worst['segment']} at {format_ms(worst['as_of'])}",
     }
@@ -68,6 +75,9 @@ def section_context(diagnosis: Diagnosis) -> dict[str, Any]:
         "d": data,
         "lateness": state["figures"].get("lateness_table", []),
         "drift": drift_chart(data["drift"]),
+        "drift_table": [r | {"at": format_ms(int(r["as_of"]))} for r in worst_per_segment({"per_as_of": data["drift"]})
+                        if isinstance(r["as_of"], int)],
+        "drift_source": data["drift_source"],
     }
 
 

@@ -12,7 +12,11 @@ Two measures compare two such splits:
   the chi-square survival function for one degree of freedom (no library needed).
 
 Each side is compared with the other at the same as-of, and with its own
-**baseline**: the pooled counts of its earlier as-ofs (none for the first).
+**baseline**: the pooled counts of its earlier as-ofs (none for the first), by
+PSI and by the chi-square of its in/out split against the baseline's. (The
+pooled as-ofs count a user once per as-of, so the baseline's p-value treats
+repeated observations of a user as independent: read it as a ranking of how
+unusual an as-of is, not as an exact probability.)
 Pure: plain counts in, frozen rows out.
 """
 
@@ -72,6 +76,10 @@ class DriftRow:
     p_sides: float
     psi_legacy_baseline: float | None
     psi_stream_baseline: float | None
+    chi2_legacy_baseline: float | None = None
+    p_legacy_baseline: float | None = None
+    chi2_stream_baseline: float | None = None
+    p_stream_baseline: float | None = None
 
     @property
     def legacy_share(self) -> float:
@@ -95,6 +103,10 @@ class DriftRow:
             "p_sides": self.p_sides,
             "psi_legacy_baseline": None if self.psi_legacy_baseline is None else round(self.psi_legacy_baseline, 6),
             "psi_stream_baseline": None if self.psi_stream_baseline is None else round(self.psi_stream_baseline, 6),
+            "chi2_legacy_baseline": None if self.chi2_legacy_baseline is None else round(self.chi2_legacy_baseline, 4),
+            "p_legacy_baseline": self.p_legacy_baseline,
+            "chi2_stream_baseline": None if self.chi2_stream_baseline is None else round(self.chi2_stream_baseline, 4),
+            "p_stream_baseline": self.p_stream_baseline,
         }
 
 
@@ -122,13 +134,16 @@ def segment_drift(
                 raise ValueError(f"{segment} at {t}: more users in the segment than in the population")
             x, p = chi_square(a, n, b, n)
             baselines: dict[str, float | None] = {}
+            tests: dict[str, tuple[float, float] | tuple[None, None]] = {}
             for side, count in (("legacy", a), ("stream", b)):
                 base_in, base_total = pooled[side]
                 baselines[side] = psi(count, n, base_in, base_total) if base_total else None
+                tests[side] = chi_square(count, n, base_in, base_total) if base_total else (None, None)
                 pooled[side][0] += count
                 pooled[side][1] += n
             rows.append(
-                DriftRow(segment, t, n, a, b, psi(a, n, b, n), x, p, baselines["legacy"], baselines["stream"])
+                DriftRow(segment, t, n, a, b, psi(a, n, b, n), x, p, baselines["legacy"], baselines["stream"],
+                         *tests["legacy"], *tests["stream"])
             )
     return rows
 
@@ -151,3 +166,73 @@ def drift_section(
     names = {n for side in (legacy_counts, stream_counts) for tally in side.values() for n, c in tally.items() if c}
     rows = segment_drift(as_ofs, pairs_at, legacy_counts, stream_counts, sorted(names))
     return {"population": "pairs", "max_psi": round(max_psi(rows), 6), "per_as_of": [r.to_dict() for r in rows]}
+
+
+def drift_from_sides(
+    sides: Mapping[int, tuple[Mapping[str, frozenset[str]], Mapping[str, frozenset[str]]]],
+) -> dict[str, Any]:
+    """``drift_section`` from each side's non-empty sets by user per as-of (``compare.doctor.sides_at``).
+
+    The same definition as the comparator's: the population at ``t`` is the pairs
+    (users either side put in some segment at ``t``), a side's count the users it
+    put in the segment. The doctor uses it when the run has no ``parity.json`` of
+    these outputs; on a run that has one it gives that file's figures (a test holds
+    them equal)."""
+    as_ofs = sorted(sides)
+    pairs: dict[int, int] = {}
+    counts: tuple[dict[int, dict[str, int]], dict[int, dict[str, int]]] = ({}, {})
+    for t in as_ofs:
+        legacy, stream = sides[t]
+        pairs[t] = len(legacy.keys() | stream.keys())
+        for side, sets in zip(counts, (legacy, stream), strict=True):
+            tally: dict[str, int] = {}
+            for value in sets.values():
+                for name in value:
+                    tally[name] = tally.get(name, 0) + 1
+            side[t] = tally
+    return drift_section(as_ofs, pairs, counts[0], counts[1])
+
+
+def _number(row: Mapping[str, Any], key: str) -> float | None:
+    value = row.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def worst_per_segment(section: Any) -> list[dict[str, Any]]:
+    """Per segment (by name), from a ``segment_drift`` section: the as-of with the largest side-to-side PSI and
+    its shares, PSI, chi-square and p; the smallest p of any as-of; and each side's largest PSI and smallest
+    chi-square p against its own baseline. What the report and the dashboard show beside each other; malformed
+    rows are left out."""
+    rows = section.get("per_as_of") if isinstance(section, Mapping) else None
+    if not isinstance(rows, list):
+        return []
+    by_segment: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if isinstance(row, Mapping) and isinstance(row.get("segment"), str) and _number(row, "psi_sides") is not None:
+            by_segment.setdefault(row["segment"], []).append(row)
+    out = []
+    for segment in sorted(by_segment):
+        mine = by_segment[segment]
+        worst = max(mine, key=lambda r: _number(r, "psi_sides") or 0.0)
+        ps = [p for p in (_number(r, "p_sides") for r in mine) if p is not None]
+        base: dict[str, float | None] = {}
+        for side in ("legacy", "stream"):
+            values = [v for v in (_number(r, f"psi_{side}_baseline") for r in mine) if v is not None]
+            base[side] = max(values) if values else None
+            ps_base = [v for v in (_number(r, f"p_{side}_baseline") for r in mine) if v is not None]
+            base[f"p_{side}"] = min(ps_base) if ps_base else None
+        out.append({
+            "segment": segment,
+            "as_of": worst.get("as_of"),
+            "legacy_share": _number(worst, "legacy_share"),
+            "stream_share": _number(worst, "stream_share"),
+            "psi_sides": _number(worst, "psi_sides"),
+            "chi2_sides": _number(worst, "chi2_sides"),
+            "p_sides": _number(worst, "p_sides"),
+            "min_p_sides": min(ps) if ps else None,
+            "max_psi_legacy_baseline": base["legacy"],
+            "max_psi_stream_baseline": base["stream"],
+            "min_p_legacy_baseline": base["p_legacy"],
+            "min_p_stream_baseline": base["p_stream"],
+        })
+    return out

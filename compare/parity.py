@@ -28,8 +28,8 @@
 - ``segment_drift``: ``null`` (a result built without it), or ``{population: "pairs", max_psi,
   per_as_of: [row]}`` with one row per segment either side put anyone in (by name) and as-of
   (``compare.drift.DriftRow.to_dict``: ``as_of`` in epoch ms, ``population`` the as-of's pairs, each
-  side's count and share, ``psi_sides``, the chi-square and its p, each side's PSI against its own
-  earlier as-ofs); ``max_psi`` is the largest ``psi_sides``, what the ``max_segment_psi`` gate reads.
+  side's count and share, ``psi_sides``, the chi-square and its p, each side's PSI, chi-square and p
+  against its own earlier as-ofs); ``max_psi`` is the largest ``psi_sides``, what the ``max_segment_psi`` gate reads.
 - ``verdict``: ``"parity"`` (no mismatch), ``"explained_differences"`` (mismatches, none unexplained)
   or ``"defects"`` (at least one unexplained mismatch).
 """

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from compare.axes import TimeTick, agreement_shares, line_runs, thousands, time_ticks
 from compare.causes import CAUSES
 from compare.comparison import Comparison
+from compare.drift import worst_per_segment
 from compare.latency import NOT_MEASURED_REPLAY, LatencySummary
 from compare.mismatches import explain, write_mismatches
 from compare.parity import ParityResult
@@ -314,8 +315,18 @@ def render_html(comparison: Comparison) -> str:
         not_measured=NOT_MEASURED_REPLAY,
         examples_title=title,
         examples=examples,
+        drift=drift_table(data.get("segment_drift")),
         **_sketch_context(comparison),
     )
+
+
+def drift_table(section: Any) -> list[dict[str, Any]]:
+    """The report's segment drift table: ``compare.drift.worst_per_segment`` of ``parity.json``'s section, with
+    the as-of shown as a time."""
+    from segments.timeutil import format_ms
+
+    return [r | {"at": format_ms(int(r["as_of"])) if isinstance(r["as_of"], int) else "—"}
+            for r in worst_per_segment(section)]
 
 
 def _sketch_context(comparison: Comparison) -> dict[str, Any]:

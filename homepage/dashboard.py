@@ -149,7 +149,8 @@ DRIFT_W, DRIFT_H = 240, 40
 
 
 def drift_rows(section: Any) -> list[dict[str, Any]] | None:
-    """``segment_drift`` per segment: its largest side-to-side PSI, where, the shares there, a level
+    """``segment_drift`` per segment: its largest side-to-side PSI, where, the shares, chi-square and p there,
+    each side's largest PSI and smallest chi-square p against its own baseline (earlier as-ofs), a level
     (``ok`` below ``PSI_LOOK``, ``look`` below ``PSI_ACT``, else ``act``), and one bar per as-of of a
     ``DRIFT_W`` x ``DRIFT_H`` SVG (height by PSI over ``max(PSI_ACT, largest)``, with the two
     thresholds as lines). None when the evidence has no drift figures; malformed rows are left out."""
@@ -192,12 +193,36 @@ def drift_rows(section: Any) -> list[dict[str, Any]] | None:
                 "at": format_ms(int(worst["as_of"]))[11:16],
                 "legacy_share": _percent(_num(worst, "legacy_share") or 0.0),
                 "stream_share": _percent(_num(worst, "stream_share") or 0.0),
+                "chi2": _fixed(_num(worst, "chi2_sides"), 2),
+                "p": _general(_num(worst, "p_sides")),
+                "legacy_baseline": _fixed(_largest(mine, "psi_legacy_baseline"), 4),
+                "stream_baseline": _fixed(_largest(mine, "psi_stream_baseline"), 4),
+                "legacy_baseline_p": _general(_smallest(mine, "p_legacy_baseline")),
+                "stream_baseline_p": _general(_smallest(mine, "p_stream_baseline")),
                 "bars": bars,
                 "look_y": y(PSI_LOOK),
                 "act_y": y(PSI_ACT),
             }
         )
     return sorted(out, key=lambda r: r["segment"])
+
+
+def _fixed(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _general(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _largest(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [v for v in (_num(r, key) for r in rows) if v is not None]
+    return max(values) if values else None
+
+
+def _smallest(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [v for v in (_num(r, key) for r in rows) if v is not None]
+    return min(values) if values else None
 
 
 def _psi_level(psi: float) -> str:

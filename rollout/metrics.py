@@ -24,7 +24,9 @@ files and the store; a counter records each answer of the router. Rollout tools
   ``segshadow_stream_consumer_lag_entries``, ``segshadow_stream_pending_entries``,
   ``segshadow_stream_state_users{shard}``,
   ``segshadow_stream_sink_bundle_milliseconds{quantile}`` (0.5, 0.99, 1 = max, over
-  the last second), ``segshadow_stream_sink_writes``, ``segshadow_stream_sink_retries``,
+  the last second), ``segshadow_stream_sink_write_milliseconds{quantile}`` (the same
+  per write), ``segshadow_stream_sink_writes``, ``segshadow_stream_sink_retries``,
+  ``segshadow_stream_sink_failures``,
   ``segshadow_stream_health_age_seconds{role}`` (source, shard, sink)
 """
 
@@ -159,6 +161,15 @@ class RolloutCollector(Collector):
         yield sink
         yield from _gauge("segshadow_stream_sink_writes", "Redis sink writes", _num(health, "sink_writes"))
         yield from _gauge("segshadow_stream_sink_retries", "Redis sink writes retried", _num(health, "sink_retries"))
+        yield from _gauge("segshadow_stream_sink_failures", "Redis sink bundles failed after every retry",
+                          _num(health, "sink_failures"))
+        per_write = GaugeMetricFamily("segshadow_stream_sink_write_milliseconds",
+                                      "a bundle's Redis time per write, over the last second", labels=["quantile"])
+        for quantile, key in (("0.5", "sink_write_ms_p50"), ("0.99", "sink_write_ms_p99"), ("1", "sink_write_ms_max")):
+            value = _num(health, key)
+            if value is not None:
+                per_write.add_metric([quantile], value)
+        yield per_write
         age = GaugeMetricFamily("segshadow_stream_health_age_seconds", "since a stage last published its health",
                                 labels=["role"])
         for role in ROLES:

@@ -7,6 +7,10 @@ named), 3 when the evidence is too thin to say, 2 for bad usage.
 ``--live`` also reads the health ``stream live`` publishes in the serving store
 (``--redis-url`` or ``SEGSHADOW_REDIS_URL``; never an embedded one, which no
 pipeline writes to) over the last ``--since``, into the state and sink layers.
+``--database-url`` names the store the run wrote to (default: the run's own
+``segshadow.db``), where the logic layer reads the rule-set history of the
+compared period; the environment's database URL is not read, as a shared
+database holds other runs' rule sets.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from compare.doctor_evidence import examine, read_live
@@ -34,6 +39,11 @@ def doctor(
     ] = False,
     since: Annotated[str, typer.Option("--since", help="with --live: how far back to read")] = "1h",
     redis_url: RedisOpt = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="the store the run wrote to, for the rule-set history over the period "
+                     "(default: the run's own segshadow.db; the environment's URL is not read)"),
+    ] = None,
 ) -> None:
     """Walk the layers in order over a run's evidence; name the first failing one and what to do next."""
     since_ms = duration(since)
@@ -46,14 +56,16 @@ def doctor(
             raise UsageError("--live reads the serving store stream live publishes to: give --redis-url or "
                              "SEGSHADOW_REDIS_URL")
         health = read_live(where.redis_url, since_ms, wall_clock_ms())
-    diagnosis = examine(evidence, health)
+    diagnosis = examine(evidence, health, database_url=database_url)
     write_outputs(evidence, diagnosis)
     table = Table(title=f"segshadow doctor: {evidence}")
     for column in ("layer", "verdict", "what shows it", "next step"):
         table.add_column(column, overflow="fold")
     for layer in diagnosis.layers:
         shown = layer.summary + "".join(f"\n- {f}" for f in layer.findings[:4] if f != layer.summary)
-        table.add_row(layer.layer, f"[{_STYLE[layer.verdict]}]{layer.verdict}[/]", shown, layer.next_step)
+        # the texts hold brackets (segments[high_value]...) that rich would read as markup and drop
+        verdict = f"[{_STYLE[layer.verdict]}]{layer.verdict}[/]"
+        table.add_row(layer.layer, verdict, escape(shown), escape(layer.next_step))
     Console(width=160).print(table)
     typer.echo(diagnosis.headline)
     typer.echo(f"doctor.json: {evidence / 'doctor.json'}")

@@ -12,9 +12,11 @@ figures are right on a distributed runner too, where the stages run on other wor
   design), ``regroups``;
 - **shard** (``SegmentShard``): ``state_users_shard<N>``, the users held in shard N's
   state, and ``state_edges_shard<N>``, its pending window edges;
-- **sink** (``RedisTransitionsSink``): ``sink_writes`` and ``sink_retries`` (totals),
-  ``sink_bundles`` and ``sink_ms_p50`` / ``sink_ms_p99`` / ``sink_ms_max``: the time
-  each bundle spent in Redis over the last interval.
+- **sink** (``RedisTransitionsSink``): ``sink_writes``, ``sink_retries`` and
+  ``sink_failures`` (totals), ``sink_bundles`` and ``sink_ms_p50`` / ``sink_ms_p99`` /
+  ``sink_ms_max``: the time each bundle spent in Redis over the last interval, and
+  ``sink_write_ms_p50`` / ``_p99`` / ``_max``: the same per write (a bundle's time
+  over its writes, ``streaming.sinkstats``).
 
 Keys: ``HEALTH_KEY``, a hash holding the latest value of every field and each
 role's ``<role>_at_ms`` (wall clock of its last publish); ``HISTORY_KEY``, a Redis

@@ -26,6 +26,7 @@ from streaming.pipeline import (
     transitions_json,
 )
 from streaming.sinks import sink_all
+from streaming.sinkstats import counter_names, summarize
 
 
 @dataclass(frozen=True)
@@ -50,13 +51,16 @@ def _counters(result: Any) -> dict[str, int]:
     query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     counts: dict[str, int] = dict.fromkeys(("lines", "applied", "duplicates", "too_late", "rejected", "transitions"), 0)
     for counter in query["counters"]:
+        if counter_names(counter.key.metric.name):
+            continue  # the sink's latency counters: the sidecar's metrics.redis_write
         value = counter.committed if counter.committed is not None else counter.attempted
         counts[counter.key.metric.name] = counts.get(counter.key.metric.name, 0) + int(value or 0)
     return counts
 
 
 def _measured(result: Any) -> dict[str, Any]:
-    """The pipeline's distributions (count, sum, min, max, mean) and gauges, for the sidecar's ``metrics``."""
+    """The pipeline's distributions (count, sum, min, max, mean) and gauges, for the sidecar's ``metrics``, and
+    the Redis sink's per-write latency (``redis_write``: ``streaming.sinkstats.summarize``)."""
     query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     out: dict[str, Any] = {}
     for dist in query["distributions"]:
@@ -71,6 +75,16 @@ def _measured(result: Any) -> dict[str, Any]:
         if value is not None and value.value is not None:
             name = gauge.key.metric.name
             out[name] = out.get(name, 0) + int(value.value)
+    latency: dict[str, int] = {}
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        if counter_names(name):
+            value = counter.committed if counter.committed is not None else counter.attempted
+            latency[name] = latency.get(name, 0) + int(value or 0)
+    bundle = out.get("redis_bundle_ms")
+    write = summarize(latency, bundle["max"] if isinstance(bundle, dict) else None)
+    if write is not None:
+        out["redis_write"] = write
     return out
 
 

@@ -28,6 +28,7 @@ from segments.errors import StoreUnavailable
 from segments.events import Rejection
 from segments.outputs import Transition
 from streaming.health import HealthPublisher, quantiles
+from streaming.sinkstats import COUNT_AT, SUM_AT, bucket_name
 
 log = logging.getLogger("segshadow.stream")
 T = TypeVar("T")
@@ -70,12 +71,15 @@ class RedisTransitionsSink(beam.DoFn):
     that failed is sent again then, with backoff; the writes are idempotent.
 
     Measured (for ``segshadow doctor``): ``redis_bundle_ms``, a distribution of
-    the time each bundle spent in Redis calls (sends and the drain), and
-    ``redis_retries``, the failed attempts that were retried. ``delay_ms`` (the
+    the time each bundle spent in Redis calls (sends and the drain);
+    ``redis_retries``, the failed attempts that were retried; ``redis_failures``,
+    the bundles whose writes failed after every retry; and the latency per write
+    (``streaming.sinkstats``: a histogram and per-second totals, as counters). ``delay_ms`` (the
     Beam option ``--sink_delay_ms``, a planted fault) holds every bundle that
     wrote something that long before its drain, as a slow Redis would.
     With ``health_ms`` it publishes its health that often (``streaming.health``:
-    the bundles' Redis time quantiles over the interval, writes and retries).
+    the bundles' Redis time quantiles and the per-write ones over the interval,
+    writes, retries and failures).
     """
 
     def __init__(self, redis_url: str, delay_ms: int = 0, health_ms: int = 0) -> None:
@@ -93,8 +97,11 @@ class RedisTransitionsSink(beam.DoFn):
         self.retries = Metrics.counter(NAMESPACE, "redis_retries")
         self.spent = 0.0
         self.health = HealthPublisher("sink", self.health_ms / 1000) if self.health_ms else None
-        self.totals = [0, 0]  # writes and retries since setup, for the health fields
+        self.failures = Metrics.counter(NAMESPACE, "redis_failures")
+        self.by_name: dict[str, Any] = {}  # the per-write latency counters (``streaming.sinkstats``)
+        self.totals = [0, 0, 0]  # writes, retries and failures since setup, for the health fields
         self.recent_ms: list[float] = []  # each bundle's Redis time since the last publish
+        self.recent_write_ms: list[float] = []  # each bundle's Redis time per write since the last publish
 
     def _retried(self) -> None:
         self.retries.inc()
@@ -109,22 +116,44 @@ class RedisTransitionsSink(beam.DoFn):
         start = time.perf_counter()
         if self.delay_ms and self.spent:
             time.sleep(self.delay_ms / 1000)
-        written = with_backoff("write transitions to Redis", self.writer.drain, retried=self._retried)
+        try:
+            written = with_backoff("write transitions to Redis", self.writer.drain, retried=self._retried)
+        except StoreUnavailable:
+            self.failures.inc()  # the bundle fails; the runner retries it
+            self.totals[2] += 1
+            raise
         spent, self.spent = self.spent + time.perf_counter() - start, 0.0
         if written:
             self.bundle_ms.update(round(spent * 1000))
+            self._per_write(spent * 1e6 / written, written)
         self.written.inc(written)
         if self.health is not None:
             self.totals[0] += written
             if written:
                 self.recent_ms.append(spent * 1000)
+                self.recent_write_ms.append(spent * 1000 / written)
             if self.health.due():
                 marks = quantiles(self.recent_ms)
                 fields: dict[str, float] = {"sink_writes": self.totals[0], "sink_retries": self.totals[1],
-                          "sink_bundles": len(self.recent_ms)}
+                          "sink_failures": self.totals[2], "sink_bundles": len(self.recent_ms)}
                 fields |= {f"sink_ms_{name}": round(value, 3) for name, value in marks.items()}
-                self.recent_ms = []
+                fields |= {f"sink_write_ms_{name}": round(value, 4)
+                           for name, value in quantiles(self.recent_write_ms).items()}
+                self.recent_ms, self.recent_write_ms = [], []
                 self.health.publish(self.store.client, fields)
+
+    def _count(self, name: str, n: int) -> None:
+        counter = self.by_name.get(name)
+        if counter is None:
+            counter = self.by_name[name] = Metrics.counter(NAMESPACE, name)
+        counter.inc(n)
+
+    def _per_write(self, per_write_us: float, writes: int) -> None:
+        """Each of the bundle's ``writes`` at ``per_write_us``: its histogram bucket and this second's totals."""
+        second = int(time.time())
+        self._count(bucket_name(per_write_us), writes)
+        self._count(f"{SUM_AT}{second}", round(per_write_us * writes))
+        self._count(f"{COUNT_AT}{second}", writes)
 
     def teardown(self) -> None:
         writer = getattr(self, "writer", None)

@@ -97,3 +97,23 @@ def test_first_failing_layer_and_exit_codes() -> None:
     assert diagnose([v("ingest", "suspect"), v("logic", "ok"), v("state", "ok"), v("sink", "ok")]).exit_code == 0
     with pytest.raises(ValueError):
         diagnose([v("logic", "ok"), v("ingest", "ok"), v("state", "ok"), v("sink", "ok")])
+
+
+def test_sink_fails_on_failed_bundles_and_on_a_per_write_latency_that_grew_and_shows_the_quantiles() -> None:
+    """The replay's per-write figures are shown; a growth past 1 ms a write, or a failed bundle, fails the sink."""
+    from compare.doctor import SinkInputs, sink_layer
+
+    bundle = {"count": 40, "sum": 400, "mean": 10.0, "max": 30, "min": 2}
+    steady = {"writes": 4_000, "ms_per_write_p99_at_most": 0.2, "grew": False, "ms_per_write_first_third": 0.1,
+              "ms_per_write_last_third": 0.1}
+    ok = sink_layer(SinkInputs({"redis_bundle_ms": bundle, "redis_write": steady}, {"redis_writes": 4_000}, {}))
+    assert ok.verdict == "ok" and "p99 at most 0.2 ms" in ok.summary
+    assert ok.figures["redis_write_latency"]["writes"] == 4_000 and ok.figures["redis_failures"] == 0
+    grew = steady | {"grew": True, "ms_per_write_last_third": 2.5}
+    slow = sink_layer(SinkInputs({"redis_bundle_ms": bundle, "redis_write": grew}, {"redis_writes": 4_000}, {}))
+    assert slow.verdict == "failing" and "grew during the run: 0.1 ms" in slow.summary
+    small = steady | {"grew": True, "ms_per_write_last_third": 0.4}  # grew, still far under 1 ms a write
+    assert sink_layer(SinkInputs({"redis_bundle_ms": bundle, "redis_write": small}, {"redis_writes": 1}, {})).verdict \
+        == "ok"
+    failed = sink_layer(SinkInputs({"redis_bundle_ms": bundle}, {"redis_writes": 4_000, "redis_failures": 2}, {}))
+    assert failed.verdict == "failing" and "2 Redis sink bundles failed" in failed.summary

@@ -64,6 +64,8 @@ def test_doctor_names_the_planted_faults_layer_first_and_none_on_clean_runs(
     doctor = json.loads((out / "doctor.json").read_text())
     expected = LAYER_OF[fault] if fault else None
     verdicts = {layer["layer"]: layer["verdict"] for layer in doctor["layers"]}
+    print(f"confusion: planted {fault or ('noise-floor' if noise else 'clean')} (layer {LAYER_OF.get(fault or '')}) "
+          f"-> first failing {doctor['first_failing']}; verdicts {verdicts}")
     assert doctor["first_failing"] == expected, verdicts
     assert code == (1 if fault else 0)
     assert "segshadow doctor: begin" in (out / "report.html").read_text()

@@ -57,6 +57,11 @@ def test_a_healthy_live_pipeline_is_ok_and_retries_or_silence_are_not():
     assert live_sink(THIN_SINK, healthy).verdict == "ok" and live_state(THIN_STATE, healthy).verdict == "ok"
     retried = _health([3, 0, 5, 2, 0, 4], p99=2.5, retries=[0, 0, 0, 2, 2, 5])
     assert live_sink(THIN_SINK, retried).summary == "live: 5 Redis writes retried in the period"
+    slower = _health([3, 0, 5, 2, 0, 4], p99=2.5)
+    for i, entry in enumerate(e for e in slower.history if e["role"] == "sink"):
+        entry["sink_write_ms_p99"] = [0.1, 0.1, 0.2, 1.5, 2.0, 3.0][i]
+    grown = live_sink(THIN_SINK, slower)
+    assert grown.verdict == "failing" and "time per write grew from 0.100 ms to 3.000 ms" in grown.summary
     silent = _health([3, 0, 5], p99=2.5, age_ms=45_000)
     assert live_state(THIN_STATE, silent).verdict == "failing"
     assert "has not published for 45s" in live_state(THIN_STATE, silent).summary
@@ -99,6 +104,7 @@ def test_doctor_live_names_the_sink_of_a_live_run_behind_a_slow_redis(redis_url:
     sink = next(layer for layer in doctor["layers"] if layer["layer"] == "sink")
     live = sink["figures"]["live"]
     assert live["consumer_lag_over_period"]["last"] > 1000 and live["sink_ms_p99_max_over_period"] >= 300
+    assert live["sink_write_ms_p99"] > 0 and live["sink_failures"] == 0  # per write, and no failed bundle
     state = next(layer for layer in doctor["layers"] if layer["layer"] == "state")
     assert state["verdict"] != "failing" and state["figures"]["live"]["state_users"] > 0
 

@@ -33,3 +33,15 @@ def test_segment_drift_compares_sides_and_each_side_with_its_earlier_as_ofs() ->
     assert max_psi(rows) == pytest.approx(psi(10, 100, 40, 100))
     with pytest.raises(ValueError):
         segment_drift([1], {1: 5}, {1: {"a": 6}}, {}, ["a"])
+
+
+def test_each_side_is_tested_against_its_pooled_earlier_as_ofs_by_chi_square_too() -> None:
+    """Stream 10 of 100 then 40 of 100: against its baseline (10 of 100) the chi-square is that of the 2x2 table
+    (40, 60 | 10, 90); legacy, steady at 10 of 100, has chi-square 0 and p 1; the first as-of has none."""
+    rows = segment_drift([1, 2], {1: 100, 2: 100}, {1: {"a": 10}, 2: {"a": 10}}, {1: {"a": 10}, 2: {"a": 40}}, ["a"])
+    assert (rows[0].chi2_stream_baseline, rows[0].p_stream_baseline) == (None, None)
+    x, p = chi_square(40, 100, 10, 100)
+    assert x == pytest.approx(200 * (40 * 90 - 60 * 10) ** 2 / (100 * 100 * 50 * 150))  # n(ad-bc)^2 / row x col
+    assert (rows[1].chi2_stream_baseline, rows[1].p_stream_baseline) == (x, p) and p < 1e-5
+    assert (rows[1].chi2_legacy_baseline, rows[1].p_legacy_baseline) == (0.0, 1.0)
+    assert rows[1].to_dict()["chi2_stream_baseline"] == round(x, 4)

@@ -167,6 +167,8 @@ def test_the_dashboard_shows_each_segments_drift_from_the_evidence(site: Site, m
     assert worst["segment"] in page and f"<b>{worst['psi_sides']:.4f}</b>" in page
     assert f"largest {drift['max_psi']:.4f}" in page
     assert page.count("<rect") >= len(drift["per_as_of"])
+    # the chi-square of the sides beside the PSI, at the segment's worst as-of
+    assert f'<td class="drift-chi2">{worst["chi2_sides"]:.2f} (p {worst["p_sides"]:.3g})</td>' in page
 
 
 def test_the_dashboard_without_evidence_says_so(site: Site, make_app) -> None:

@@ -34,3 +34,20 @@ def test_each_segment_shows_its_largest_psi_where_and_one_bar_per_as_of() -> Non
 def test_no_drift_figures_means_no_panel() -> None:
     assert drift_rows(None) is None and drift_rows({"max_psi": 0.1}) is None
     assert drift_rows({"max_psi": 0.0, "per_as_of": []}) == []
+
+
+def test_each_segment_shows_the_chi_square_beside_the_psi_and_each_sides_baseline_psi() -> None:
+    """At the worst as-of: the chi-square and p of the sides; over all as-ofs: each side's largest baseline PSI."""
+    first = row("a", 5, 0.01) | {"chi2_sides": 0.5, "p_sides": 0.48, "psi_legacy_baseline": None,
+                                 "psi_stream_baseline": None}
+    worst = row("a", 10, 0.3, 0.2, 0.6) | {"chi2_sides": 66.666, "p_sides": 3.3e-16, "psi_legacy_baseline": 0.002,
+                                           "psi_stream_baseline": 0.41, "p_legacy_baseline": 0.71,
+                                           "p_stream_baseline": 1.2e-9}
+    rows = drift_rows({"max_psi": 0.3, "per_as_of": [first, worst]})
+    assert rows is not None
+    (a,) = rows
+    assert (a["chi2"], a["p"]) == ("66.67", "3.3e-16")
+    assert (a["legacy_baseline"], a["stream_baseline"]) == ("0.0020", "0.4100")
+    assert (a["legacy_baseline_p"], a["stream_baseline_p"]) == ("0.71", "1.2e-09")
+    bare = drift_rows({"max_psi": 0.1, "per_as_of": [row("b", 5, 0.1)]})
+    assert bare is not None and (bare[0]["chi2"], bare[0]["legacy_baseline"]) == ("—", "—")
