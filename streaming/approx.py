@@ -111,7 +111,7 @@ class ApproxUser(UserWindow):
 
 def _adopt(user: UserWindow, user_id: str, marks: list[int]) -> ApproxUser:
     adopted = ApproxUser.__new__(ApproxUser)
-    for slot in ("facts", "part", "pub_times", "pub_values", "revision", "sums", "times"):
+    for slot in UserWindow.__slots__:
         setattr(adopted, slot, getattr(user, slot))
     adopted.user_id = user_id
     adopted.marks = list(marks)

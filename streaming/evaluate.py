@@ -62,11 +62,17 @@ def compile_classifier(ruleset: RuleSet, index_of: dict[str, int]) -> MaskFuncti
 
 
 class Indexed(Protocol):
-    """A user's facts sorted by event time, with one prefix-sum list per additive aggregate."""
+    """A user's facts sorted by event time: their times, one prefix-sum column per additive aggregate, and
+    (read only under a rule set with a distinct count, ``Evaluator.reads_facts``) their kinds and merchants."""
 
-    times: list[int]
-    facts: list[Fact]
-    sums: list[list[int]]
+    @property
+    def times(self) -> Sequence[int]: ...
+    @property
+    def sums(self) -> Sequence[Sequence[int]]: ...
+    @property
+    def kinds(self) -> Sequence[str] | None: ...
+    @property
+    def merchants(self) -> Sequence[str | None] | None: ...
 
 
 class Evaluator:
@@ -142,6 +148,11 @@ class Evaluator:
         """The one window width when the value tuple is just the prefix-sum differences (the fast path)."""
         return self._single_width
 
+    @property
+    def reads_facts(self) -> bool:
+        """Whether evaluating reads the facts' kinds and merchants (a distinct count), not just the sums."""
+        return bool(self._distinct)
+
     def classify(self, values: Sequence[int]) -> frozenset[str]:
         """``RuleSet.classify`` for a tuple of aggregate values; equal results are one frozenset object."""
         mask = self._mask_of(values)
@@ -168,7 +179,8 @@ class Evaluator:
             lo = starts.get(width)
             if lo is None:
                 lo = starts[width] = bisect_right(times, t - width, 0, hi)
-            values[index] = len({f[3] for f in user.facts[lo:hi] if f[3] is not None and f[1] in kinds})
+            facts = zip(user.kinds[lo:hi], user.merchants[lo:hi])  # type: ignore[index]  # noqa: B905
+            values[index] = len({merchant for kind, merchant in facts if merchant is not None and kind in kinds})
         return tuple(values)
 
 
@@ -178,7 +190,8 @@ class Window:
     def __init__(self, evaluator: Evaluator, facts: Sequence[Fact]) -> None:
         ordered = sorted(facts, key=lambda f: f[0])
         self.times = [f[0] for f in ordered]
-        self.facts = list(ordered)
+        self.kinds: list[str] | None = [f[1] for f in ordered]
+        self.merchants: list[str | None] | None = [f[3] for f in ordered]
         self.sums = [[0] for _ in range(evaluator.additive_count)]
         for fact in ordered:
             for column, delta in zip(self.sums, evaluator.deltas(fact[1], fact[2]), strict=True):

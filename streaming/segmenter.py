@@ -25,17 +25,16 @@ timeline has gone back to empty for good is forgotten.
 from __future__ import annotations
 
 import heapq
+import sys
 import zlib
+from array import array
 from bisect import bisect_left, bisect_right
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from itertools import chain
-from operator import itemgetter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from segments.lateness import END_OF_TIME, NO_WATERMARK, GateParams
 from segments.outputs import Transition
-from segments.rules import Fact, RuleSet
+from segments.rules import RuleSet
 from streaming.evaluate import Evaluator
 
 EMPTY: frozenset[str] = frozenset()
@@ -64,17 +63,37 @@ class Applied(NamedTuple):
 Row = tuple[str, int, str, int, str | None, int, int]
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _packed(values: Iterable[int] = ()) -> array[int]:
+    return array("q", values)
+
+
 class UserWindow:
-    """One user's retained facts (sorted by event time) and published timeline."""
+    """One user's retained facts (sorted by event time) and published timeline, in packed columns.
 
-    __slots__ = ("facts", "part", "pub_times", "pub_values", "revision", "sums", "times")
+    Per fact the state is its event time and, per additive aggregate, the
+    running (prefix) sum after it: 8-byte integers in ``array('q')`` columns, no
+    Python object per fact. An event's kind and amount matter only through what
+    it adds to each sum, so they are not kept, except (``kinds``, ``merchants``;
+    None otherwise) under a rule set with a distinct count, which reads them. A
+    prefix-sum column that would leave the 64-bit range becomes a plain list of
+    Python integers for that user (``_widen``), so sums stay exact whatever the
+    amounts. The published timeline is its instants (packed) and their sets
+    (references to shared frozensets).
+    """
 
-    def __init__(self, additive: int, part: int = 0) -> None:
+    __slots__ = ("key", "kinds", "merchants", "part", "pub_times", "pub_values", "revision", "sums", "times")
+
+    def __init__(self, additive: int, part: int = 0, detail: bool = True) -> None:
         self.part = part  # which part of the shard it is snapshotted with (``part_of``)
-        self.times: list[int] = []
-        self.facts: list[Fact] = []
-        self.sums: list[list[int]] = [[0] for _ in range(additive)]
-        self.pub_times: list[int] = []
+        self.key: str | None = None  # the user's id as the shard's change points refer to it (one object)
+        self.times: array[int] = _packed()
+        self.sums: list[array[int] | list[int]] = [_packed((0,)) for _ in range(additive)]
+        self.kinds: list[str] | None = [] if detail else None
+        self.merchants: list[str | None] | None = [] if detail else None
+        self.pub_times: array[int] = _packed()
         self.pub_values: list[frozenset[str]] = []
         self.revision = 0
 
@@ -90,76 +109,165 @@ class UserWindow:
             self.pub_times.insert(index, t)
             self.pub_values.insert(index, value)
 
-    def insert(self, fact: Fact, deltas: tuple[int, ...]) -> int:
+    def insert(self, event_time: int, deltas: tuple[int, ...], kind: str, merchant: str | None) -> int:
         """Insert in event-time order (after equal times) and keep the prefix sums; returns the index."""
         times = self.times
-        event_time = fact[0]
         if not times or times[-1] <= event_time:  # in order: the common case
             times.append(event_time)
-            self.facts.append(fact)
-            for column, delta in zip(self.sums, deltas):  # noqa: B905 (equal lengths by construction)
-                column.append(column[-1] + delta)
+            if self.kinds is not None:
+                self.kinds.append(kind)
+                self.merchants.append(merchant)  # type: ignore[union-attr]
+            for slot, delta in enumerate(deltas):
+                column = self.sums[slot]
+                try:
+                    column.append(column[-1] + delta)
+                except OverflowError:
+                    self._widen(slot).append(column[-1] + delta)
             return len(times) - 1
         index = bisect_right(times, event_time)
         times.insert(index, event_time)
-        self.facts.insert(index, fact)
-        for column, delta in zip(self.sums, deltas):  # noqa: B905
+        if self.kinds is not None:
+            self.kinds.insert(index, kind)
+            self.merchants.insert(index, merchant)  # type: ignore[union-attr]
+        for slot, delta in enumerate(deltas):
+            column = self.sums[slot]
+            if delta and type(column) is array and (
+                min(column[index:]) + delta < INT64_MIN or max(column[index:]) + delta > INT64_MAX
+            ):
+                column = self._widen(slot)
             column.insert(index + 1, column[index] + delta)
             if delta:
                 for j in range(index + 2, len(column)):
                     column[j] += delta
         return index
 
+    def _widen(self, slot: int) -> list[int]:
+        """Make a prefix-sum column a list of Python integers (its values would leave the 64-bit range)."""
+        widened = self.sums[slot] = list(self.sums[slot])
+        return widened
+
     def drop_before(self, cut: int) -> None:
         """Forget the first ``cut`` facts (prefix sums stay differences of the same totals)."""
         del self.times[:cut]
-        del self.facts[:cut]
+        if self.kinds is not None:
+            del self.kinds[:cut]
+            del self.merchants[:cut]  # type: ignore[union-attr]
         for column in self.sums:
             del column[:cut]
 
-    def to_plain(self) -> tuple[object, ...]:
-        return (self.times, self.facts, self.sums, self.pub_times, self.pub_values, self.revision)
 
-    @classmethod
-    def from_plain(cls, plain: tuple[object, ...]) -> UserWindow:
-        user = cls.__new__(cls)
-        (user.times, user.facts, user.sums, user.pub_times, user.pub_values, user.revision) = plain  # type: ignore[assignment]
-        user.part = 0
-        return user
+class EdgeQueue:
+    """Change points queued in (point, user_id) order, as two packed columns read from ``head`` on.
+
+    The in-order change points of a shard (one per retained fact and window
+    width) in a FIFO: an ``array('q')`` of points and a list of references to the
+    users' ids (each user's one id object), 16 bytes an entry where a deque of
+    tuples took ~100. Popped entries stay until a quarter of the columns is
+    behind ``head``; then they are cut (``compact``).
+    """
+
+    __slots__ = ("head", "points", "users")
+
+    def __init__(self, entries: Iterable[tuple[int, str]] = ()) -> None:
+        self.points: array[int] = _packed()
+        self.users: list[str] = []
+        self.head = 0
+        for point, user_id in entries:
+            self.points.append(point)
+            self.users.append(user_id)
+
+    def __len__(self) -> int:
+        return len(self.users) - self.head
+
+    def __bool__(self) -> bool:
+        return len(self.users) > self.head
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        return zip(self.points[self.head :], self.users[self.head :])  # noqa: B905 (equal lengths)
+
+    def first(self) -> tuple[int, str]:
+        return (self.points[self.head], self.users[self.head])
+
+    def last(self) -> tuple[int, str]:
+        return (self.points[-1], self.users[-1])
+
+    def append(self, entry: tuple[int, str]) -> None:
+        self.points.append(entry[0])
+        self.users.append(entry[1])
+
+    def popleft(self) -> tuple[int, str]:
+        head = self.head
+        entry = (self.points[head], self.users[head])
+        self.head = head + 1
+        self.compact()
+        return entry
+
+    def compact(self) -> None:
+        head = self.head
+        if head >= 4096 and 4 * head >= len(self.users):
+            del self.points[:head]
+            del self.users[:head]
+            self.head = 0
 
 
-# A shard's users as flat columns (see ``ShardSegmenter.__getstate__``): ids, fact counts, the facts' times,
-# kinds, amounts and merchants, the prefix-sum columns (a user's run is its count plus one), published
-# counts, times and values, revisions.
+# A shard's users as flat columns (see ``ShardSegmenter._snapshot``): the users' ids; then packed (the bytes of
+# ``array('q')`` columns, users one after another, zlib-compressed at level 1) their fact counts, the facts'
+# times, the prefix-sum columns (a user's run is its count plus one), published counts and times, revisions;
+# the published sets; the facts' kinds and merchants (None unless the rule set reads them); and the prefix-sum
+# columns of users whose sums left the 64-bit range ({user's index: its columns as lists}; zeros stand in for
+# them in the packed columns).
 Columns = tuple[
     list[str],
-    list[int],
-    list[int],
-    list[str],
-    list[int],
-    list[str | None],
-    list[list[int]],
-    list[int],
-    list[int],
+    bytes,
+    bytes,
+    list[bytes],
+    bytes,
+    bytes,
+    bytes,
     list[frozenset[str]],
-    list[int],
+    "tuple[list[str], list[str | None]] | None",
+    dict[int, list[list[int]]],
 ]
+
+
+def _compressed(data: bytes) -> bytes:
+    """A packed column as a snapshot carries it: times and prefix sums repeat their high bytes, so even the
+    fastest level takes them from 32 bytes a fact (clickstream) to 5-12, for about 1 ms a part."""
+    return zlib.compress(data, 1)
+
+
+def _unpacked(data: bytes | memoryview) -> array[int]:
+    column = _packed()
+    column.frombytes(data)
+    return column
 
 
 def users_from_columns(columns: Columns, parts: int = 1) -> dict[str, UserWindow]:
     """The inverse of the columns ``ShardSegmenter._snapshot`` writes (each user's part out of ``parts``)."""
-    ids, counts, times, kinds, micros, merchants, sums, pub_counts, pub_times, pub_values, revisions = columns
+    ids, counts_b, times_b, sums_b, pub_counts_b, pub_times_b, revisions_b, pub_values, detail, wide = columns
+    unzip = zlib.decompress
+    counts, pub_counts = _unpacked(unzip(counts_b)), _unpacked(unzip(pub_counts_b))
+    revisions = _unpacked(unzip(revisions_b))
+    times, pub_times = memoryview(unzip(times_b)), memoryview(unzip(pub_times_b))
+    sums = [memoryview(unzip(column)) for column in sums_b]
     users: dict[str, UserWindow] = {}
     fact = point = 0
     for index, user_id in enumerate(ids):
         user = UserWindow.__new__(UserWindow)
         n = counts[index]
         end = fact + n
-        user.times = times[fact:end]
-        user.facts = list(zip(user.times, kinds[fact:end], micros[fact:end], merchants[fact:end]))  # type: ignore[arg-type]  # noqa: B905
-        user.sums = [column[fact + index : end + index + 1] for column in sums]
+        user.key = user_id
+        user.times = _unpacked(times[8 * fact : 8 * end])
+        user.sums = [_unpacked(column[8 * (fact + index) : 8 * (end + index + 1)]) for column in sums]
+        if index in wide:
+            user.sums = list(wide[index])
+        if detail is None:
+            user.kinds = user.merchants = None
+        else:
+            user.kinds = detail[0][fact:end]
+            user.merchants = detail[1][fact:end]
         q = pub_counts[index]
-        user.pub_times = pub_times[point : point + q]
+        user.pub_times = _unpacked(pub_times[8 * point : 8 * (point + q)])
         user.pub_values = pub_values[point : point + q]
         user.revision = revisions[index]
         user.part = part_of(user_id, parts) if parts > 1 else 0
@@ -179,12 +287,14 @@ class ShardSegmenter:
         # Change points not yet due, (point, user_id): those that come in order (the common case) queue
         # in ``ordered``, the rest in the heap ``pending``; popping merges the two in (point, user_id) order.
         self.pending: list[tuple[int, str]] = []
-        self.ordered: deque[tuple[int, str]] = deque()
+        self.ordered = EdgeQueue()
         self.watermark = NO_WATERMARK
         self._evaluator = Evaluator(ruleset)
         self._widths = ruleset.widths
         self._span = ruleset.span_ms
         self._kinds = ruleset.kinds
+        self._detail = self._evaluator.reads_facts  # whether users keep their facts' kinds and merchants
+        self._canon_kinds = {kind: kind for kind in self._kinds}
         # Sweeps are due each time the watermark passes a multiple of PRUNE_EVERY_MS plus the phase: shards
         # given different phases sweep at different times, not all in the same batch.
         self._prune_phase = prune_phase_ms % PRUNE_EVERY_MS
@@ -216,34 +326,38 @@ class ShardSegmenter:
         if self._frozen:
             raise RuntimeError("a shard is snapshotted only once its rebuild has finished")
         state = dict(self.__dict__)
-        for derived in ("_evaluator", "_names", "users", "pending", "ordered", "_frozen"):
+        for derived in ("_evaluator", "_names", "users", "pending", "ordered", "_frozen", "_detail", "_canon_kinds"):
             del state[derived]
-        canon = {kind: kind for kind in self._kinds}  # one object per kind: pickle writes the rest as references
         users = [user for _, user in items]
-        flat = chain.from_iterable  # each column is one C-level pass over the users (or the facts)
-        counts = [len(user.times) for user in users]
-        times = list(flat(user.times for user in users))
-        facts = list(flat(user.facts for user in users))
-        kinds = list(map(canon.__getitem__, map(itemgetter(1), facts)))
-        micros = list(map(itemgetter(2), facts))
-        merchants = list(map(itemgetter(3), facts))
-        sums = [list(flat(user.sums[slot] for user in users)) for slot in range(self._evaluator.additive_count)]
-        pub_counts = [len(user.pub_times) for user in users]
-        pub_times = list(flat(user.pub_times for user in users))
-        pub_values = list(flat(user.pub_values for user in users))
-        revisions = [user.revision for user in users]
+        join = b"".join  # each column is one C-level pass over the users' packed columns
+        wide: dict[int, list[list[int]]] = {}
+        for index, user in enumerate(users):
+            if any(type(column) is not array for column in user.sums):
+                wide[index] = [list(column) for column in user.sums]
+        sums: list[bytes] = []
+        for slot in range(self._evaluator.additive_count):
+            if wide:
+                runs = [bytes(8 * len(u.sums[slot])) if i in wide else u.sums[slot] for i, u in enumerate(users)]
+                sums.append(_compressed(join(runs)))  # type: ignore[arg-type]  # the lists are in ``wide``
+            else:
+                sums.append(_compressed(join([user.sums[slot] for user in users])))  # type: ignore[misc]
+        detail: tuple[list[str], list[str | None]] | None = None
+        if self._detail:
+            canon = {kind: kind for kind in self._kinds}  # one object per kind: pickle writes the rest as references
+            kinds = [canon.get(k, k) for user in users for k in (user.kinds or ())]
+            merchants = [m for user in users for m in (user.merchants or ())]
+            detail = (kinds, merchants)
         columns: Columns = (
             [user_id for user_id, _ in items],
-            counts,
-            times,
-            kinds,
-            micros,
-            merchants,
+            _compressed(_packed([len(user.times) for user in users]).tobytes()),
+            _compressed(join([user.times for user in users])),
             sums,
-            pub_counts,
-            pub_times,
-            pub_values,
-            revisions,
+            _compressed(_packed([len(user.pub_times) for user in users]).tobytes()),
+            _compressed(join([user.pub_times for user in users])),
+            _compressed(_packed([user.revision for user in users]).tobytes()),
+            [value for user in users for value in user.pub_values],
+            detail,
+            wide,
         )
         state["columns"] = columns
         return state
@@ -254,9 +368,11 @@ class ShardSegmenter:
         self._evaluator = Evaluator(self.ruleset)
         self._names = {}
         self._frozen = frozenset()
+        self._detail = self._evaluator.reads_facts
+        self._canon_kinds = {kind: kind for kind in self._kinds}
         self.users = users_from_columns(columns, self._parts)
         self.pending = []
-        self.ordered = deque(self._edges(self.users, self.watermark))
+        self.ordered = EdgeQueue(self._edges(self.users, self.watermark))
 
     def _edges(self, users: dict[str, UserWindow], watermark: int) -> list[tuple[int, str]]:
         """The queued change points of ``users`` as of ``watermark``: their window edges not yet reached."""
@@ -300,9 +416,14 @@ class ShardSegmenter:
             shard.users.update(users)
             edges.extend(shard._edges(users, snapshot["watermark"]))  # type: ignore[arg-type]
         edges.sort()
-        shard.ordered = deque(edges)
+        shard.ordered = EdgeQueue(edges)
         shard._frozen = frozenset(part for part in range(len(snapshots)) if part != base)
         return shard
+
+    def _new_user(self, user_id: str) -> UserWindow:
+        user = UserWindow(self._evaluator.additive_count, self._new_part(user_id), self._detail)
+        user.key = user_id
+        return user
 
     def _new_part(self, user_id: str) -> int:
         return part_of(user_id, self._parts) if self._parts > 1 else 0
@@ -326,21 +447,26 @@ class ShardSegmenter:
         if self._frozen and (user.part if user is not None else part_of(user_id, self._parts)) in self._frozen:
             return out  # rebuilding: this user's state is already past this event
         if user is None:
-            user = self.users[user_id] = UserWindow(self._evaluator.additive_count, self._new_part(user_id))
+            user = self.users[user_id] = self._new_user(user_id)
         self._apply_to(user_id, user, event, emitted_at, out)
         return out
 
     def _apply_to(self, user_id: str, user: UserWindow, event: Row, emitted_at: int, out: list[Transition]) -> None:
         """Insert the event's fact, queue its window edges, settle every instant it changed."""
         _, event_time, kind, micros, merchant, _, _ = event
-        # A plain tuple with Fact's fields: it pickles several times faster than the NamedTuple (state commits).
-        fact: Fact = (event_time, kind, micros, merchant)  # type: ignore[assignment]
-        index = user.insert(fact, self._evaluator.deltas(kind, micros))
+        if user.kinds is not None:  # one object per kind and per merchant name, not one per fact
+            kind = self._canon_kinds.get(kind, kind)
+            if merchant is not None:
+                merchant = sys.intern(merchant)
+        index = user.insert(event_time, self._evaluator.deltas(kind, micros), kind, merchant)
+        key = user.key
+        if key is None:
+            key = user.key = user_id
         watermark = self.watermark
         for width in self._widths:
             point = event_time + width
             if point > watermark:
-                self._push_point((point, user_id))
+                self._push_point((point, key))
         if index == len(user.times) - 1 and event_time > watermark:
             # In order and ahead of the watermark: the event's own instant is the only due one it changes.
             self._settle(user_id, user, event_time, emitted_at, "event", out)
@@ -361,11 +487,17 @@ class ShardSegmenter:
         evaluator = self._evaluator
         width = evaluator.single_width
         frozen = self._frozen
+        points = ordered.points
+        ids = ordered.users
+        head = ordered.head
         while True:  # pop due points in (point, user_id) order: ``_pop_point``, inlined (the hot loop)
-            if ordered and (not pending or ordered[0] <= pending[0]):
-                if ordered[0][0] > watermark:
+            if head < len(ids) and (not pending or (points[head], ids[head]) <= pending[0]):
+                point = points[head]
+                if point > watermark:
                     break
-                point, user_id = ordered.popleft()
+                user_id = ids[head]
+                head += 1
+                ordered.head = head
             elif pending and pending[0][0] <= watermark:
                 point, user_id = heapq.heappop(pending)
             else:
@@ -390,6 +522,7 @@ class ShardSegmenter:
             if desired != published and self._settle(user_id, user, point, emitted_at, "expiry", out):
                 self.watermark = point
                 self._settle_after_expiry(user_id, user, point, emitted_at, out)
+        ordered.compact()
         self.watermark = watermark
         if watermark >= self._next_prune:
             self._next_prune = watermark + PRUNE_EVERY_MS - (watermark - self._prune_phase) % PRUNE_EVERY_MS
@@ -438,14 +571,15 @@ class ShardSegmenter:
         pending = self.pending
         deltas_of = evaluator.deltas
         classify = evaluator.classify
-        additive = evaluator.additive_count
         names = self._names
+        points = ordered.points
+        ids = ordered.users
         for event in events:
-            user_id, event_time, kind, micros, merchant, arrival, event_watermark = event
+            user_id, event_time, kind, micros, _, arrival, event_watermark = event
             emitted_at = clock() if clock is not None else arrival
             if event_watermark > self.watermark:
                 if (
-                    (ordered and ordered[0][0] <= event_watermark)
+                    (ordered.head < len(ids) and points[ordered.head] <= event_watermark)
                     or (pending and pending[0][0] <= event_watermark)
                     or event_watermark >= self._next_prune
                 ):
@@ -458,7 +592,7 @@ class ShardSegmenter:
             if self._frozen and (user.part if user is not None else part_of(user_id, self._parts)) in self._frozen:
                 continue  # rebuilding: this user's state is already past this event
             if user is None:
-                user = users[user_id] = UserWindow(additive, self._new_part(user_id))
+                user = users[user_id] = self._new_user(user_id)
             times = user.times
             pub_times = user.pub_times
             if not (
@@ -468,17 +602,27 @@ class ShardSegmenter:
             ):
                 self._apply_to(user_id, user, event, emitted_at, out)
                 continue
+            if user.kinds is not None:  # (no rule set with a distinct count has a single width today)
+                self._apply_to(user_id, user, event, emitted_at, out)
+                continue
             # In order: append the fact and its prefix sums, queue its window edge, settle its instant.
             times.append(event_time)
-            user.facts.append((event_time, kind, micros, merchant))  # type: ignore[arg-type]  # Fact's fields
             sums = user.sums
             for column, delta in zip(sums, deltas_of(kind, micros)):  # noqa: B905 (equal lengths by construction)
-                column.append(column[-1] + delta)
-            entry = (event_time + width, user_id)
-            if not ordered or ordered[-1] <= entry:
-                ordered.append(entry)
+                try:
+                    column.append(column[-1] + delta)
+                except OverflowError:
+                    slot = next(i for i, c in enumerate(sums) if c is column)
+                    user._widen(slot).append(column[-1] + delta)
+            key = user.key
+            if key is None:
+                key = user.key = user_id
+            point = event_time + width
+            if ordered.head == len(ids) or points[-1] < point or (points[-1] == point and ids[-1] <= key):
+                points.append(point)
+                ids.append(key)
             else:
-                heapq.heappush(pending, entry)
+                heapq.heappush(pending, (point, key))
             hi = len(times)
             lo = bisect_right(times, event_time - width, 0, hi)
             desired = classify(tuple([column[hi] - column[lo] for column in sums]))
@@ -500,7 +644,7 @@ class ShardSegmenter:
 
     def _push_point(self, entry: tuple[int, str]) -> None:
         ordered = self.ordered
-        if not ordered or ordered[-1] <= entry:
+        if not ordered or ordered.last() <= entry:
             ordered.append(entry)
         else:
             heapq.heappush(self.pending, entry)
@@ -509,8 +653,8 @@ class ShardSegmenter:
         """The least queued (point, user_id) if its point is at or before ``limit``, removed; else None."""
         ordered = self.ordered
         pending = self.pending
-        if ordered and (not pending or ordered[0] <= pending[0]):
-            return ordered.popleft() if ordered[0][0] <= limit else None
+        if ordered and (not pending or ordered.first() <= pending[0]):
+            return ordered.popleft() if ordered.first()[0] <= limit else None
         if pending and pending[0][0] <= limit:
             return heapq.heappop(pending)
         return None
