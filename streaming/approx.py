@@ -128,15 +128,32 @@ def _adopt(user: UserWindow, user_id: str, marks: list[int]) -> ApproxUser:
 class ApproxEvaluator(Evaluator):
     """``Evaluator`` with each approximate aggregate's value read from its ring (never the fast path)."""
 
-    __slots__ = ("_rings",)
+    __slots__ = ("_rings", "_zeros", "width")
 
     def __init__(self, ruleset: RuleSet, rings: Sequence[tuple[int, Aggregate, CmsRing]]) -> None:
         super().__init__(ruleset)
+        # The exact evaluator's single width (one window, additive aggregates in slot order): the values are then
+        # the prefix-sum differences. Kept here; ``single_width`` is None so the segmenter never takes the exact
+        # fast path, which knows nothing of the rings.
+        self.width = self._single_width
         self._single_width = None
         self._rings = tuple(rings)
+        self._zeros = [0] * len(ruleset.aggregates)
+
+    def values(self, user: Any, t: int) -> list[int]:
+        """The exact aggregates' values at ``t`` (the approximate ones' slots hold 0, their facts are not kept)."""
+        times = user.times
+        if not times:
+            return list(self._zeros)
+        hi = bisect_right(times, t)
+        width = self.width
+        if width is None:
+            return list(self._values(user, t, hi))
+        lo = bisect_right(times, t - width, 0, hi)
+        return [column[hi] - column[lo] for column in user.sums]
 
     def at(self, user: Any, t: int) -> frozenset[str]:
-        values = list(self._values(user, t, bisect_right(user.times, t)))
+        values = self.values(user, t)
         marks: list[int] = user.marks
         for index, aggregate, ring in self._rings:
             covering = [b for b in marks if b <= t < b + ring.params.bucket_ms + aggregate.window_ms]
@@ -269,11 +286,14 @@ class ApproxShardSegmenter(ShardSegmenter):
     def apply_batch(self, events: Iterable[Row], clock: Callable[[], int] | None = None) -> list[Transition]:
         """``apply`` each event in order: the same transitions in the same order, with the common case inlined.
 
-        Inlined: an event of an approximate-only kind, ahead of the watermark and in
-        order for its user (after its facts, its published instants and its marked
-        buckets). It is counted in the rings, marks its bucket (queueing the exit
-        once) and settles its own instant, the marked buckets' estimates summed as
-        ``ApproxEvaluator.at`` does. Anything else takes ``apply``.
+        Inlined: the watermark's step (as ``ShardSegmenter.apply_batch``), kinds no
+        aggregate reads, and an event ahead of the watermark and in order for its
+        user (after its facts, its published instants and its marked buckets) of a
+        kind read only by approximate aggregates (counted in the rings, its bucket
+        marked, the exit queued once) or only by exact ones (appended as a fact,
+        its window edges queued); either settles its own instant, the marked
+        buckets' estimates summed as ``ApproxEvaluator.at`` does. Anything else
+        (late, a kind read by both, a rebuild under way) takes ``apply``.
         """
         out: list[Transition] = []
         users = self.users
@@ -283,9 +303,12 @@ class ApproxShardSegmenter(ShardSegmenter):
         ordered = self.ordered
         pending = self.pending
         evaluator = self._evaluator
-        values_of = evaluator._values
+        assert isinstance(evaluator, ApproxEvaluator)
+        values_of = evaluator.values
         classify = evaluator.classify
         additive = evaluator.additive_count
+        deltas_of = evaluator.deltas
+        widths = self._widths
         bucket_ms = self._bucket_ms
         exit_ms = self._exit_ms
         names = self._names
@@ -298,7 +321,7 @@ class ApproxShardSegmenter(ShardSegmenter):
         for event in events:
             user_id, event_time, kind, _, _, arrival, event_watermark = event
             emitted_at = clock() if clock is not None else arrival
-            if kind not in approx_kinds or kind in exact_kinds or self._frozen:
+            if self._frozen:
                 out.extend(self.apply(event, emitted_at))
                 continue
             if event_watermark > self.watermark:
@@ -310,6 +333,12 @@ class ApproxShardSegmenter(ShardSegmenter):
                     self.advance(event_watermark, emitted_at, out)
                 else:
                     self.watermark = event_watermark
+            if kind not in kinds:
+                continue
+            approx = kind in approx_kinds
+            if approx and kind in exact_kinds:
+                out.extend(self.apply(event, emitted_at))  # the watermark is already there: no advance
+                continue
             user = users.get(user_id)
             start = event_time - event_time % bucket_ms
             if user is not None:
@@ -321,7 +350,7 @@ class ApproxShardSegmenter(ShardSegmenter):
                     and (not user.pub_times or user.pub_times[-1] <= event_time)
                     and (not marks or marks[-1] <= start)
                 ):
-                    out.extend(self.apply(event, emitted_at))  # the watermark is already there: no advance
+                    out.extend(self.apply(event, emitted_at))
                     continue
             elif event_time <= self.watermark:
                 out.extend(self.apply(event, emitted_at))
@@ -329,24 +358,37 @@ class ApproxShardSegmenter(ShardSegmenter):
             else:
                 user = users[user_id] = ApproxUser(additive, self._new_part(user_id), user_id)
                 marks = user.marks
-            for _, _, weights, ring_bucket, ring in rings:  # ``CmsRing.add``, inlined
-                weight = weights.get(kind)
-                if weight is not None:
-                    ring_start = event_time - event_time % ring_bucket
-                    sketch = ring.buckets.get(ring_start)
-                    if sketch is None:
-                        sketch = ring.buckets[ring_start] = ring.params.new()
-                    sketch.update(user_id, weight)
-            if not marks or marks[-1] != start:
-                marks.append(start)
-                if start + exit_ms > self.watermark:
-                    entry = (start + exit_ms, user_id)
+            if approx:
+                for _, _, weights, ring_bucket, ring in rings:  # ``CmsRing.add``, inlined
+                    weight = weights.get(kind)
+                    if weight is not None:
+                        ring_start = event_time - event_time % ring_bucket
+                        sketch = ring.buckets.get(ring_start)
+                        if sketch is None:
+                            sketch = ring.buckets[ring_start] = ring.params.new()
+                        sketch.update(user_id, weight)
+                if not marks or marks[-1] != start:
+                    marks.append(start)
+                    if start + exit_ms > self.watermark:
+                        entry = (start + exit_ms, user_id)
+                        if not ordered or ordered[-1] <= entry:
+                            ordered.append(entry)
+                        else:
+                            heapq.heappush(pending, entry)
+            else:  # the exact path's in-order insert (``UserWindow.insert``'s append) and window edges
+                _, _, _, micros, merchant, _, _ = event
+                user.times.append(event_time)
+                user.facts.append((event_time, kind, micros, merchant))  # type: ignore[arg-type]  # Fact's fields
+                for column, delta in zip(user.sums, deltas_of(kind, micros)):  # noqa: B905 (equal lengths)
+                    column.append(column[-1] + delta)
+                for width in widths:
+                    entry = (event_time + width, user_id)
                     if not ordered or ordered[-1] <= entry:
                         ordered.append(entry)
                     else:
                         heapq.heappush(pending, entry)
             # Settle the event's instant (``_settle`` with ``ApproxEvaluator.at``, inlined).
-            values = list(values_of(user, event_time, len(user.times)))
+            values = values_of(user, event_time)
             for index, reach_ms, _, _, ring in rings:
                 total = 0.0
                 for mark in marks:
@@ -436,8 +478,9 @@ def _marks_of(snapshot: Mapping[str, object], bucket_ms: int) -> dict[str, list[
     plain = snapshot["approx_marks"]
     if isinstance(plain, dict):
         return plain
-    base, counts, flat = plain  # type: ignore[misc]
-    user_ids = snapshot["columns"][0]  # type: ignore[index]
+    columns: tuple[int, list[int], list[int]] = plain  # type: ignore[assignment]
+    base, counts, flat = columns
+    user_ids: list[str] = snapshot["columns"][0]  # type: ignore[index]
     out: dict[str, list[int]] = {}
     at = 0
     for user_id, count in zip(user_ids, counts, strict=True):
