@@ -109,3 +109,17 @@ def test_each_rebuild_carries_the_current_members_into_the_minute_reach(site: Si
     cache.current()
     assert reach.series("stream", "high_value", "minute", 3_600_000 * 500, 3_600_000 * 500) == [(3_600_000 * 500, 2)]
     assert reach.series("stream", "window_shopper", "hour", 3_600_000 * 500, 3_600_000 * 500) == [(3_600_000 * 500, 1)]
+
+
+def test_dashboard_shows_reach_read_from_the_serving_store(site: Site, make_app: Callable[..., object]) -> None:
+    """What the sinks PFADD as each side publishes is what the dashboard's live reach table counts."""
+    from segments.reachstore import ReachStore
+
+    now = wall_clock_ms()
+    reach = ReachStore(site.redis.client, prefix=site.redis.prefix)
+    reach.record("stream", [(f"s{n}", ("high_value",), now) for n in range(37)])
+    reach.record("legacy", [(f"s{n}", ("high_value",), now) for n in range(29)])
+    page = TestClient(make_app()).get("/dashboard").text  # type: ignore[arg-type]
+    assert "Reach in the serving store" in page
+    table = page[page.index('id="live-reach"') :]
+    assert ">37</td>" in table and ">29</td>" in table
