@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import statistics
 import sys
 import tempfile
 import time
@@ -76,18 +77,22 @@ segments:
 
 
 def state_per_user(path: Path, ruleset: RuleSet, shards: int) -> tuple[float, int, float]:
-    """Pickled shard state / users after applying every event (no finish: the live state), and seconds."""
+    """Pickled shard state / users after applying every event (no finish: the live state), users, and the
+    Count-Min sketches' bytes in memory (uncompressed) / users."""
     events = [e for n, t in iter_lines(path) if isinstance(e := parse_line(t, n), Event)]
     applied, _, _ = admit_all(arrival_order(events), GateParams())
     cls = segmenter_class(ruleset)
     segmenters = [cls(ruleset, GateParams()) for _ in range(shards)]
-    started = time.perf_counter()
+    per: list[list[tuple]] = [[] for _ in range(shards)]
     for a in applied:
-        segmenters[shard_of(a.user_id, shards)].apply(a, a.arrival_time)
-    seconds = time.perf_counter() - started
+        per[shard_of(a.user_id, shards)].append(tuple(a))
+    for segmenter, rows in zip(segmenters, per, strict=True):
+        for i in range(0, len(rows), 500):
+            segmenter.apply_batch(rows[i : i + 500])
     size = sum(len(pickle.dumps(s)) for s in segmenters)
     users = sum(len(s.users) for s in segmenters)
-    return size / max(users, 1), users, seconds
+    sketches = sum(getattr(s, "state_bytes", lambda: 0)() for s in segmenters)
+    return size / max(users, 1), users, sketches / max(users, 1)
 
 
 def row(name: str, exact: str, sketch: str, note: str) -> str:
@@ -100,6 +105,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--bloom-members", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", default=os.environ.get("SEGSHADOW_BENCH_DIR") or tempfile.mkdtemp())
     args = parser.parse_args()
     work = Path(args.workdir)
@@ -120,7 +126,7 @@ def main() -> None:
 
     # 1. state per user
     exact_bytes, exact_users, _ = state_per_user(events, exact_rules, args.shards)
-    approx_bytes, approx_users, _ = state_per_user(events, approx_rules, args.shards)
+    approx_bytes, approx_users, sketch_mem = state_per_user(events, approx_rules, args.shards)
     cms = approx_rules.approximate[0].approx
     assert cms is not None
     lines_out.append(
@@ -129,18 +135,33 @@ def main() -> None:
             f"{exact_bytes:,.0f}",
             f"{approx_bytes:,.0f}",
             f"{exact_users:,} / {approx_users:,} users; CMS {cms.width}x{cms.depth} per minute per shard "
-            f"(e/width {cms.relative_error:.4f}); ratio {approx_bytes / exact_bytes:.2f}",
+            f"(e/width {cms.relative_error:.4f}), zlib in snapshots; ratio {approx_bytes / exact_bytes:.2f}; "
+            f"in memory the sketches alone are {sketch_mem:,.0f} B per user",
         )
     )
 
-    # 4. cost on the stream path (same run): exact replay vs approx replay + reach + Bloom
+    # 4. cost on the stream path (same run): each replay writes to Redis (the serving store); the baseline is the
+    # exact rule set with the sink's reach off (SEGSHADOW_STREAM_REACH=0), as before reach was kept there.
     with redis_endpoint(os.environ.get("SEGSHADOW_REDIS_URL") or "embedded") as redis_url:
-        started = time.perf_counter()
-        run_replay(events, work / "exact.jsonl", StreamConfig(exact_rules, GateParams(), shards=args.shards))
-        exact_s = time.perf_counter() - started
-        started = time.perf_counter()
-        run_replay(events, work / "approx.jsonl", StreamConfig(approx_rules, GateParams(), shards=args.shards))
-        approx_s = time.perf_counter() - started
+
+        def replay(rules: RuleSet, out: str, reach: bool) -> float:
+            os.environ["SEGSHADOW_STREAM_REACH"] = "1" if reach else "0"
+            flush = connect(redis_url)
+            try:
+                flush.flushdb()
+            finally:
+                flush.close()
+            started = time.perf_counter()
+            run_replay(events, work / out, StreamConfig(rules, GateParams(), shards=args.shards), redis_url=redis_url)
+            return time.perf_counter() - started
+
+        timings: dict[str, list[float]] = {"exact": [], "hll": [], "cms": [], "all": []}
+        for _ in range(args.rounds):  # interleaved, so drifting load on a shared machine hits all alike
+            timings["exact"].append(replay(exact_rules, "exact.jsonl", False))
+            timings["hll"].append(replay(exact_rules, "exact_reach.jsonl", True))
+            timings["cms"].append(replay(approx_rules, "approx.jsonl", False))
+            timings["all"].append(replay(approx_rules, "approx_reach.jsonl", True))
+        exact_s, reach_sink_s, approx_s, all_s = (statistics.median(timings[k]) for k in ("exact", "hll", "cms", "all"))
         with SqlStore.open(f"sqlite:///{work}/bench.db") as store:
             run_legacy(events, exact_rules, 300_000, work / "legacy.jsonl", store)
         inputs = load_inputs(events, work / "legacy.jsonl", work / "exact.jsonl", exact_rules)
@@ -149,34 +170,40 @@ def main() -> None:
         try:
             started = time.perf_counter()
             reach = build_reach(inputs.legacy, inputs.stream, horizon, ReachStore(client, prefix="segshadow-bench"))
-            reach_s = time.perf_counter() - started
+            evidence_reach_s = time.perf_counter() - started
+            # Bloom rebuilt once per minute of event time from the stream's current members, and the same scan
+            # carries those members into the starting minute's reach (``BloomCache`` does both on a rebuild).
+            carry_store = ReachStore(client, prefix="segshadow-bench-carry")
+            bloom_s = carry_s = 0.0
+            members_now: dict[str, set[str]] = {}
+            table = inputs.stream.sort_by("effective_time")
+            minute_next = None
+            rebuilds = 0
+            for user, segs, t in zip(
+                table.column("user_id").to_pylist(),
+                table.column("segments").to_pylist(),
+                table.column("effective_time").to_pylist(),
+                strict=True,
+            ):
+                if minute_next is None:
+                    minute_next = t - t % 60_000 + 60_000
+                while t >= minute_next:
+                    started = time.perf_counter()
+                    build_blooms(members_now, "stream", ("high_value", "window_shopper"))
+                    bloom_s += time.perf_counter() - started
+                    started = time.perf_counter()
+                    carry_store.carry("stream", members_now, minute_next)
+                    carry_s += time.perf_counter() - started
+                    rebuilds += 1
+                    minute_next += 60_000
+                for name in ("high_value", "window_shopper"):
+                    (
+                        members_now.setdefault(name, set()).add
+                        if name in segs
+                        else members_now.setdefault(name, set()).discard
+                    )(user)
         finally:
             client.close()
-        # Bloom rebuilt once per minute of event time from the stream's current members
-        started = time.perf_counter()
-        members_now: dict[str, set[str]] = {}
-        table = inputs.stream.sort_by("effective_time")
-        minute_next = None
-        rebuilds = 0
-        for user, segs, t in zip(
-            table.column("user_id").to_pylist(),
-            table.column("segments").to_pylist(),
-            table.column("effective_time").to_pylist(),
-            strict=True,
-        ):
-            if minute_next is None:
-                minute_next = t - t % 60_000 + 60_000
-            while t >= minute_next:
-                build_blooms(members_now, "stream", ("high_value", "window_shopper"))
-                rebuilds += 1
-                minute_next += 60_000
-            for name in ("high_value", "window_shopper"):
-                (
-                    members_now.setdefault(name, set()).add
-                    if name in segs
-                    else members_now.setdefault(name, set()).discard
-                )(user)
-        bloom_s = time.perf_counter() - started
     per_event = 1e6 / lines
     minute_rows = [r for r in reach.rows if r.grain == "minute"]
     big = [r for r in minute_rows if r.exact >= 100] or minute_rows
@@ -232,23 +259,34 @@ def main() -> None:
             f"false negatives {check.false_negatives}",
         )
     )
-    with_sketches = approx_s + reach_s + bloom_s
+    with_sketches = all_s + carry_s + bloom_s
     lines_out.append(
         row(
-            "stream path: microseconds per event",
+            "stream path: microseconds per event (median of rounds)",
             f"{exact_s * per_event:.1f}",
             f"{with_sketches * per_event:.1f}",
-            f"replay exact {exact_s:.1f} s; approx (CMS) {approx_s:.1f} s + reach (HLL, PFADD) {reach_s:.1f} s "
-            f"+ Bloom rebuilds ({rebuilds}, one per minute) {bloom_s:.1f} s",
+            f"replay to Redis: exact {exact_s:.1f} s; exact + reach in the sink {reach_sink_s:.1f} s; "
+            f"CMS {approx_s:.1f} s; "
+            f"CMS + reach {all_s:.1f} s; + carry {carry_s:.2f} s + Bloom rebuilds ({rebuilds}, one per minute) "
+            f"{bloom_s:.2f} s; {args.rounds} rounds interleaved",
         )
     )
+    hll_cost = reach_sink_s + carry_s
     lines_out.append(
         row(
             "all three sketches / exact (target <= 1.10)",
             "1.00",
             f"{with_sketches / exact_s:.2f}",
-            f"CMS alone {approx_s / exact_s:.2f}; HLL alone {(exact_s + reach_s) / exact_s:.2f}; "
+            f"CMS alone {approx_s / exact_s:.2f}; HLL alone (sink PFADD + carry) {hll_cost / exact_s:.2f}; "
             f"Bloom alone {(exact_s + bloom_s) / exact_s:.2f}",
+        )
+    )
+    lines_out.append(
+        row(
+            "sketch evidence per compare: reach (exact + HLL + PFADD)",
+            "",
+            f"{evidence_reach_s:.1f} s",
+            "once per evidence (compare/sketches.py), not on the stream path",
         )
     )
     print("\n".join(lines_out))

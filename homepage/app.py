@@ -49,7 +49,7 @@ from rollout.stages import needs_gates
 from rollout.store import RolloutState
 from segments.display import install
 from segments.errors import SegshadowError
-from segments.timeutil import Clock, wall_clock_ms
+from segments.timeutil import Clock, format_ms, wall_clock_ms
 
 HERE = Path(__file__).resolve().parent
 MAX_USER_ID = 128
@@ -112,11 +112,15 @@ def create_app(
     poll_interval_s: float = 0.25,
     sse_max_s: float = 300.0,
     blooms: BloomCache | None = None,
+    serve_from_bloom: bool = False,
 ) -> FastAPI:
     """The site over ``router`` (and its stage cache and SQL store); ``evidence_dir`` feeds the dashboard.
 
     ``plan`` adds the gates of the next promotion to the dashboard and the metrics.
     An event stream closes after ``sse_max_s`` (the browser reconnects by itself).
+    ``serve_from_bloom`` answers ``/api/member`` from the segment's Bloom filter
+    (no read of the serving store per request; false positives at about the
+    target rate, measured and shown in ``bloom.json``) instead of the exact set.
     """
     env = templates()
     evidence = EvidenceFile(evidence_dir) if evidence_dir is not None else None
@@ -226,7 +230,9 @@ def create_app(
                 note = f"{note}; {exc}" if note else str(exc)
         gates = _next_gates(plan, state, found.data if found else None, now)
         content = dashboard(found.data if found else None, note, view, history, gates, now)
-        return html("dashboard.html", page="dashboard", d=content, **reach_view(evidence))
+        return html(
+            "dashboard.html", page="dashboard", d=content, live_reach=live_reach(router.source), **reach_view(evidence)
+        )
 
     if blooms is None and router.source is not None and hasattr(router.source, "scan_side"):
         blooms = BloomCache(router.source, (), clock=clock)  # type: ignore[arg-type]
@@ -249,7 +255,34 @@ def create_app(
 
     @app.get("/segments/{name}/bloom.json")
     def bloom_json(name: str) -> JSONResponse:
-        return JSONResponse(segment_bloom(name).describe(), headers={"Cache-Control": "max-age=60"})
+        found = segment_bloom(name)
+        check = blooms.checks.get(name) if blooms is not None else None
+        body = {**found.describe(), "check": check.to_dict() if check is not None else None}
+        return JSONResponse(body, headers={"Cache-Control": "max-age=60"})
+
+    @app.get("/api/member")
+    def member(user: str = Query("guest"), segment: str = Query(...)) -> JSONResponse:
+        """Is ``user`` in ``segment``: from the Bloom filter with ``serve_from_bloom``, else the exact set served."""
+        user = check_user(user)
+        if serve_from_bloom:
+            answer = blooms.member(segment, user) if blooms is not None and SEGMENT_NAME.fullmatch(segment) else None
+            if answer is None:
+                raise BloomNotFound(segment)
+            check = blooms.checks.get(segment) if blooms is not None else None
+            return JSONResponse(
+                {
+                    "user_id": user,
+                    "segment": segment,
+                    "member": answer,
+                    "source": "bloom",
+                    "observed_fpr": check.observed_fpr if check is not None else None,
+                    "target_fpr": check.target_fpr if check is not None else None,
+                }
+            )
+        served = router.serve(user)
+        return JSONResponse(
+            {"user_id": user, "segment": segment, "member": segment in served.segments, "source": served.side}
+        )
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -275,6 +308,32 @@ def reach_view(evidence: EvidenceFile | None) -> dict[str, Any]:
         return {"reach": [], "reach_bound": None}
     bound = (reach.get("summary") or {}).get("hll", {}).get("minute_bound")
     return {"reach": reach_charts(reach, "minute", width=640, height=180), "reach_bound": bound}
+
+
+def live_reach(source: object, minutes: int = 10) -> list[dict[str, Any]]:
+    """Each side's reach per segment over its last ``minutes`` minutes, read from the serving store
+    (``segments.reachstore``: kept in the write path, ``PFCOUNT`` per minute); empty without a Redis store."""
+    from segments.reachstore import ReachStore
+
+    client = getattr(source, "client", None)
+    if client is None:
+        return []
+    store = ReachStore(client, prefix=getattr(source, "prefix", "segshadow"))
+    rows: list[dict[str, Any]] = []
+    try:
+        found = [b for b in (store.latest_bucket(side) for side in ("legacy", "stream")) if b is not None]
+        if not found:
+            return []
+        latest = max(found)  # one set of columns for both sides
+        for side in ("legacy", "stream"):
+            for segment in store.segments(side):
+                series = store.series(side, segment, "minute", latest - (minutes - 1) * 60_000, latest)
+                rows.append(
+                    {"side": side, "segment": segment, "buckets": [(format_ms(b)[11:16], c) for b, c in series]}
+                )
+    except SegshadowError:
+        return []
+    return rows
 
 
 def _next_gates(plan: Plan | None, state: RolloutState | None, data: Any, now: int) -> list[Any] | None:

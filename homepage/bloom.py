@@ -16,6 +16,15 @@ false negatives); it says yes for a non-member with about the target rate
   0) and the observed false-positive rate over non-member probes, with its
   Wilson 95% interval.
 - ``write_files`` writes ``{segment}.bloom`` and ``{segment}.bloom.json`` (parameters).
+- On each rebuild ``BloomCache`` also measures every filter against the exact
+  set it was built from (``checks``: every other user the side holds is a
+  non-member probe), so the observed false-positive rate on the workload is
+  shown beside the target (``/segments/{name}/bloom.json``, ``check``); with a
+  ``reach`` store it carries the current members into the starting minute's
+  reach (``segments.reachstore.ReachStore.carry``) from the same scan.
+- ``BloomCache.member`` answers "is u in X" from the filter: the site serves
+  ``/api/member`` from it when started with ``serve_from_bloom`` (otherwise
+  from the exact serving store), saying which it used.
 
 The site serves ``/segments/{name}/bloom`` (the bytes, parameters in ``X-Bloom-*``
 headers) and ``/segments/{name}/bloom.json``.
@@ -71,13 +80,21 @@ class SegmentBloom:
         return {f"X-Bloom-{k.replace('_', '-').title()}": str(v) for k, v in d.items()}
 
 
-def members_by_segment(source: MemberSource, side: str) -> dict[str, set[str]]:
-    """The current members of every segment on ``side``."""
+def members_by_segment(source: MemberSource, side: str, everyone: set[str] | None = None) -> dict[str, set[str]]:
+    """The current members of every segment on ``side`` (every user the side holds added to ``everyone``)."""
     out: dict[str, set[str]] = {}
     for user_id, stored in source.scan_side(side):
+        if everyone is not None:
+            everyone.add(user_id)
         for segment in stored.segments:
             out.setdefault(segment, set()).add(user_id)
     return out
+
+
+class ReachCarrier(Protocol):
+    """``segments.reachstore.ReachStore`` as the cache uses it."""
+
+    def carry(self, side: str, members: Mapping[str, Iterable[str]], at_ms: int) -> int: ...
 
 
 def build_blooms(
@@ -175,6 +192,7 @@ class BloomCache:
         every_ms: int = 60_000,
         check_ms: int = 1_000,
         clock: Clock = wall_clock_ms,
+        reach: ReachCarrier | None = None,
     ) -> None:
         self.source = source
         self.segments = tuple(segments)
@@ -183,7 +201,10 @@ class BloomCache:
         self.every_ms = every_ms
         self.check_ms = check_ms
         self.clock = clock
+        self.reach = reach
         self.builds = 0
+        self.checks: dict[str, BloomCheck] = {}
+        self._loaded: dict[str, Any] = {}
         self._blooms: dict[str, SegmentBloom] = {}
         self._built_at: int | None = None
         self._checked_at: int | None = None
@@ -204,11 +225,29 @@ class BloomCache:
                     self._rebuild(now)
             return dict(self._blooms)
 
+    def member(self, segment: str, user_id: str) -> bool | None:
+        """Whether the segment's filter says ``user_id`` is a member (None: no filter for the segment)."""
+        blooms = self.current()
+        with self._lock:
+            found = blooms.get(segment)
+            if found is None:
+                return None
+            loaded = self._loaded.get(segment)
+            if loaded is None or loaded[0] is not found:
+                loaded = self._loaded[segment] = (found, load_bloom(found.data))
+            return user_id in loaded[1]
+
     def _rebuild(self, now: int) -> None:
         meta = self.source.meta(self.side)
         written = meta.last_write_ms if meta is not None else None
-        members = members_by_segment(self.source, self.side)
+        everyone: set[str] = set()
+        members = members_by_segment(self.source, self.side, everyone)
         self._blooms = build_blooms(members, self.side, self.segments, self.target_fpr, now, written)
+        self.checks = {
+            name: measure(bloom, members.get(name, ()), everyone) for name, bloom in self._blooms.items()
+        }
+        if self.reach is not None:
+            self.reach.carry(self.side, members, now)
         self._built_at = self._checked_at = now
         self._source_write = written
         self.builds += 1

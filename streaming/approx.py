@@ -33,8 +33,10 @@ serialized, with the shard-wide fields; ``from_parts`` puts them back.
 from __future__ import annotations
 
 import base64
+import heapq
+import zlib
 from bisect import bisect_right, insort
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import datasketches as ds
@@ -44,7 +46,7 @@ from segments.outputs import Transition
 from segments.rules import Aggregate, RuleSet
 from segments.sketches import CmsParams, bucket_of
 from streaming.evaluate import Evaluator
-from streaming.segmenter import Row, ShardSegmenter, UserWindow, part_of
+from streaming.segmenter import EMPTY, Row, ShardSegmenter, UserWindow, part_of
 
 
 class CmsRing:
@@ -89,12 +91,17 @@ class CmsRing:
     def state_bytes(self) -> int:
         return sum(s.get_serialized_size_bytes() for s in self.buckets.values())
 
-    def to_plain(self) -> dict[int, str]:
-        return {b: base64.b64encode(s.serialize()).decode("ascii") for b, s in self.buckets.items()}
+    def to_plain(self) -> dict[int, bytes]:
+        """Each bucket's sketch, serialized and zlib-compressed (its counters are mostly small: 4-6x less)."""
+        return {b: zlib.compress(s.serialize(), 1) for b, s in self.buckets.items()}
 
-    def load_plain(self, plain: Mapping[int, str]) -> None:
+    def load_plain(self, plain: Mapping[int, bytes | str]) -> None:
+        """From ``to_plain`` (or the earlier base64 text of the uncompressed bytes)."""
         self.buckets = {
-            int(b): ds.count_min_sketch.deserialize(base64.b64decode(t)) for b, t in plain.items()
+            int(b): ds.count_min_sketch.deserialize(
+                base64.b64decode(t) if isinstance(t, str) else zlib.decompress(t)
+            )
+            for b, t in plain.items()
         }
 
 
@@ -121,15 +128,32 @@ def _adopt(user: UserWindow, user_id: str, marks: list[int]) -> ApproxUser:
 class ApproxEvaluator(Evaluator):
     """``Evaluator`` with each approximate aggregate's value read from its ring (never the fast path)."""
 
-    __slots__ = ("_rings",)
+    __slots__ = ("_rings", "_zeros", "width")
 
     def __init__(self, ruleset: RuleSet, rings: Sequence[tuple[int, Aggregate, CmsRing]]) -> None:
         super().__init__(ruleset)
+        # The exact evaluator's single width (one window, additive aggregates in slot order): the values are then
+        # the prefix-sum differences. Kept here; ``single_width`` is None so the segmenter never takes the exact
+        # fast path, which knows nothing of the rings.
+        self.width = self._single_width
         self._single_width = None
         self._rings = tuple(rings)
+        self._zeros = [0] * len(ruleset.aggregates)
+
+    def values(self, user: Any, t: int) -> list[int]:
+        """The exact aggregates' values at ``t`` (the approximate ones' slots hold 0, their facts are not kept)."""
+        times = user.times
+        if not times:
+            return list(self._zeros)
+        hi = bisect_right(times, t)
+        width = self.width
+        if width is None:
+            return list(self._values(user, t, hi))
+        lo = bisect_right(times, t - width, 0, hi)
+        return [column[hi] - column[lo] for column in user.sums]
 
     def at(self, user: Any, t: int) -> frozenset[str]:
-        values = list(self._values(user, t, bisect_right(user.times, t)))
+        values = self.values(user, t)
         marks: list[int] = user.marks
         for index, aggregate, ring in self._rings:
             covering = [b for b in marks if b <= t < b + ring.params.bucket_ms + aggregate.window_ms]
@@ -163,18 +187,36 @@ class ApproxShardSegmenter(ShardSegmenter):
         state = super()._snapshot(items)
         for derived in ("_rings", "_approx_kinds", "_exact_kinds", "_bucket_ms", "_exit_ms"):
             state.pop(derived, None)
-        state["approx_marks"] = {uid: list(getattr(u, "marks", ())) for uid, u in items}
+        # Marks in columns beside the users' (same order): a count per user, then every mark as buckets after
+        # the least one (small integers, a byte or two each pickled), not a list keyed by a second copy of the id.
+        marks = [getattr(u, "marks", ()) for _, u in items]
+        base = min((m[0] for m in marks if m), default=0)
+        bucket_ms = self._bucket_ms
+        state["approx_marks"] = (
+            base,
+            [len(m) for m in marks],
+            [(b - base) // bucket_ms for m in marks for b in m],
+        )
         state["approx_rings"] = [ring.to_plain() for _, _, ring in self._rings]
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
-        marks: dict[str, list[int]] = state.pop("approx_marks")  # type: ignore[assignment]
-        rings: list[dict[int, str]] = state.pop("approx_rings")  # type: ignore[assignment]
+        marks = _marks_of(state, self._bucket_ms_of(state))
+        state.pop("approx_marks")
+        rings: list[dict[int, bytes | str]] = state.pop("approx_rings")  # type: ignore[assignment]
         super().__setstate__(state)
         self._setup_approx()
         for (_, _, ring), plain in zip(self._rings, rings, strict=True):
             ring.load_plain(plain)
         self._adopt_all(marks, self.watermark)
+        for user_id, user in list(self.users.items()):
+            if not isinstance(user, ApproxUser):
+                self.users[user_id] = _adopt(user, user_id, [])
+
+    @staticmethod
+    def _bucket_ms_of(state: Mapping[str, object]) -> int:
+        ruleset: RuleSet = state["ruleset"]  # type: ignore[assignment]
+        return min(a.approx.bucket_ms for a in ruleset.approximate)  # type: ignore[union-attr]
 
     def _adopt_all(self, marks: Mapping[str, list[int]], watermark: int) -> None:
         """Make ``users`` named in ``marks`` ``ApproxUser``s and queue their marked buckets' exits."""
@@ -200,7 +242,8 @@ class ApproxShardSegmenter(ShardSegmenter):
         assert isinstance(shard, ApproxShardSegmenter)
         for part, snapshot in enumerate(snapshots):
             if snapshot is not None and part != base:
-                shard._adopt_all(snapshot["approx_marks"], snapshot["watermark"])  # type: ignore[arg-type]
+                marks = _marks_of(snapshot, shard._bucket_ms)
+                shard._adopt_all(marks, snapshot["watermark"])  # type: ignore[arg-type]
         for user_id, user in list(shard.users.items()):
             if not isinstance(user, ApproxUser):
                 shard.users[user_id] = _adopt(user, user_id, [])
@@ -238,6 +281,133 @@ class ApproxShardSegmenter(ShardSegmenter):
             self._settle(user_id, user, event_time, emitted_at, "event", out)
         else:
             self._resettle_from(user, event_time, emitted_at, out)
+        return out
+
+    def apply_batch(self, events: Iterable[Row], clock: Callable[[], int] | None = None) -> list[Transition]:
+        """``apply`` each event in order: the same transitions in the same order, with the common case inlined.
+
+        Inlined: the watermark's step (as ``ShardSegmenter.apply_batch``), kinds no
+        aggregate reads, and an event ahead of the watermark and in order for its
+        user (after its facts, its published instants and its marked buckets) of a
+        kind read only by approximate aggregates (counted in the rings, its bucket
+        marked, the exit queued once) or only by exact ones (appended as a fact,
+        its window edges queued); either settles its own instant, the marked
+        buckets' estimates summed as ``ApproxEvaluator.at`` does. Anything else
+        (late, a kind read by both, a rebuild under way) takes ``apply``.
+        """
+        out: list[Transition] = []
+        users = self.users
+        kinds = self._kinds
+        approx_kinds = self._approx_kinds
+        exact_kinds = self._exact_kinds
+        ordered = self.ordered
+        pending = self.pending
+        evaluator = self._evaluator
+        assert isinstance(evaluator, ApproxEvaluator)
+        values_of = evaluator.values
+        classify = evaluator.classify
+        additive = evaluator.additive_count
+        deltas_of = evaluator.deltas
+        widths = self._widths
+        bucket_ms = self._bucket_ms
+        exit_ms = self._exit_ms
+        names = self._names
+        # Per ring: (aggregate index, the ring's bucket width + the aggregate's window, the weight per kind, the
+        # bucket width, the sketches by bucket start).
+        rings = [
+            (index, ring.params.bucket_ms + aggregate.window_ms, ring.weights, ring.params.bucket_ms, ring)
+            for index, aggregate, ring in self._rings
+        ]
+        for event in events:
+            user_id, event_time, kind, _, _, arrival, event_watermark = event
+            emitted_at = clock() if clock is not None else arrival
+            if self._frozen:
+                out.extend(self.apply(event, emitted_at))
+                continue
+            if event_watermark > self.watermark:
+                if (
+                    (ordered and ordered.first()[0] <= event_watermark)
+                    or (pending and pending[0][0] <= event_watermark)
+                    or event_watermark >= self._next_prune
+                ):
+                    self.advance(event_watermark, emitted_at, out)
+                else:
+                    self.watermark = event_watermark
+            if kind not in kinds:
+                continue
+            approx = kind in approx_kinds
+            if approx and kind in exact_kinds:
+                out.extend(self.apply(event, emitted_at))  # the watermark is already there: no advance
+                continue
+            user = users.get(user_id)
+            start = event_time - event_time % bucket_ms
+            if user is not None:
+                assert isinstance(user, ApproxUser)
+                marks = user.marks
+                if not (
+                    event_time > self.watermark
+                    and (not user.times or user.times[-1] <= event_time)
+                    and (not user.pub_times or user.pub_times[-1] <= event_time)
+                    and (not marks or marks[-1] <= start)
+                ):
+                    out.extend(self.apply(event, emitted_at))
+                    continue
+            elif event_time <= self.watermark:
+                out.extend(self.apply(event, emitted_at))
+                continue
+            else:
+                user = users[user_id] = ApproxUser(additive, self._new_part(user_id), user_id)
+                marks = user.marks
+            if approx:
+                for _, _, weights, ring_bucket, ring in rings:  # ``CmsRing.add``, inlined
+                    weight = weights.get(kind)
+                    if weight is not None:
+                        ring_start = event_time - event_time % ring_bucket
+                        sketch = ring.buckets.get(ring_start)
+                        if sketch is None:
+                            sketch = ring.buckets[ring_start] = ring.params.new()
+                        sketch.update(user_id, weight)
+                if not marks or marks[-1] != start:
+                    marks.append(start)
+                    if start + exit_ms > self.watermark:
+                        entry = (start + exit_ms, user_id)
+                        if not ordered or ordered.last() <= entry:
+                            ordered.append(entry)
+                        else:
+                            heapq.heappush(pending, entry)
+            else:  # the exact path's in-order insert (``UserWindow.insert``'s append) and window edges
+                _, _, _, micros, merchant, _, _ = event
+                user.insert(event_time, deltas_of(kind, micros), kind, merchant)  # in order: an append
+                for width in widths:
+                    entry = (event_time + width, user_id)
+                    if not ordered or ordered.last() <= entry:
+                        ordered.append(entry)
+                    else:
+                        heapq.heappush(pending, entry)
+            # Settle the event's instant (``_settle`` with ``ApproxEvaluator.at``, inlined).
+            values = values_of(user, event_time)
+            for index, reach_ms, _, _, ring in rings:
+                total = 0.0
+                for mark in marks:
+                    if mark <= event_time < mark + reach_ms:
+                        sketch = ring.buckets.get(mark)
+                        if sketch is not None:
+                            total += sketch.get_estimate(user_id)
+                values[index] = round(total)
+            desired = classify(values)
+            pub_times = user.pub_times
+            if desired == (user.pub_values[-1] if pub_times else EMPTY):
+                continue
+            if pub_times and pub_times[-1] == event_time:
+                user.pub_values[-1] = desired
+            else:
+                pub_times.append(event_time)
+                user.pub_values.append(desired)
+            user.revision += 1
+            segments = names.get(desired)
+            if segments is None:
+                segments = names[desired] = tuple(sorted(desired))
+            out.append(Transition(user_id, segments, event_time, user.revision, emitted_at, "event"))
         return out
 
     def _apply_to(self, user_id: str, user: UserWindow, event: Row, emitted_at: int, out: list[Transition]) -> None:
@@ -298,6 +468,23 @@ class ApproxShardSegmenter(ShardSegmenter):
     def state_bytes(self) -> int:
         """The sketches' bytes (the shard-wide part of the approximate state)."""
         return sum(ring.state_bytes() for _, _, ring in self._rings)
+
+
+def _marks_of(snapshot: Mapping[str, object], bucket_ms: int) -> dict[str, list[int]]:
+    """A snapshot's marks by user id (``_snapshot``'s columns; also the earlier ``{user: marks}`` form)."""
+    plain = snapshot["approx_marks"]
+    if isinstance(plain, dict):
+        return plain
+    columns: tuple[int, list[int], list[int]] = plain  # type: ignore[assignment]
+    base, counts, flat = columns
+    user_ids: list[str] = snapshot["columns"][0]  # type: ignore[index]
+    out: dict[str, list[int]] = {}
+    at = 0
+    for user_id, count in zip(user_ids, counts, strict=True):
+        if count:
+            out[user_id] = [base + b * bucket_ms for b in flat[at : at + count]]
+            at += count
+    return out
 
 
 def segmenter_class(ruleset: RuleSet) -> type[ShardSegmenter]:

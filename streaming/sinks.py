@@ -17,6 +17,7 @@ stream, which never finishes, appends straight to the published log.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ from apache_beam.metrics import Metrics
 from segments.errors import StoreUnavailable
 from segments.events import Rejection
 from segments.outputs import Transition
+from segments.reachstore import ReachStore
 from streaming.health import HealthPublisher, quantiles
 from streaming.sinkstats import COUNT_AT, SUM_AT, bucket_name
 
@@ -80,18 +82,31 @@ class RedisTransitionsSink(beam.DoFn):
     With ``health_ms`` it publishes its health that often (``streaming.health``:
     the bundles' Redis time quantiles and the per-write ones over the interval,
     writes, retries and failures).
+
+    With ``reach`` (the default; ``SEGSHADOW_STREAM_REACH=0`` turns it off) it also
+    keeps the stream's segment reach in the
+    serving store (``segments.reachstore``: ``PFADD`` of each published user into
+    the minute and hour of its transition, per segment of the new set), once per
+    bundle in one pipelined round trip after the transitions have drained
+    (``reach_adds`` counts the additions). A correction's superseded set stays
+    counted: ``PFADD`` cannot take a user out.
     """
 
-    def __init__(self, redis_url: str, delay_ms: int = 0, health_ms: int = 0) -> None:
+    def __init__(self, redis_url: str, delay_ms: int = 0, health_ms: int = 0, reach: bool | None = None) -> None:
         self.redis_url = redis_url
         self.delay_ms = delay_ms
         self.health_ms = health_ms
+        # None: on unless the environment says SEGSHADOW_STREAM_REACH=0 (``bench/sketches.py``'s baseline)
+        self.reach_enabled = os.environ.get("SEGSHADOW_STREAM_REACH", "1") != "0" if reach is None else reach
 
     def setup(self) -> None:
         from segments.redisstore import RedisStore
 
         self.store = with_backoff("connect to Redis", lambda: RedisStore.open(self.redis_url))
         self.writer = self.store.stream_writer()
+        self.reach = ReachStore(self.store.client, prefix=self.store.prefix) if self.reach_enabled else None
+        self.reach_entries: list[tuple[str, tuple[str, ...], int]] = []
+        self.reach_adds = Metrics.counter(NAMESPACE, "reach_adds")
         self.written = Metrics.counter(NAMESPACE, "redis_writes")
         self.bundle_ms = Metrics.distribution(NAMESPACE, "redis_bundle_ms")
         self.retries = Metrics.counter(NAMESPACE, "redis_retries")
@@ -110,6 +125,8 @@ class RedisTransitionsSink(beam.DoFn):
     def process(self, batch: list[Transition]) -> None:
         start = time.perf_counter()
         self.writer.send(batch)
+        if self.reach is not None:
+            self.reach_entries.extend((t.user_id, t.segments, t.effective_time) for t in batch if t.segments)
         self.spent += time.perf_counter() - start
 
     def finish_bundle(self) -> None:
@@ -122,6 +139,11 @@ class RedisTransitionsSink(beam.DoFn):
             self.failures.inc()  # the bundle fails; the runner retries it
             self.totals[2] += 1
             raise
+        if self.reach is not None and self.reach_entries:
+            reach, entries = self.reach, self.reach_entries
+            added = with_backoff("write reach to Redis", lambda: reach.record("stream", entries), retried=self._retried)
+            self.reach_entries = []
+            self.reach_adds.inc(added)
         spent, self.spent = self.spent + time.perf_counter() - start, 0.0
         if written:
             self.bundle_ms.update(round(spent * 1000))
@@ -217,11 +239,13 @@ def sink_all(
     run_id: str | None = None,
     sink_delay_ms: int = 0,
     health_ms: int = 0,
+    reach: bool | None = None,
 ) -> None:
     """Attach the Redis and SQL sinks that are configured (SQL transitions staged under ``run_id``
-    when given; ``sink_delay_ms``, ``health_ms``: see ``RedisTransitionsSink``)."""
+    when given; ``sink_delay_ms``, ``health_ms``, ``reach``: see ``RedisTransitionsSink``)."""
     if redis_url:
-        _ = transitions | "ToRedis" >> beam.ParDo(RedisTransitionsSink(redis_url, sink_delay_ms, health_ms))
+        sink = RedisTransitionsSink(redis_url, sink_delay_ms, health_ms, reach=reach)
+        _ = transitions | "ToRedis" >> beam.ParDo(sink)
     if database_url:
         _ = transitions | "ToSQL" >> beam.ParDo(SqlTransitionsSink(database_url, ruleset_ref, run_id))
         _ = (

@@ -9,7 +9,9 @@ from collections.abc import Callable
 from fastapi.testclient import TestClient
 
 from homepage.bloom import BloomCache, build_blooms, measure, members_by_segment, write_files
+from segments.outputs import Transition
 from segments.sketches import bloom_hash, load_bloom
+from segments.timeutil import wall_clock_ms
 from tests.homepage.conftest import Site
 
 
@@ -68,3 +70,57 @@ def test_site_serves_the_filter_bytes_with_parameters(site: Site, make_app: Call
     assert client.get("/segments/high_value/bloom.json").json()["members"] == 1
     assert client.get("/segments/nobody_here/bloom").status_code == 404
     assert client.get("/segments/..%2Fetc/bloom").status_code == 404
+
+
+def test_site_can_serve_membership_from_the_filter_with_its_observed_rate(
+    site: Site, make_app: Callable[..., object]
+) -> None:
+    """With ``serve_from_bloom`` the answer comes from the filter: every member says yes, and the rate at
+    which the side's other users say yes is the one measured against the exact set and shown."""
+    members = [f"m{n}" for n in range(200)]
+    others = [f"o{n}" for n in range(1500)]
+    now = wall_clock_ms()
+    site.redis.write_stream([Transition(u, ("high_value",), now, 1, now, "event") for u in members])
+    site.redis.write_stream([Transition(u, ("window_shopper",), now, 1, now, "event") for u in others])
+    client = TestClient(make_app(serve_from_bloom=True))  # type: ignore[arg-type]
+
+    def says(user: str) -> bool:
+        return bool(client.get("/api/member", params={"user": user, "segment": "high_value"}).json()["member"])
+
+    said_yes = [u for u in others if says(u)]
+    assert all(says(u) for u in members)
+    check = client.get("/segments/high_value/bloom.json").json()["check"]
+    assert check["false_negatives"] == 0 and check["probes"] == len(others)
+    assert check["false_positives"] == len(said_yes)  # the shown rate is exactly what the site answered
+    assert check["false_positives"] <= 45  # 1% of 1,500 is 15 (the ids and hash are fixed: no flake)
+    body = client.get("/api/member", params={"user": "o1", "segment": "high_value"}).json()
+    assert body["source"] == "bloom" and body["target_fpr"] == 0.01
+    site.legacy("m1", "high_value")  # the exact route answers from the side the rollout serves (legacy here)
+    exact = TestClient(make_app()).get("/api/member", params={"user": "m1", "segment": "high_value"}).json()  # type: ignore[arg-type]
+    assert exact["member"] is True and exact["source"] == "legacy"
+
+
+def test_each_rebuild_carries_the_current_members_into_the_minute_reach(site: Site) -> None:
+    from segments.reachstore import ReachStore
+
+    site.stream("alice", "high_value")
+    site.stream("bob", "high_value", "window_shopper")
+    reach = ReachStore(site.redis.client, prefix="carry-test")
+    cache = BloomCache(site.redis, (), clock=lambda: 3_600_000 * 500 + 5, reach=reach)
+    cache.current()
+    assert reach.series("stream", "high_value", "minute", 3_600_000 * 500, 3_600_000 * 500) == [(3_600_000 * 500, 2)]
+    assert reach.series("stream", "window_shopper", "hour", 3_600_000 * 500, 3_600_000 * 500) == [(3_600_000 * 500, 1)]
+
+
+def test_dashboard_shows_reach_read_from_the_serving_store(site: Site, make_app: Callable[..., object]) -> None:
+    """What the sinks PFADD as each side publishes is what the dashboard's live reach table counts."""
+    from segments.reachstore import ReachStore
+
+    now = wall_clock_ms()
+    reach = ReachStore(site.redis.client, prefix=site.redis.prefix)
+    reach.record("stream", [(f"s{n}", ("high_value",), now) for n in range(37)])
+    reach.record("legacy", [(f"s{n}", ("high_value",), now) for n in range(29)])
+    page = TestClient(make_app()).get("/dashboard").text  # type: ignore[arg-type]
+    assert "Reach in the serving store" in page
+    table = page[page.index('id="live-reach"') :]
+    assert ">37</td>" in table and ">29</td>" in table

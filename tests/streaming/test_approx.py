@@ -18,6 +18,7 @@ from tests.streaming.oracle import event_lines, parse_all, probe_instants
 
 PARAMS = GateParams(5_000, 60_000)
 WIDE = approx_ruleset(1 << 16)  # collisions practically never happen: only the bucketing over-counts
+NARROW = approx_ruleset(4)
 
 
 @settings(max_examples=60, deadline=None)
@@ -60,3 +61,19 @@ def test_a_pickled_part_snapshot_continues_exactly_as_the_original(lines):  # ty
         copy = ApproxShardSegmenter.from_parts(snaps, 0, WIDE, PARAMS)
         copy.thaw(1)
         assert head + copy.apply_batch(rows[split:]) + copy.finish(final) == expected, split
+
+
+@settings(max_examples=60, deadline=None)
+@given(lines=event_lines(("view", "cart", "purchase", "refund")))
+def test_the_batch_path_emits_what_apply_does_event_by_event(lines):  # type: ignore[no-untyped-def]
+    """``apply_batch`` inlines in-order approximate events; per event ``apply`` is the definition. A narrow
+    sketch (width 4) makes collisions common, so estimates read other users' counts too."""
+    events = arrival_order(parse_all(lines))
+    applied, _, _ = admit_all(events, PARAMS)
+    rows = [tuple(a) for a in applied]
+    final = max((e.arrival_time for e in events), default=0)
+    for ruleset in (WIDE, NARROW):
+        batch = ApproxShardSegmenter(ruleset, PARAMS)
+        single = ApproxShardSegmenter(ruleset, PARAMS)
+        expected = [t for row in rows for t in single.apply(row, row[5])] + single.finish(final)
+        assert batch.apply_batch(rows) + batch.finish(final) == expected
