@@ -46,7 +46,7 @@ from segments.db import db_errors, describe_db_error
 from segments.errors import InputError, RunFailed
 from segments.events import Event, load_event_log, write_jsonl
 from segments.outputs import Assignment, file_sha256, meta_path, write_meta
-from segments.rules import RuleSet
+from segments.rules import RuleSet, check_reads
 from segments.sqlstore import EVENT_BATCH, LegacyRun, Publication, SqlStore
 from segments.timeutil import Clock, format_ms, wall_clock_ms
 
@@ -271,6 +271,8 @@ def run_legacy(
     log = load_event_log(events_path, ruleset.time_bounds)
     if on_progress is not None:
         on_progress("read", 1, 1)
+    # An attribute the rule set reads and the data lacks throughout: one clear line, before any SQL.
+    check_reads(ruleset, log.events, (r.detail for r in log.rejected), str(events_path))
     if not log.events:
         detail = f"no valid events ({log.lines} lines, {len(log.rejected)} rejected)"
         raise InputError(detail, str(events_path))

@@ -58,8 +58,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from segments.errors import InputError
-from segments.events import Event, Rejection, dumps_exact, iter_lines, parse_line
-from segments.timeutil import from_datetime
+from segments.events import DEFAULT_TIME_BOUNDS, Event, Rejection, TimeBounds, dumps_exact, iter_lines, parse_line
+from segments.timeutil import MAX_MS, TimestampError, format_ms, from_datetime, parse_rfc3339_ms
 
 UCI_COLUMNS = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
 REES46_COLUMNS = ("event_time", "event_type", "product_id", "category_id", "category_code", "brand", "price",
@@ -148,6 +148,7 @@ def _rows(path: str | Path, columns: Sequence[str]) -> Iterator[tuple[int, dict[
 def _emit(
     build: Callable[[dict[str, Any]], dict[str, Any]],
     rows: Iterator[tuple[int, dict[str, Any], str]],
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
 ) -> Imported:
     """Build each row's event object, check it with ``parse_line``, order the lines by event time."""
     keyed: list[tuple[int, int, str]] = []
@@ -161,7 +162,7 @@ def _emit(
             rejections.append(Rejection(exc.reason, exc.detail, number, raw, None, user))
             continue
         line = dumps_exact(obj)
-        parsed = parse_line(line, number)
+        parsed = parse_line(line, number, bounds)
         if not isinstance(parsed, Event):
             event_id, user_id = obj.get("event_id"), obj.get("user_id")
             rejections.append(Rejection(parsed.reason, parsed.detail, number, raw, event_id, user_id))
@@ -342,22 +343,31 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _time_value(value: Any, target: str, unit_ms: int) -> int | str:
-    """A time as epoch ms (an integer or digits: epoch in ``unit_ms``) or RFC 3339 text (``... UTC`` is Z)."""
+def _time_value(value: Any, target: str, unit_ms: int) -> str:
+    """A time as canonical RFC 3339 text: an integer (or digit-only text) is epoch in ``unit_ms``,
+    other text ISO-8601 / RFC 3339 with an offset (a trailing ``UTC``/``GMT`` is ``Z``), a Parquet
+    timestamp as it is (UTC when it has no zone)."""
     if isinstance(value, datetime):
         moment = value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # Parquet: UTC-adjusted
-        return from_datetime(moment)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value * unit_ms
-    if isinstance(value, Decimal | float):
-        raise _RowError("bad_timestamp", f"{target}: epoch time must be a whole number, not {value}")
-    if isinstance(value, str):
+        ms = from_datetime(moment)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        ms = value * unit_ms
+    elif isinstance(value, str) and _EPOCH_TEXT.fullmatch(value.strip()):
+        ms = int(value.strip()) * unit_ms
+    elif isinstance(value, str):
         text = value.strip()
-        if _EPOCH_TEXT.fullmatch(text):
-            return int(text) * unit_ms
         word = _ISO_UTC_WORD.fullmatch(text)
-        return f"{word.group(1)}Z" if word else text
-    raise _RowError("bad_field_type", f"{target} must be a time, not {type(value).__name__}")
+        try:
+            ms = parse_rfc3339_ms(f"{word.group(1)}Z" if word else text)
+        except TimestampError as exc:
+            raise _RowError(exc.reason, f"{target}: {exc}") from None
+    elif isinstance(value, Decimal | float):
+        raise _RowError("bad_timestamp", f"{target}: epoch time must be a whole number, not {value}")
+    else:
+        raise _RowError("bad_field_type", f"{target} must be a time, not {type(value).__name__}")
+    if not 0 <= ms < MAX_MS:
+        raise _RowError("bad_timestamp", f"{target} out of range: {value}")
+    return format_ms(ms)
 
 
 def _mapped(mapping: Mapping[str, str], unit_ms: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -463,7 +473,14 @@ def _check_sources(records: list[tuple[int, dict[str, Any], str]], mapping: Mapp
             raise InputError(f"--map {target}={source}: no record has a field {source} (fields: {fields})", path)
 
 
-def import_mapped(path: str | Path, fmt: str, mapping: Mapping[str, str], epoch: str = "ms") -> Imported:
+def import_mapped(
+    path: str | Path,
+    fmt: str,
+    mapping: Mapping[str, str],
+    epoch: str = "ms",
+    *,
+    bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
+) -> Imported:
     """A team's own export (``jsonl``, ``csv`` or ``parquet``) as SPEC events, fields taken by ``mapping``.
 
     Same checks and dead letters as every importer: each built object goes through
@@ -472,6 +489,8 @@ def import_mapped(path: str | Path, fmt: str, mapping: Mapping[str, str], epoch:
     are epoch ``epoch`` (``ms`` or ``s``); text times are ISO-8601 / RFC 3339 with an
     offset (``Z``, ``+02:00``, or a trailing ``UTC``); a zone-less Parquet timestamp is UTC.
     Without ``event_id`` mapped, the id is ``import:`` and a hash of the record's text.
+    ``bounds`` are the rule set's (``RuleSet.time_bounds``) when its own kinds and attributes
+    should be accepted; SPEC §1's otherwise.
     """
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -480,4 +499,4 @@ def import_mapped(path: str | Path, fmt: str, mapping: Mapping[str, str], epoch:
     reader = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}[fmt]
     records = list(reader(path))
     _check_sources(records, mapping, str(path))
-    return _emit(_mapped(mapping, EPOCH_UNITS[epoch]), _with_ids(iter(records), "import:"))
+    return _emit(_mapped(mapping, EPOCH_UNITS[epoch]), _with_ids(iter(records), "import:"), bounds)

@@ -59,7 +59,7 @@ from segments.lateness import GateParams
 from segments.outputs import Assignment, file_sha256, write_meta
 from segments.reachstore import ReachStore
 from segments.redisstore import RedisStore
-from segments.rules import RuleSet
+from segments.rules import RuleSet, check_reads
 from segments.sqlstore import SqlStore
 from shadow.dualwrite import DualWriter
 from shadow.journal import Journal
@@ -246,6 +246,8 @@ def run_shadow(
             seconds["ingest"] = clock() - start
             events_path = out / "events.jsonl"
             log = load_event_log(events_path, bounds)
+            details = (json.loads(text).get("detail", "") for _, text in iter_lines(out / "ingest.deadletter.jsonl"))
+            check_reads(plan.ruleset, log.events, details, str(input_path))
 
             start = clock()
             legacy = run_legacy_side(plan, events_path, log.events, log.counts, store, redis_store, progress)
