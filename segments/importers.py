@@ -375,6 +375,8 @@ def _mapped(mapping: Mapping[str, str], unit_ms: int) -> Callable[[dict[str, Any
     used = {source.split(".")[0] for source in mapping.values()} | set(mapping.values())
 
     def build(record: dict[str, Any]) -> dict[str, Any]:
+        if _BAD in record:
+            raise _RowError("bad_json", str(record[_BAD]))
         obj: dict[str, Any] = {}
         attrs: dict[str, Any] = {}
         for target, source in mapping.items():
@@ -393,8 +395,6 @@ def _mapped(mapping: Mapping[str, str], unit_ms: int) -> Callable[[dict[str, Any
                 attrs[target.removeprefix("attrs.")] = value if isinstance(value, int | Decimal | str) else _text(value)
             else:
                 obj[target] = _text(value)
-        if _BAD in record:
-            raise _RowError("bad_json", str(record[_BAD]))
         obj.setdefault("event_id", str(record[_RECORD_ID]))
         for name, value in record.items():
             if name not in used and name != _RECORD_ID and value not in (None, "") and name not in attrs:
