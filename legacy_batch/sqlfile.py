@@ -12,7 +12,8 @@ the future whatever it does. Its columns:
 
 =================  ===========================================================
 ``event_id``       text
-``user_id``        text
+``user_id``        text (as stored: an id SQL cannot hold, e.g. with a NUL, is escaped
+                   and read back unescaped, so return the column as it is)
 ``event_time``     epoch milliseconds (integer)
 ``arrival_time``   epoch milliseconds (integer), at most ``:as_of``
 ``kind``           text (``view``, ``cart``, ``purchase``, ...)
@@ -65,7 +66,7 @@ from sqlalchemy.engine import Connection
 from segments.errors import InputError
 from segments.outputs import Assignment
 from segments.rules import RuleSet
-from segments.sqlstore import events_table
+from segments.sqlstore import events_table, from_sql_text
 
 PARAMS = ("as_of", "window_start", "window_end", "window_ms")
 VIEW_COLUMNS = ("event_id", "user_id", "event_time", "arrival_time", "kind", "amount_micros", "merchant", "payload")
@@ -175,7 +176,7 @@ class SqlFileQuery:
         for user_id, segment in result:
             if user_id is None or segment is None:
                 raise InputError("the legacy SQL returned a NULL user_id or segment", self.sql.path)
-            sets.setdefault(str(user_id), set()).add(str(segment))
+            sets.setdefault(from_sql_text(str(user_id)), set()).add(str(segment))
         return [Assignment(t, user, tuple(sorted(segs))) for user, segs in sorted(sets.items())]
 
 
