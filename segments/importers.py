@@ -1,4 +1,4 @@
-"""Importers: public e-commerce data sets turned into SPEC §1 event lines.
+"""Importers: public e-commerce data sets, and a team's own export, turned into SPEC §1 event lines.
 
 Every line an importer emits has been read back through ``segments.events.parse_line``,
 so it is a valid event by construction; a row that cannot become one is returned as a
@@ -39,6 +39,12 @@ category_code, brand, price, user_id, user_session):
   tracker firing twice, so they share an id and the SPEC's dedup counts them once;
 - ``attrs`` holds ``product_id``, ``category_id``, ``category_code``, ``brand``,
   ``price`` and ``user_session`` (empty ones left out).
+
+**Your own export** (``import_mapped``: JSON Lines, CSV or Parquet) takes its fields by a
+map (``parse_field_map``: ``--map user_id=uid,event_time=ts,amount=price.value,...``;
+dotted sources read nested objects, unmapped fields go to ``attrs``); times are epoch
+ms or s, or ISO-8601 with an offset; without a mapped id the id is a hash of the record.
+Lines come out in arrival order (the event time when none is mapped). See ``docs/byo.md``.
 
 Files are read as UTF-8 (a BOM is allowed); a file that is not UTF-8 is read as Latin-1,
 the encoding of the original UCI export. ``InputError`` when a file cannot be read or
