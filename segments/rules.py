@@ -22,6 +22,15 @@ both sides enforce (``segments.events.TimeBounds``; omitted keys keep the defaul
 
 It is part of the definition, so of the digest, and both segmenters read it from
 the same rule set: their verdicts cannot differ.
+
+**Own kinds and attribute fields** (a team's data, ``docs/byo.md``). A rule set may declare
+``kinds: [...]`` (free-form, at most 16 characters: the only kinds its events may have) and
+``attributes: {name: number|string}``; a ``sum`` may then read ``of:`` a number attribute
+and a ``count_distinct`` any declared attribute. All sums read one field and all distinct
+counts one field (the stream keeps one number and one text per event, legacy one column
+each): the rule set's ``TimeBounds`` carry the kinds and those two fields, and every reader
+puts the fields in the event's amount and merchant slots, so both segmenters evaluate them
+alike. ``check_reads`` names a read field that no accepted event carries.
 """
 
 from __future__ import annotations
