@@ -41,11 +41,12 @@ from typing import Any, Protocol
 
 from legacy_batch.query import AggregateQuery, build_query
 from legacy_batch.schedule import schedule
+from legacy_batch.sqlfile import LegacySql, SqlFileQuery
 from segments.db import db_errors, describe_db_error
 from segments.errors import InputError, RunFailed
 from segments.events import Event, load_event_log, write_jsonl
 from segments.outputs import Assignment, file_sha256, meta_path, write_meta
-from segments.rules import RuleSet
+from segments.rules import RuleSet, check_reads
 from segments.sqlstore import EVENT_BATCH, LegacyRun, Publication, SqlStore
 from segments.timeutil import Clock, format_ms, wall_clock_ms
 
@@ -119,6 +120,7 @@ class LegacyReport:
     load_ms: float
     query_ms: tuple[float, ...] = field(repr=False)
     run_ms: tuple[float, ...] = field(repr=False)
+    sql: LegacySql | None = None  # the team's query, when it stood in for the rule set's (``legacy_batch.sqlfile``)
 
     @property
     def query_median_ms(self) -> float:
@@ -126,13 +128,22 @@ class LegacyReport:
 
     def meta(self) -> dict[str, Any]:
         """The sidecar: rule set, event file, parameters, counts and timings."""
+        ruleset: dict[str, Any] = {
+            "name": self.ruleset.name,
+            "version": self.ruleset.version,
+            "digest": self.ruleset.digest,
+        }
+        logic: dict[str, Any] = {}
+        if self.sql is not None:
+            # The team's SQL made this output: its SHA-256 stands where the rule set's digest would, and
+            # the rule set is only declared (no digest: nothing shows that the query implements it).
+            ruleset = {"name": self.ruleset.name, "version": self.ruleset.version, "source": "sql",
+                       "sql_sha256": self.sql.sha256}  # fmt: skip
+            logic = {"logic": self.sql.provenance(self.ruleset)}
         return {
             "kind": OUTPUT_KIND,
-            "ruleset": {
-                "name": self.ruleset.name,
-                "version": self.ruleset.version,
-                "digest": self.ruleset.digest,
-            },
+            "ruleset": ruleset,
+            **logic,
             "events": self.events_path,
             "events_sha256": self.events_sha256,
             "every_ms": self.every_ms,
@@ -165,7 +176,7 @@ def load_events(store: SqlStore, events: Sequence[Event], on_progress: ProgressH
 
 def run_as_of(
     store: SqlStore,
-    query: AggregateQuery,
+    query: AggregateQuery | SqlFileQuery,
     t: int,
     sink: AssignmentSink | None = None,
     clock: Clock = wall_clock_ms,
@@ -202,15 +213,18 @@ def run_as_ofs(
     timer: Timer = time.perf_counter,
     on_progress: ProgressHook | None = None,
     run_id: str | None = None,
+    *,
+    sql: LegacySql | None = None,
 ) -> Iterator[AsOfRun]:
     """``run_as_of`` for each as-of in order, over the events already in the table, as one run.
 
     The snapshots are staged under ``run_id`` (a new run when None) and the run is
     published (``SqlStore.publish_legacy_run``) once the last as-of has been yielded and
     the caller asks for more: a caller that stops early, or a failure, publishes nothing
-    and the previous complete run stays.
+    and the previous complete run stays. With ``sql`` the team's query runs in place of the
+    rule set's (``legacy_batch.sqlfile``), stored under the rule set's name.
     """
-    query = build_query(ruleset)
+    query: AggregateQuery | SqlFileQuery = build_query(ruleset) if sql is None else SqlFileQuery.build(sql, ruleset)
     run_id = run_id or store.begin_legacy_run(ruleset.ref)
     for done, t in enumerate(as_ofs, start=1):
         yield run_as_of(store, query, t, sink, clock, timer, run_id)
@@ -239,6 +253,8 @@ def run_legacy(
     clock: Clock = wall_clock_ms,
     timer: Timer = time.perf_counter,
     on_progress: ProgressHook | None = None,
+    *,
+    sql: LegacySql | None = None,
 ) -> LegacyReport:
     """The whole legacy job over an events file (see the module doc); returns its report.
 
@@ -255,6 +271,8 @@ def run_legacy(
     log = load_event_log(events_path, ruleset.time_bounds)
     if on_progress is not None:
         on_progress("read", 1, 1)
+    # An attribute the rule set reads and the data lacks throughout: one clear line, before any SQL.
+    check_reads(ruleset, log.events, (r.detail for r in log.rejected), str(events_path))
     if not log.events:
         detail = f"no valid events ({log.lines} lines, {len(log.rejected)} rejected)"
         raise InputError(detail, str(events_path))
@@ -272,7 +290,7 @@ def run_legacy(
 
     def lines() -> Iterator[str]:
         nonlocal step
-        runs = run_as_ofs(store, ruleset, as_ofs, sink, clock, timer, on_progress, run_id)
+        runs = run_as_ofs(store, ruleset, as_ofs, sink, clock, timer, on_progress, run_id, sql=sql)
         for done, result in enumerate(runs, start=1):
             query_ms.append(result.query_ms)
             run_ms.append(result.duration_ms)
@@ -323,6 +341,7 @@ def run_legacy(
         load_ms,
         tuple(query_ms),
         tuple(run_ms),
+        sql,
     )
     write_meta(out, report.meta())
     return report

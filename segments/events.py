@@ -77,12 +77,30 @@ class TimeBounds:
     latest_ms: int = 4_102_444_800_000  # 2100-01-01T00:00:00Z
     max_skew_ms: int = 1_096 * DAY_MS
     max_ahead_ms: int = DAY_MS
+    # What a rule set that declares its own kinds and attributes reads (``segments.rules``); the
+    # defaults are SPEC §1's. ``kinds``: the accepted kinds; ``needs_amount``: kinds whose events
+    # must carry the summed value; ``amount_field`` / ``merchant_field``: the ``attrs`` field read
+    # as the event's amount / merchant instead of ``amount`` / ``attrs.merchant``.
+    kinds: frozenset[str] | None = None
+    needs_amount: frozenset[str] | None = None
+    amount_field: str | None = None
+    merchant_field: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.earliest_ms < self.latest_ms <= MAX_MS:
             raise ValueError("event time bounds need 1970 <= earliest < latest <= 10000-01-01")
         if self.max_skew_ms < 0 or self.max_ahead_ms < 0:
             raise ValueError("max skew and max ahead must not be negative")
+
+    @property
+    def reads_own(self) -> bool:
+        """Whether events are read with a rule set's own kinds or attribute fields (not SPEC §1's)."""
+        return (
+            self.kinds is not None
+            or self.needs_amount is not None
+            or self.amount_field is not None
+            or self.merchant_field is not None
+        )
 
     def problem(self, event_time: int, arrival_time: int) -> str | None:
         """Why these times are out of range, or None when they are in it."""
@@ -350,6 +368,8 @@ def event_from_object(obj: Any, seq: int, bounds: TimeBounds = DEFAULT_TIME_BOUN
     if "kind" not in obj:
         raise _Reject("missing_field", "missing field kind")
     kind = obj["kind"]
+    if bounds.reads_own:
+        return _own_event(obj, seq, bounds, event_id, user_id, event_time, kind)
     if kind not in KINDS:
         raise _Reject("unknown_kind", f"unknown kind {str(kind)[:40]!r}")
     amount = obj.get("amount")
@@ -379,6 +399,52 @@ def event_from_object(obj: Any, seq: int, bounds: TimeBounds = DEFAULT_TIME_BOUN
     if len(obj) > len(_KNOWN_FIELDS) or not _KNOWN_FIELDS.issuperset(obj):
         extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS} or None
     # Every field is given, and NamedTuple's own __new__ (Python) costs a third of this function.
+    fields = (event_id, user_id, event_time, kind, micros, arrival_time, merchant, seq, has_amount, attrs, extra)
+    return _new_tuple(Event, fields)
+
+
+def _own_event(
+    obj: dict[str, Any], seq: int, bounds: TimeBounds, event_id: str, user_id: str, event_time: int, kind: Any
+) -> Event:
+    """``event_from_object``'s second half for a rule set that declares its own kinds or attribute fields.
+
+    The kind must be one the rule set declares (SPEC §1's when it declares none). The
+    event's amount slot holds ``attrs[amount_field]`` when the rule set sums an attribute
+    (else ``amount``), its merchant slot ``attrs[merchant_field]`` as text (else
+    ``attrs.merchant``): both segmenters read those two slots, so they read the same
+    values. An event of a kind a sum reads (``needs_amount``) without that value is
+    rejected ``missing_field`` naming it; a missing distinct-counted field counts nothing.
+    """
+    kinds = KINDS if bounds.kinds is None else bounds.kinds
+    if not isinstance(kind, str) or kind not in kinds:
+        raise _Reject("unknown_kind", f"unknown kind {str(kind)[:40]!r}")
+    attrs = obj.get("attrs")
+    if attrs is not None and not isinstance(attrs, dict):
+        raise _Reject("bad_field_type", "attrs must be an object")
+    needs = MONEY_KINDS if bounds.needs_amount is None else bounds.needs_amount
+    if bounds.amount_field is None:
+        amount, name = obj.get("amount"), "amount"
+    else:
+        amount, name = (attrs or {}).get(bounds.amount_field), f"attrs.{bounds.amount_field}"
+    if amount is None:
+        if kind in needs:
+            raise _Reject("missing_field", f"{kind} needs {name}")
+        micros, has_amount = 0, False
+    else:
+        try:
+            micros, has_amount = parse_amount_micros(amount), True
+        except _Reject as exc:
+            raise _Reject(exc.reason, f"{name}: {exc.detail}") from None
+    arrival = obj.get("arrival_time")
+    arrival_time = event_time if arrival is None else parse_time(arrival, "arrival_time")
+    problem = bounds.problem(event_time, arrival_time)
+    if problem is not None:
+        raise _Reject("time_out_of_range", problem)
+    merchant: str | None = None
+    raw_merchant = (attrs or {}).get(bounds.merchant_field or "merchant")
+    if raw_merchant is not None:
+        merchant = raw_merchant if isinstance(raw_merchant, str) else json.dumps(raw_merchant, default=str)
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN_FIELDS} or None
     fields = (event_id, user_id, event_time, kind, micros, arrival_time, merchant, seq, has_amount, attrs, extra)
     return _new_tuple(Event, fields)
 

@@ -22,6 +22,15 @@ both sides enforce (``segments.events.TimeBounds``; omitted keys keep the defaul
 
 It is part of the definition, so of the digest, and both segmenters read it from
 the same rule set: their verdicts cannot differ.
+
+**Own kinds and attribute fields** (a team's data, ``docs/byo.md``). A rule set may declare
+``kinds: [...]`` (free-form, at most 16 characters: the only kinds its events may have) and
+``attributes: {name: number|string}``; a ``sum`` may then read ``of:`` a number attribute
+and a ``count_distinct`` any declared attribute. All sums read one field and all distinct
+counts one field (the stream keeps one number and one text per event, legacy one column
+each): the rule set's ``TimeBounds`` carry the kinds and those two fields, and every reader
+puts the fields in the event's amount and merchant slots, so both segmenters evaluate them
+alike. ``check_reads`` names a read field that no accepted event carries.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -48,7 +57,7 @@ from pydantic import (
 )
 
 from segments.durations import format_duration_ms, parse_duration_ms
-from segments.errors import RuleSetError
+from segments.errors import InputError, RuleSetError
 from segments.events import DEFAULT_TIME_BOUNDS, KINDS, MICROS, TimeBounds
 from segments.sketches import CmsParams, cms_params
 from segments.timeutil import TimestampError, parse_rfc3339_ms
@@ -100,7 +109,7 @@ class _Strict(BaseModel):
 class AggregateSpec(_Strict):
     op: Literal["count", "sum", "count_distinct"]
     kinds: list[str] | dict[str, int] = Field(min_length=1)
-    of: Literal["amount", "merchant"] | None = None
+    of: str | None = None
     window: str | None = None
     # Opt-in approximation (``segments.sketches.CmsParams``): a count from a per-shard Count-Min sketch.
     approx: Literal["cms"] | None = None
@@ -110,13 +119,6 @@ class AggregateSpec(_Strict):
     confidence: float | None = None
     bucket: str | None = None
 
-    @field_validator("kinds")
-    @classmethod
-    def _known_kinds(cls, value: list[str] | dict[str, int]) -> list[str] | dict[str, int]:
-        for kind in value:
-            if kind not in KINDS:
-                raise ValueError(f"unknown kind {kind!r} (kinds are {', '.join(KINDS)})")
-        return value
 
 
 class CompareSpec(_Strict):
@@ -179,6 +181,11 @@ class EventTimesSpec(_Strict):
     max_ahead: str | None = None
 
 
+# A declared kind fits the events table's kind column (16 characters); an attribute is a plain name.
+_KindName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,15}$")]
+_AttributeName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+
+
 class RuleSetSpec(_Strict):
     name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
     version: int = Field(ge=1)
@@ -187,6 +194,8 @@ class RuleSetSpec(_Strict):
     aggregates: dict[str, AggregateSpec] = Field(min_length=1)
     segments: list[SegmentSpec] = Field(min_length=1)
     event_times: EventTimesSpec | None = None
+    kinds: list[_KindName] | None = Field(default=None, min_length=1)
+    attributes: dict[_AttributeName, Literal["number", "string"]] | None = None
 
 
 AllSpec.model_rebuild()
@@ -387,18 +396,19 @@ def compile_ruleset(raw: Any, source: str = "rule set") -> RuleSet:
         key = ".".join(str(part) for part in first["loc"] if part not in _CONDITION_TAGS) or "(top)"
         raise RuleSetError(f"{first['msg']} ({source})", key) from None
     window_ms = _duration(spec.window, "window")
+    kinds = tuple(spec.kinds) if spec.kinds is not None else KINDS
+    attributes = dict(spec.attributes or {})
     aggregates: dict[str, Aggregate] = {}
     for name, agg in spec.aggregates.items():
         where = f"aggregates.{name}"
+        for kind in agg.kinds:
+            if kind not in kinds:
+                declared = "declared kinds" if spec.kinds is not None else "kinds"
+                raise RuleSetError(f"unknown kind {kind!r} ({declared} are {', '.join(kinds)})", f"{where}.kinds")
         width = _duration(agg.window, f"{where}.window") if agg.window else window_ms
         if width > window_ms:
             raise RuleSetError(f"longer than the rule set's window {spec.window}", f"{where}.window")
-        if agg.op == "sum" and agg.of != "amount":
-            raise RuleSetError("sum needs `of: amount`", f"{where}.of")
-        if agg.op == "count_distinct" and agg.of != "merchant":
-            raise RuleSetError("count_distinct needs `of: merchant`", f"{where}.of")
-        if agg.op == "count" and agg.of is not None:
-            raise RuleSetError("count takes no `of`", f"{where}.of")
+        _check_of(agg, attributes, where)
         weights = dict.fromkeys(agg.kinds, 1) if isinstance(agg.kinds, list) else dict(agg.kinds)
         if agg.op != "sum" and any(w != 1 for w in weights.values()):
             raise RuleSetError("only sum takes weights per kind", f"{where}.kinds")
@@ -422,8 +432,61 @@ def compile_ruleset(raw: Any, source: str = "rule set") -> RuleSet:
         tuple(segments),
         definition,
         digest,
-        _time_bounds(spec.event_times),
+        _time_bounds(spec.event_times, _reads(spec, aggregates, kinds)),
     )
+
+
+def _check_of(agg: AggregateSpec, attributes: Mapping[str, str], where: str) -> None:
+    """``of`` is what the op reads: ``amount`` or a number attribute for sum, ``merchant`` or any
+    declared attribute for count_distinct, nothing for count."""
+    if agg.op == "count":
+        if agg.of is not None:
+            raise RuleSetError("count takes no `of`", f"{where}.of")
+        return
+    own = ", ".join(f"attribute {n}" for n, t in attributes.items() if agg.op == "count_distinct" or t == "number")
+    if agg.op == "sum":
+        if agg.of == "amount" or attributes.get(agg.of or "") == "number":
+            return
+        needs = "`of: amount`" + (f" or a number attribute ({own})" if own else "")
+        if agg.of in attributes:
+            raise RuleSetError(f"sum needs {needs}: {agg.of} is declared a string", f"{where}.of")
+        raise RuleSetError(f"sum needs {needs}", f"{where}.of")
+    if agg.of == "merchant" or (agg.of or "") in attributes:
+        return
+    needs = "`of: merchant`" + (f" or a declared attribute ({own})" if own else "")
+    raise RuleSetError(f"count_distinct needs {needs}", f"{where}.of")
+
+
+def _reads(spec: RuleSetSpec, aggregates: Mapping[str, Aggregate], kinds: tuple[str, ...]) -> dict[str, Any]:
+    """What a rule set with its own kinds or attributes reads of each event (``TimeBounds``' fields).
+
+    The stream keeps one number and one text per event in its state (SPEC's amount and
+    merchant), and legacy one column each: so all sums read one field and all distinct
+    counts one field; ``RuleSetError`` names the aggregate that reads a second.
+    """
+    if spec.kinds is None and not spec.attributes:
+        return {}
+    fields: dict[str, tuple[str, str]] = {}
+    for agg in aggregates.values():
+        if agg.op == "count":
+            continue
+        slot = "sum" if agg.op == "sum" else "count_distinct"
+        first = fields.setdefault(slot, (agg.of or "", agg.name))
+        if first[0] != agg.of:
+            raise RuleSetError(
+                f"every {slot} of a rule set reads one field (the stream keeps one per event): "
+                f"{first[1]} reads {first[0]}, {agg.name} reads {agg.of}",
+                f"aggregates.{agg.name}.of",
+            )
+    summed = fields.get("sum", ("amount", ""))[0]
+    counted = fields.get("count_distinct", ("merchant", ""))[0]
+    sum_kinds = frozenset(k for a in aggregates.values() if a.op == "sum" for k in a.weights)
+    return {
+        "kinds": frozenset(kinds),
+        "needs_amount": sum_kinds if spec.kinds is not None or summed != "amount" else None,
+        "amount_field": None if summed == "amount" else summed,
+        "merchant_field": None if counted == "merchant" else counted,
+    }
 
 
 def _approx(agg: AggregateSpec, where: str) -> CmsParams | None:
@@ -456,11 +519,13 @@ def _duration(text: str, key: str) -> int:
     return value
 
 
-def _time_bounds(spec: EventTimesSpec | None) -> TimeBounds:
-    """The rule set's ``event_times`` as ``TimeBounds`` (defaults for what it omits)."""
-    if spec is None:
+def _time_bounds(spec: EventTimesSpec | None, reads: Mapping[str, Any] | None = None) -> TimeBounds:
+    """The rule set's ``event_times`` as ``TimeBounds`` (defaults for what it omits), with what it ``reads``."""
+    if spec is None and not reads:
         return DEFAULT_TIME_BOUNDS
-    values: dict[str, int] = {}
+    if spec is None:
+        return TimeBounds(**{**vars(DEFAULT_TIME_BOUNDS), **(reads or {})})
+    values: dict[str, Any] = dict(reads or {})
     for key in ("earliest", "latest"):
         text = getattr(spec, key)
         if text is not None:
@@ -479,6 +544,42 @@ def _time_bounds(spec: EventTimesSpec | None) -> TimeBounds:
         return TimeBounds(**{**vars(DEFAULT_TIME_BOUNDS), **values})
     except ValueError as exc:
         raise RuleSetError(str(exc), "event_times") from None
+
+
+def attribute_reads(ruleset: RuleSet) -> dict[str, list[str]]:
+    """The ``attrs`` fields the rule set's aggregates read, each with the aggregates that read it."""
+    declared = ruleset.definition.get("attributes") or {}
+    reads: dict[str, list[str]] = {}
+    for agg in ruleset.aggregates:
+        if agg.of is not None and agg.of in declared:
+            reads.setdefault(agg.of, []).append(agg.name)
+    return reads
+
+
+def check_reads(ruleset: RuleSet, events: Iterable[Any], rejected: Iterable[str], source: str) -> None:
+    """``InputError`` naming the first attribute the rule set reads that no accepted event carries.
+
+    ``events`` are the accepted events (with ``attrs``), ``rejected`` the rejections' details;
+    a field the data lacks throughout is a mapping or export mistake, worth one clear
+    line before any segmenter runs rather than an empty output.
+    """
+    reads = attribute_reads(ruleset)
+    if not reads:
+        return
+    missing = set(reads)
+    for event in events:
+        attrs = event.attrs
+        if attrs:
+            missing -= {name for name in missing if attrs.get(name) is not None}
+            if not missing:
+                return
+    name = sorted(missing)[0]
+    lacking = sum(1 for detail in rejected if f"attrs.{name}" in detail)
+    also = f"; {lacking} events were rejected for lacking it" if lacking else ""
+    raise InputError(
+        f"rule set {ruleset.ref} reads attrs.{name} ({', '.join(reads[name])}), which no accepted event has{also}",
+        source,
+    )
 
 
 def parse_ruleset_text(text: str, source: str) -> RuleSet:

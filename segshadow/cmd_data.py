@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -16,15 +17,15 @@ import typer
 import yaml
 
 from segments.errors import InputError, RuleSetError, UsageError
-from segments.events import write_jsonl
+from segments.events import DEFAULT_TIME_BOUNDS, Event, parse_line, write_jsonl
 from segments.faults import FAULTS, write_faulty_workload
-from segments.importers import IMPORTERS
-from segments.rules import SHIPPED, RuleSet, load_ruleset, shipped_ruleset
+from segments.importers import IMPORTERS, Imported, import_mapped, parse_field_map
+from segments.rules import SHIPPED, RuleSet, check_reads, load_ruleset, shipped_ruleset
 from segments.timeutil import TimestampError, parse_rfc3339_ms
 from segments.workloads import DEFAULT_RATE, DEFAULT_START_MS, WORKLOADS, write_workload
 from segshadow.common import DatabaseOpt, DataDirOpt, settings, writable_file
 
-import_app = typer.Typer(help="Turn public data sets into SPEC event files.", no_args_is_help=True)
+import_app = typer.Typer(help="Turn public data sets, or your own export, into SPEC event files.", no_args_is_help=True)
 rules_app = typer.Typer(help="Inspect rule sets.", no_args_is_help=True)
 
 InputArg = Annotated[Path, typer.Argument(metavar="CSV_PATH", help="the data set's CSV file")]
@@ -38,9 +39,9 @@ def rejected_path(out: Path) -> Path:
     return out.with_name(out.name + ".rejected.jsonl")
 
 
-def _import(source: str, csv_path: Path, out: Path) -> None:
+def _import(source: str, csv_path: Path, out: Path, read: Callable[[], Imported] | None = None) -> None:
     try:
-        imported = IMPORTERS[source](csv_path)
+        imported = IMPORTERS[source](csv_path) if read is None else read()
     except csv.Error as exc:  # e.g. a field over the csv module's size limit: not a data set this reads
         raise InputError(f"not a CSV file this importer reads: {exc}", str(csv_path)) from None
     write_jsonl(out, imported.lines)
@@ -64,6 +65,60 @@ def import_uci(csv_path: InputArg, out: OutOpt) -> None:
 def import_rees46(csv_path: InputArg, out: OutOpt) -> None:
     """The REES46 eCommerce behaviour CSV: views, carts and purchases."""
     _import("rees46", csv_path, out)
+
+
+MapOpt = Annotated[
+    str,
+    typer.Option(
+        "--map",
+        help="TARGET=SOURCE,... e.g. user_id=uid,event_time=ts,arrival_time=received,kind=type,amount=price.value,"
+        "merchant=shop,attrs.brand=brand (dotted SOURCE reads nested JSON; unmapped fields go to attrs)",
+    ),
+]
+EpochOpt = Annotated[str, typer.Option("--epoch", help="unit of numeric times: ms or s (text times are ISO-8601)")]
+
+
+RulesOpt = Annotated[
+    str | None,
+    typer.Option("--rules", help="validate with this rule set's kinds and attributes (default: SPEC kinds)"),
+]
+
+
+def _import_own(fmt: str, path: Path, mapping: str, out: Path, epoch: str, rules: str | None) -> None:
+    fields = parse_field_map(mapping)
+    ruleset = None if rules is None else load_ruleset(rules)
+    bounds = DEFAULT_TIME_BOUNDS if ruleset is None else ruleset.time_bounds
+
+    def read() -> Imported:
+        imported = import_mapped(path, fmt, fields, epoch, bounds=bounds)
+        if ruleset is not None:
+            parsed = (parse_line(line, n, bounds) for n, line in enumerate(imported.lines, start=1))
+            events = (event for event in parsed if isinstance(event, Event))
+            check_reads(ruleset, events, (r.detail for r in imported.rejections), str(path))
+        return imported
+
+    _import(fmt, path, out, read)
+
+
+OwnArg = Annotated[Path, typer.Argument(metavar="FILE", help="your event export")]
+
+
+@import_app.command("jsonl")
+def import_jsonl(path: OwnArg, mapping: MapOpt, out: OutOpt, epoch: EpochOpt = "ms", rules: RulesOpt = None) -> None:
+    """Your own JSON Lines export as SPEC events, fields named by --map; bad records to OUT.rejected.jsonl."""
+    _import_own("jsonl", path, mapping, out, epoch, rules)
+
+
+@import_app.command("csv")
+def import_csv(path: OwnArg, mapping: MapOpt, out: OutOpt, epoch: EpochOpt = "ms", rules: RulesOpt = None) -> None:
+    """Your own CSV export (a header row) as SPEC events, fields named by --map; bad rows to OUT.rejected.jsonl."""
+    _import_own("csv", path, mapping, out, epoch, rules)
+
+
+@import_app.command("parquet")
+def import_parquet(path: OwnArg, mapping: MapOpt, out: OutOpt, epoch: EpochOpt = "ms", rules: RulesOpt = None) -> None:
+    """Your own Parquet export as SPEC events, fields named by --map; bad records to OUT.rejected.jsonl."""
+    _import_own("parquet", path, mapping, out, epoch, rules)
 
 
 def _start_ms(text: str | None) -> int:

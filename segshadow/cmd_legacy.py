@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from legacy_batch.job import AssignmentSink, LegacyWriterSink, run_legacy
+from legacy_batch.sqlfile import LegacySql
 from segments.errors import RuleSetError, UsageError
 from segments.rules import RuleSet, load_ruleset
 from segments.sqlstore import SqlStore
@@ -65,6 +66,14 @@ def run(
         Path, typer.Option("--out", help="assignments file to write (SPEC §3 lines)", callback=writable_file)
     ],
     every: Annotated[str, typer.Option("--every", help="interval between as-of times")] = "5m",
+    sql: Annotated[
+        Path | None,
+        typer.Option(
+            "--sql",
+            help="run this query (user_id, segment rows over `events`, binds :as_of :window_start) "
+            "in place of the rule set's; --rules then names the rule set it implements",
+        ),
+    ] = None,
     database_url: DatabaseOpt = None,
     redis_url: RedisOpt = None,
     data_dir: DataDirOpt = None,
@@ -74,20 +83,24 @@ def run(
     The run replaces the database's events table and this rule set's earlier legacy
     assignments. Assignments also go to the Redis ``legacy`` namespace when a Redis server
     is named (--redis-url or SEGSHADOW_REDIS_URL); no embedded Valkey is started for it.
+    With --sql the team's query runs at each as-of over the events that had arrived by then
+    (legacy_batch.sqlfile); the sidecar names the query's SHA-256.
     """
     every_ms = duration(every)
     if every_ms <= 0:
         raise UsageError(f"--every must be positive, not {every!r}")
+    legacy_sql = None if sql is None else LegacySql.read(sql)
     where = settings(database_url, redis_url, data_dir)
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(SqlStore.open(where.database_url))
         ruleset = resolve_rules(rules, store)
         sink = None if where.redis_embedded else _redis_sink(where.redis_url, stack)
         bars = stack.enter_context(progress_bars(_STAGES))
-        report = run_legacy(events, ruleset, every_ms, out, store, sink, on_progress=bars)
+        report = run_legacy(events, ruleset, every_ms, out, store, sink, on_progress=bars, sql=legacy_sql)
     counts = report.counts
+    logic = "" if legacy_sql is None else f" (SQL {sql}, sha256 {legacy_sql.sha256[:12]})"
     typer.echo(
-        f"legacy {ruleset.ref}: {report.assignments} assignments at {len(report.as_ofs)} as-of times "
+        f"legacy {ruleset.ref}{logic}: {report.assignments} assignments at {len(report.as_ofs)} as-of times "
         f"-> {out} (events: {counts['accepted']} accepted, {counts['duplicates']} duplicates, "
         f"{counts['rejected']} rejected; {report.backend}{'' if sink is None else ' + redis'})"
     )

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from legacy_batch.sqlfile import LegacySql
 from segments.config import sqlite_url
 from segments.embedded import redis_endpoint
 from segments.errors import UsageError
@@ -75,6 +76,13 @@ def run(
     redis_url: RedisOpt = None,
     data_dir: DataDirOpt = None,
     fail_on: FailOnOpt = "defects",
+    legacy_sql: Annotated[
+        Path | None,
+        typer.Option(
+            "--legacy-sql",
+            help="legacy side: run this query (user_id, segment rows over `events`) in place of the rule set's",
+        ),
+    ] = None,
 ) -> None:
     """The main job: dual-write events to both sides, run legacy and stream, compare, and report.
 
@@ -90,6 +98,9 @@ def run(
         raise UsageError("--every must be positive")
     params = gate_params(max_out_of_orderness, allowed_lateness)
     ruleset = load_ruleset(rules or workload or "clickstream")
+    sql = None if legacy_sql is None else LegacySql.read(legacy_sql)
+    if sql is not None and live:
+        raise UsageError("--legacy-sql runs in replay mode; --live keeps the rule set's legacy query")
     out.mkdir(parents=True, exist_ok=True)
     where = settings(database_url or None, redis_url, data_dir)
     # A database given by --database-url or SEGSHADOW_DATABASE_URL (SQLite included) is used as given;
@@ -132,7 +143,7 @@ def run(
     else:
         assert events is not None
         input_path = events
-    plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args))
+    plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args), sql)
     with redis_endpoint(where.redis_url) as url, progress_bars(_STAGES, transient=False) as bars:
         report = run_shadow(plan, input_path, db, url, bars)
         keep_serving(url, out)

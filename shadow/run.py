@@ -9,7 +9,9 @@ Steps, each writing into the run directory ``out``:
    on failure). ``events.jsonl`` is the accepted log in arrival order: the one
    file both outputs and the comparison name as their provenance;
 2. **legacy**: the SQL as-of job over the events table, assignments to SQL,
-   Redis (``legacy``) and ``legacy.jsonl``;
+   Redis (``legacy``) and ``legacy.jsonl``; with ``legacy_sql`` the team's query
+   (``legacy_batch.sqlfile``) runs in place of the rule set's, copied to ``legacy.sql``
+   and sealed in the manifest (role ``legacy_sql``, its SHA-256);
 3. **stream**: the Beam pipeline replaying the Redis Stream that dual-write
    filled, transitions to ``stream.jsonl``, Redis (``stream``) and SQL;
 4. **compare**: ``parity.json``, ``mismatches.jsonl``, ``report.html``,
@@ -40,6 +42,7 @@ from compare.manifest import begin, comparison_artifacts, seal
 from compare.parity import ParityResult
 from legacy_batch.job import LegacyReport, LegacyWriterSink, run_as_ofs
 from legacy_batch.schedule import schedule
+from legacy_batch.sqlfile import LegacySql
 from segments.errors import InputError
 from segments.events import (
     DEFAULT_TIME_BOUNDS,
@@ -56,7 +59,7 @@ from segments.lateness import GateParams
 from segments.outputs import Assignment, file_sha256, write_meta
 from segments.reachstore import ReachStore
 from segments.redisstore import RedisStore
-from segments.rules import RuleSet
+from segments.rules import RuleSet, check_reads
 from segments.sqlstore import SqlStore
 from shadow.dualwrite import DualWriter
 from shadow.journal import Journal
@@ -81,6 +84,7 @@ class ShadowPlan:
     noise: bool = False
     noise_seed: int = 1
     beam_args: tuple[str, ...] = ()
+    legacy_sql: LegacySql | None = None  # the team's query in place of the rule set's (``legacy_batch.sqlfile``)
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,8 @@ def run_legacy_side(
     run_ms: list[float] = []
     assignments: list[Assignment] = []
     sink = LegacyWriterSink(redis_store)
-    for done, result in enumerate(run_as_ofs(store, plan.ruleset, as_ofs, sink), start=1):
+    runs = run_as_ofs(store, plan.ruleset, as_ofs, sink, sql=plan.legacy_sql)
+    for done, result in enumerate(runs, start=1):
         query_ms.append(result.query_ms)
         run_ms.append(result.duration_ms)
         assignments.extend(result.assignments)
@@ -192,6 +197,7 @@ def run_legacy_side(
         0.0,
         tuple(query_ms),
         tuple(run_ms),
+        plan.legacy_sql,
     )
     write_meta(out, report.meta())
     return report
@@ -221,6 +227,8 @@ def run_shadow(
     """The whole replay-mode shadow run (see the module doc)."""
     out = plan.out
     begin(out)  # sealed at the end: until then the directory says it holds an incomplete run
+    if plan.legacy_sql is not None:
+        (out / "legacy.sql").write_bytes(Path(plan.legacy_sql.path).read_bytes())
     seconds: dict[str, float] = {}
     clock = time.perf_counter
     with SqlStore.open(database_url) as store, RedisStore.open(redis_url) as redis_store:
@@ -238,6 +246,8 @@ def run_shadow(
             seconds["ingest"] = clock() - start
             events_path = out / "events.jsonl"
             log = load_event_log(events_path, bounds)
+            details = (json.loads(text).get("detail", "") for _, text in iter_lines(out / "ingest.deadletter.jsonl"))
+            check_reads(plan.ruleset, log.events, details, str(input_path))
 
             start = clock()
             legacy = run_legacy_side(plan, events_path, log.events, log.counts, store, redis_store, progress)
@@ -298,5 +308,9 @@ def run_shadow(
     artifacts = comparison_artifacts(
         out, events_path, out / "legacy.jsonl", out / "stream.jsonl", noise_stream=noise_stream
     )
-    seal(out, parity, {**artifacts, "shadow": out / "shadow.json"})
+    extra = {"shadow": out / "shadow.json"}
+    if plan.legacy_sql is not None:
+        # The manifest states the legacy logic: the team's SQL, sealed with its SHA-256 beside the outputs.
+        extra["legacy_sql"] = out / "legacy.sql"
+    seal(out, parity, {**artifacts, **extra})
     return report
