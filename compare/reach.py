@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -166,6 +166,8 @@ class Reach:
 # ---- the same reach as columns (what ``build_reach`` uses) ------------------------------------------------
 
 _CHUNK_MINUTES = 64  # minute buckets expanded at once for one segment of a stream (bounds the memory)
+Minute = tuple[Key, np.ndarray]
+"""A minute bucket's key and its users' sorted codes."""
 
 
 @dataclass(frozen=True)
@@ -208,10 +210,8 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return values[keep]
 
 
-def _group(
-    side: str, segment: str, bucket: np.ndarray, user: np.ndarray, users: int, out: dict[Key, np.ndarray]
-) -> None:
-    """Add the distinct users of each minute bucket (rows of ``bucket`` starts and user codes) to ``out``."""
+def _group(side: str, segment: str, bucket: np.ndarray, user: np.ndarray, users: int) -> Iterator[Minute]:
+    """The distinct users (sorted int32 codes) of each minute bucket among rows of bucket starts and user codes."""
     if not len(bucket):
         return
     minute = GRAINS["minute"]
@@ -221,40 +221,38 @@ def _group(
     cuts = np.flatnonzero(np.diff(slots)) + 1
     for part in np.split(keys, cuts):
         b = first + int(part[0] // users) * minute
-        found = part % users
-        key = (side, segment, "minute", b)
-        held = out.get(key)
-        out[key] = found if held is None else _distinct(np.concatenate([held, found]))
+        yield (side, segment, "minute", b), (part % users).astype(np.int32)
 
 
-def legacy_minutes(table: pa.Table) -> SideReach:
-    """``legacy_reach`` as codes (see ``SideReach``)."""
+def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
     rows, segs, seg_names = _flat_segments(table.column("segments"))
     as_of = table.column("as_of").to_numpy().astype(np.int64)
-    out: dict[Key, np.ndarray] = {}
-    for code, segment in enumerate(seg_names):
-        if segment is None:
-            continue
-        mine = rows[segs == code]
-        bucket = as_of[mine]
-        bucket -= bucket % minute
-        _group("legacy", segment, bucket, users[mine], len(names), out)
-    return SideReach(names, out)
+
+    def groups() -> Iterator[Minute]:
+        for code, segment in enumerate(seg_names):
+            if segment is None:
+                continue
+            mine = rows[segs == code]
+            bucket = as_of[mine]
+            bucket -= bucket % minute
+            yield from _group("legacy", segment, bucket, users[mine], len(names))
+
+    return names, groups()
 
 
-def stream_minutes(table: pa.Table, horizon_ms: int) -> SideReach:
-    """``stream_reach`` as codes (see ``SideReach``): the settled timelines' spans, expanded into minutes."""
+def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
     times = table.column("effective_time").to_numpy().astype(np.int64)
     revisions = table.column("revision").to_numpy().astype(np.int64)
     n = len(times)
     if n == 0:
-        return SideReach(names, {})
+        return names, iter(())
     # per (user, time) the highest revision wins, the first in input order among equals
     order = np.lexsort((np.arange(n), -revisions, times, users))
+    del revisions
     u, t = users[order], times[order]
     first = np.ones(n, dtype=np.bool_)
     first[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
@@ -266,29 +264,42 @@ def stream_minutes(table: pa.Table, horizon_ms: int) -> SideReach:
     start = t - t % minute
     live = (t <= horizon_ms) & (end > start)
     rows, segs, seg_names = _flat_segments(table.column("segments").take(pa.array(winners)))
-    out: dict[Key, np.ndarray] = {}
-    for code, segment in enumerate(seg_names):
-        if segment is None:
-            continue
-        mine = rows[segs == code]
-        mine = mine[live[mine]]
-        s, e, who = start[mine], end[mine], u[mine]
-        if not len(s):
-            continue
-        low = int(s.min())
-        high = int(e.max())
-        for chunk in range(low, high, _CHUNK_MINUTES * minute):
-            stop = chunk + _CHUNK_MINUTES * minute
-            hit = (s < stop) & (e > chunk)
-            cs = np.maximum(s[hit], chunk)
-            ce = np.minimum(e[hit], stop)
-            counts = (ce - cs + minute - 1) // minute  # buckets b = cs, cs + minute, ... below ce
-            spans = np.repeat(np.arange(len(cs)), counts)
-            offsets = np.zeros(len(cs), dtype=np.int64)
-            np.cumsum(counts[:-1], out=offsets[1:])
-            step = np.arange(len(spans), dtype=np.int64) - offsets[spans]
-            _group("stream", segment, cs[spans] + step * minute, who[hit][spans], len(names), out)
-    return SideReach(names, out)
+    del order, winners, users, times, first, same
+
+    def groups() -> Iterator[Minute]:
+        chunk_ms = _CHUNK_MINUTES * minute
+        for code, segment in enumerate(seg_names):
+            if segment is None:
+                continue
+            mine = rows[segs == code]
+            mine = mine[live[mine]]
+            s, e, who = start[mine], end[mine], u[mine]
+            if not len(s):
+                continue
+            for chunk in range(int(s.min()), int(e.max()), chunk_ms):  # each bucket falls in one chunk
+                hit = (s < chunk + chunk_ms) & (e > chunk)
+                cs = np.maximum(s[hit], chunk)
+                ce = np.minimum(e[hit], chunk + chunk_ms)
+                counts = (ce - cs + minute - 1) // minute  # buckets b = cs, cs + minute, ... below ce
+                spans = np.repeat(np.arange(len(cs)), counts)
+                offsets = np.zeros(len(cs), dtype=np.int64)
+                np.cumsum(counts[:-1], out=offsets[1:])
+                step = np.arange(len(spans), dtype=np.int64) - offsets[spans]
+                yield from _group("stream", segment, cs[spans] + step * minute, who[hit][spans], len(names))
+
+    return names, groups()
+
+
+def legacy_minutes(table: pa.Table) -> SideReach:
+    """``legacy_reach`` as codes (see ``SideReach``)."""
+    names, groups = _legacy_groups(table)
+    return SideReach(names, dict(groups))
+
+
+def stream_minutes(table: pa.Table, horizon_ms: int) -> SideReach:
+    """``stream_reach`` as codes (see ``SideReach``): the settled timelines' spans, expanded into minutes."""
+    names, groups = _stream_groups(table, horizon_ms)
+    return SideReach(names, dict(groups))
 
 
 def _sketch(names: list[str], codes: np.ndarray) -> Any:
@@ -298,29 +309,37 @@ def _sketch(names: list[str], codes: np.ndarray) -> Any:
 
 
 def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: ReachPort | None = None) -> Reach:
-    """Both sides' reach per minute and hour: exact, HLL, and (with ``store``) the serving store's count."""
-    sides = {"legacy": legacy_minutes(legacy), "stream": stream_minutes(stream, horizon_ms)}
+    """Both sides' reach per minute and hour: exact, HLL, and (with ``store``) the serving store's count.
+
+    The minutes are computed side by side and segment by segment (``_legacy_groups``, ``_stream_groups``)
+    and each is dropped once counted and sketched: an hour's exact count comes from a bitmap of its users.
+    """
     hour = GRAINS["hour"]
     hour_parts: dict[Key, list[int]] = defaultdict(list)
     exact: dict[Key, int] = {}
     minute_sketches = {}
-    for side, reach in sides.items():
-        hour_users: dict[Key, list[np.ndarray]] = defaultdict(list)
-        for key, codes in reach.minutes.items():
-            _, seg, _, b = key
+    for side, (names, groups) in (
+        ("legacy", _legacy_groups(legacy)),
+        ("stream", _stream_groups(stream, horizon_ms)),
+    ):
+        hour_users: dict[Key, np.ndarray] = {}
+        for key, codes in groups:
+            _, seg, grain, b = key
             hour_key = (side, seg, "hour", bucket_of(b, hour))
-            hour_users[hour_key].append(codes)
+            seen = hour_users.get(hour_key)
+            if seen is None:
+                seen = hour_users[hour_key] = np.zeros(len(names), dtype=np.bool_)
+            seen[codes] = True
             hour_parts[hour_key].append(b)
             exact[key] = len(codes)
-            minute_sketches[key] = _sketch(reach.names, codes)
-        for hour_key, minutes in hour_users.items():
-            exact[hour_key] = len(_distinct(np.concatenate(minutes)))
+            minute_sketches[key] = _sketch(names, codes)
+            if store is not None:
+                store.add(side, seg, grain, b, [names[c] for c in codes.tolist()])
+        for hour_key, seen in hour_users.items():
+            exact[hour_key] = int(np.count_nonzero(seen))
     bounds = {"minute": hll_bound(False), "hour": hll_bound(True)}
     redis_counts: dict[Key, int] = {}
     if store is not None:
-        for side, reach in sides.items():
-            for (_, seg, grain, b), codes in reach.minutes.items():
-                store.add(side, seg, grain, b, [reach.names[c] for c in codes.tolist()])
         for (side, seg, grain, b), parts in hour_parts.items():
             store.merge(side, seg, grain, b, parts, "minute")
         for key in exact:
