@@ -186,16 +186,17 @@ def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 def _user_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
     encoded = pc.dictionary_encode(_combined(column))
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return codes, encoded.dictionary.to_pylist()
 
 
 def _flat_segments(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(row of each listed name, the name's code, the codes' names): every (row, segment) of a list column."""
     lists = _combined(column)
-    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = np.int32 if len(lists) < 2**31 else np.int64  # int32 when it fits: half the memory
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(rows)
     encoded = pc.dictionary_encode(pc.list_flatten(lists))
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return parents, codes, encoded.dictionary.to_pylist()
 
 
@@ -228,7 +229,7 @@ def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
     rows, segs, seg_names = _flat_segments(table.column("segments"))
-    as_of = table.column("as_of").to_numpy().astype(np.int64)
+    as_of = table.column("as_of").to_numpy().astype(np.int64, copy=False)
 
     def groups() -> Iterator[Minute]:
         for code, segment in enumerate(seg_names):
@@ -245,8 +246,8 @@ def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
 def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
-    times = table.column("effective_time").to_numpy().astype(np.int64)
-    revisions = table.column("revision").to_numpy().astype(np.int64)
+    times = table.column("effective_time").to_numpy().astype(np.int64, copy=False)
+    revisions = table.column("revision").to_numpy().astype(np.int64, copy=False)
     n = len(times)
     if n == 0:
         return names, iter(())
