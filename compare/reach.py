@@ -21,12 +21,14 @@ the serialized sketches, so runs and shards can be merged later.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections import defaultdict, deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from segments.sketches import (
     GRAINS,
@@ -35,9 +37,9 @@ from segments.sketches import (
     REDIS_HLL_BOUND,
     bucket_of,
     hll_bound,
-    hll_of,
     hll_to_text,
     merge_hll,
+    new_hll,
     relative_error,
 )
 from segments.timeutil import format_ms
@@ -161,35 +163,197 @@ class Reach:
         return {"summary": self.summary(), "series": [r.to_dict() for r in self.rows]}
 
 
+# ---- the same reach as columns (what ``build_reach`` uses) ------------------------------------------------
+
+_CHUNK_MINUTES = 64  # minute buckets expanded at once for one segment of a stream (bounds the memory)
+Minute = tuple[Key, np.ndarray]
+"""A minute bucket's key and its users' sorted codes."""
+
+
+@dataclass(frozen=True)
+class SideReach:
+    """One side's exact minute reach as integer codes: ``minutes[key]`` holds the sorted codes of its users,
+    ``names[code]`` is a user's id. The same sets as ``legacy_reach`` / ``stream_reach``, without a Python
+    object per (bucket, user)."""
+
+    names: list[str]
+    minutes: dict[Key, np.ndarray]
+
+
+def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def _user_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
+    encoded = pc.dictionary_encode(_combined(column))
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return codes, encoded.dictionary.to_pylist()
+
+
+def _flat_segments(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(row of each listed name, the name's code, the codes' names): every (row, segment) of a list column."""
+    lists = _combined(column)
+    rows = np.int32 if len(lists) < 2**31 else np.int64  # int32 when it fits: half the memory
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(rows)
+    encoded = pc.dictionary_encode(pc.list_flatten(lists))
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+    return parents, codes, encoded.dictionary.to_pylist()
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values (a sort and a comparison: several times faster here than ``np.unique``)."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=np.bool_)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _group(side: str, segment: str, bucket: np.ndarray, user: np.ndarray, users: int) -> Iterator[Minute]:
+    """The distinct users (sorted int32 codes) of each minute bucket among rows of bucket starts and user codes."""
+    if not len(bucket):
+        return
+    minute = GRAINS["minute"]
+    first = int(bucket.min())
+    keys = _distinct((bucket - first) // minute * users + user)
+    slots = keys // users
+    cuts = np.flatnonzero(np.diff(slots)) + 1
+    for part in np.split(keys, cuts):
+        b = first + int(part[0] // users) * minute
+        yield (side, segment, "minute", b), (part % users).astype(np.int32)
+
+
+def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
+    minute = GRAINS["minute"]
+    users, names = _user_codes(table.column("user_id"))
+    rows, segs, seg_names = _flat_segments(table.column("segments"))
+    as_of = table.column("as_of").to_numpy().astype(np.int64, copy=False)
+
+    def groups() -> Iterator[Minute]:
+        for code, segment in enumerate(seg_names):
+            if segment is None:
+                continue
+            mine = rows[segs == code]
+            bucket = as_of[mine]
+            bucket -= bucket % minute
+            yield from _group("legacy", segment, bucket, users[mine], len(names))
+
+    return names, groups()
+
+
+def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterator[Minute]]:
+    minute = GRAINS["minute"]
+    users, names = _user_codes(table.column("user_id"))
+    times = table.column("effective_time").to_numpy().astype(np.int64, copy=False)
+    revisions = table.column("revision").to_numpy().astype(np.int64, copy=False)
+    n = len(times)
+    if n == 0:
+        return names, iter(())
+    # per (user, time) the highest revision wins, the first in input order among equals
+    order = np.lexsort((np.arange(n), -revisions, times, users))
+    del revisions
+    u, t = users[order], times[order]
+    first = np.ones(n, dtype=np.bool_)
+    first[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
+    winners = order[first]
+    u, t = u[first], t[first]
+    end = np.full(len(u), horizon_ms + 1, dtype=np.int64)
+    same = u[1:] == u[:-1]
+    end[:-1][same] = np.minimum(t[1:][same], horizon_ms + 1)
+    start = t - t % minute
+    live = (t <= horizon_ms) & (end > start)
+    rows, segs, seg_names = _flat_segments(table.column("segments").take(pa.array(winners)))
+    del order, winners, users, times, first, same
+
+    def groups() -> Iterator[Minute]:
+        chunk_ms = _CHUNK_MINUTES * minute
+        for code, segment in enumerate(seg_names):
+            if segment is None:
+                continue
+            mine = rows[segs == code]
+            mine = mine[live[mine]]
+            s, e, who = start[mine], end[mine], u[mine]
+            if not len(s):
+                continue
+            for chunk in range(int(s.min()), int(e.max()), chunk_ms):  # each bucket falls in one chunk
+                hit = (s < chunk + chunk_ms) & (e > chunk)
+                cs = np.maximum(s[hit], chunk)
+                ce = np.minimum(e[hit], chunk + chunk_ms)
+                counts = (ce - cs + minute - 1) // minute  # buckets b = cs, cs + minute, ... below ce
+                spans = np.repeat(np.arange(len(cs)), counts)
+                offsets = np.zeros(len(cs), dtype=np.int64)
+                np.cumsum(counts[:-1], out=offsets[1:])
+                step = np.arange(len(spans), dtype=np.int64) - offsets[spans]
+                yield from _group("stream", segment, cs[spans] + step * minute, who[hit][spans], len(names))
+
+    return names, groups()
+
+
+def legacy_minutes(table: pa.Table) -> SideReach:
+    """``legacy_reach`` as codes (see ``SideReach``)."""
+    names, groups = _legacy_groups(table)
+    return SideReach(names, dict(groups))
+
+
+def stream_minutes(table: pa.Table, horizon_ms: int) -> SideReach:
+    """``stream_reach`` as codes (see ``SideReach``): the settled timelines' spans, expanded into minutes."""
+    names, groups = _stream_groups(table, horizon_ms)
+    return SideReach(names, dict(groups))
+
+
+def _sketch(names: list[str], codes: np.ndarray) -> Any:
+    sketch = new_hll()
+    deque(map(sketch.update, map(names.__getitem__, codes.tolist())), maxlen=0)
+    return sketch
+
+
 def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: ReachPort | None = None) -> Reach:
-    """Both sides' reach per minute and hour: exact, HLL, and (with ``store``) the serving store's count."""
-    minutes: dict[Key, set[str]] = {**legacy_reach(legacy), **stream_reach(stream, horizon_ms)}
+    """Both sides' reach per minute and hour: exact, HLL, and (with ``store``) the serving store's count.
+
+    The minutes are computed side by side and segment by segment (``_legacy_groups``, ``_stream_groups``)
+    and each is dropped once counted and sketched: an hour's exact count comes from a bitmap of its users.
+    """
     hour = GRAINS["hour"]
-    hours: dict[Key, set[str]] = defaultdict(set)
     hour_parts: dict[Key, list[int]] = defaultdict(list)
-    for (side, seg, _, b), users in minutes.items():
-        key = (side, seg, "hour", bucket_of(b, hour))
-        hours[key] |= users
-        hour_parts[key].append(b)
-    minute_sketches = {key: hll_of(users) for key, users in minutes.items()}
+    exact: dict[Key, int] = {}
+    minute_sketches = {}
+    for side, (names, groups) in (
+        ("legacy", _legacy_groups(legacy)),
+        ("stream", _stream_groups(stream, horizon_ms)),
+    ):
+        hour_users: dict[Key, np.ndarray] = {}
+        for key, codes in groups:
+            _, seg, grain, b = key
+            hour_key = (side, seg, "hour", bucket_of(b, hour))
+            seen = hour_users.get(hour_key)
+            if seen is None:
+                seen = hour_users[hour_key] = np.zeros(len(names), dtype=np.bool_)
+            seen[codes] = True
+            hour_parts[hour_key].append(b)
+            exact[key] = len(codes)
+            minute_sketches[key] = _sketch(names, codes)
+            if store is not None:
+                store.add(side, seg, grain, b, [names[c] for c in codes.tolist()])
+        for hour_key, seen in hour_users.items():
+            exact[hour_key] = int(np.count_nonzero(seen))
     bounds = {"minute": hll_bound(False), "hour": hll_bound(True)}
     redis_counts: dict[Key, int] = {}
     if store is not None:
-        for (side, seg, grain, b), users in minutes.items():
-            store.add(side, seg, grain, b, users)
         for (side, seg, grain, b), parts in hour_parts.items():
             store.merge(side, seg, grain, b, parts, "minute")
-        for key in [*minutes, *hours]:
+        for key in exact:
             redis_counts[key] = store.count(*key)
     rows: list[ReachRow] = []
-    for key, users in sorted({**minutes, **hours}.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])):
+    for key in sorted(exact):
         side, seg, grain, b = key
         if grain == "minute":
             sketch = minute_sketches[key]
         else:
             sketch = merge_hll(minute_sketches[(side, seg, "minute", part)] for part in hour_parts[key])
         estimate = sketch.get_estimate()
-        error = relative_error(estimate, len(users))
+        error = relative_error(estimate, exact[key])
         redis = redis_counts.get(key)
         rows.append(
             ReachRow(
@@ -197,12 +361,12 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
                 seg,
                 grain,
                 b,
-                len(users),
+                exact[key],
                 estimate,
                 error,
                 error <= bounds[grain],
                 redis,
-                None if redis is None else relative_error(redis, len(users)),
+                None if redis is None else relative_error(redis, exact[key]),
                 hll_to_text(sketch),
             )
         )

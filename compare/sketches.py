@@ -23,6 +23,7 @@ from typing import Any
 
 import datasketches as ds
 import numpy as np
+import pyarrow as pa
 
 from compare.approximate import bound_summary
 from compare.inputs import ComparisonInputs
@@ -81,34 +82,36 @@ class SketchEvidence:
         }
 
 
-def _streams(inputs: ComparisonInputs, mismatches: Mismatches) -> dict[str, list[int]]:
+def _streams(inputs: ComparisonInputs, mismatches: Mismatches) -> dict[str, np.ndarray]:
     """Event positions (log order) behind each source."""
     frame = inputs.events
     windows = mismatches.causes.windows
     late = (~frame.too_late) & (frame.arrival_time - frame.event_time > inputs.params.max_out_of_orderness_ms)
     return {
-        "mismatches": windows.events.tolist(),
-        "dead_letters": np.flatnonzero(frame.too_late).tolist(),
-        "late_events": np.flatnonzero(late).tolist(),
+        "mismatches": windows.events,
+        "dead_letters": np.flatnonzero(frame.too_late),
+        "late_events": np.flatnonzero(late),
     }
 
 
 def build_heavy(inputs: ComparisonInputs, mismatches: Mismatches) -> dict[str, dict[str, Any]]:
-    """Heavy hitters per source and dimension (see the module doc)."""
+    """Heavy hitters per source and dimension (see the module doc).
+
+    Only the events behind a source become Python strings (a column's ``take``), never the whole log.
+    """
     events = inputs.log.events if inputs.log is not None else None
-    user_ids = inputs.events.user_id.to_pylist()
-    kinds = inputs.events.kind.to_pylist()
     out: dict[str, dict[str, Any]] = {}
     rejected = [f"rejected:{r.reason}" for r in inputs.log.rejected] if inputs.log is not None else []
     for source, positions in _streams(inputs, mismatches).items():
+        taken = pa.array(positions, pa.int64())
         per: dict[str, Any] = {}
         for dimension in DIMENSIONS:
             if dimension == "user":
-                items: list[str] = [user_ids[p] for p in positions]
+                items: list[str] = inputs.events.user_id.take(taken).to_pylist()
             elif dimension == "kind":
-                items = [kinds[p] for p in positions] + (rejected if source == "dead_letters" else [])
+                items = inputs.events.kind.take(taken).to_pylist() + (rejected if source == "dead_letters" else [])
             else:
-                merchants = [events[p].merchant for p in positions] if events is not None else []
+                merchants = [events[p].merchant for p in positions.tolist()] if events is not None else []
                 items = [m for m in merchants if m is not None]
             rows, total, epsilon = heavy_hitters(items)
             per[dimension] = {"total": total, "epsilon": epsilon, "top": [r.to_dict() for r in rows]}
