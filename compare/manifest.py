@@ -82,8 +82,12 @@ def comparison_artifacts(
     stream_latency: str | Path | None = None,
     noise_legacy: str | Path | None = None,
     noise_stream: str | Path | None = None,
+    declared: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Path]:
-    """The artifacts of one comparison by role (those that exist; the required ones always)."""
+    """The artifacts of one comparison by role (those that exist; the required ones always).
+
+    A side in ``declared`` was read without a sidecar (``compare.foreign``): it has no ``*_meta`` role.
+    """
     out = Path(out_dir)
     roles: dict[str, Path | None] = {
         "parity": out / "parity.json",
@@ -102,6 +106,10 @@ def comparison_artifacts(
         "noise_legacy": Path(noise_legacy) if noise_legacy is not None else None,
         "noise_stream": Path(noise_stream) if noise_stream is not None else None,
     }
+    for side in declared:
+        roles[f"{side}_meta"] = None
+    if "stream" in declared:
+        roles["stream_deadletter"] = None
     return {role: path for role, path in roles.items() if path is not None and (role in REQUIRED or path.exists())}
 
 
@@ -150,6 +158,9 @@ def seal(
         "verdict": data["verdict"],
         "artifacts": entries,
     }
+    if data.get("provenance"):
+        # Sides read without a sidecar: what made them was declared on the command line, not verified.
+        manifest["provenance"] = data["provenance"]
     target = out / MANIFEST
     temp = out / (MANIFEST + ".partial")
     with open(temp, "w", encoding="utf-8") as handle:
