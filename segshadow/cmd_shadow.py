@@ -75,6 +75,10 @@ def run(
     redis_url: RedisOpt = None,
     data_dir: DataDirOpt = None,
     fail_on: FailOnOpt = "defects",
+    transform: Annotated[
+        str | None,
+        typer.Option("--transform", help="your own Beam PTransform (package.module:name) as the stream side"),
+    ] = None,
 ) -> None:
     """The main job: dual-write events to both sides, run legacy and stream, compare, and report.
 
@@ -90,6 +94,13 @@ def run(
         raise UsageError("--every must be positive")
     params = gate_params(max_out_of_orderness, allowed_lateness)
     ruleset = load_ruleset(rules or workload or "clickstream")
+    own = None
+    if transform is not None:
+        if live:
+            raise UsageError("--transform runs in replay mode only, not with --live")
+        from streaming.byo import load_transform
+
+        own = load_transform(transform)
     out.mkdir(parents=True, exist_ok=True)
     where = settings(database_url or None, redis_url, data_dir)
     # A database given by --database-url or SEGSHADOW_DATABASE_URL (SQLite included) is used as given;
@@ -132,7 +143,7 @@ def run(
     else:
         assert events is not None
         input_path = events
-    plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args))
+    plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args), transform=own)
     with redis_endpoint(where.redis_url) as url, progress_bars(_STAGES, transient=False) as bars:
         report = run_shadow(plan, input_path, db, url, bars)
         keep_serving(url, out)
