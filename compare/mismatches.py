@@ -163,12 +163,31 @@ class _Arithmetic:
         self.ruleset = ruleset
         self.window = format_duration_ms(ruleset.span_ms)
         self.facts = [facts[k] for k in flat]
-        self.money = {a.name for a in ruleset.aggregates if a.is_money}
-        self.rules = {s.name: s.when for s in ruleset.segments}
+        self.money = frozenset(a.name for a in ruleset.aggregates if a.is_money)
+        self.conditions = {s.name: s.when for s in ruleset.segments}
+        self._rules: dict[int, dict[str, Any]] = {}  # by the mask of differing segments (few distinct)
 
     def values(self, chosen: list[FactLike], t: int) -> dict[str, Any]:
-        raw = self.ruleset.aggregate(chosen, t)
-        return {name: money_text(v) if name in self.money else v for name, v in raw.items()}
+        money = self.money
+        return {
+            a.name: money_text(v) if a.name in money else v
+            for a in self.ruleset.aggregates
+            for v in (a.value(chosen, t),)
+        }
+
+    def rules(self, differ: int, codec: SegmentCodec) -> dict[str, Any]:
+        found = self._rules.get(differ)
+        if found is None:
+            found = {
+                name: {
+                    "needs": condition_text(self.conditions[name], self.money),
+                    "reads": condition_aggregates(self.conditions[name]),
+                }
+                for name in codec.decode(differ)
+                if name in self.conditions
+            }
+            self._rules[differ] = found
+        return found
 
     def at(
         self, t: int, lo: int, seen: list[bool], applied: list[bool], differ: int, codec: SegmentCodec
@@ -176,15 +195,10 @@ class _Arithmetic:
         window = self.facts[lo : lo + len(seen)]
         legacy = self.values([f for f, s in zip(window, seen, strict=True) if s], t)
         stream = legacy if seen == applied else self.values([f for f, a in zip(window, applied, strict=True) if a], t)
-        rules = {
-            name: {
-                "needs": condition_text(self.rules[name], self.money),
-                "reads": condition_aggregates(self.rules[name]),
-            }
-            for name in codec.decode(differ)
-            if name in self.rules
+        return {
+            "aggregates": {"window": self.window, "legacy": legacy, "stream": stream},
+            "rules": self.rules(differ, codec),
         }
-        return {"aggregates": {"window": self.window, "legacy": legacy, "stream": stream}, "rules": rules}
 
 
 def money_text(micros: int) -> str:

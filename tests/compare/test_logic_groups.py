@@ -24,16 +24,16 @@ CLICK = load_ruleset("clickstream")
 EXACT_USERS = 12
 
 
-def _ge100(directory: Path) -> Path:
-    """clickstream with high_value at ``>= 100`` (a rule-set stand-in for examples/byo/clickstream_ge100.sql)."""
-    text = resources.files("segments").joinpath("rulesets", "clickstream.yaml").read_text(encoding="utf-8")
-    changed = text.replace("name: clickstream", "name: clickstream-ge100").replace(
-        'op: ">", value: 100', 'op: ">=", value: 100'
-    )
-    assert changed.count(">=") == text.count(">=") + 1  # the threshold really changed
-    path = directory / "clickstream_ge100.yaml"
-    path.write_text(changed, encoding="utf-8")
-    return path
+GE100 = Path(__file__).resolve().parents[2] / "examples" / "byo" / "clickstream_ge100.yaml"
+
+
+def test_the_variant_differs_from_clickstream_only_in_the_threshold() -> None:
+    """examples/byo/clickstream_ge100.yaml (a rule-set stand-in for h18a's clickstream_ge100.sql)."""
+    shipped = resources.files("segments").joinpath("rulesets", "clickstream.yaml").read_text(encoding="utf-8")
+    variant = GE100.read_text(encoding="utf-8")
+    changed = [(a, b) for a, b in zip(shipped.splitlines(), variant.splitlines(), strict=True) if a != b]
+    assert [b for _, b in changed if "when:" in b] == ['    when: {agg: net_spend, op: ">=", value: 100}']
+    assert all(("when:" in b) or b.startswith(("#", "name:", "    description:")) for _, b in changed)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
                          "arrival_time": t + dt, "kind": "purchase", "amount": amount}
                     ) + "\n"
                 )  # fmt: skip
-    ge100 = load_ruleset(str(_ge100(d)))
+    ge100 = load_ruleset(str(GE100))
     with SqlStore.open(f"sqlite:///{d / 'db.sqlite'}") as store:
         run_legacy(events, ge100, 300_000, d / "legacy.jsonl", store)
     run_replay(events, d / "stream.jsonl", StreamConfig(CLICK))
