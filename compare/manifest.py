@@ -11,7 +11,8 @@ finished. ``seal`` is the run's last step: it writes the manifest atomically
 
     {"format": "segshadow-evidence/1", "generated_at": <parity.json's>, "sealed_at": "...Z",
      "code_version": "segshadow X.Y.Z", "ruleset": {name, version, digest}, "params": {...},
-     "verdict": "...", "artifacts": {ROLE: {"path", "sha256", "bytes"}}}
+     "verdict": "...", "artifacts": {ROLE: {"path", "sha256", "bytes"}},
+     "provenance": {"legacy": {"source": "sidecar" | "declared", ...}, "stream": {...}, "shared_ruleset"}}
 
 Roles: ``parity``, ``mismatches``, ``events``, ``legacy``, ``legacy_meta``,
 ``stream``, ``stream_meta`` always; ``stream_latency`` (the live samples),
@@ -159,7 +160,7 @@ def seal(
         "artifacts": entries,
     }
     if data.get("provenance"):
-        # Sides read without a sidecar: what made them was declared on the command line, not verified.
+        # Each side's source: "sidecar" (checked) or "declared" on the command line (not verified).
         manifest["provenance"] = data["provenance"]
     target = out / MANIFEST
     temp = out / (MANIFEST + ".partial")
