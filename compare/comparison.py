@@ -23,6 +23,7 @@ from compare.alignment import Alignment, Cells, DuplicateCell, Side, align, lega
 from compare.approximate import ApproxBounds, reclassify
 from compare.causes import UNEXPLAINED, Causes, classify
 from compare.drift import drift_section
+from compare.foreign import ForeignOutput, write_legacy_lines
 from compare.frames import SegmentCodec, UserIndex
 from compare.groundtruth import GroundTruth, evaluate, present_cells, tiers
 from compare.inputs import ComparisonInputs, GateFlags, NoiseInput, load_inputs
@@ -36,7 +37,7 @@ from compare.latency import (
     summarize,
 )
 from compare.manifest import begin, comparison_artifacts, seal
-from compare.mismatches import Mismatches
+from compare.mismatches import Mismatches, logic_groups
 from compare.parity import AsOfAgreement, NoiseFloor, ParityResult, SegmentCounts
 from compare.reach import ReachPort
 from compare.sketches import SketchEvidence, build_sketch_evidence
@@ -182,7 +183,18 @@ def compare_inputs(
     causes = classify(m_user, m_time, events, frame.arrival_time, frame.too_late, frame.relevant, ruleset.span_ms)
     if ruleset.approximate and inputs.log is not None:
         causes = approximate_causes(inputs, causes, users, codec, m_user, m_time, right)
-    mismatches = Mismatches(m_time, m_user, left, right, causes, users, codec, frame)
+    mismatches = Mismatches(
+        m_time,
+        m_user,
+        left,
+        right,
+        causes,
+        users,
+        codec,
+        frame,
+        ruleset=ruleset,
+        facts=inputs.log.events if inputs.log is not None else None,
+    )
     per_segment = {
         name: SegmentCounts(*counts)
         for name, counts in zip(codec.names, alignment.per_bit(len(codec.names)), strict=True)
@@ -223,6 +235,10 @@ def compare_inputs(
         },
         inputs=dict(inputs.paths),
         drift=drift,
+        provenance=dict(inputs.provenance) or None,
+        unexplained_groups=(
+            logic_groups(mismatches, side_rules=inputs.side_rules) if causes.counts()["unexplained"] else None
+        ),
     )
     evidence = build_sketch_evidence(inputs, mismatches, reach_store) if sketches else None
     return Comparison(result, mismatches, evidence)
@@ -339,6 +355,10 @@ def run_comparison(
     clock: Clock = wall_clock_ms,
     seal_outputs: bool = True,
     reach_store: ReachPort | None = None,
+    legacy_rules: RuleSet | None = None,
+    stream_rules: RuleSet | None = None,
+    legacy_foreign: ForeignOutput | None = None,
+    stream_foreign: ForeignOutput | None = None,
 ) -> ParityResult:
     """Compare a legacy and a stream output of the same events and rule set; write the outputs to ``out_dir``.
 
@@ -347,6 +367,8 @@ def run_comparison(
     file when the caller has it loaded. With ``out_dir``, the directory is marked
     incomplete first and sealed last (``compare.manifest``); a caller that writes
     more files after the comparison passes ``seal_outputs=False`` and seals itself.
+    ``legacy_rules`` / ``stream_rules`` / ``legacy_foreign`` / ``stream_foreign``: see
+    ``compare.inputs.load_inputs`` (a side read without a sidecar is sealed without one).
     Raises ``InputError`` (and other ``SegshadowError``) for inputs that cannot be
     compared; never exits.
     """
@@ -365,7 +387,13 @@ def run_comparison(
         noise_stream=noise_stream,
         stream_latency=live,
         event_log=event_log,
+        legacy_rules=legacy_rules,
+        stream_rules=stream_rules,
+        legacy_foreign=legacy_foreign,
+        stream_foreign=stream_foreign,
     )
+    if out_dir is not None and legacy_foreign is not None and legacy_foreign.format == "sql":
+        write_legacy_lines(legacy_path, inputs.legacy)  # what the query returned, sealed with the run
     comparison = compare_inputs(inputs, clock, reach_store=reach_store)
     if out_dir is not None:
         from compare.report import write_outputs
@@ -380,6 +408,7 @@ def run_comparison(
                 stream_latency=stream_latency,
                 noise_legacy=noise_legacy,
                 noise_stream=noise_stream,
+                declared={side for side, f in (("legacy", legacy_foreign), ("stream", stream_foreign)) if f},
             )
             seal(out_dir, comparison.result, artifacts, clock)
     return comparison.result

@@ -26,6 +26,15 @@ otherwise recomputed with SPEC §3 and checked against ``as_of_count``,
 ``max_out_of_orderness_ms``, ``allowed_lateness_ms``, ``counts.transitions``,
 ``dead_letter_path`` (a name beside the output; default ``FILE.deadletter.jsonl``).
 
+A side may also come without a sidecar (``compare.foreign``: JSON Lines, CSV,
+Parquet or a SQL query): then nothing above is checked for it, what the sidecar
+would state comes from the flags, and ``provenance`` records it as ``declared``.
+Each side may declare its own rule set (``legacy_rules`` / ``stream_rules``), and a
+sidecar may state that the side ran the team's own logic rather than a rule set
+(``ruleset.logic``: ``{"kind": "transform" | "sql", "ref", "sha256"}``, its digest
+standing where the rule set's would); either way the sides then do not share one
+rule set, and ``provenance.shared_ruleset`` says so.
+
 Lines rejected before the events file was written (``shadow run``'s
 ``ingest.deadletter.jsonl`` in the events file's directory, or ``data import``'s
 ``EVENTS.rejected.jsonl`` beside it) are not in the events file; ``ingest_rejections``
@@ -45,6 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from compare.foreign import ForeignOutput, read_foreign_legacy, read_foreign_stream
 from compare.frames import LEGACY_SCHEMA, STREAM_SCHEMA, EventFrame, legacy_table, stream_table
 from legacy_batch.schedule import DEFAULT_EVERY_MS, as_of_times
 from segments.durations import format_duration_ms
@@ -178,8 +188,22 @@ def read_sidecar(path: str | Path, side: str) -> dict[str, Any]:
     return read_meta(path)
 
 
+def own_logic(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The team's own logic a side's sidecar states it ran (``ruleset.logic``), or None."""
+    raw = meta.get("ruleset")
+    logic = raw.get("logic") if isinstance(raw, Mapping) else None
+    if isinstance(logic, Mapping) and isinstance(logic.get("kind"), str) and isinstance(logic.get("ref"), str):
+        return {"kind": logic["kind"], "ref": logic["ref"], "sha256": logic.get("sha256")}
+    return None
+
+
 def check_ruleset(meta: Mapping[str, Any], path: str | Path, side: str, ruleset: RuleSet) -> None:
-    """Refuse an output made with another rule set (name, version or digest) than ``ruleset``."""
+    """Refuse an output made with another rule set (name, version or digest) than ``ruleset``.
+
+    A sidecar that states the side ran its own logic (``own_logic``) is not held to the digest.
+    """
+    if own_logic(meta) is not None:
+        return
     name, version, digest = _ruleset_of(meta)
     if name is None and digest is None:
         raise InputError(f"the {side} output's sidecar names no rule set", str(path))
@@ -444,6 +468,34 @@ class ComparisonInputs:
     paths: Mapping[str, str] = field(default_factory=dict)
     log: EventLog | None = field(default=None, repr=False)  # the events themselves (sketch evidence reads them)
     ingest: Mapping[str, Any] | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # see ``side_provenance``
+    side_rules: Mapping[str, RuleSet] = field(default_factory=dict)  # the rule set each side declares
+
+    @property
+    def shared_ruleset(self) -> bool:
+        return bool(self.provenance.get("shared_ruleset", True))
+
+
+def side_provenance(
+    meta: Mapping[str, Any] | None, rules: RuleSet, foreign: ForeignOutput | None
+) -> dict[str, Any]:
+    """What made one side and how we know: ``{"source": "sidecar" | "declared", "ruleset", "digest", "logic"}``."""
+    logic = own_logic(meta) if meta is not None else None
+    out: dict[str, Any] = {
+        "source": "declared" if foreign is not None else "sidecar",
+        "ruleset": rules.ref,
+        "digest": rules.digest,
+        "logic": logic,
+    }
+    if foreign is not None:
+        out["format"] = foreign.format
+        out["read_from"] = foreign.label
+    return out
+
+
+def _logic_key(side: Mapping[str, Any]) -> tuple[Any, ...]:
+    logic = side.get("logic")
+    return (logic["kind"], logic["ref"], logic.get("sha256")) if logic else ("ruleset", side["digest"])
 
 
 def ingest_deadletter_file(events_path: str | Path) -> Path | None:
@@ -477,14 +529,31 @@ def load_inputs(
     noise_stream: str | Path | None = None,
     stream_latency: np.ndarray | None = None,
     event_log: EventLog | None = None,
+    legacy_rules: RuleSet | None = None,
+    stream_rules: RuleSet | None = None,
+    legacy_foreign: ForeignOutput | None = None,
+    stream_foreign: ForeignOutput | None = None,
 ) -> ComparisonInputs:
-    """Read and cross-check the inputs of one comparison (``event_log``: the events file, already loaded)."""
+    """Read and cross-check the inputs of one comparison (``event_log``: the events file, already loaded).
+
+    ``legacy_rules`` / ``stream_rules``: the rule set each side declares (default ``ruleset``, which the
+    comparison evaluates causes and aggregates with). ``legacy_foreign`` / ``stream_foreign``: that side has
+    no sidecar and is read as described (its provenance is declared by the flags, not verified).
+    """
     events_sha256 = file_sha256(events_path)
-    legacy_meta = read_sidecar(legacy_path, "legacy")
-    stream_meta = read_sidecar(stream_path, "stream")
+    rules = {"legacy": legacy_rules or ruleset, "stream": stream_rules or ruleset}
+    foreign = {"legacy": legacy_foreign, "stream": stream_foreign}
+    legacy_meta = read_sidecar(legacy_path, "legacy") if legacy_foreign is None else {}
+    stream_meta = read_sidecar(stream_path, "stream") if stream_foreign is None else {}
     for meta, path, side in ((legacy_meta, legacy_path, "legacy"), (stream_meta, stream_path, "stream")):
-        check_ruleset(meta, path, side, ruleset)
-        check_events(meta, path, side, events_sha256)
+        if foreign[side] is None:
+            check_ruleset(meta, path, side, rules[side])
+            check_events(meta, path, side, events_sha256)
+    provenance: dict[str, Any] = {
+        "legacy": side_provenance(legacy_meta, rules["legacy"], legacy_foreign),
+        "stream": side_provenance(stream_meta, rules["stream"], stream_foreign),
+    }
+    provenance["shared_ruleset"] = _logic_key(provenance["legacy"]) == _logic_key(provenance["stream"])
     gate = resolve_params(stream_meta, stream_path, params)
     log = event_log if event_log is not None else load_event_log(events_path)
     dead_path = dead_letter_file(stream_meta, stream_path)
@@ -494,10 +563,16 @@ def load_inputs(
         dead = DeadLetters(frozenset(too_late_ids(log.events, gate)), len(log.rejected), "recomputed")
     frame = EventFrame.from_log(log, set(dead.too_late), ruleset)
     schedule = resolve_schedule(legacy_meta, legacy_path, frame, every_ms)
-    legacy = read_legacy(legacy_path)
-    check_rows(legacy, legacy_meta, legacy_path, "legacy")
-    stream = read_stream(stream_path)
-    check_rows(stream, stream_meta, stream_path, "stream")
+    if legacy_foreign is None:
+        legacy = read_legacy(legacy_path)
+        check_rows(legacy, legacy_meta, legacy_path, "legacy")
+    else:
+        legacy = read_foreign_legacy(legacy_foreign)
+    if stream_foreign is None:
+        stream = read_stream(stream_path)
+        check_rows(stream, stream_meta, stream_path, "stream")
+    else:
+        stream = read_foreign_stream(stream_foreign)
     noise = []
     for side, second in (("legacy", noise_legacy), ("stream", noise_stream)):
         if second is None:
@@ -522,4 +597,6 @@ def load_inputs(
         {"events": str(events_path), "legacy": str(legacy_path), "stream": str(stream_path)},
         log,
         ingest_rejections(events_path),
+        provenance,
+        {side: rules[side] for side in rules if provenance[side]["logic"] is None},
     )

@@ -11,7 +11,8 @@ finished. ``seal`` is the run's last step: it writes the manifest atomically
 
     {"format": "segshadow-evidence/1", "generated_at": <parity.json's>, "sealed_at": "...Z",
      "code_version": "segshadow X.Y.Z", "ruleset": {name, version, digest}, "params": {...},
-     "verdict": "...", "artifacts": {ROLE: {"path", "sha256", "bytes"}}}
+     "verdict": "...", "artifacts": {ROLE: {"path", "sha256", "bytes"}},
+     "provenance": {"legacy": {"source": "sidecar" | "declared", ...}, "stream": {...}, "shared_ruleset"}}
 
 Roles: ``parity``, ``mismatches``, ``events``, ``legacy``, ``legacy_meta``,
 ``stream``, ``stream_meta`` always; ``stream_latency`` (the live samples),
@@ -145,8 +146,12 @@ def comparison_artifacts(
     stream_latency: str | Path | None = None,
     noise_legacy: str | Path | None = None,
     noise_stream: str | Path | None = None,
+    declared: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Path]:
-    """The artifacts of one comparison by role (those that exist; the required ones always)."""
+    """The artifacts of one comparison by role (those that exist; the required ones always).
+
+    A side in ``declared`` was read without a sidecar (``compare.foreign``): it has no ``*_meta`` role.
+    """
     out = Path(out_dir)
     roles: dict[str, Path | None] = {
         "parity": out / "parity.json",
@@ -165,6 +170,10 @@ def comparison_artifacts(
         "noise_legacy": Path(noise_legacy) if noise_legacy is not None else None,
         "noise_stream": Path(noise_stream) if noise_stream is not None else None,
     }
+    for side in declared:
+        roles[f"{side}_meta"] = None
+    if "stream" in declared:
+        roles["stream_deadletter"] = None
     return {role: path for role, path in roles.items() if path is not None and (role in REQUIRED or path.exists())}
 
 
@@ -215,7 +224,10 @@ def seal(
         "verdict": data["verdict"],
         "artifacts": entries,
     }
-    if key is not None:
+    if data.get("provenance"):
+        # Each side's source: "sidecar" (checked) or "declared" on the command line (not verified).
+        manifest["provenance"] = data["provenance"]
+    if key is not None:  # last: the signature covers everything above
         manifest["signature"] = {"alg": SIGNATURE_ALG, "key_id": key_id(key), "value": signature_value(manifest, key)}
     target = out / MANIFEST
     temp = out / (MANIFEST + ".partial")

@@ -7,7 +7,17 @@ One record of ``mismatches.jsonl``::
                  "seen_by_legacy": arrival <= as_of, "stream": "applied" | "dropped_too_late"}],
      "explanation": {"segments": <deepdiff of the two sets>,
                      "stream_only_events": [ids the stream applied that arrived after the as-of],
-                     "legacy_only_events": [ids legacy saw that the stream dropped as too late]}}
+                     "legacy_only_events": [ids legacy saw that the stream dropped as too late]},
+     "aggregates": {"window": "10m", "legacy": {"net_spend": "100", "views": 0, ...}, "stream": {...}},
+     "rules": {"high_value": {"needs": "net_spend > 100", "reads": ["net_spend"]}}}
+
+``aggregates`` (when the event log is at hand) are the rule set's aggregates at
+the as-of over each side's view of the window: legacy's (the events that had
+arrived by the as-of) and the stream's (the events it applied); money as exact
+decimal text. ``rules`` states, for each segment the sides disagree on, the
+condition it needs. Equal aggregates with different sets mean the two sides do
+not apply the same logic (a threshold or a window differs): ``logic_groups``
+gathers the unexplained mismatches by segment and by those values.
 
 ``events`` are the user's events in the window ``(as_of - span, as_of]`` of the
 kinds the rules read, by event time. The segment diff is computed by deepdiff
@@ -19,7 +29,8 @@ two sides saw differently and why that changes the set), never diff-library text
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +42,9 @@ from deepdiff import DeepDiff
 from compare.causes import CAUSES, UNEXPLAINED, Causes
 from compare.frames import EventFrame, SegmentCodec, UserIndex
 from segments.display import visible
-from segments.events import write_jsonl
+from segments.durations import format_duration_ms
+from segments.events import format_micros, write_jsonl
+from segments.rules import AllOf, Compare, Condition, FactLike, RuleSet
 from segments.timeutil import format_ms
 
 
@@ -48,6 +61,8 @@ class Mismatches:
     codec: SegmentCodec
     events: EventFrame
     _segment_diffs: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict, repr=False)
+    ruleset: RuleSet | None = None  # with ``facts``: each record states the aggregates of both views
+    facts: Sequence[FactLike] | None = field(default=None, repr=False)  # the events, in ``events``' order
 
     def __len__(self) -> int:
         return len(self.as_of)
@@ -88,6 +103,7 @@ class Mismatches:
         legacy = self.legacy[positions].tolist()
         stream = self.stream[positions].tolist()
         codes = self.causes.code[positions].tolist()
+        arithmetic = _Arithmetic(self.ruleset, self.facts, flat.tolist()) if self.ruleset and self.facts else None
         for j in range(len(positions)):
             t = as_ofs[j]
             lo = int(offsets[j])
@@ -110,7 +126,7 @@ class Mismatches:
                         "stream": "dropped_too_late" if dropped[k] else "applied",
                     }
                 )
-            yield {
+            record = {
                 "as_of": format_ms(t),
                 "user_id": names[j],
                 "legacy": list(self.codec.decode(legacy[j])),
@@ -123,6 +139,11 @@ class Mismatches:
                     "legacy_only_events": legacy_only,
                 },
             }
+            if arithmetic is not None:
+                seen_at = [arrivals[k] <= t for k in range(lo, lo + int(counts[j]))]
+                applied = [not dropped[k] for k in range(lo, lo + int(counts[j]))]
+                record.update(arithmetic.at(t, lo, seen_at, applied, legacy[j] ^ stream[j], self.codec))
+            yield record
 
     def _segment_diff(self, legacy: int, stream: int) -> dict[str, Any]:
         key = (legacy, stream)
@@ -133,6 +154,135 @@ class Mismatches:
             )
             self._segment_diffs[key] = diff
         return diff
+
+
+class _Arithmetic:
+    """The rule set's aggregates over each side's view of one mismatch's window, and the rules it tests."""
+
+    def __init__(self, ruleset: RuleSet, facts: Sequence[FactLike], flat: list[int]) -> None:
+        self.ruleset = ruleset
+        self.window = format_duration_ms(ruleset.span_ms)
+        self.facts = [facts[k] for k in flat]
+        self.money = frozenset(a.name for a in ruleset.aggregates if a.is_money)
+        self.conditions = {s.name: s.when for s in ruleset.segments}
+        self._rules: dict[int, dict[str, Any]] = {}  # by the mask of differing segments (few distinct)
+
+    def values(self, chosen: list[FactLike], t: int) -> dict[str, Any]:
+        money = self.money
+        return {
+            a.name: money_text(v) if a.name in money else v
+            for a in self.ruleset.aggregates
+            for v in (a.value(chosen, t),)
+        }
+
+    def rules(self, differ: int, codec: SegmentCodec) -> dict[str, Any]:
+        found = self._rules.get(differ)
+        if found is None:
+            found = {
+                name: {
+                    "needs": condition_text(self.conditions[name], self.money),
+                    "reads": condition_aggregates(self.conditions[name]),
+                }
+                for name in codec.decode(differ)
+                if name in self.conditions
+            }
+            self._rules[differ] = found
+        return found
+
+    def at(
+        self, t: int, lo: int, seen: list[bool], applied: list[bool], differ: int, codec: SegmentCodec
+    ) -> dict[str, Any]:
+        window = self.facts[lo : lo + len(seen)]
+        legacy = self.values([f for f, s in zip(window, seen, strict=True) if s], t)
+        stream = legacy if seen == applied else self.values([f for f, a in zip(window, applied, strict=True) if a], t)
+        return {
+            "aggregates": {"window": self.window, "legacy": legacy, "stream": stream},
+            "rules": self.rules(differ, codec),
+        }
+
+
+def money_text(micros: int) -> str:
+    """Exact money with at least two decimals: ``100.00``, ``12.50``, ``0.125``."""
+    text = format_micros(micros)
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
+
+
+def condition_text(condition: Condition, money: set[str] | frozenset[str] = frozenset()) -> str:
+    """A rule's condition as a person writes it: ``net_spend > 100``, ``views >= 3 and purchases == 0``."""
+    if isinstance(condition, Compare):
+        value = format_micros(condition.value) if condition.agg in money else str(condition.value)
+        return f"{condition.agg} {condition.op} {value}"
+    joiner = " and " if isinstance(condition, AllOf) else " or "
+    parts = [
+        f"({condition_text(p, money)})" if not isinstance(p, Compare) and len(p.parts) > 1 else condition_text(p, money)
+        for p in condition.parts
+    ]
+    return joiner.join(parts)
+
+
+def condition_aggregates(condition: Condition) -> list[str]:
+    """The aggregates a condition reads, in the order it reads them."""
+    if isinstance(condition, Compare):
+        return [condition.agg]
+    names: list[str] = []
+    for part in condition.parts:
+        names.extend(n for n in condition_aggregates(part) if n not in names)
+    return names
+
+
+def logic_groups(
+    mismatches: Mismatches, limit: int = 50_000, *, side_rules: Mapping[str, RuleSet] | None = None
+) -> dict[str, Any]:
+    """The unexplained mismatches grouped by segment, by which side has it, and by the aggregates that segment
+    reads in each side's view (``{"grouped", "unexplained", "groups": [...]}``, biggest group first).
+
+    A group whose two views are equal is a difference of logic (a threshold, a window): both sides read the
+    same events and still decided differently. Up to ``limit`` mismatches are grouped (``grouped`` says how
+    many). Empty without a rule set and the events. With ``side_rules`` (the rule set each side declares),
+    each group also states each side's condition for the segment (``rules``), so a changed threshold shows.
+    """
+    where = np.flatnonzero(mismatches.causes.code == UNEXPLAINED)
+    if mismatches.ruleset is None or mismatches.facts is None or len(where) == 0:
+        return {"grouped": 0, "unexplained": len(where), "groups": []}
+    conditions = {s.name: s.when for s in mismatches.ruleset.segments}
+    money = {a.name for a in mismatches.ruleset.aggregates if a.is_money}
+    counts: Counter[tuple[Any, ...]] = Counter()
+    chosen = where[:limit].tolist()
+    for record in mismatches.records(chosen):
+        legacy, stream = set(record["legacy"]), set(record["stream"])
+        views = record["aggregates"]
+        for name in sorted(legacy ^ stream):
+            reads = condition_aggregates(conditions[name]) if name in conditions else []
+            key = (
+                name,
+                "legacy" if name in legacy else "stream",
+                tuple((a, views["legacy"][a]) for a in reads),
+                tuple((a, views["stream"][a]) for a in reads),
+            )
+            counts[key] += 1
+    groups = [
+        {
+            "segment": name,
+            "only_in": side,
+            "rule": condition_text(conditions[name], money) if name in conditions else None,
+            "legacy": dict(lv),
+            "stream": dict(sv),
+            "rules": {side: _rule_of(rules, name) for side, rules in (side_rules or {}).items()},
+            "same_view": lv == sv,
+            "mismatches": n,
+        }
+        for (name, side, lv, sv), n in sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
+    ]
+    return {"grouped": len(chosen), "unexplained": len(where), "groups": groups}
+
+
+def _rule_of(ruleset: RuleSet, name: str) -> str | None:
+    money = {a.name for a in ruleset.aggregates if a.is_money}
+    for segment in ruleset.segments:
+        if segment.name == name:
+            return condition_text(segment.when, money)
+    return None
 
 
 def _deepdiff(before: Any, after: Any) -> dict[str, Any]:
@@ -212,6 +362,33 @@ def describe(record: dict[str, Any]) -> list[str]:
         lines.append(
             f"Both sides saw the same {count} event{'s' if count != 1 else ''} of this user in the window, "
             "so event timing does not explain the difference: it is a defect to investigate."
+        )
+    lines.extend(arithmetic(record))
+    return lines
+
+
+def arithmetic(record: dict[str, Any]) -> list[str]:
+    """The rule arithmetic of a record (when it carries ``aggregates``): for each segment the sides disagree
+    on, what it needs and what each side's view of the window gives, e.g. "high_value needs net_spend > 100;
+    in the 10m before the as-of legacy's view has net_spend 100.00, the stream's 100.00"."""
+    views = record.get("aggregates")
+    rules = record.get("rules") or {}
+    if not views:
+        return []
+    lines = []
+    for name, rule in rules.items():
+        reads = rule["reads"]
+        legacy = ", ".join(f"{a} {views['legacy'][a]}" for a in reads)
+        stream = ", ".join(f"{a} {views['stream'][a]}" for a in reads)
+        same = legacy == stream
+        lines.append(
+            f"{name} needs {rule['needs']}; in the {views['window']} before the as-of "
+            + (
+                f"both views give {legacy}, so the two sides decide {name} differently on the same values "
+                "(their rules differ)."
+                if same
+                else f"legacy's view gives {legacy}, the stream's {stream}."
+            )
         )
     return lines
 

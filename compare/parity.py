@@ -145,6 +145,8 @@ class ParityResult:
     params: Mapping[str, Any] = field(default_factory=dict)
     inputs: Mapping[str, str] = field(default_factory=dict)
     drift: Mapping[str, Any] | None = None
+    provenance: Mapping[str, Any] | None = None  # each side: sidecar or declared, its rule set or own logic
+    unexplained_groups: Mapping[str, Any] | None = None  # ``compare.mismatches.logic_groups``
 
     def __post_init__(self) -> None:
         if sum(self.by_cause.values()) != self.mismatch or set(self.by_cause) != set(CAUSES):
@@ -193,6 +195,8 @@ class ParityResult:
             "params": dict(self.params),
             "inputs": dict(self.inputs),
             "segment_drift": dict(self.drift) if self.drift is not None else None,
+            "provenance": dict(self.provenance) if self.provenance is not None else None,
+            "unexplained_groups": dict(self.unexplained_groups) if self.unexplained_groups is not None else None,
             "verdict": self.verdict,
         }
 

@@ -369,6 +369,8 @@ def render_summary(result: ParityResult) -> str:
         "",
         _latency_line(result),
     ]
+    lines += _provenance_lines(result)
+    lines += _group_lines(result)
     if result.ground_truth is not None:
         lines += ["", _truth_lines(result)]
     for noise in result.noise:
@@ -378,6 +380,46 @@ def render_summary(result: ParityResult) -> str:
             f"({percent(noise.mismatch, noise.pairs, 4)}).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(result: ParityResult) -> list[str]:
+    """Which side was declared rather than verified, and whether the sides share one rule set."""
+    prov = result.provenance
+    if not prov:
+        return []
+    lines = []
+    declared = [side for side in ("legacy", "stream") if prov[side]["source"] == "declared"]
+    if declared:
+        sides = " and ".join(declared)
+        lines += ["", f"Provenance of {sides} declared on the command line, not verified (no sidecar)."]
+    if not prov.get("shared_ruleset", True):
+        made = [
+            f"{side}: " + (f"{p['logic']['kind']} {p['logic']['ref']}" if p["logic"] else f"rule set {p['ruleset']}")
+            for side, p in ((s, prov[s]) for s in ("legacy", "stream"))
+        ]
+        lines += ["", f"The sides do not share one rule set ({'; '.join(_md(m) for m in made)})."]
+    return lines
+
+
+def _group_lines(result: ParityResult) -> list[str]:
+    """The biggest groups of unexplained mismatches by segment and aggregates (``logic_groups``)."""
+    groups = (result.unexplained_groups or {}).get("groups") or []
+    if not groups:
+        return []
+    lines = ["", "| unexplained: segment | only in | rule | legacy's view | stream's view | mismatches |",
+             "|---|---|---|---|---|---:|"]
+    for g in groups[:5]:
+        legacy = ", ".join(f"{k} {v}" for k, v in g["legacy"].items())
+        stream = ", ".join(f"{k} {v}" for k, v in g["stream"].items())
+        sides = g.get("rules") or {}
+        rule = g["rule"] or "—"
+        if sides.get("legacy") and sides.get("stream") and sides["legacy"] != sides["stream"]:
+            rule = f"legacy: {sides['legacy']}; stream: {sides['stream']}"
+        lines.append(
+            f"| {_md(g['segment'])} | {g['only_in']} | {_md(rule)} | {_md(legacy)} | {_md(stream)} | "
+            f"{g['mismatches']:,} |"
+        )
+    return lines
 
 
 def _latency_line(result: ParityResult) -> str:

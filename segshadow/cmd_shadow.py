@@ -83,6 +83,10 @@ def run(
             help="legacy side: run this query (user_id, segment rows over `events`) in place of the rule set's",
         ),
     ] = None,
+    transform: Annotated[
+        str | None,
+        typer.Option("--transform", help="your own Beam PTransform (package.module:name) as the stream side"),
+    ] = None,
 ) -> None:
     """The main job: dual-write events to both sides, run legacy and stream, compare, and report.
 
@@ -101,6 +105,13 @@ def run(
     sql = None if legacy_sql is None else LegacySql.read(legacy_sql)
     if sql is not None and live:
         raise UsageError("--legacy-sql runs in replay mode; --live keeps the rule set's legacy query")
+    own = None
+    if transform is not None:
+        if live:
+            raise UsageError("--transform runs in replay mode only, not with --live")
+        from streaming.byo import load_transform
+
+        own = load_transform(transform)
     out.mkdir(parents=True, exist_ok=True)
     where = settings(database_url or None, redis_url, data_dir)
     # A database given by --database-url or SEGSHADOW_DATABASE_URL (SQLite included) is used as given;
@@ -143,7 +154,9 @@ def run(
     else:
         assert events is not None
         input_path = events
-    plan = ShadowPlan(ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args), sql)
+    plan = ShadowPlan(
+        ruleset, out, every_ms, params, shards, noise, seed, tuple(ctx.args), legacy_sql=sql, transform=own
+    )
     with redis_endpoint(where.redis_url) as url, progress_bars(_STAGES, transient=False) as bars:
         report = run_shadow(plan, input_path, db, url, bars)
         keep_serving(url, out)

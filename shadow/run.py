@@ -64,6 +64,7 @@ from segments.sqlstore import SqlStore
 from shadow.dualwrite import DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
+from streaming.byo import TransformRef
 from streaming.live import FIELD
 from streaming.pipeline import StreamConfig
 from streaming.replay import RedisLog, run_replay
@@ -85,6 +86,7 @@ class ShadowPlan:
     noise_seed: int = 1
     beam_args: tuple[str, ...] = ()
     legacy_sql: LegacySql | None = None  # the team's query in place of the rule set's (``legacy_batch.sqlfile``)
+    transform: TransformRef | None = None  # the team's Beam transform as the stream (``streaming.byo``)
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,7 @@ def run_shadow(
                 database_url=database_url,
                 beam_args=plan.beam_args,
                 source=RedisLog(redis_url, stream_key, FIELD),
+                transform=plan.transform,
             )
             seconds["stream"] = clock() - start
             if progress is not None:
@@ -276,7 +279,9 @@ def run_shadow(
         jittered = out / "noise" / "events.jsonl"
         jittered_copy(events_path, jittered, plan.params.max_out_of_orderness_ms // 2, plan.noise_seed)
         noise_config = StreamConfig(plan.ruleset, plan.params, plan.shards)
-        run_replay(jittered, out / "noise" / "stream.jsonl", noise_config, beam_args=plan.beam_args)
+        run_replay(
+            jittered, out / "noise" / "stream.jsonl", noise_config, beam_args=plan.beam_args, transform=plan.transform
+        )
         noise_stream = out / "noise" / "stream.jsonl"
         seconds["noise"] = clock() - start
 

@@ -14,6 +14,7 @@ from segments.errors import InputError
 from segments.outputs import file_sha256, write_meta
 from segments.sqlstore import SqlStore
 from segments.timeutil import wall_clock_ms
+from streaming.byo import TransformRef, transform_transitions
 from streaming.options import REPLAY_RUNNER, in_process_tuned, pipeline_options, runner_name, sink_delay_ms
 from streaming.pipeline import (
     DEAD,
@@ -108,9 +109,11 @@ def build_replay(
     source: RedisLog | None = None,
     sink_delay: int = 0,
     run_id: str | None = None,
+    transform: TransformRef | None = None,
 ) -> None:
     """Attach the replay source, segmentation and every sink to ``pipeline`` (runner-agnostic); SQL
-    transitions are staged under ``run_id`` when given."""
+    transitions are staged under ``run_id`` when given. With ``transform`` the team's ``PTransform``
+    segments the admitted events instead of segshadow's segmenter (``streaming.byo``)."""
     reader: beam.DoFn = (
         ReadAndAdmitFile(config)
         if source is None
@@ -121,7 +124,11 @@ def build_replay(
         | "Source" >> beam.Create([str(events)])
         | "ReadAndAdmit" >> beam.ParDo(reader).with_outputs(DEAD, main="batches")
     )
-    transitions = transitions_from(admitted.batches, config)
+    transitions = (
+        transitions_from(admitted.batches, config)
+        if transform is None
+        else transform_transitions(admitted.batches, transform.transform)
+    )
     _write_text(transitions | "TransitionsJSON" >> beam.Map(transitions_json), out, "WriteTransitions")
     dead = admitted[DEAD]
     _write_text(dead | "DeadJSON" >> beam.Map(rejection_json), dead_path, "WriteDeadLetters")
@@ -136,6 +143,7 @@ def run_replay(
     database_url: str | None = None,
     beam_args: Sequence[str] = (),
     source: RedisLog | None = None,
+    transform: TransformRef | None = None,
 ) -> ReplayResult:
     """Run the stream over a recorded file; write transitions to ``out_path`` and dead letters beside it.
 
@@ -145,7 +153,9 @@ def run_replay(
     finished, so an interrupted run never looks complete. With ``database_url`` the
     transitions are staged in SQL and published at once after the pipeline has
     finished (``streaming.sinks``): a failed replay leaves the rule set's previous
-    transitions published. Raises ``InputError`` when the events file cannot be read.
+    transitions published. With ``transform`` (``streaming.byo``) the team's transform
+    segments, and the sidecar's ``ruleset`` names it (``logic``) with its source digest.
+    Raises ``InputError`` when the events file cannot be read.
     """
     events = Path(events_path)
     if not events.is_file():
@@ -162,7 +172,17 @@ def run_replay(
     try:
         run_id = staging.begin_transitions(config.ruleset.ref) if staging is not None else None
         build_replay(
-            pipeline, events, out, dead_path, config, redis_url, database_url, source, sink_delay_ms(options), run_id
+            pipeline,
+            events,
+            out,
+            dead_path,
+            config,
+            redis_url,
+            database_url,
+            source,
+            sink_delay_ms(options),
+            run_id,
+            transform=transform,
         )
         with in_process_tuned(options):
             result = pipeline.run()
@@ -183,6 +203,14 @@ def run_replay(
                 "version": config.ruleset.version,
                 "digest": config.ruleset.digest,
                 "definition": dict(config.ruleset.definition),
+            }
+            if transform is None
+            else {
+                "name": config.ruleset.name,
+                "version": config.ruleset.version,
+                "digest": transform.sha256,
+                "logic": transform.logic(),
+                "claims": {"ruleset": config.ruleset.ref, "digest": config.ruleset.digest},
             },
             "events_path": str(events),
             "source": "file" if source is None else f"redis-stream:{source.stream_key}",

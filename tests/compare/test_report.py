@@ -20,7 +20,8 @@ EVIL = '<img src="https://evil.example/x.png" onerror=alert(1)>'
 PARITY_KEYS = {
     "pairs", "agree", "mismatch", "by_cause", "per_segment", "ruleset", "events_sha256", "generated_at",
     "as_of_rounds", "unexplained_rate", "unexplained_rate_wilson95", "agreement_over_time", "latency",
-    "dead_letter", "ground_truth", "noise", "params", "inputs", "segment_drift", "verdict",
+    "dead_letter", "ground_truth", "noise", "params", "inputs", "segment_drift", "verdict", "provenance",
+    "unexplained_groups",
 }
 
 
