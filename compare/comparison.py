@@ -36,7 +36,7 @@ from compare.latency import (
     stream_freshness,
     summarize,
 )
-from compare.manifest import begin, comparison_artifacts, seal
+from compare.manifest import RULESET_FILE, begin, comparison_artifacts, seal
 from compare.mismatches import Mismatches, logic_groups
 from compare.parity import AsOfAgreement, NoiseFloor, ParityResult, SegmentCounts
 from compare.reach import ReachPort
@@ -399,6 +399,8 @@ def run_comparison(
         from compare.report import write_outputs
 
         write_outputs(out_dir, comparison)
+        # the definition the run read events under, sealed: the evidence check re-reads them the same way
+        (Path(out_dir) / RULESET_FILE).write_text(rules.to_canonical_json() + "\n", encoding="utf-8")
         if seal_outputs:
             artifacts = comparison_artifacts(
                 out_dir,

@@ -555,7 +555,7 @@ def load_inputs(
     }
     provenance["shared_ruleset"] = _logic_key(provenance["legacy"]) == _logic_key(provenance["stream"])
     gate = resolve_params(stream_meta, stream_path, params)
-    log = event_log if event_log is not None else load_event_log(events_path)
+    log = event_log if event_log is not None else load_event_log(events_path, ruleset.time_bounds)
     dead_path = dead_letter_file(stream_meta, stream_path)
     if dead_path.is_file():
         dead = read_dead_letters(dead_path)

@@ -57,6 +57,7 @@ INCOMPLETE = "INCOMPLETE"
 FORMAT = "segshadow-evidence/1"
 REQUIRED = ("parity", "mismatches", "events", "legacy", "legacy_meta", "stream", "stream_meta")
 CHUNK = 1 << 20
+RULESET_FILE = "ruleset.json"  # the compared rule set's definition (canonical JSON)
 KEY_ENV = "SEGSHADOW_EVIDENCE_KEY"
 SIGNATURE_ALG = "HMAC-SHA256"
 MIN_KEY_BYTES = 16
@@ -159,6 +160,7 @@ def comparison_artifacts(
         "report": out / "report.html",
         "summary": out / "summary.md",
         "sketches": out / "sketches.json",
+        "ruleset": out / RULESET_FILE,
         "events": Path(events),
         "legacy": Path(legacy),
         "legacy_meta": meta_path(legacy),

@@ -66,8 +66,9 @@ from compare.latency import summarize
 from compare.manifest import FORMAT, INCOMPLETE, MANIFEST, REQUIRED, evidence_key, file_digest, signature_problem
 from compare.stats import rate
 from segments.errors import InputError, SegshadowError
-from segments.events import load_event_log
+from segments.events import DEFAULT_TIME_BOUNDS, TimeBounds, load_event_log
 from segments.lateness import GateParams, too_late_ids
+from segments.rules import parse_ruleset_text
 
 PARITY = "parity.json"
 SEAL = "evidence_seal"
@@ -172,6 +173,8 @@ def _check_seal(parity: Path, data: Mapping[str, Any], verify: Verify) -> tuple[
     for key in ("generated_at", "ruleset", "params", "verdict"):
         if data.get(key) != manifest.get(key):
             problems.append(f"{PARITY}: {key} {data.get(key)!r} differs from {MANIFEST}'s {manifest.get(key)!r}")
+    if "ruleset" in files:
+        problems.extend(_ruleset_problem(files["ruleset"], manifest.get("ruleset")))
     if all(role in files for role in REQUIRED):
         try:
             derived = recount(files, manifest.get("params"))
@@ -181,6 +184,18 @@ def _check_seal(parity: Path, data: Mapping[str, Any], verify: Verify) -> tuple[
         except _Broken as exc:
             problems.append(str(exc))
     return identity, problems
+
+
+def _ruleset_problem(path: Path, declared: Any) -> list[str]:
+    """A problem when the sealed definition is not the rule set the manifest names (by digest)."""
+    try:
+        digest = parse_ruleset_text(path.read_text(encoding="utf-8"), path.name).digest
+    except (OSError, SegshadowError) as exc:
+        return [f"{path.name}: {exc}"]
+    want = declared.get("digest") if isinstance(declared, Mapping) else None
+    if want is not None and digest != want:
+        return [f"{path.name}: digest {digest[:12]} differs from {MANIFEST}'s rule set {str(want)[:12]}"]
+    return []
 
 
 def _verify_files(where: Path, parity: Path, listed: Mapping[str, Any], problems: list[str]) -> dict[str, Path]:
@@ -387,13 +402,24 @@ def _drift(
     return {f"segment_drift.{key}": (section[key], source) for key in ("max_psi", "per_as_of")}
 
 
+def _bounds(files: Mapping[str, Path]) -> TimeBounds:
+    """What events the run accepted: its sealed rule set's bounds and kinds (SPEC's before runs sealed one)."""
+    path = files.get("ruleset")
+    if path is None:
+        return DEFAULT_TIME_BOUNDS
+    try:
+        return parse_ruleset_text(path.read_text(encoding="utf-8"), path.name).time_bounds
+    except (OSError, SegshadowError) as exc:
+        raise _Broken(f"{path.name}: {exc}") from None
+
+
 def _dead_letters(files: Mapping[str, Path], params: Any) -> dict[str, tuple[Any, str]]:
     events = files["events"]
     if not isinstance(params, Mapping):
         raise _Broken(f"{MANIFEST}: params is missing")
     try:
         gate = GateParams(int(params["max_out_of_orderness_ms"]), int(params["allowed_lateness_ms"]))
-        log = load_event_log(events)
+        log = load_event_log(events, _bounds(files))
     except (KeyError, TypeError, ValueError):
         raise _Broken(f"{MANIFEST}: params has no usable lateness settings") from None
     except SegshadowError as exc:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from legacy_batch.sqlfile import LegacySql
+from rollout.evidence import load_evidence
 from segments.events import write_jsonl
 from segments.importers import import_mapped, parse_field_map
 from segments.lateness import GateParams
@@ -42,6 +43,12 @@ def test_rees46_export_mapped_runs_end_to_end_with_the_teams_sql(
     assert meta["ruleset"]["source"] == "sql" and meta["ruleset"]["sql_sha256"] == sql.sha256
     manifest = json.loads((plan.out / "manifest.json").read_text())
     assert manifest["artifacts"]["legacy_sql"]["sha256"] == sql.sha256  # the manifest names the SQL too
+    # The seal re-reads events.jsonl under the run's own rule set (sealed as ruleset.json): its kinds and
+    # the price attribute, not SPEC's kinds, under which the ten purchases without an amount were rejects.
+    seal = load_evidence(plan.out).data["evidence_seal"]
+    assert seal["status"] == "pass", seal["reason"]
+    (plan.out / "ruleset.json").write_text(load_ruleset("clickstream").to_canonical_json())
+    assert "ruleset.json: SHA-256 differs" in load_evidence(plan.out).data["evidence_seal"]["reason"]
 
 
 @pytest.mark.parametrize(("sql", "differs"), [("clickstream.sql", False), ("clickstream_ge100.sql", True)])
