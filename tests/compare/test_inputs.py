@@ -170,6 +170,7 @@ def test_command_line_success_prints_a_summary(case: dict[str, Path], capsys: py
         "mismatches.jsonl",
         "parity.json",
         "report.html",
+        "ruleset.json",
         "sketches.json",
         "summary.md",
     ]
