@@ -44,12 +44,12 @@ from compare.doctor import (
     state_layer,
 )
 from compare.drift import drift_from_sides
-from compare.manifest import RULESET_FILE
+from compare.manifest import RULESET_FILE, sealed_ruleset
 from segments.errors import InputError, SegshadowError, StoreUnavailable
 from segments.events import DEFAULT_TIME_BOUNDS, Event, TimeBounds, iter_lines, load_event_log
 from segments.lateness import GateParams, too_late_ids
 from segments.outputs import meta_path, read_assignments, read_transitions
-from segments.rules import RuleSet, compile_ruleset, load_ruleset, parse_ruleset_text
+from segments.rules import RuleSet, compile_ruleset, load_ruleset
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -187,10 +187,10 @@ def read_live(redis_url: str, since_ms: int, now_ms: int) -> LiveHealth:
     return LiveHealth(current, history, now_ms, since_ms)
 
 
-def compile_ruleset_file(path: Path) -> TimeBounds:
-    """The time bounds and kinds of the rule set sealed at ``path`` (SPEC's when it cannot be read)."""
+def _sealed_bounds(path: Path) -> TimeBounds:
+    """The time bounds and kinds of the rule set sealed at ``path`` (SPEC's when there is none readable)."""
     try:
-        return parse_ruleset_text(path.read_text(encoding="utf-8"), path.name).time_bounds
+        return sealed_ruleset(path).time_bounds
     except (OSError, SegshadowError):
         return DEFAULT_TIME_BOUNDS
 
@@ -204,9 +204,8 @@ def examine(run: Path, live: LiveHealth | None = None, *, database_url: str | No
     shadow = _json(run / "shadow.json") or {}
     ingest_counts = (shadow.get("counts") or {}).get("ingest")
     events_path = run / "events.jsonl"
-    sealed_rules = run / RULESET_FILE  # the run's own definition: its kinds and bounds decide what was accepted
-    bounds = compile_ruleset_file(sealed_rules) if sealed_rules.is_file() else DEFAULT_TIME_BOUNDS
-    log = load_event_log(events_path, bounds) if events_path.is_file() else None
+    # the run's own definition: its kinds and bounds decide what was accepted
+    log = load_event_log(events_path, _sealed_bounds(run / RULESET_FILE)) if events_path.is_file() else None
     events = log.events if log is not None else []
     lines = _line_obs(events_path, run / "ingest.deadletter.jsonl", (ingest_counts or {}).get("lines"))
     legacy_meta = _json(meta_path(run / "legacy.jsonl")) or {}

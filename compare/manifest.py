@@ -50,6 +50,7 @@ from compare.inputs import ingest_deadletter_file
 from compare.parity import ParityResult
 from segments.errors import UsageError
 from segments.outputs import meta_path
+from segments.rules import RuleSet, parse_ruleset_text
 from segments.timeutil import Clock, format_ms, wall_clock_ms
 
 MANIFEST = "manifest.json"
@@ -109,6 +110,11 @@ def signature_problem(manifest: Mapping[str, Any], key: bytes | None) -> str | N
     if not hmac.compare_digest(str(signed.get("value", "")), signature_value(manifest, key)):
         return f"{MANIFEST}: the signature does not match: the manifest was changed after it was signed"
     return None
+
+
+def sealed_ruleset(path: Path) -> RuleSet:
+    """The rule set a run sealed as ``ruleset.json``; ``OSError`` or ``SegshadowError`` when it cannot be read."""
+    return parse_ruleset_text(path.read_text(encoding="utf-8"), path.name)
 
 
 def code_version() -> str:

@@ -63,12 +63,20 @@ from compare.causes import CAUSES
 from compare.drift import drift_section
 from compare.inputs import read_dead_letters
 from compare.latency import summarize
-from compare.manifest import FORMAT, INCOMPLETE, MANIFEST, REQUIRED, evidence_key, file_digest, signature_problem
+from compare.manifest import (
+    FORMAT,
+    INCOMPLETE,
+    MANIFEST,
+    REQUIRED,
+    evidence_key,
+    file_digest,
+    sealed_ruleset,
+    signature_problem,
+)
 from compare.stats import rate
 from segments.errors import InputError, SegshadowError
 from segments.events import DEFAULT_TIME_BOUNDS, TimeBounds, load_event_log
 from segments.lateness import GateParams, too_late_ids
-from segments.rules import parse_ruleset_text
 
 PARITY = "parity.json"
 SEAL = "evidence_seal"
@@ -173,11 +181,18 @@ def _check_seal(parity: Path, data: Mapping[str, Any], verify: Verify) -> tuple[
     for key in ("generated_at", "ruleset", "params", "verdict"):
         if data.get(key) != manifest.get(key):
             problems.append(f"{PARITY}: {key} {data.get(key)!r} differs from {MANIFEST}'s {manifest.get(key)!r}")
+    bounds = DEFAULT_TIME_BOUNDS  # SPEC's, for runs sealed before ruleset.json
     if "ruleset" in files:
-        problems.extend(_ruleset_problem(files["ruleset"], manifest.get("ruleset")))
+        path = files["ruleset"]
+        try:
+            sealed = sealed_ruleset(path)
+        except (OSError, SegshadowError) as exc:
+            return identity, [*problems, f"{path.name}: {exc}"]
+        bounds = sealed.time_bounds
+        problems.extend(_ruleset_problem(path.name, sealed.digest, manifest.get("ruleset")))
     if all(role in files for role in REQUIRED):
         try:
-            derived = recount(files, manifest.get("params"))
+            derived = recount(files, manifest.get("params"), bounds)
             problems.extend(_differences(data, derived))
             if verify == "full" and not problems:
                 problems.extend(_recompute(files, data))
@@ -186,15 +201,11 @@ def _check_seal(parity: Path, data: Mapping[str, Any], verify: Verify) -> tuple[
     return identity, problems
 
 
-def _ruleset_problem(path: Path, declared: Any) -> list[str]:
+def _ruleset_problem(name: str, digest: str, declared: Any) -> list[str]:
     """A problem when the sealed definition is not the rule set the manifest names (by digest)."""
-    try:
-        digest = parse_ruleset_text(path.read_text(encoding="utf-8"), path.name).digest
-    except (OSError, SegshadowError) as exc:
-        return [f"{path.name}: {exc}"]
     want = declared.get("digest") if isinstance(declared, Mapping) else None
     if want is not None and digest != want:
-        return [f"{path.name}: digest {digest[:12]} differs from {MANIFEST}'s rule set {str(want)[:12]}"]
+        return [f"{name}: digest {digest[:12]} differs from {MANIFEST}'s rule set {str(want)[:12]}"]
     return []
 
 
@@ -277,8 +288,11 @@ def _names(row: Mapping[str, Any], key: str, path: Path) -> frozenset[str]:
     return frozenset(value)
 
 
-def recount(files: Mapping[str, Path], params: Any) -> dict[str, tuple[Any, str]]:
-    """Every count a gate reads, re-derived from the artifacts: ``{dotted field: (value, source file)}``.
+def recount(
+    files: Mapping[str, Path], params: Any, bounds: TimeBounds = DEFAULT_TIME_BOUNDS
+) -> dict[str, tuple[Any, str]]:
+    """Every count a gate reads, re-derived from the artifacts: ``{dotted field: (value, source file)}``;
+    ``bounds`` are the events' (the sealed rule set's: what the run accepted).
 
     Raises ``_Broken`` naming the file when an artifact cannot be read as what it should be.
     """
@@ -336,7 +350,7 @@ def recount(files: Mapping[str, Path], params: Any) -> dict[str, tuple[Any, str]
     times = _schedule(files["legacy_meta"])
     derived.update(_rounds(times, files["legacy_meta"].name, lines_at, unseen_at, missed_at, both_src))
     derived.update(_drift(times, lines_at, unseen_at, legacy_at, shift_at, both_src))
-    derived.update(_dead_letters(files, params))
+    derived.update(_dead_letters(files, params, bounds))
     derived.update(_freshness(files))
     return derived
 
@@ -402,24 +416,13 @@ def _drift(
     return {f"segment_drift.{key}": (section[key], source) for key in ("max_psi", "per_as_of")}
 
 
-def _bounds(files: Mapping[str, Path]) -> TimeBounds:
-    """What events the run accepted: its sealed rule set's bounds and kinds (SPEC's before runs sealed one)."""
-    path = files.get("ruleset")
-    if path is None:
-        return DEFAULT_TIME_BOUNDS
-    try:
-        return parse_ruleset_text(path.read_text(encoding="utf-8"), path.name).time_bounds
-    except (OSError, SegshadowError) as exc:
-        raise _Broken(f"{path.name}: {exc}") from None
-
-
-def _dead_letters(files: Mapping[str, Path], params: Any) -> dict[str, tuple[Any, str]]:
+def _dead_letters(files: Mapping[str, Path], params: Any, bounds: TimeBounds) -> dict[str, tuple[Any, str]]:
     events = files["events"]
     if not isinstance(params, Mapping):
         raise _Broken(f"{MANIFEST}: params is missing")
     try:
         gate = GateParams(int(params["max_out_of_orderness_ms"]), int(params["allowed_lateness_ms"]))
-        log = load_event_log(events, _bounds(files))
+        log = load_event_log(events, bounds)
     except (KeyError, TypeError, ValueError):
         raise _Broken(f"{MANIFEST}: params has no usable lateness settings") from None
     except SegshadowError as exc:
