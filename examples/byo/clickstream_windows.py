@@ -6,7 +6,7 @@ Run it in place of segshadow's segmenter::
         --transform examples.byo.clickstream_windows:ClickstreamWindows --out stream.jsonl
 
 It reads ``streaming.byo.AdmittedEvent`` values (timestamped with their event time)
-and returns ``(user_id, segments, effective_time)`` changes:
+and returns ``(user_id, segments, effective_time)`` values:
 
 1. ``SlidingWindows`` of 10 minutes every minute, offset by 1 ms, so that the window
    ending just after the minute ``t`` holds exactly the event times in ``(t - 10m, t]``
@@ -14,9 +14,13 @@ and returns ``(user_id, segments, effective_time)`` changes:
 2. a ``CombineFn`` per user and window: net spend (purchases minus refunds, exact
    micro-units), views and purchases;
 3. the segments at ``t`` from those totals (``high_value``: net spend > 100;
-   ``window_shopper``: >= 3 views and no purchase);
-4. per user, the minute-by-minute values as changes, with an empty set one minute
-   after the last window that held an event (windows without events do not exist).
+   ``window_shopper``: >= 3 views and no purchase), said at ``t``;
+4. the empty set one minute after the last window of a run (windows without
+   events do not exist), found by a second, two-minute sliding window over those
+   values: one that holds a value at its first minute and none at its second.
+
+The harness keeps only the changes among these values (``streaming.byo``). No step
+needs the whole input, so the same transform runs under ``stream live`` too.
 
 So the set is evaluated on the minute grid: at every whole minute (and so at every
 as-of of a legacy job that runs every few minutes) it equals the rule set over the
@@ -75,43 +79,71 @@ def segments_of(totals: tuple[int, int, int]) -> tuple[str, ...]:
 
 
 class AtWindowEnd(beam.DoFn):
-    """(user, totals) of a window -> (user, (t, segments)) where ``t`` is the window's last millisecond."""
+    """(user, totals) of a window -> (user, (t, segments)) timestamped at ``t``, the window's last millisecond."""
 
     def process(
         self, element: tuple[str, tuple[int, int, int]], win: Any = beam.DoFn.WindowParam
-    ) -> Iterator[tuple[str, tuple[int, tuple[str, ...]]]]:
+    ) -> Iterator[window.TimestampedValue]:
         user, totals = element
-        yield user, (win.end.micros // 1000 - 1, segments_of(totals))
+        t = win.end.micros // 1000 - 1
+        yield window.TimestampedValue((user, (t, segments_of(totals))), t / 1000)
 
 
-def changes(element: tuple[str, Iterable[tuple[int, tuple[str, ...]]]]) -> Iterator[tuple[str, tuple[str, ...], int]]:
-    """One user's per-minute values as changes, closing each run of windows with an empty set."""
-    user, values = element
-    current: tuple[str, ...] = ()
-    last: int | None = None
-    for t, names in sorted(values):
-        if last is not None and t - last > MINUTE_MS and current:
-            yield user, (), last + MINUTE_MS
-            current = ()
-        if names != current:
-            yield user, names, t
-            current = names
-        last = t
-    if last is not None and current:
-        yield user, (), last + MINUTE_MS
+class MinutesPresent(beam.CombineFn):
+    """The minutes ``t`` (epoch ms) at which a user's sliding windows exist, within one short window."""
+
+    def create_accumulator(self) -> frozenset[int]:
+        return frozenset()
+
+    def add_input(self, minutes: frozenset[int], value: tuple[int, tuple[str, ...]]) -> frozenset[int]:
+        return minutes | {value[0]}
+
+    def merge_accumulators(self, accumulators: Iterable[frozenset[int]]) -> frozenset[int]:
+        return frozenset().union(*accumulators)
+
+    def extract_output(self, minutes: frozenset[int]) -> frozenset[int]:
+        return minutes
+
+
+class EmptyAfterLast(beam.DoFn):
+    """In a two-minute window [m, m + 2 min): a value at ``m`` and none a minute later means the user's events
+    have all left the trailing window there, so the set is empty from ``m + 1 min`` (no window exists to say so).
+    """
+
+    def process(self, element: tuple[str, frozenset[int]], win: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+        user, minutes = element
+        first = win.start.micros // 1000
+        if minutes == {first}:
+            yield user, (first + MINUTE_MS, ())
 
 
 class ClickstreamWindows(beam.PTransform):
-    """The clickstream rule set as sliding windows and a combiner."""
+    """The clickstream rule set as sliding windows and a combiner.
+
+    It says the set at every minute where a window exists, and the empty set a minute after the last one of a
+    run; the harness keeps only the changes. Every step is windowed, so it runs in replay and live alike.
+    """
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
-        return (
+        minutes = (
             events
             | "ByUser" >> beam.Map(lambda e: (e.user_id, e))
             | "Slide" >> beam.WindowInto(window.SlidingWindows(size=600, period=60, offset=0.001))
             | "Totals" >> beam.CombinePerKey(ClickTotals())
             | "AtWindowEnd" >> beam.ParDo(AtWindowEnd())
-            | "Whole" >> beam.WindowInto(window.GlobalWindows())
-            | "PerUser" >> beam.GroupByKey()
-            | "Changes" >> beam.FlatMap(changes)
         )
+        empties = (
+            minutes
+            | "Pairs" >> beam.WindowInto(window.SlidingWindows(size=120, period=60))
+            | "Present" >> beam.CombinePerKey(MinutesPresent())
+            | "EmptyAfterLast" >> beam.ParDo(EmptyAfterLast())
+            | "EmptiesWhole" >> beam.WindowInto(window.GlobalWindows())
+        )
+        values = minutes | "MinutesWhole" >> beam.WindowInto(window.GlobalWindows())
+        return (values, empties) | "Both" >> beam.Flatten() | "Triples" >> beam.Map(as_triple)
+
+
+def as_triple(element: tuple[str, tuple[int, tuple[str, ...]]]) -> tuple[str, tuple[str, ...], int]:
+    """(user, (t, segments)) -> (user_id, segments, effective_time), what the harness reads."""
+    user, (t, names) = element
+    return user, names, t
