@@ -1,6 +1,6 @@
 """A team's own Beam transform for the clickstream segments, written with Beam's windowing.
 
-Run it in place of segshadow's segmenter::
+Run it in place of segshadow's segmenter (``stream live`` takes it too)::
 
     segshadow stream replay --events EVENTS --rules clickstream \
         --transform examples.byo.clickstream_windows:ClickstreamWindows --out stream.jsonl
@@ -8,19 +8,22 @@ Run it in place of segshadow's segmenter::
 It reads ``streaming.byo.AdmittedEvent`` values (timestamped with their event time)
 and returns ``(user_id, segments, effective_time)`` values:
 
-1. ``SlidingWindows`` of 10 minutes every minute, offset by 1 ms, so that the window
-   ending just after the minute ``t`` holds exactly the event times in ``(t - 10m, t]``
-   (the rule set's trailing window, in millisecond time);
-2. a ``CombineFn`` per user and window: net spend (purchases minus refunds, exact
-   micro-units), views and purchases;
+1. ``FixedWindows`` of one minute and a ``CombineFn`` per user: net spend
+   (purchases minus refunds, exact micro-units), views and purchases of the
+   user's events in each minute ``(T - 1m, T]`` (windows offset by 1 ms end just
+   after a whole minute). A user's events of one minute become one element: most
+   of the cost below is per element and window;
+2. ``SlidingWindows`` of 10 minutes every minute over those minute totals, added
+   up: the window ending just after the minute ``t`` holds exactly the event times
+   in ``(t - 10m, t]`` (the rule set's trailing window, in millisecond time);
 3. the segments at ``t`` from those totals (``high_value``: net spend > 100;
    ``window_shopper``: >= 3 views and no purchase), said at ``t``;
-4. the empty set one minute after the last window of a run (windows without
-   events do not exist), found by a second, two-minute sliding window over those
-   values: one that holds a value at its first minute and none at its second.
+4. the empty set where the user's last events leave the trailing window (windows
+   without events do not exist, so nothing else says it): an 11-minute sliding
+   window over the minutes that had events, whose latest such minute is its first.
 
 The harness keeps only the changes among these values (``streaming.byo``). No step
-needs the whole input, so the same transform runs under ``stream live`` too.
+needs the whole input, so the same transform runs live.
 
 So the set is evaluated on the minute grid: at every whole minute (and so at every
 as-of of a legacy job that runs every few minutes) it equals the rule set over the
@@ -39,6 +42,7 @@ import apache_beam as beam
 from apache_beam.transforms import window
 
 MINUTE_MS = 60_000
+WINDOW_MINUTES = 10  # the rule set's trailing window
 HIGH_VALUE_MICROS = 100_000_000  # 100.00 in micro-units
 
 
@@ -78,72 +82,83 @@ def segments_of(totals: tuple[int, int, int]) -> tuple[str, ...]:
     return tuple(names)
 
 
-class AtWindowEnd(beam.DoFn):
-    """(user, totals) of a window -> (user, (t, segments)) timestamped at ``t``, the window's last millisecond."""
+def last_minute(win: Any) -> int:
+    """The whole minute (epoch ms) a window ends on: its end is 1 ms after it (the windows' offset)."""
+    return int(win.end.micros // 1000 - 1)
 
-    def process(
-        self, element: tuple[str, tuple[int, int, int]], win: Any = beam.DoFn.WindowParam
-    ) -> Iterator[window.TimestampedValue]:
+
+class AddTotals(beam.CombineFn):
+    """Minute totals added up over a sliding window."""
+
+    def create_accumulator(self) -> tuple[int, int, int]:
+        return 0, 0, 0
+
+    def add_input(self, totals: tuple[int, int, int], minute: tuple[int, int, int]) -> tuple[int, int, int]:
+        return totals[0] + minute[0], totals[1] + minute[1], totals[2] + minute[2]
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[int, int, int]]) -> tuple[int, int, int]:
+        return ClickTotals().merge_accumulators(accumulators)
+
+    def extract_output(self, totals: tuple[int, int, int]) -> tuple[int, int, int]:
+        return totals
+
+
+class SegmentsAtWindowEnd(beam.DoFn):
+    """(user, totals) of a 10-minute window -> (user, segments, t), ``t`` the minute it ends on."""
+
+    def process(self, element: tuple[str, tuple[int, int, int]], win: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         user, totals = element
-        t = win.end.micros // 1000 - 1
-        yield window.TimestampedValue((user, (t, segments_of(totals))), t / 1000)
+        yield user, segments_of(totals), last_minute(win)
 
 
-class MinutesPresent(beam.CombineFn):
-    """The minutes ``t`` (epoch ms) at which a user's sliding windows exist, within one short window."""
+class MinuteOf(beam.DoFn):
+    """(user, totals) of a one-minute window -> (user, the minute it ends on)."""
 
-    def create_accumulator(self) -> frozenset[int]:
-        return frozenset()
-
-    def add_input(self, minutes: frozenset[int], value: tuple[int, tuple[str, ...]]) -> frozenset[int]:
-        return minutes | {value[0]}
-
-    def merge_accumulators(self, accumulators: Iterable[frozenset[int]]) -> frozenset[int]:
-        return frozenset().union(*accumulators)
-
-    def extract_output(self, minutes: frozenset[int]) -> frozenset[int]:
-        return minutes
+    def process(self, element: tuple[str, Any], win: Any = beam.DoFn.WindowParam) -> Iterator[tuple[str, int]]:
+        yield element[0], last_minute(win)
 
 
-class EmptyAfterLast(beam.DoFn):
-    """In a two-minute window [m, m + 2 min): a value at ``m`` and none a minute later means the user's events
-    have all left the trailing window there, so the set is empty from ``m + 1 min`` (no window exists to say so).
-    """
+class EmptyWhenAllLeft(beam.DoFn):
+    """(user, latest minute with events) in an 11-minute window ending at ``t``: when that minute is the window's
+    first (``t - 10m``), the trailing window ``(t - 10m, t]`` holds none of the user's events while the one a
+    minute earlier did, so the set is empty from ``t``."""
 
-    def process(self, element: tuple[str, frozenset[int]], win: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
-        user, minutes = element
-        first = win.start.micros // 1000
-        if minutes == {first}:
-            yield user, (first + MINUTE_MS, ())
+    def process(self, element: tuple[str, int], win: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+        user, latest = element
+        t = last_minute(win)
+        if latest == t - WINDOW_MINUTES * MINUTE_MS:
+            yield user, (), t
+
+
+def sliding(minutes: int) -> window.SlidingWindows:
+    """Windows of ``minutes`` every minute, offset by 1 ms: the one ending just after the minute ``t`` holds
+    exactly the event times in ``(t - minutes, t]``."""
+    return window.SlidingWindows(size=minutes * 60, period=60, offset=0.001)
 
 
 class ClickstreamWindows(beam.PTransform):
-    """The clickstream rule set as sliding windows and a combiner.
-
-    It says the set at every minute where a window exists, and the empty set a minute after the last one of a
-    run; the harness keeps only the changes. Every step is windowed, so it runs in replay and live alike.
-    """
+    """The clickstream rule set as sliding windows and a combiner."""
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
-        minutes = (
+        minutes = (  # a minute's totals carry its window's end, so they land in the windows that hold the minute
             events
             | "ByUser" >> beam.Map(lambda e: (e.user_id, e))
-            | "Slide" >> beam.WindowInto(window.SlidingWindows(size=600, period=60, offset=0.001))
-            | "Totals" >> beam.CombinePerKey(ClickTotals())
-            | "AtWindowEnd" >> beam.ParDo(AtWindowEnd())
+            | "Minute" >> beam.WindowInto(window.FixedWindows(60, offset=0.001))
+            | "MinuteTotals" >> beam.CombinePerKey(ClickTotals())
+        )
+        values = (
+            minutes
+            | "Slide" >> beam.WindowInto(sliding(WINDOW_MINUTES))
+            | "Totals" >> beam.CombinePerKey(AddTotals())
+            | "Segments" >> beam.ParDo(SegmentsAtWindowEnd())
+            | "ValuesWhole" >> beam.WindowInto(window.GlobalWindows())
         )
         empties = (
             minutes
-            | "Pairs" >> beam.WindowInto(window.SlidingWindows(size=120, period=60))
-            | "Present" >> beam.CombinePerKey(MinutesPresent())
-            | "EmptyAfterLast" >> beam.ParDo(EmptyAfterLast())
+            | "MinuteOf" >> beam.ParDo(MinuteOf())
+            | "SlideOneMore" >> beam.WindowInto(sliding(WINDOW_MINUTES + 1))
+            | "Latest" >> beam.CombinePerKey(max)
+            | "Empty" >> beam.ParDo(EmptyWhenAllLeft())
             | "EmptiesWhole" >> beam.WindowInto(window.GlobalWindows())
         )
-        values = minutes | "MinutesWhole" >> beam.WindowInto(window.GlobalWindows())
-        return (values, empties) | "Both" >> beam.Flatten() | "Triples" >> beam.Map(as_triple)
-
-
-def as_triple(element: tuple[str, tuple[int, tuple[str, ...]]]) -> tuple[str, tuple[str, ...], int]:
-    """(user, (t, segments)) -> (user_id, segments, effective_time), what the harness reads."""
-    user, (t, names) = element
-    return user, names, t
+        return (values, empties) | "Both" >> beam.Flatten()
