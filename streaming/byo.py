@@ -68,6 +68,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from segments.errors import UsageError
 from segments.outputs import Transition
+from segments.rules import RuleSet
 from segments.timeutil import Clock, wall_clock_ms
 from streaming.pipeline import METRICS_NAMESPACE
 
@@ -96,6 +97,16 @@ class TransformRef:
     def logic(self) -> dict[str, str]:
         """The sidecar's ``ruleset.logic``."""
         return {"kind": "transform", "ref": self.ref, "sha256": self.sha256}
+
+    def sidecar_ruleset(self, ruleset: RuleSet) -> dict[str, Any]:
+        """The sidecar's ``ruleset`` when this transform stands for ``ruleset`` (replay and live alike)."""
+        return {
+            "name": ruleset.name,
+            "version": ruleset.version,
+            "digest": self.sha256,
+            "logic": self.logic(),
+            "claims": {"ruleset": ruleset.ref, "digest": ruleset.digest},
+        }
 
 
 def load_transform(ref: str) -> TransformRef:
