@@ -19,8 +19,10 @@ and returns ``(user_id, segments, effective_time)`` values:
 3. the segments at ``t`` from those totals (``high_value``: net spend > 100;
    ``window_shopper``: >= 3 views and no purchase), said at ``t``;
 4. the empty set where the user's last events leave the trailing window (windows
-   without events do not exist, so nothing else says it): an 11-minute sliding
-   window over the minutes that had events, whose latest such minute is its first.
+   without events do not exist, so nothing else says it): ``Sessions`` of the
+   minutes that had events, with a gap of just over ten minutes, so a session
+   ends where no minute with events follows within ten minutes; the set is empty
+   ten minutes after its latest minute.
 
 The harness keeps only the changes among these values (``streaming.byo``). No step
 needs the whole input, so the same transform runs live.
@@ -118,16 +120,13 @@ class MinuteOf(beam.DoFn):
         yield element[0], last_minute(win)
 
 
-class EmptyWhenAllLeft(beam.DoFn):
-    """(user, latest minute with events) in an 11-minute window ending at ``t``: when that minute is the window's
-    first (``t - 10m``), the trailing window ``(t - 10m, t]`` holds none of the user's events while the one a
-    minute earlier did, so the set is empty from ``t``."""
+class EmptyAfterSession(beam.DoFn):
+    """(user, the latest minute of a session of minutes with events) -> the empty set ten minutes after it, where
+    that minute's events leave the trailing window and no later minute's have entered it."""
 
-    def process(self, element: tuple[str, int], win: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+    def process(self, element: tuple[str, int]) -> Iterator[Any]:
         user, latest = element
-        t = last_minute(win)
-        if latest == t - WINDOW_MINUTES * MINUTE_MS:
-            yield user, (), t
+        yield user, (), latest + WINDOW_MINUTES * MINUTE_MS
 
 
 def sliding(minutes: int) -> window.SlidingWindows:
@@ -156,9 +155,10 @@ class ClickstreamWindows(beam.PTransform):
         empties = (
             minutes
             | "MinuteOf" >> beam.ParDo(MinuteOf())
-            | "SlideOneMore" >> beam.WindowInto(sliding(WINDOW_MINUTES + 1))
+            # minutes T1 < T2 share a session when T2 - T1 <= 10m: then the window at T1 + 10m holds T2's events
+            | "Sessions" >> beam.WindowInto(window.Sessions(WINDOW_MINUTES * 60 + 0.001))
             | "Latest" >> beam.CombinePerKey(max)
-            | "Empty" >> beam.ParDo(EmptyWhenAllLeft())
+            | "Empty" >> beam.ParDo(EmptyAfterSession())
             | "EmptiesWhole" >> beam.WindowInto(window.GlobalWindows())
         )
         return (values, empties) | "Both" >> beam.Flatten()
