@@ -132,7 +132,7 @@ def test_the_sentences_say_what_each_side_ran_not_that_they_share_rules(run: tup
 
 
 def test_shared_rules_are_named_with_their_digest_and_unknown_ones_are_not_assumed(run: tuple[Path, dict]) -> None:
-    d, result = run
+    d, _ = run
     records = [json.loads(line) for line in (d / "out" / "mismatches.jsonl").read_text().splitlines()]
     late = next(r for r in records if r["cause"] == "late_arrival")
     side = {"source": "sidecar", "ruleset": CLICK.ref, "digest": CLICK.digest, "logic": None}
