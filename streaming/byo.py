@@ -238,9 +238,11 @@ class LiveRevisions:
 
     def _in_force(self, position: int) -> tuple[str, ...]:
         """What the emitted transitions say at ``self.times[position]`` (empty before any)."""
-        for time in reversed(self.times[: position + 1]):
-            if time in self.emitted:
-                return self.emitted[time][1]
+        times, emitted = self.times, self.emitted
+        for index in range(position, -1, -1):  # usually the time itself or the one before: no copy of the list
+            found = emitted.get(times[index])
+            if found is not None:
+                return found[1]
         return ()
 
     def _fix(self, position: int) -> list[tuple[int, int, tuple[str, ...]]]:
