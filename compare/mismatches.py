@@ -307,11 +307,13 @@ def views(record: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return legacy, stream
 
 
-def explain(record: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def explain(
+    record: dict[str, Any], provenance: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """deepdiff of one record's two views (legacy -> stream) for field-level detail, and ``describe``'s sentences."""
     legacy, stream = views(record)
     diff = DeepDiff(legacy, stream, ignore_order=True, verbose_level=2)
-    return json.loads(diff.to_json()), describe(record)
+    return json.loads(diff.to_json()), describe(record, provenance)
 
 
 def _clock(text: str) -> str:
@@ -322,13 +324,40 @@ def _names(names: list[str]) -> str:
     return ", ".join(names)
 
 
-def describe(record: dict[str, Any]) -> list[str]:
+def made_by(side: Mapping[str, Any]) -> str:
+    """What made one side, from its ``provenance`` entry: its own logic (SQL or transform) or a rule set, with the
+    digest that identifies it, and whether that was declared rather than read from a sidecar."""
+    logic = side.get("logic")
+    if logic:
+        what = f"{'the SQL' if logic['kind'] == 'sql' else 'the transform'} {logic['ref']}"
+        digest = f"sha256 {str(logic.get('sha256') or '?')[:12]}"
+    else:
+        what, digest = f"rule set {side['ruleset']}", f"digest {str(side.get('digest') or '?')[:12]}"
+    declared = ", declared, not verified" if side.get("source") == "declared" else ""
+    return f"{what} ({digest}{declared})"
+
+
+def _logic_sentence(provenance: Mapping[str, Any] | None) -> tuple[bool | None, str]:
+    """(whether the sides are known to run one logic, None when the record comes without provenance; the phrase
+    that says what each side ran)."""
+    if not provenance or "legacy" not in provenance or "stream" not in provenance:
+        return None, ""
+    legacy, stream = made_by(provenance["legacy"]), made_by(provenance["stream"])
+    if provenance.get("shared_ruleset", True):
+        return True, f"Both sides run {legacy}"
+    return False, f"Legacy runs {legacy} and the stream {stream}"
+
+
+def describe(record: dict[str, Any], provenance: Mapping[str, Any] | None = None) -> list[str]:
     """One record in words: which events the two sides saw differently, and what that changes in the set.
 
     The first sentence names the difference in segments; then one sentence per event
     the sides saw differently (the stream applied it but it arrived after the as-of, or
     legacy saw it but the stream dropped it as too late); then why that changes the
     set, or, when no event was seen differently, that timing does not explain it.
+    ``provenance`` (the comparison's, ``compare.inputs.side_provenance`` per side and
+    ``shared_ruleset``) says what each side ran: the last sentence states that rather
+    than assume the sides share their rules; without it, it says that is not known.
     """
     legacy, stream = set(record["legacy"]), set(record["stream"])
     as_of = _clock(record["as_of"])
@@ -351,18 +380,39 @@ def describe(record: dict[str, Any]) -> list[str]:
             f"Legacy counted {visible(e['event_id'])} ({e['kind']} at {_clock(e['event_time'])}, arrived "
             f"{_clock(e['arrival_time'])}), which the stream dropped as too late."
         )
+    shared, ran = _logic_sentence(provenance)
+    differing = _names(gained + lost)
     if late or dropped:
         which = "these events are" if len(late) + len(dropped) > 1 else "this event is"
-        lines.append(
-            f"Both sides apply the same rules and {which} the only difference in what they read in the window, "
-            f"so the timing accounts for the difference in {_names(gained + lost)}."
-        )
+        if shared:
+            lines.append(
+                f"{ran}, and {which} the only difference in what they read in the window, so the timing "
+                f"accounts for the difference in {differing}."
+            )
+        elif shared is False:
+            lines.append(
+                f"{ran}, which nothing shows to be one logic: {which} the only difference in what they read in the "
+                f"window, so the timing accounts for the difference in {differing} only if both compute the rule "
+                "set they declare."
+            )
+        else:
+            lines.append(
+                f"{which[0].upper()}{which[1:]} the only difference in what the sides read in the window, so if "
+                f"both apply the same rules (not stated here), the timing accounts for the difference in {differing}."
+            )
     else:
         count = len(record["events"])
-        lines.append(
-            f"Both sides saw the same {count} event{'s' if count != 1 else ''} of this user in the window, "
-            "so event timing does not explain the difference: it is a defect to investigate."
-        )
+        saw = f"the same {count} event{'s' if count != 1 else ''} of this user in the window"
+        if shared is False:
+            lines.append(
+                f"Both sides saw {saw}, so event timing does not explain the difference: {ran[0].lower()}{ran[1:]}, "
+                "and where their logic differs is the place to look."
+            )
+        else:
+            lines.append(
+                f"Both sides saw {saw}, so event timing does not explain the difference: it is a defect to "
+                "investigate" + (f" ({ran[0].lower()}{ran[1:]})." if shared else ".")
+            )
     lines.extend(arithmetic(record))
     return lines
 

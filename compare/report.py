@@ -290,7 +290,7 @@ def _examples(comparison: Comparison) -> tuple[str, list[dict[str, Any]]]:
         title = "Examples of explained mismatches"
     records = []
     for record in mismatches.records(chosen):
-        _, sentences = explain(record)
+        _, sentences = explain(record, comparison.result.provenance)
         record["sentences"] = sentences
         records.append(record)
     return title, records

@@ -107,8 +107,6 @@ def run(
         raise UsageError("--legacy-sql runs in replay mode; --live keeps the rule set's legacy query")
     own = None
     if transform is not None:
-        if live:
-            raise UsageError("--transform runs in replay mode only, not with --live")
         from streaming.byo import load_transform
 
         own = load_transform(transform)
@@ -125,7 +123,9 @@ def run(
         if events is not None:
             raise UsageError("--live produces a generated workload in real time: give --workload, not --events")
         seconds = duration(duration_text) / 1000
-        live_plan = LivePlan(ruleset, out, workload or "clickstream", every_ms, params, shards, rate, seconds, seed)
+        live_plan = LivePlan(
+            ruleset, out, workload or "clickstream", every_ms, params, shards, rate, seconds, seed, transform=own
+        )
         typer.echo(f"live: starting the stream, then {rate} events/s for {duration_text}", err=True)
         with redis_endpoint(where.redis_url) as url, _live_status(url, ruleset.name, out):
             live_report = run_live(live_plan, db, url, list(ctx.args))

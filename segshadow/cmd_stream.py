@@ -156,20 +156,13 @@ def live(
     """Run the Beam stream live on a Redis Stream (consumer group), writing segments to Redis and SQL."""
     import apache_beam as beam
 
-    if transform is not None:
-        from streaming.byo import load_transform
-
-        load_transform(transform)  # a bad path is the same one-line error as for replay
-        raise UsageError(
-            "stream live --transform is not supported yet: the harness orders a transform's changes per user "
-            "after the whole input; run it with stream replay or shadow run"
-        )
-
     from segments.embedded import redis_endpoint
+    from streaming.byo import load_transform
     from streaming.live import LiveSource, build_live
     from streaming.options import LIVE_RUNNER, in_process_tuned, pipeline_options, sink_delay_ms
 
     params = gate_params(max_out_of_orderness, allowed_lateness)
+    own = load_transform(transform) if transform is not None else None
     poll_ms = duration(poll)
     seconds = duration(duration_text) / 1000 if duration_text else None
     if poll_ms <= 0:
@@ -188,11 +181,11 @@ def live(
         pipeline = beam.Pipeline(options=options)
         build_live(
             pipeline, config, source, seconds, None if no_sql else where.database_url, str(out) if out else None,
-            sink_delay_ms(options),
+            sink_delay_ms(options), transform=own,
         )
         with in_process_tuned(options, live=True):
             pipeline.run().wait_until_finish()
-    typer.echo(f"stream live {ruleset.ref}: stopped")
+    typer.echo(f"stream live {ruleset.ref}{f' (transform {own.ref})' if own else ''}: stopped")
 
 
 def register(app: typer.Typer) -> None:

@@ -106,6 +106,7 @@ from segments.workloads import WORKLOADS, generate
 from shadow.dualwrite import Batch, DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
+from streaming.byo import TransformRef
 from streaming.live import source_counts_path
 
 GROUP = "segshadow-shadow-live"
@@ -135,6 +136,7 @@ class LivePlan:
     duration_s: float = 60.0
     seed: int = 1
     grace_s: float = 5.0
+    transform: TransformRef | None = None  # the team's Beam transform as the stream (``streaming.byo``)
 
     def __post_init__(self) -> None:
         if self.workload not in WORKLOADS:
@@ -507,6 +509,8 @@ def stream_command(
         "--database-url", database_url,
         "--redis-url", redis_url,
     ]  # fmt: skip
+    if plan.transform is not None:
+        command += ["--transform", plan.transform.ref]
     return command + (["--", *beam_args] if beam_args else [])
 
 
@@ -811,7 +815,9 @@ def _write_stream_meta(
         {
             "side": "stream",
             "live": True,
-            "ruleset": {"name": ruleset.name, "version": ruleset.version, "digest": ruleset.digest},
+            "ruleset": {"name": ruleset.name, "version": ruleset.version, "digest": ruleset.digest}
+            if plan.transform is None
+            else plan.transform.sidecar_ruleset(ruleset),
             "events_path": str(events_path),
             "events_sha256": file_sha256(events_path),
             "source": f"redis-stream:{stream_key} (live, group {GROUP})",

@@ -24,8 +24,27 @@ arguments) or instance. The harness keeps everything around it:
   the SHA-256 of its module's source, whose digest stands where the rule set's would.
 
 An output element that is not such a triple fails the run with a message naming it.
-Only replay (and ``shadow run``) take a transform: the harness groups a user's
-changes after the whole input, which a live pipeline never reaches.
+
+**Live** (``stream live --transform``, ``shadow run --live --transform``): the same
+admitted events, read from the Redis Stream by the live source, go to the
+transform; the harness cannot wait for the whole input, so it takes each change
+as it comes (``LiveRevisions``, one per user in Beam state): a change that
+alters what the user's transitions say at its effective time is emitted, the
+first at that time as revision 1 and each later one as the next revision; one
+that repeats the set in force is dropped, and a change that lands before an
+earlier-dropped repeat re-emits that one. On in-order changes this gives what
+replay's ``timeline`` gives. ``emitted_at`` is the wall clock when the harness
+took the change. Every change of the run is kept per user (a few dozen bytes
+each), as replay's grouping keeps them.
+
+What fires a transform's windows live is the runner's watermark, and the live
+source's watermark is its tick clock (the wall clock), not the gate's event-time
+watermark: on a streaming runner (``-- --runner=FlinkRunner``), an admitted event
+older than a window the watermark has passed is late data for Beam, kept only
+under the transform's own ``allowed_lateness``. The local FnApiRunner runs a
+``GroupByKey`` (so any ``CombinePerKey`` or windowed aggregation) only when its
+input ends, i.e. when ``--duration`` ends: with it, a transform's aggregations
+reach the sinks when the live run stops, over every event it admitted.
 """
 
 from __future__ import annotations
@@ -35,17 +54,22 @@ import importlib
 import inspect
 import os
 import sys
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Tuple  # noqa: UP035 -- Beam reads typing.Tuple hints
 
 import apache_beam as beam
+from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Timestamp
 
 from segments.errors import UsageError
 from segments.outputs import Transition
+from segments.rules import RuleSet
+from segments.timeutil import Clock, wall_clock_ms
 from streaming.pipeline import METRICS_NAMESPACE
 
 CAUSE = "transform"
@@ -73,6 +97,16 @@ class TransformRef:
     def logic(self) -> dict[str, str]:
         """The sidecar's ``ruleset.logic``."""
         return {"kind": "transform", "ref": self.ref, "sha256": self.sha256}
+
+    def sidecar_ruleset(self, ruleset: RuleSet) -> dict[str, Any]:
+        """The sidecar's ``ruleset`` when this transform stands for ``ruleset`` (replay and live alike)."""
+        return {
+            "name": ruleset.name,
+            "version": ruleset.version,
+            "digest": self.sha256,
+            "logic": self.logic(),
+            "claims": {"ruleset": ruleset.ref, "digest": ruleset.digest},
+        }
 
 
 def load_transform(ref: str) -> TransformRef:
@@ -186,4 +220,85 @@ def transform_transitions(batches: beam.PCollection, transform: beam.PTransform)
         | "CheckChanges" >> beam.Map(change_of)
         | "ByUser" >> beam.GroupByKey()
         | "Revisions" >> beam.ParDo(_Timeline())
+    )
+
+
+class LiveRevisions:
+    """One user's changes as they arrive live, and what was emitted for them (the module doc: live).
+
+    Invariant after every ``take``: at every effective time received, the emitted
+    transitions (the highest revision at the latest emitted time at or before it)
+    say the set last received for that time.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[int] = []  # effective times received, sorted
+        self.received: dict[int, tuple[str, ...]] = {}  # time -> the set last received for it
+        self.emitted: dict[int, tuple[int, tuple[str, ...]]] = {}  # time -> (its last revision, that set)
+
+    def _in_force(self, position: int) -> tuple[str, ...]:
+        """What the emitted transitions say at ``self.times[position]`` (empty before any)."""
+        times, emitted = self.times, self.emitted
+        for index in range(position, -1, -1):  # usually the time itself or the one before: no copy of the list
+            found = emitted.get(times[index])
+            if found is not None:
+                return found[1]
+        return ()
+
+    def _fix(self, position: int) -> list[tuple[int, int, tuple[str, ...]]]:
+        time = self.times[position]
+        names = self.received[time]
+        if self._in_force(position) == names:
+            return []
+        revision = self.emitted[time][0] + 1 if time in self.emitted else 1
+        self.emitted[time] = (revision, names)
+        return [(time, revision, names)]
+
+    def take(self, effective: int, names: tuple[str, ...]) -> list[tuple[int, int, tuple[str, ...]]]:
+        """Record one change; the ``(effective, revision, segments)`` transitions it needs, in order."""
+        position = bisect_left(self.times, effective)
+        if position == len(self.times) or self.times[position] != effective:
+            self.times.insert(position, effective)
+        self.received[effective] = names
+        out = self._fix(position)
+        following = position + 1
+        if out and following < len(self.times) and self.times[following] not in self.emitted:
+            out.extend(self._fix(following))  # a repeat dropped before may not repeat what precedes it now
+        return out
+
+
+class _LiveTimeline(beam.DoFn):
+    """Per user (stateful): a ``LiveRevisions`` in Beam state; emits each change's transitions at once."""
+
+    STATE = ReadModifyWriteStateSpec("changes", PickleCoder())
+
+    def __init__(self, clock: Clock = wall_clock_ms) -> None:
+        self.clock = clock
+
+    def setup(self) -> None:
+        self.transitions = Metrics.counter(METRICS_NAMESPACE, "transitions")
+
+    def process(
+        self, element: tuple[str, tuple[int, tuple[str, ...]]], state: Any = beam.DoFn.StateParam(STATE)
+    ) -> Iterator[list[Transition]]:
+        user, (effective, names) = element
+        revisions = state.read() or LiveRevisions()
+        taken = revisions.take(effective, names)
+        state.write(revisions)  # a dropped repeat is kept too: a change before it may make it count
+        if not taken:
+            return
+        now = self.clock()
+        self.transitions.inc(len(taken))
+        yield [Transition(user, segments, time, revision, now, CAUSE) for time, revision, segments in taken]
+
+
+def live_transform_transitions(batches: beam.PCollection, transform: beam.PTransform) -> beam.PCollection:
+    """Live shard batches -> the team's transform -> lists of transitions, as the changes come (module doc)."""
+    return (
+        batches
+        | "AdmittedEvents" >> beam.FlatMap(admitted_events)
+        | "YourTransform" >> transform
+        | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+        | "CheckChanges" >> beam.Map(change_of).with_output_types(Tuple[str, Any])  # noqa: UP006
+        | "Revisions" >> beam.ParDo(_LiveTimeline())
     )

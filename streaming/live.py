@@ -69,6 +69,7 @@ from segments.events import Event, parse_line
 from segments.lateness import NO_WATERMARK
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission
+from streaming.byo import TransformRef, live_transform_transitions
 from streaming.config import EVENTS_STREAM, FIELD, GROUP, StreamConfig
 from streaming.health import HealthPublisher
 from streaming.pipeline import DEAD, METRICS_NAMESPACE, Flusher, _Counters, transitions_from
@@ -377,10 +378,12 @@ def build_live(
     database_url: str | None,
     out_path: str | None = None,
     sink_delay_ms: int = 0,
+    transform: TransformRef | None = None,
 ) -> None:
     """Attach the live source, segmentation and sinks to ``pipeline``.
 
     ``sink_delay_ms`` is the planted slow-sink fault (``streaming.sinks.RedisTransitionsSink``).
+    With ``transform`` the team's ``PTransform`` segments the admitted events (``streaming.byo``).
 
     With ``out_path`` the transitions are also appended there, and the source's
     counts go to ``source_counts_path(out_path)`` unless ``source.counts_path`` names a file.
@@ -392,13 +395,22 @@ def build_live(
     ticks = pipeline | "Tick" >> Ticks(start, stop, source.poll_ms / 1000, source.hold_ms / 1000)
     poll = PollAndAdmit(config, source, database_url)
     admitted = ticks | "PollAndAdmit" >> beam.ParDo(poll).with_outputs(DEAD, main="batches")
-    transitions = transitions_from(admitted.batches, config, source.redis_url, source.health_ms)
+    transitions = segmentation(admitted.batches, config, source, transform)
     sink_all(
         transitions, admitted[DEAD], source.redis_url, database_url, config.ruleset.ref,
         sink_delay_ms=sink_delay_ms, health_ms=source.health_ms,
     )
     if out_path:
         _ = transitions | "ToJSONL" >> beam.ParDo(AppendJsonl(out_path))
+
+
+def segmentation(
+    batches: beam.PCollection, config: StreamConfig, source: LiveSource, transform: TransformRef | None
+) -> beam.PCollection:
+    """What turns the live shard batches into transitions: segshadow's segmenter, or the team's transform."""
+    if transform is None:
+        return transitions_from(batches, config, source.redis_url, source.health_ms)
+    return live_transform_transitions(batches, transform.transform)
 
 
 class AppendJsonl(beam.DoFn):

@@ -205,13 +205,7 @@ def run_replay(
                 "definition": dict(config.ruleset.definition),
             }
             if transform is None
-            else {
-                "name": config.ruleset.name,
-                "version": config.ruleset.version,
-                "digest": transform.sha256,
-                "logic": transform.logic(),
-                "claims": {"ruleset": config.ruleset.ref, "digest": config.ruleset.digest},
-            },
+            else transform.sidecar_ruleset(config.ruleset),
             "events_path": str(events),
             "source": "file" if source is None else f"redis-stream:{source.stream_key}",
             "events_sha256": file_sha256(events),

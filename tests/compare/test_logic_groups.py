@@ -109,3 +109,38 @@ def test_shared_rules_are_still_refused_when_a_sidecar_names_another_set(run: tu
     d, _ = run
     with pytest.raises(InputError, match="made with rule set clickstream-ge100"):
         run_comparison(d / "events.jsonl", d / "legacy.jsonl", d / "stream.jsonl", CLICK)
+
+
+def test_the_sentences_say_what_each_side_ran_not_that_they_share_rules(run: tuple[Path, dict]) -> None:
+    """Issue 18 leftover: with legacy on clickstream-ge100 and the stream on clickstream, no sentence claims
+    "both sides apply the same rules"; each names both rule sets and their digests, and a late-arrival one
+    says the timing explains it only if both compute what they declare."""
+    d, result = run
+    provenance = result["provenance"]
+    records = [json.loads(line) for line in (d / "out" / "mismatches.jsonl").read_text().splitlines()]
+    late = next(r for r in records if r["cause"] == "late_arrival")
+    unexplained = next(r for r in records if r["cause"] == "unexplained")
+    for record in (late, unexplained):
+        words = " ".join(describe(record, provenance))
+        assert "same rules" not in words and "Both sides run" not in words
+        assert f"rule set clickstream-ge100@v1 (digest {provenance['legacy']['digest'][:12]})" in words
+        assert f"rule set {CLICK.ref} (digest {CLICK.digest[:12]})" in words
+    assert "only if both compute the rule set they declare" in " ".join(describe(late, provenance))
+    assert "where their logic differs is the place to look" in " ".join(describe(unexplained, provenance))
+    report = (d / "out" / "report.html").read_text()
+    assert "legacy runs rule set clickstream-ge100@v1" in report.lower() and "same rules" not in report
+
+
+def test_shared_rules_are_named_with_their_digest_and_unknown_ones_are_not_assumed(run: tuple[Path, dict]) -> None:
+    d, _ = run
+    records = [json.loads(line) for line in (d / "out" / "mismatches.jsonl").read_text().splitlines()]
+    late = next(r for r in records if r["cause"] == "late_arrival")
+    side = {"source": "sidecar", "ruleset": CLICK.ref, "digest": CLICK.digest, "logic": None}
+    shared = {"legacy": side, "stream": side, "shared_ruleset": True}
+    assert f"Both sides run rule set {CLICK.ref} (digest {CLICK.digest[:12]}), and" in " ".join(describe(late, shared))
+    transform = {**side, "logic": {"kind": "transform", "ref": "m:T", "sha256": "ab" * 32}, "source": "declared"}
+    mixed = {"legacy": side, "stream": transform, "shared_ruleset": False}
+    assert "the stream the transform m:T (sha256 abababababab, declared, not verified)" in " ".join(
+        describe(late, mixed)
+    )
+    assert "if both apply the same rules (not stated here)" in " ".join(describe(late))
