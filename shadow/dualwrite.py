@@ -59,7 +59,6 @@ validation at ingest; they go to the ingest dead letters and to neither side),
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections import deque
@@ -127,10 +126,6 @@ class Batch:
     def key(self, index: int) -> Key | None:
         """Entry ``index``'s place in the primary's arrival order, when the batch knows it."""
         return None if self.seqs is None else (self.arrivals[index], self.seqs[index])
-
-    def packed_arrivals(self) -> bytes:
-        """The arrivals as little-endian doubles (exact below 2**53 ms), for the shadow server."""
-        return struct.pack(f"<{len(self.arrivals)}d", *self.arrivals)
 
     @classmethod
     def runs_of(cls, entries: Sequence[Entry], seqs: Sequence[int] | None = None) -> list[Batch]:
