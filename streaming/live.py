@@ -73,8 +73,7 @@ from segments.events import Event, parse_line
 from segments.lateness import NO_WATERMARK
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission
-from streaming.config import EVENTS_STREAM, GROUP, StreamConfig
-from streaming.config import FIELD as FIELD  # where callers have always found it
+from streaming.config import EVENTS_STREAM, FIELD, GROUP, StreamConfig
 from streaming.eventlog import entries_for, entry_lines
 from streaming.health import HealthPublisher
 from streaming.pipeline import DEAD, METRICS_NAMESPACE, Flusher, _Counters, transitions_from
@@ -82,6 +81,10 @@ from streaming.sinks import sink_all, with_backoff
 from streaming.ticks import Ticks
 
 log = logging.getLogger("segshadow.stream")
+
+# What other modules import from here; FIELD (the one-line entry field) is kept for them, the source itself
+# reads entries through streaming.eventlog.
+__all__ = ["EVENTS_STREAM", "FIELD", "LiveSource", "PollAndAdmit", "build_live", "source_counts_path"]
 
 
 @dataclass(frozen=True)
