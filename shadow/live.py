@@ -106,7 +106,6 @@ from segments.workloads import WORKLOADS, generate
 from shadow.dualwrite import Batch, DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
-from streaming.eventlog import position
 from streaming.live import source_counts_path
 
 GROUP = "segshadow-shadow-live"
@@ -515,6 +514,8 @@ def drained(client: redis.Redis, stream_key: str, group: str) -> tuple[bool, int
     """(the group read and acknowledged every entry, lines in the log, lines delivered to the group).
 
     Lines are counted by the entries' ids (``streaming.eventlog``: the dual-writer's ids count lines)."""
+    from streaming.eventlog import position
+
     if int(client.xlen(stream_key)) == 0:
         return True, 0, 0
     # The last entry's id: after a re-seed the log's last-generated id may lie past every entry.

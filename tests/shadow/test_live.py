@@ -27,6 +27,7 @@ from shadow.journal import Journal
 from shadow.live import Frontier, LivePlan, live_freshness, produce, retime, run_live, settled, workload_items
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
 from streaming.eventlog import entry_lines
+from streaming.live import FIELD
 
 
 def _event(user: str, event_time: int, arrival: int, event_id: str = "e") -> Event:
@@ -114,7 +115,7 @@ def test_producer_rejects_re_timed_events_outside_the_rule_sets_time_range(redis
         writer.close()
         stored = {e.event_id for e in store.iter_events()}
     shadow.close()
-    logged = len(_lines(redis_url, "segshadow:test:live-bounds"))
+    logged = len(_log(redis_url, "segshadow:test:live-bounds"))
 
     late = {i.event_id for i in items if isinstance(i, Event) and i.arrival_time - i.event_time > 2_000}
     out_of_range = [r for r in got.rejected if r.reason == "time_out_of_range"]
@@ -187,8 +188,9 @@ _TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\n"
 _LINES = st.lists(_TEXT, min_size=1, max_size=25)
 
 
-def _lines(url: str, key: str) -> list[str]:
-    return [line for _, lines in _entries(url, key) for line in lines]
+def _log(url: str, key: str) -> list[tuple[str, str]]:
+    """Every line of the log with the id of the entry holding it."""
+    return [(entry_id, line) for entry_id, lines in _entries(url, key) for line in lines]
 
 
 def _entries(url: str, key: str) -> list[tuple[str, list[str]]]:
@@ -221,11 +223,11 @@ def test_one_server_call_appends_the_batch_as_one_entry_and_skips_the_lines_the_
     if held:  # the first ``held`` lines got through earlier, as an entry of their own
         shadow.write(Batch(after[0], after[1], arrivals[:held], lines[:held]))
     shadow.write(batch)
-    assert _lines(redis_url, shadow.stream_key) == lines
+    assert [line for _, line in _log(redis_url, shadow.stream_key)] == lines
     assert _entries(redis_url, shadow.stream_key)[-1] == ("{}-{}".format(*batch.end), lines[held:])
     assert shadow.last_id() == "{}-{}".format(*batch.end) == batch.entries()[-1][0]
     shadow.write(batch)  # a replay of what already got through (an ambiguous timeout)
-    assert _lines(redis_url, shadow.stream_key) == lines
+    assert [line for _, line in _log(redis_url, shadow.stream_key)] == lines
     assert len(_entries(redis_url, shadow.stream_key)) == (2 if held else 1)
     shadow.close()
 
@@ -240,6 +242,8 @@ def test_a_line_with_a_newline_gets_an_entry_of_its_own_with_its_own_position(re
     assert _entries(redis_url, shadow.stream_key) == [
         ("5-3", ['{"a":1}']), ("9-4", ["two\nlines"]), ("10-7", ["", "x", "y"])
     ]
+    raw: Any = shadow.client.xrange(shadow.stream_key)
+    assert [list(fields) for _, fields in raw] == [[b"b"], [FIELD.encode()], [b"b"]]
     assert [i for i, _ in batch.entries()] == ["5-3", "9-4", "9-5", "9-6", "10-7"]
     shadow.close()
 
@@ -277,5 +281,5 @@ def test_a_shadow_frozen_across_many_batches_keeps_the_log_in_arrival_order(priv
         writer.close()
     assert slowest < 0.5, "a primary write waited on the frozen shadow (its timeout is 1 s)"
     assert writer.counts.journaled > 0 and writer.counts.replayed == writer.counts.journaled
-    assert _lines(url, shadow.stream_key) == [t for _, t in rows]
+    assert [line for _, line in _log(url, shadow.stream_key)] == [t for _, t in rows]
     shadow.close()
