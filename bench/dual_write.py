@@ -31,7 +31,13 @@ mode, and the medians reported, since the machine is noisy; ``loss/rd`` and
 ``p99+/rd`` are the medians of each round's own loss and p99 added against that
 round's ``off`` (paired, so a slow minute on the shared machine hits both).
 The last lines split each healthy mode's added CPU per event between this process
-(``+cpu us``: all its threads, against ``off``) and the Redis server. Targets (issue 4):
+(``+cpu us``: all its threads, against ``off``) and the Redis server; ``main us`` is the
+primary thread's own CPU per event. On a loaded shared machine the wall-clock
+figures also carry the scheduler's doing: a thread that blocks briefly (on the GIL,
+on the shadow thread's wake-ups) is favoured on waking over CPU-bound neighbours,
+which can make a mode with a shadow *faster* than ``off``; ``queued us`` (the primary
+thread's wait for a CPU per event, from ``/proc/thread-self/schedstat``) shows it, and
+the CPU columns do not move with it. Targets (issue 4):
 healthy shadow <= 5% throughput loss and p99 + <= 1 ms; no primary error while the shadow is down.
 
 Runs on SQLite (a fresh file) and, when ``SEGSHADOW_DATABASE_URL`` names a
@@ -92,6 +98,8 @@ class Trial:
     drain_s: float
     log_ok: bool | None  # healthy/frozen: the log holds every line in order; refused: all journaled
     cpu_us: float  # this process's CPU per event (all threads)
+    main_us: float  # the primary thread's own CPU per event (what the primary path costs, scheduling aside)
+    queued_us: float  # the primary thread's time waiting for a CPU (runnable, not running) per event
     redis_us: float  # the healthy Redis server's CPU per event
 
 
@@ -202,6 +210,15 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _queued_s() -> float:
+    """This thread's time spent runnable but waiting for a CPU (Linux ``/proc/thread-self/schedstat``); 0 elsewhere."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _redis_cpu_s(url: str) -> float:
     client = redis.Redis.from_url(url)
     try:
@@ -243,6 +260,8 @@ def trial(
         timer = time.perf_counter
         redis_cpu = _redis_cpu_s(healthy_url) if healthy_url else 0.0
         cpu = time.process_time()
+        main_cpu = time.thread_time()
+        queued = _queued_s()
         start = timer()
         for events, lines in chunks:
             began = timer()
@@ -255,6 +274,8 @@ def trial(
                 errors += 1
             calls.append((timer() - began) * 1000)
         elapsed = timer() - start
+        main_us = (time.thread_time() - main_cpu) / len(rows) * 1e6
+        queued_us = (_queued_s() - queued) / len(rows) * 1e6
         drain_s = 0.0
         shadowed = journaled = 0
         log_ok: bool | None = None
@@ -279,7 +300,7 @@ def trial(
             shadow.close()
     return Trial(
         mode, len(rows) / elapsed, _quantile(calls, 0.5), _quantile(calls, 0.99), errors, shadowed, journaled,
-        drain_s, log_ok, cpu_us, redis_us,
+        drain_s, log_ok, cpu_us, main_us, queued_us, redis_us,
     )
 
 
@@ -305,11 +326,13 @@ def bench_backend(
     base = statistics.median(t.events_per_s for t in trials["off"])
     base_p99 = statistics.median(t.p99_ms for t in trials["off"])
     base_cpu = statistics.median(t.cpu_us for t in trials["off"])
+    base_main = statistics.median(t.main_us for t in trials["off"])
     print(f"\n{label}: {len(rows):,} events in batches of {args.batch}, median of {args.repeats} interleaved rounds")
     print(
         f"{'mode':<14}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'loss':>7}{'p99 +ms':>8}{'loss/rd':>8}"
         f"{'p99+/rd':>8}{'errors':>7}"
-        f"{'shadowed':>10}{'journaled':>10}{'drain s':>8}{'log ok':>7}{'cpu us/ev':>10}{'+cpu':>7}{'redis us/ev':>12}"
+        f"{'shadowed':>10}{'journaled':>10}{'drain s':>8}{'log ok':>7}{'cpu us/ev':>10}{'+cpu':>7}{'main us':>8}"
+        f"{'+main':>7}{'queued us':>10}{'redis us/ev':>12}"
     )
     for mode in modes:
         runs = trials[mode]
@@ -317,6 +340,7 @@ def bench_backend(
         p50 = statistics.median(t.p50_ms for t in runs)
         p99 = statistics.median(t.p99_ms for t in runs)
         cpu = statistics.median(t.cpu_us for t in runs)
+        main = statistics.median(t.main_us for t in runs)
         ok = "-" if runs[0].log_ok is None else "yes" if all(t.log_ok for t in runs) else "NO"
         pairs = list(zip(runs, trials["off"], strict=True))
         paired_loss = statistics.median(1 - t.events_per_s / o.events_per_s for t, o in pairs)
@@ -326,10 +350,14 @@ def bench_backend(
             f"{100 * paired_loss:>7.1f}%{paired_p99:>8.2f}"
             f"{sum(t.errors for t in runs):>7}{statistics.median(t.shadowed for t in runs):>10,.0f}"
             f"{statistics.median(t.journaled for t in runs):>10,.0f}{statistics.median(t.drain_s for t in runs):>8.2f}"
-            f"{ok:>7}{cpu:>10.2f}{100 * (cpu / base_cpu - 1):>6.1f}%"
+            f"{ok:>7}{cpu:>10.2f}{100 * (cpu / base_cpu - 1):>6.1f}%{main:>8.2f}{100 * (main / base_main - 1):>6.1f}%"
+            f"{statistics.median(t.queued_us for t in runs):>10.2f}"
             f"{statistics.median(t.redis_us for t in runs):>12.2f}"
         )
-    print("loss and p99 +ms against off; +cpu: this process's CPU per event against off (all threads)")
+    print(
+        "loss and p99 +ms against off; +cpu: this process's CPU per event against off (all threads); main us, +main:"
+        " the primary thread's own CPU per event; queued us: its wait for a CPU per event"
+    )
     for mode in (m for m in modes if m in ("on", "on-per-event")):
         added = statistics.median(t.cpu_us for t in trials[mode]) - base_cpu
         server = statistics.median(t.redis_us for t in trials[mode])
