@@ -37,7 +37,10 @@ figures also carry the scheduler's doing: a thread that blocks briefly (on the G
 on the shadow thread's wake-ups) is favoured on waking over CPU-bound neighbours,
 which can make a mode with a shadow *faster* than ``off``; ``queued us`` (the primary
 thread's wait for a CPU per event, from ``/proc/thread-self/schedstat``) shows it, and
-the CPU columns do not move with it. Targets (issue 4):
+the CPU columns do not move with it. ``unq ev/s`` is the rate over the primary path's
+time less that wait (its own work, its I/O and GIL waits) and ``unq loss`` its paired
+loss per round: the dual-writer's cost with the scheduler's part taken out (and with
+it, the Redis server's competition for the same cores, which the CPU split shows). Targets (issue 4):
 healthy shadow <= 5% throughput loss and p99 + <= 1 ms; no primary error while the shadow is down.
 
 Runs on SQLite (a fresh file) and, when ``SEGSHADOW_DATABASE_URL`` names a
@@ -100,6 +103,11 @@ class Trial:
     cpu_us: float  # this process's CPU per event (all threads)
     main_us: float  # the primary thread's own CPU per event (what the primary path costs, scheduling aside)
     queued_us: float  # the primary thread's time waiting for a CPU (runnable, not running) per event
+
+    @property
+    def unqueued_per_s(self) -> float:
+        """Events/s over the primary path's time less its wait for a CPU: its own work, I/O and GIL waits."""
+        return 1e6 / max(1e-9, 1e6 / self.events_per_s - self.queued_us)
     redis_us: float  # the healthy Redis server's CPU per event
 
 
@@ -332,7 +340,7 @@ def bench_backend(
         f"{'mode':<14}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'loss':>7}{'p99 +ms':>8}{'loss/rd':>8}"
         f"{'p99+/rd':>8}{'errors':>7}"
         f"{'shadowed':>10}{'journaled':>10}{'drain s':>8}{'log ok':>7}{'cpu us/ev':>10}{'+cpu':>7}{'main us':>8}"
-        f"{'+main':>7}{'queued us':>10}{'redis us/ev':>12}"
+        f"{'+main':>7}{'queued us':>10}{'unq ev/s':>10}{'unq loss':>9}{'redis us/ev':>12}"
     )
     for mode in modes:
         runs = trials[mode]
@@ -352,11 +360,14 @@ def bench_backend(
             f"{statistics.median(t.journaled for t in runs):>10,.0f}{statistics.median(t.drain_s for t in runs):>8.2f}"
             f"{ok:>7}{cpu:>10.2f}{100 * (cpu / base_cpu - 1):>6.1f}%{main:>8.2f}{100 * (main / base_main - 1):>6.1f}%"
             f"{statistics.median(t.queued_us for t in runs):>10.2f}"
+            f"{statistics.median(t.unqueued_per_s for t in runs):>10,.0f}"
+            f"{100 * statistics.median(1 - t.unqueued_per_s / o.unqueued_per_s for t, o in pairs):>8.1f}%"
             f"{statistics.median(t.redis_us for t in runs):>12.2f}"
         )
     print(
         "loss and p99 +ms against off; +cpu: this process's CPU per event against off (all threads); main us, +main:"
-        " the primary thread's own CPU per event; queued us: its wait for a CPU per event"
+        " the primary thread's own CPU per event;\nqueued us: its wait for a CPU per event; unq ev/s: events/s without"
+        " that wait, and unq loss/rd: its paired loss against off"
     )
     for mode in (m for m in modes if m in ("on", "on-per-event")):
         added = statistics.median(t.cpu_us for t in trials[mode]) - base_cpu

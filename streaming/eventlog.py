@@ -69,8 +69,8 @@ def position(entry_id: Any) -> tuple[int, int]:
 
 
 def entries_for(lines_wanted: int, lines_seen: int, entries_seen: int) -> int:
-    """How many entries to ask for to get about ``lines_wanted`` lines, judging by the lines per entry seen so far
-    (at least one entry; one line an entry until anything was seen)."""
+    """How many entries to ask for to get about ``lines_wanted`` lines, judging by the lines per entry seen so far;
+    one entry while nothing was seen (an entry may hold a re-seed's 20,000 lines), and always at least one."""
     if lines_seen <= 0 or entries_seen <= 0:
-        return max(1, lines_wanted)
+        return 1
     return max(1, lines_wanted * entries_seen // lines_seen)

@@ -107,7 +107,8 @@ def test_an_entrys_lines_are_found_in_every_shape_redis_returns():
     assert entry_lines([b"source", b"web", b"e", b"x\xffy"]) == ["x\udcffy"]  # other fields first; bad UTF-8 kept
     assert entry_lines([b"source", b"web"]) == [""]  # no event field: parsed as an empty line, dead-lettered
     assert entry_lines(None) == [""]  # an entry deleted while pending
-    assert entries_for(5_000, 0, 0) == 5_000 and entries_for(5_000, 1_000, 2) == 10  # 500 lines an entry
+    assert entries_for(5_000, 0, 0) == 1 and entries_for(5_000, 1_000, 2) == 10  # nothing seen; 500 lines an entry
+    assert entries_for(5_000, 3, 3) == 5_000  # a line an entry
     assert entries_for(5_000, 40_000, 2) == 1  # an entry larger than a read: one at a time
 
 
