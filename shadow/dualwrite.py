@@ -8,8 +8,8 @@ in-memory backlog (one lock, no I/O, no per-event work).
 
 The background thread takes the whole backlog at once, in order, and
 
-- writes it to the shadow as one ``Batch`` (one round trip, see
-  ``shadow.targets``);
+- writes it to the shadow as one ``Batch`` (one round trip and one log entry
+  holding all its lines, see ``shadow.targets`` and ``streaming.eventlog``);
 - when that fails (shadow down), or while the journal still holds anything,
   appends it to the durable ``Journal`` instead, so the shadow still receives
   events in arrival order. After a failure the shadow is not tried again for
@@ -25,13 +25,16 @@ primary accepted them. The backlog is unbounded: memory holds at most what
 arrives while one shadow call is in flight (bounded by the client's timeout).
 
 A timed-out write is ambiguous: the server may still apply commands that were
-already on the wire (a frozen server does, once it resumes). So every entry has
-a log id ``{ms}-{seq}`` fixed by the order the primary accepted it (``ms`` the
-largest arrival time so far, ``seq`` counting up; strictly increasing), the
-journal keeps the ids, and the shadow skips an id it already holds: replaying
-what partly got through adds nothing twice and keeps the order. The ids are
-computed where they are used (by the shadow server for direct writes, in Python
-only for journaling), never on the caller's thread.
+already on the wire (a frozen server does, once it resumes). So every line has
+a log position ``{ms}-{seq}`` fixed by the order the primary accepted it (``ms``
+the largest arrival time so far, ``seq`` counting lines up; strictly increasing);
+a log entry's id is the position of its last line, so the log's last id says how
+many lines it holds. The journal keeps each line's position, and the shadow skips
+the lines up to its last id's ``seq``: replaying what wholly or partly got
+through adds nothing twice and keeps the order, even when the replay cuts the
+lines into other entries than the first attempt did. Positions are computed in
+Python only for journaling (a direct write needs only the batch's end), never on
+the caller's thread.
 
 **A log that lost entries** (Redis restarted without persistence, a flush, a
 failover to an empty or lagging replica) is noticed by the write that follows:
@@ -59,7 +62,6 @@ validation at ingest; they go to the ingest dead letters and to neither side),
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 from collections import deque
@@ -127,10 +129,6 @@ class Batch:
     def key(self, index: int) -> Key | None:
         """Entry ``index``'s place in the primary's arrival order, when the batch knows it."""
         return None if self.seqs is None else (self.arrivals[index], self.seqs[index])
-
-    def packed_arrivals(self) -> bytes:
-        """The arrivals as little-endian doubles (exact below 2**53 ms), for the shadow server."""
-        return struct.pack(f"<{len(self.arrivals)}d", *self.arrivals)
 
     @classmethod
     def runs_of(cls, entries: Sequence[Entry], seqs: Sequence[int] | None = None) -> list[Batch]:

@@ -515,19 +515,23 @@ def stream_command(
 
 
 def drained(client: redis.Redis, stream_key: str, group: str) -> tuple[bool, int, int]:
-    """(the group read and acknowledged every entry, entries in the log, entries delivered to the group)."""
-    length = int(client.xlen(stream_key))
-    if length == 0:
+    """(the group read and acknowledged every entry, lines in the log, lines delivered to the group).
+
+    Lines are counted by the entries' ids (``streaming.eventlog``: the dual-writer's ids count lines)."""
+    from streaming.eventlog import position
+
+    if int(client.xlen(stream_key)) == 0:
         return True, 0, 0
     # The last entry's id: after a re-seed the log's last-generated id may lie past every entry.
     newest: Any = client.xrevrange(stream_key, count=1)
     last = _text(newest[0][0])
+    logged = position(last)[1]
     for info in client.xinfo_groups(stream_key):
         if _text(info["name"]) == group:
             delivered = _text(info["last-delivered-id"])
-            read = int(info.get("entries-read") or 0)  # Redis 7 and Valkey report it
-            return delivered == last and int(info["pending"]) == 0, length, read
-    return False, length, 0
+            read = position(delivered)[1]
+            return delivered == last and int(info["pending"]) == 0, logged, read
+    return False, logged, 0
 
 
 # ---- the producer ----------------------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 ``LiveWatcher.sample()`` reads, without disturbing the run:
 
-- **sent** and **rate**: entries in the shadow log (``XLEN``), and their rate since the last sample;
-- **lag**: entries the stream's consumer group has not yet read plus those read but
-  not acknowledged (``XINFO GROUPS``: ``lag`` + ``pending``); None until the group exists;
+- **sent** and **rate**: lines in the shadow log, and their rate since the last sample. The
+  dual-writer's entry ids count lines (``streaming.eventlog``), so this is the sequence part of
+  the log's last id (``XINFO STREAM``), however many lines each entry holds;
+- **lag**: lines after the stream's consumer group's last-delivered id (``XINFO GROUPS``;
+  the live source reads by cursor, so nothing is left pending); None until the group exists;
 - **p99 so far**: over the event-caused transitions appended to ``stream.jsonl`` so far,
   ``emitted_at - effective_time``: from the causing event's *event time* to its segment
   change. A late event counts with its lateness (``stream.jsonl`` does not say when it
@@ -27,6 +29,7 @@ import redis
 
 from compare.latency import LatencySketch
 from segments.timeutil import TimestampError, parse_rfc3339_ms
+from streaming.eventlog import position
 
 
 @dataclass(frozen=True)
@@ -102,11 +105,11 @@ class LiveWatcher:
         now = self.clock()
         sent = lag = None
         try:
-            sent = int(self.client.xlen(self.stream_key))
+            sent = position(self.client.xinfo_stream(self.stream_key)["last-generated-id"])[1]
             for info in self.client.xinfo_groups(self.stream_key):
                 name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
                 if name == self.group:
-                    lag = int(info.get("lag") or 0) + int(info.get("pending") or 0)
+                    lag = sent - position(info["last-delivered-id"])[1]
         except (redis.RedisError, OSError):
             pass
         rate = None

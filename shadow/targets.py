@@ -9,7 +9,8 @@ import redis
 from segments.events import Event
 from segments.sqlstore import SqlStore
 from shadow.dualwrite import Batch, Key, LogLost
-from streaming.live import EVENTS_STREAM, FIELD
+from streaming.config import BATCH_FIELD, EVENTS_STREAM, FIELD
+from streaming.eventlog import position
 
 
 class SqlEventsPrimary:
@@ -49,43 +50,42 @@ local function held(key)
 end
 """
 
-# One call appends a whole batch: ids computed here exactly as ``Batch.ids`` does (running max of the
-# arrivals, sequence counting up), an id the log already holds skipped, any other error returned
-# (entries before it stay; the caller journals the batch and the replay skips them). First, a log
-# whose last id is before the batch's predecessor lost entries: nothing is appended, LOST returned.
+# One call appends a whole batch as one entry per segment (ARGV[1] the batch's predecessor's sequence, then per
+# segment: field, entry id, line count, lines joined by newlines). The ids' sequence counts lines, so the log
+# already holds every line up to its last id's sequence: those lines are skipped (a write that got through
+# before a timeout, or part of it), the rest of a segment becomes one entry. First, a log whose last id is
+# before the batch's predecessor lost entries: nothing is appended, LOST returned. Any other error is
+# returned (segments before it stay; the caller journals the batch and the replay skips them).
 _APPEND = (
     _HELD
     + """
-local key, field = KEYS[1], ARGV[1]
-local ms, seq = tonumber(ARGV[2]), tonumber(ARGV[3])
-local arrivals, lines = ARGV[4], ARGV[5]
-local pos, added = 1, 0
-if seq > 0 then
-  local last = held(key)
-  if tonumber(string.match(last, '%-(%d+)$')) < seq then
-    return redis.error_reply('SEGSHADOW_LOST ' .. last)
-  end
+local key = KEYS[1]
+local pos = tonumber(ARGV[1])
+local last = held(key)
+local have = tonumber(string.match(last, '%-(%d+)$'))
+if pos > 0 and have < pos then
+  return redis.error_reply('SEGSHADOW_LOST ' .. last)
 end
-for i = 0, #arrivals / 8 - 1 do
-  local arrival = struct.unpack('<d', arrivals, i * 8 + 1)
-  if arrival > ms then ms = arrival end
-  seq = seq + 1
-  local stop = string.find(lines, '\\n', pos, true)
-  local line
-  if stop then
-    line = string.sub(lines, pos, stop - 1)
-    pos = stop + 1
-  else
-    line = string.sub(lines, pos)
-  end
-  local reply = redis.pcall('XADD', key, string.format('%.0f-%.0f', ms, seq), field, line)
-  if type(reply) == 'table' and reply.err then
-    if not string.find(reply.err, 'equal or smaller', 1, true) then
-      return redis.error_reply(reply.err)
+local added = 0
+for i = 2, #ARGV, 4 do
+  local count = tonumber(ARGV[i + 2])
+  local stop = pos + count
+  if have < stop then
+    local lines = ARGV[i + 3]
+    local skip = have - pos
+    if skip > 0 then
+      local at = 1
+      for _ = 1, skip do
+        at = string.find(lines, '\\n', at, true) + 1
+      end
+      lines = string.sub(lines, at)
+    else
+      skip = 0
     end
-  else
-    added = added + 1
+    redis.call('XADD', key, ARGV[i + 1], ARGV[i], lines)
+    added = added + count - skip
   end
+  pos = stop
 end
 return added
 """
@@ -120,15 +120,17 @@ def _bulk(value: bytes) -> bytes:
 
 
 class RedisStreamShadow:
-    """The stream's input: each entry ``XADD``-ed with the id dual-write gave it, line in field ``e``.
+    """The stream's input: each batch ``XADD``-ed as **one** entry (``streaming.eventlog``): its lines joined by
+    newlines in field ``b``, its id the position dual-write gave its last line.
 
-    A batch travels as **one** command (a Lua script: the arrival times packed, the
-    lines joined by newlines) with one reply, so the client does no per-event work;
-    a batch whose lines hold a newline falls back to one pipelined ``XADD`` per
-    entry. No client-side retry: a failure is the dual-writer's signal to journal.
-    An id the stream already holds (a write that got through before a timeout) is skipped.
-    A log whose last id's sequence is below the batch's ``after_seq`` lost entries:
-    the write raises ``LogLost`` and appends nothing (checked in the same script).
+    A batch travels as one command (a Lua script) with one reply, so neither the
+    client nor the server does per-event work beyond copying bytes; a line holding a
+    newline cannot share an entry and gets one of its own in field ``e``, in the same
+    call. No client-side retry: a failure is the dual-writer's signal to journal.
+    Lines the log already holds (a write that got through before a timeout, wholly or
+    in part) are skipped, by position. A log whose last id's sequence is below the
+    batch's ``after_seq`` lost entries: the write raises ``LogLost`` and appends
+    nothing (checked in the same script).
     """
 
     def __init__(self, url: str, stream_key: str = EVENTS_STREAM, timeout_s: float = 1.0) -> None:
@@ -138,57 +140,36 @@ class RedisStreamShadow:
         self._script = self.client.register_script(_APPEND)
         self._seal = self.client.register_script(_SEAL)
         self._last = self.client.register_script(_LAST)
-        self._head = _bulk(stream_key.encode()) + _bulk(FIELD.encode())
+        self._key = _bulk(stream_key.encode())
 
     def write(self, batch: Batch) -> None:
         if not len(batch):
             return
-        lines = "\n".join(batch.lines).encode()
-        if lines.count(b"\n") != len(batch) - 1:
-            self._write_each(batch)
-            return
-        arrivals = batch.packed_arrivals()
-        tail = [
-            self._head,
-            _bulk(b"%d" % batch.after_ms),
-            _bulk(b"%d" % batch.after_seq),
-            b"$%d\r\n" % len(arrivals), arrivals, b"\r\n",
-            b"$%d\r\n" % len(lines), lines, b"\r\n",
-        ]  # fmt: skip
+        args = [_bulk(b"%d" % batch.after_seq), *_segments(batch)]
         try:
             try:
-                self._call(b"EVALSHA", self._script.sha.encode(), tail)
+                self._call(b"EVALSHA", self._script.sha.encode(), args)
             except redis.exceptions.NoScriptError:
-                self._call(b"EVAL", _APPEND.encode(), tail)  # loads it for the next EVALSHA
+                self._call(b"EVAL", _APPEND.encode(), args)  # loads it for the next EVALSHA
         except redis.ResponseError as exc:
             if _LOST in str(exc):
                 raise LogLost(str(exc).split()[-1], f"{batch.after_ms}-{batch.after_seq}") from None
             raise
 
-    def _call(self, command: bytes, script: bytes, tail: list[bytes]) -> None:
-        """One ``EVAL``/``EVALSHA`` packed by hand (redis-py would encode each argument in Python)."""
-        payload = b"".join([b"*9\r\n", _bulk(command), _bulk(script), _bulk(b"1"), *tail])
+    def _call(self, command: bytes, script: bytes, args: list[bytes]) -> None:
+        """One ``EVAL``/``EVALSHA`` of ``args`` (each already a RESP bulk string) on the log's key, packed by hand
+        (redis-py would encode each argument in Python)."""
+        head = b"*%d\r\n" % (4 + len(args)) + _bulk(command) + _bulk(script) + _bulk(b"1") + self._key
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_packed_command([payload], check_health=False)
+            conn.send_packed_command([b"".join([head, *args])], check_health=False)  # one system call
             conn.read_response()
         except (redis.ConnectionError, redis.TimeoutError, OSError):
             conn.disconnect()
             raise
         finally:
             pool.release(conn)
-
-    def _write_each(self, batch: Batch) -> None:
-        self.verify((batch.after_ms, batch.after_seq))
-        pipe = self.client.pipeline(transaction=False)
-        for entry_id, line in batch.entries():
-            pipe.xadd(self.stream_key, {FIELD: line}, id=entry_id)
-        for result in pipe.execute(raise_on_error=False):
-            if isinstance(result, redis.ResponseError) and "equal or smaller" in str(result):
-                continue  # already in the log: it got through before an earlier timeout
-            if isinstance(result, Exception):
-                raise result
 
     def healthy(self) -> bool:
         try:
@@ -229,6 +210,33 @@ class RedisStreamShadow:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _segments(batch: Batch) -> list[bytes]:
+    """The script's arguments for ``batch``, as RESP bulk strings: one segment (field ``b``) for the usual batch,
+    and where a line holds a newline, that line alone (field ``e``) between the runs of the others."""
+    joined = "\n".join(batch.lines).encode()
+    end_ms, end_seq = batch.end
+    if joined.count(b"\n") == len(batch) - 1:
+        return _segment(BATCH_FIELD, end_ms, end_seq, len(batch), joined)
+    out: list[bytes] = []
+    ids = batch.ids()
+    run: list[str] = []
+    for index, line in enumerate(batch.lines):
+        if "\n" in line:
+            if run:
+                out += _segment(BATCH_FIELD, *position(ids[index - 1]), len(run), "\n".join(run).encode())
+                run = []
+            out += _segment(FIELD, *position(ids[index]), 1, line.encode())
+        else:
+            run.append(line)
+    if run:
+        out += _segment(BATCH_FIELD, end_ms, end_seq, len(run), "\n".join(run).encode())
+    return out
+
+
+def _segment(field: str, ms: int, seq: int, count: int, lines: bytes) -> list[bytes]:
+    return [_bulk(field.encode()), _bulk(b"%d-%d" % (ms, seq)), _bulk(b"%d" % count), _bulk(lines)]
 
 
 def _text(value: bytes | str) -> str:

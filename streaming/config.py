@@ -8,9 +8,12 @@ from segments.lateness import GateParams
 from segments.rules import RuleSet
 
 EVENTS_STREAM = "segshadow:events"
-"""The Redis Stream the live stream reads by default; each entry holds one event's JSON line."""
+"""The Redis Stream the live stream reads by default; each entry holds event lines (``streaming.eventlog``)."""
 GROUP = "segshadow-stream"
 FIELD = "e"
+"""An entry's field holding exactly one event's JSON line (any producer may write these)."""
+BATCH_FIELD = "b"
+"""An entry's field holding several event lines joined by newlines (the dual-writer's entries)."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,11 @@ is the arrival order), and emits per-shard batches to the same ``SegmentShard``
 and sinks.
 
 **Reading.** The source keeps its own cursor, the id of the last entry it
-admitted, and reads the entries after it with ``XRANGE``; a read is a pure
+admitted, and reads the entries after it with ``XRANGE``. An entry holds one
+event line or, as the dual-writer writes them, a whole batch of lines
+(``streaming.eventlog``); the source admits an entry's lines in order, and asks
+for as many entries as make about ``read_count`` lines at the lines per entry it
+last read. A read is a pure
 query, so a timed-out or retried read loses nothing and never delivers an entry
 out of order (``XREADGROUP >`` would: a reply lost to a timeout leaves its entries
 delivered to nobody, and a frozen server answers the old read after the new one).
@@ -42,7 +46,7 @@ transition already there wins).
 
 **Health** (``streaming.health``): once a second the source publishes its
 watermark and lag, its totals and rates, and the consumer lag (entries after its
-cursor, read by ``XINFO GROUPS`` in the same ``MULTI`` as that second's read) to
+cursor, read by ``XINFO GROUPS`` in the same ``MULTI`` as that second's read; entries, not lines) to
 the serving store, and sets the matching Beam gauges; the shards and the Redis
 sink publish their own fields the same way.
 
@@ -71,12 +75,17 @@ from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission
 from streaming.byo import TransformRef, live_transform_transitions
 from streaming.config import EVENTS_STREAM, FIELD, GROUP, StreamConfig
+from streaming.eventlog import entries_for, entry_lines
 from streaming.health import HealthPublisher
 from streaming.pipeline import DEAD, METRICS_NAMESPACE, Flusher, _Counters, transitions_from
 from streaming.sinks import sink_all, with_backoff
 from streaming.ticks import Ticks
 
 log = logging.getLogger("segshadow.stream")
+
+# What other modules import from here; FIELD (the one-line entry field) is kept for them, the source itself
+# reads entries through streaming.eventlog.
+__all__ = ["EVENTS_STREAM", "FIELD", "LiveSource", "PollAndAdmit", "build_live", "source_counts_path"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ class LiveSource:
     consumer: str = "stream-1"
     poll_ms: int = 5
     hold_ms: int = 25  # how long a bundle stays open, polling (streaming.ticks)
-    read_count: int = 5_000
+    read_count: int = 5_000  # lines a read asks for (as entries, at the lines per entry of the last read)
     heartbeat_ms: int = 100  # idle shards learn the watermark (and fire expiries) at least this often
     counts_path: str | None = None  # where the admission counts and regroups are written (module doc)
     health_ms: int = 1000  # how often each stage publishes its health (module doc); 0: never
@@ -101,21 +110,6 @@ class LiveSource:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
-_FIELD_BYTES = FIELD.encode()
-
-
-def _line_of(fields: Any) -> str:
-    """The event line in an entry's fields: a dict (redis-py's XRANGE) or the raw flat list [field, value, ...]
-    (XRANGE here, raw); empty if the entry has none."""
-    if isinstance(fields, dict):
-        raw = fields.get(_FIELD_BYTES)
-    elif fields and fields[0] == _FIELD_BYTES:
-        raw = fields[1]  # the usual entry: the event's one field
-    else:
-        raw = dict(zip(fields[::2], fields[1::2], strict=False)).get(_FIELD_BYTES) if fields else None
-    return "" if raw is None else _text(raw)
 
 
 def _raw_reply(response: Any, **_options: Any) -> Any:
@@ -166,6 +160,7 @@ class PollAndAdmit(beam.DoFn):
         self.grouped = False
         self.cursor: bytes | None = None  # the last entry admitted since the group was (re)made; None: none yet
         self.read_since_group = 0
+        self.last_read = (0, 0)  # (lines, entries) of the last read that found any: the lines per entry
         self.regroups: list[dict[str, int]] = []
         self.last_heartbeat = 0.0
         self.failing_since: float | None = None
@@ -204,7 +199,8 @@ class PollAndAdmit(beam.DoFn):
         key, cursor = self.source.stream_key, self.cursor
         pipe = self.client.pipeline(transaction=True)
         pipe.xgroup_setid(key, self.source.group, cursor or b"0", entries_read=self.read_since_group)
-        pipe.xrange(key, min=b"(" + cursor if cursor else b"-", max=b"+", count=self.source.read_count)
+        count = entries_for(self.source.read_count, *self.last_read)
+        pipe.xrange(key, min=b"(" + cursor if cursor else b"-", max=b"+", count=count)
         asked = self.health is not None and self.health.due()
         if asked:  # once a second: the lag as of this read, in the same atomic step (module doc: health)
             pipe.xinfo_groups(key)
@@ -261,19 +257,22 @@ class PollAndAdmit(beam.DoFn):
         before = (counts.applied, counts.duplicates, counts.too_late, sum(counts.rejected.values()))
         admission, flusher = self.admission, self.flusher
         bounds = self.config.ruleset.time_bounds  # the range legacy and the replay read with
+        first = self.seq
         for _, fields in entries:
-            self.seq += 1
-            parsed = parse_line(_line_of(fields), self.seq, bounds)
-            if not isinstance(parsed, Event):
-                yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
-                continue
-            result = admission.admit_row(parsed)
-            if type(result) is tuple:
-                flusher.add(result)
-            elif result is not None:
-                yield beam.pvalue.TaggedOutput(DEAD, result)
+            for line in entry_lines(fields):
+                self.seq += 1
+                parsed = parse_line(line, self.seq, bounds)
+                if not isinstance(parsed, Event):
+                    yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
+                    continue
+                result = admission.admit_row(parsed)
+                if type(result) is tuple:
+                    flusher.add(result)
+                elif result is not None:
+                    yield beam.pvalue.TaggedOutput(DEAD, result)
+        self.last_read = (self.seq - first, len(entries)) if entries else self.last_read
         # Beam counters once per poll, not per event (each increment costs about a microsecond).
-        self.counters.lines.inc(len(entries))
+        self.counters.lines.inc(self.seq - first)
         self.counters.applied.inc(counts.applied - before[0])
         self.counters.duplicates.inc(counts.duplicates - before[1])
         self.counters.too_late.inc(counts.too_late - before[2])

@@ -44,6 +44,7 @@ from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission, shard_of
 from streaming.approx import segmenter_class
 from streaming.config import StreamConfig
+from streaming.eventlog import entries_for, log_lines
 from streaming.health import HealthPublisher
 from streaming.segmenter import PRUNE_EVERY_MS, Row, ShardSegmenter
 
@@ -201,7 +202,9 @@ class ReadAndAdmitRedisLog(beam.DoFn):
     """Bounded replay of a Redis Stream (the dual-write log): entries up to the last one at start, in order.
 
     The stream's entry order is the arrival order, so no sort is needed; admission
-    is the same as for a file.
+    is the same as for a file. Entries hold one line or a batch of lines
+    (``streaming.eventlog``); ``chunk`` is the lines a read asks for, and ``field``
+    is kept for callers only (both of the log's fields are read).
     """
 
     def __init__(self, config: StreamConfig, redis_url: str, stream_key: str, field: str, chunk: int = 20_000):
@@ -226,15 +229,18 @@ class ReadAndAdmitRedisLog(beam.DoFn):
             start: bytes = b"-"
             seq = 0
             last_arrival = 0
+            last_read = (0, 0)  # (lines, entries) of the last chunk: an entry may hold a batch of lines
             while end is not None:
-                entries = client.xrange(self.stream_key, min=start, max=end, count=self.chunk)
+                count = entries_for(self.chunk, *last_read)
+                entries = client.xrange(self.stream_key, min=start, max=end, count=count)
                 if not entries:
                     break
                 valid: list[Event] = []
-                texts = (fields.get(self.field, b"").decode("utf-8", "surrogateescape") for _, fields in entries)
+                texts = list(log_lines(entries))
                 bounds = self.config.ruleset.time_bounds
                 yield from parse_into(valid, enumerate(texts, start=seq + 1), admission, self.counters, bounds)
-                seq += len(entries)
+                seq += len(texts)
+                last_read = (len(texts), len(entries))
                 if valid:
                     last_arrival = valid[-1].arrival_time
                 yield from admit_events(admission, valid, flusher, self.config.batch_events, self.counters)

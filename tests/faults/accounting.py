@@ -26,6 +26,7 @@ import redis
 from segments.events import load_event_log
 from segments.lateness import GateParams, too_late_ids
 from segments.sqlstore import SqlStore
+from streaming.eventlog import log_lines
 
 STREAM_KEY = "segshadow:shadow:live:clickstream:events"
 
@@ -35,7 +36,7 @@ def log_ids(url: str, key: str = STREAM_KEY) -> list[str]:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
         entries: Any = client.xrange(key)
-        return [json.loads(fields["e"])["event_id"] for _, fields in entries]
+        return [json.loads(line)["event_id"] for line in log_lines(entries)]
     finally:
         client.close()
 

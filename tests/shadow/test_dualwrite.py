@@ -18,6 +18,7 @@ from segments.workloads import generate
 from shadow.dualwrite import DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
+from streaming.eventlog import log_lines, position
 from streaming.live import FIELD
 from streaming.pipeline import StreamConfig
 from streaming.replay import RedisLog, run_replay
@@ -79,9 +80,7 @@ def test_shadow_freeze_mid_ingest_is_journaled_then_replayed_in_arrival_order(
     assert counts.journaled > 0 and counts.replayed == counts.journaled
     assert counts.shadowed + counts.replayed == len(rows)
     assert stored == len({e.event_id for e, _ in rows})
-    client = redis.Redis.from_url(url)
-    logged = [fields[FIELD.encode()].decode() for _, fields in client.xrange(key)]
-    client.close()
+    logged = _log_lines(url, key)
     assert logged == [text for _, text in rows], "the shadow log is not the arrival-ordered input"
 
     events = tmp_path / "events.jsonl"
@@ -99,7 +98,7 @@ def test_shadow_freeze_mid_ingest_is_journaled_then_replayed_in_arrival_order(
 def _log_lines(url: str, key: str) -> list[str]:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        return [fields[FIELD] for _, fields in client.xrange(key)]  # type: ignore[union-attr]
+        return list(log_lines(client.xrange(key)))  # type: ignore[arg-type]
     finally:
         client.close()
 
@@ -162,9 +161,12 @@ def test_a_log_that_lost_its_tail_is_rebuilt_and_a_loss_after_the_last_write_is_
     client = redis.Redis.from_url(url)
     with SqlStore.open(f"sqlite:///{tmp_path / 'l.db'}") as store:
         writer = DualWriter(SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"))
-        _write_in_batches(writer, rows[: 2 * third])
-        head: list = client.xrange(shadow.stream_key, count=third)  # type: ignore[assignment]
-        client.delete(shadow.stream_key)  # the replica had only the first third
+        _write_in_batches(writer, rows[:third])  # flushed: the log's entries end at line ``third``
+        _write_in_batches(writer, rows[third : 2 * third])
+        entries: list = client.xrange(shadow.stream_key)  # type: ignore[assignment]
+        head = [(i, fields) for i, fields in entries if position(i)[1] <= third]
+        assert 0 < len(head) < len(entries)
+        client.delete(shadow.stream_key)  # the replica had only about the first third
         for entry_id, fields in head:
             client.xadd(shadow.stream_key, fields, id=entry_id)
         _write_in_batches(writer, rows[2 * third :])

@@ -26,6 +26,7 @@ from shadow.dualwrite import Batch, DualWriter
 from shadow.journal import Journal
 from shadow.live import Frontier, LivePlan, live_freshness, produce, retime, run_live, settled, workload_items
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
+from streaming.eventlog import entry_lines
 from streaming.live import FIELD
 
 
@@ -113,8 +114,8 @@ def test_producer_rejects_re_timed_events_outside_the_rule_sets_time_range(redis
         got = produce(writer, items, rate=1_000, duration_s=2.0, frontier=Frontier(), bounds=bounds)
         writer.close()
         stored = {e.event_id for e in store.iter_events()}
-    logged = shadow.client.xlen("segshadow:test:live-bounds")
     shadow.close()
+    logged = len(_log(redis_url, "segshadow:test:live-bounds"))
 
     late = {i.event_id for i in items if isinstance(i, Event) and i.arrival_time - i.event_time > 2_000}
     out_of_range = [r for r in got.rejected if r.reason == "time_out_of_range"]
@@ -188,10 +189,15 @@ _LINES = st.lists(_TEXT, min_size=1, max_size=25)
 
 
 def _log(url: str, key: str) -> list[tuple[str, str]]:
+    """Every line of the log with the id of the entry holding it."""
+    return [(entry_id, line) for entry_id, lines in _entries(url, key) for line in lines]
+
+
+def _entries(url: str, key: str) -> list[tuple[str, list[str]]]:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        entries: Any = client.xrange(key)
-        return [(entry_id, fields[FIELD]) for entry_id, fields in entries]
+        found: Any = client.xrange(key)
+        return [(entry_id, entry_lines(fields)) for entry_id, fields in found]
     finally:
         client.close()
 
@@ -201,32 +207,44 @@ def _log(url: str, key: str) -> list[tuple[str, str]]:
     after=st.tuples(st.integers(0, 2**45), st.integers(0, 10**9)),
     arrivals=st.lists(st.integers(0, 2**45), min_size=25, max_size=25),
     lines=_LINES,
+    held=st.integers(0, 25),
 )
-def test_one_server_call_appends_exactly_the_ids_and_lines_python_computes(
-    redis_url: str, after: tuple[int, int], arrivals: list[int], lines: list[str]
+def test_one_server_call_appends_the_batch_as_one_entry_and_skips_the_lines_the_log_holds(
+    redis_url: str, after: tuple[int, int], arrivals: list[int], lines: list[str], held: int
 ):
-    """The Lua append gives each entry the id ``Batch.ids`` gives it, and a second write adds nothing."""
+    """The Lua append writes the batch as one entry whose id is ``Batch.end``, holding its lines in order; when
+    the log already holds the first ``held`` lines (a write that got through before a timeout, here cut at any
+    line), only the rest is appended, and a second write adds nothing."""
     shadow = RedisStreamShadow(redis_url, "segshadow:test:batch")
     shadow.reset()
     shadow.reseed([], after)  # a log that already ends at ``after``
     batch = Batch(after[0], after[1], arrivals[: len(lines)], lines)
+    held = min(held, len(lines) - 1)
+    if held:  # the first ``held`` lines got through earlier, as an entry of their own
+        shadow.write(Batch(after[0], after[1], arrivals[:held], lines[:held]))
     shadow.write(batch)
-    assert _log(redis_url, shadow.stream_key) == batch.entries()
-    assert shadow.last_id() == "{}-{}".format(*batch.end)
+    assert [line for _, line in _log(redis_url, shadow.stream_key)] == lines
+    assert _entries(redis_url, shadow.stream_key)[-1] == ("{}-{}".format(*batch.end), lines[held:])
+    assert shadow.last_id() == "{}-{}".format(*batch.end) == batch.entries()[-1][0]
     shadow.write(batch)  # a replay of what already got through (an ambiguous timeout)
-    assert _log(redis_url, shadow.stream_key) == batch.entries()
+    assert [line for _, line in _log(redis_url, shadow.stream_key)] == lines
+    assert len(_entries(redis_url, shadow.stream_key)) == (2 if held else 1)
     shadow.close()
 
 
-def test_a_line_with_a_newline_takes_the_per_entry_path_with_the_same_ids(redis_url: str):
-    """Lines are joined by newlines for the one-call path; a line holding one is sent entry by entry."""
+def test_a_line_with_a_newline_gets_an_entry_of_its_own_with_its_own_position(redis_url: str):
+    """Lines are joined by newlines in one entry; a line holding one is an entry of its own (field ``e``), and
+    every entry's id is its last line's position."""
     shadow = RedisStreamShadow(redis_url, "segshadow:test:newline")
     shadow.reseed([], (5, 2))  # a log that already ends at 5-2
-    batch = Batch(5, 2, [3, 9, 7], ['{"a":1}', 'two\nlines', ""])
+    batch = Batch(5, 2, [3, 9, 7, 8, 10], ['{"a":1}', "two\nlines", "", "x", "y"])
     shadow.write(batch)
-    assert _log(redis_url, shadow.stream_key) == batch.entries() == [
-        ("5-3", '{"a":1}'), ("9-4", "two\nlines"), ("9-5", "")
+    assert _entries(redis_url, shadow.stream_key) == [
+        ("5-3", ['{"a":1}']), ("9-4", ["two\nlines"]), ("10-7", ["", "x", "y"])
     ]
+    raw: Any = shadow.client.xrange(shadow.stream_key)
+    assert [list(fields) for _, fields in raw] == [[b"b"], [FIELD.encode()], [b"b"]]
+    assert [i for i, _ in batch.entries()] == ["5-3", "9-4", "9-5", "9-6", "10-7"]
     shadow.close()
 
 

@@ -21,10 +21,10 @@ def test_a_sample_counts_sent_lag_and_the_p99_of_event_caused_transitions(redis_
     transitions = tmp_path / "stream.jsonl"
     watcher = LiveWatcher(client, "log", "group", transitions, clock=lambda: next(clock))
     try:
-        for i in range(10):
-            client.xadd("log", {"e": str(i)})
-        client.xgroup_create("log", "group", id="0")
-        client.xreadgroup("group", "c", {"log": ">"}, count=4)  # 4 read, none acknowledged: 6 lag + 4 pending
+        # As the dual-writer writes: a batch an entry, ids counting lines (streaming.eventlog).
+        client.xadd("log", {"b": "0\n1\n2\n3"}, id="100-4")
+        client.xadd("log", {"b": "4\n5\n6\n7\n8\n9"}, id="105-10")
+        client.xgroup_create("log", "group", id="100-4")  # the first entry read: 6 lines of lag
         late = _transition("2024-01-01T00:00:01.000Z", "2024-01-01T00:00:01.500Z")
         transitions.write_text(
             _transition("2024-01-01T00:00:00.000Z", "2024-01-01T00:00:00.020Z") + "\n"
@@ -33,14 +33,13 @@ def test_a_sample_counts_sent_lag_and_the_p99_of_event_caused_transitions(redis_
             encoding="utf-8",
         )
         first = watcher.sample()
-        assert (first.sent, first.rate, first.lag, first.transitions) == (10, None, 10, 1)
+        assert (first.sent, first.rate, first.lag, first.transitions) == (10, None, 6, 1)
         assert first.p99_ms == 20
-        for i in range(10):
-            client.xadd("log", {"e": str(i)})
+        client.xadd("log", {"b": "\n".join(map(str, range(10)))}, id="110-20")
         with transitions.open("a", encoding="utf-8") as handle:
             handle.write(late[40:] + "\n")  # the rest of that line: 500 ms
         second = watcher.sample()
-        assert (second.sent, second.rate, second.lag, second.transitions) == (20, 5.0, 20, 2)
+        assert (second.sent, second.rate, second.lag, second.transitions) == (20, 5.0, 16, 2)
         assert second.p99_ms == 500
     finally:
         client.close()

@@ -16,17 +16,24 @@ from segments.redisstore import RedisStore
 from segments.rules import load_ruleset
 from segments.sqlstore import SqlStore
 from segments.workloads import generate
+from streaming.config import BATCH_FIELD
 from streaming.live import EVENTS_STREAM, FIELD, LiveSource, build_live
 from streaming.options import LIVE_RUNNER, pipeline_options
 from streaming.pipeline import StreamConfig
 from streaming.replay import run_replay
 
 
-def _produce(url: str, lines: list[str]) -> None:
+def _produce(url: str, lines: list[str], per_entry: int = 1) -> None:
+    """One entry a line (field ``e``, as any producer), or ``per_entry`` lines an entry (field ``b``, as the
+    dual-writer: ``streaming.eventlog``)."""
     client = redis.Redis.from_url(url)
     pipe = client.pipeline()
-    for line in lines:
-        pipe.xadd(EVENTS_STREAM, {FIELD: line})
+    if per_entry == 1:
+        for line in lines:
+            pipe.xadd(EVENTS_STREAM, {FIELD: line})
+    else:
+        for start in range(0, len(lines), per_entry):
+            pipe.xadd(EVENTS_STREAM, {BATCH_FIELD: "\n".join(lines[start : start + per_entry])})
     pipe.execute()
     client.close()
 
@@ -61,7 +68,7 @@ def test_live_restart_mid_stream_loses_nothing_and_counts_nothing_twice(redis_ur
     producer.start()
     _run_live(config, redis_url, database_url, 3.0)
     producer.join()
-    _produce(redis_url, lines[half:])  # arrives while the stream is down
+    _produce(redis_url, lines[half:], per_entry=37)  # arrives while the stream is down, a batch an entry
     _run_live(config, redis_url, database_url, 2.0)
 
     events = tmp_path / "events.jsonl"
@@ -89,14 +96,20 @@ def test_live_restart_mid_stream_loses_nothing_and_counts_nothing_twice(redis_ur
             assert stored is not None and tuple(sorted(stored.segments)) == segments
 
 
-def test_an_entry_line_is_found_in_every_shape_redis_returns():
-    from streaming.live import _line_of
+def test_an_entrys_lines_are_found_in_every_shape_redis_returns():
+    from streaming.eventlog import entries_for, entry_lines
 
-    assert _line_of({b"e": b'{"a":1}'}) == '{"a":1}'  # redis-py's XRANGE
-    assert _line_of([b"e", b'{"a":1}']) == '{"a":1}'  # raw XRANGE
-    assert _line_of([b"source", b"web", b"e", b"x\xffy"]) == "x\udcffy"  # other fields first; bad UTF-8 kept
-    assert _line_of([b"source", b"web"]) == ""  # no event field: parsed as an empty line, dead-lettered
-    assert _line_of(None) == ""  # an entry deleted while pending
+    assert entry_lines({b"e": b'{"a":1}'}) == ['{"a":1}']  # redis-py's XRANGE
+    assert entry_lines({"e": "two\nlines"}) == ["two\nlines"]  # field e: one line, whatever it holds
+    assert entry_lines([b"e", b'{"a":1}']) == ['{"a":1}']  # raw XRANGE
+    assert entry_lines([b"b", b'{"a":1}\n\n{"b":2}']) == ['{"a":1}', "", '{"b":2}']  # a dual-writer batch
+    assert entry_lines({b"b": b"x"}) == ["x"]
+    assert entry_lines([b"source", b"web", b"e", b"x\xffy"]) == ["x\udcffy"]  # other fields first; bad UTF-8 kept
+    assert entry_lines([b"source", b"web"]) == [""]  # no event field: parsed as an empty line, dead-lettered
+    assert entry_lines(None) == [""]  # an entry deleted while pending
+    assert entries_for(5_000, 0, 0) == 1 and entries_for(5_000, 1_000, 2) == 10  # nothing seen; 500 lines an entry
+    assert entries_for(5_000, 3, 3) == 5_000  # a line an entry
+    assert entries_for(5_000, 40_000, 2) == 1  # an entry larger than a read: one at a time
 
 
 def test_live_source_recreates_a_vanished_log_and_counts_what_it_had_applied_as_duplicates(
@@ -123,11 +136,11 @@ def test_live_source_recreates_a_vanished_log_and_counts_what_it_had_applied_as_
             if group_made:
                 break
             time.sleep(0.05)
-        _produce(redis_url, lines[:half])
+        _produce(redis_url, lines[:half], per_entry=50)
         time.sleep(1.0)  # read by the running source
         client.delete(EVENTS_STREAM)  # the log and its group are gone
         time.sleep(0.3)
-        _produce(redis_url, lines)  # re-seeded whole, then the rest arrives
+        _produce(redis_url, lines, per_entry=500)  # re-seeded whole (in other entries), then the rest arrives
         client.close()
 
     helper = threading.Thread(target=hurt_and_heal)
