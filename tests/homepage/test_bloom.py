@@ -124,3 +124,29 @@ def test_dashboard_shows_reach_read_from_the_serving_store(site: Site, make_app:
     assert "Reach in the serving store" in page
     table = page[page.index('id="live-reach"') :]
     assert ">37</td>" in table and ">29</td>" in table
+
+
+def test_the_live_reach_table_puts_both_sides_of_each_segment_together(
+    site: Site, make_app: Callable[..., object]
+) -> None:
+    """A legacy and a stream row per segment, even where one side has no reach for it yet (0, not missing)."""
+    import re
+
+    from segments.reachstore import ReachStore
+
+    now = wall_clock_ms()
+    reach = ReachStore(site.redis.client, prefix=site.redis.prefix)
+    reach.record("stream", [(f"s{n}", ("high_value", "window_shopper"), now) for n in range(41)])
+    reach.record("legacy", [(f"s{n}", ("high_value",), now) for n in range(23)])
+    page = TestClient(make_app()).get("/dashboard").text  # type: ignore[arg-type]
+    table = page[page.index('id="live-reach"') :]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r'<tr><td class="reach-(\w+)">\w+</td><td>(\w+)</td>(.*?)</tr>', table)
+    assert [(side, segment) for side, segment, _ in rows] == [
+        ("legacy", "high_value"),
+        ("stream", "high_value"),
+        ("legacy", "window_shopper"),
+        ("stream", "window_shopper"),
+    ]
+    last = [re.findall(r"<td>([\d,]+)</td>", cells)[-1] for _, _, cells in rows]
+    assert last == ["23", "41", "0", "41"]
