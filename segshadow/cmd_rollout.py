@@ -662,10 +662,11 @@ def register(app: typer.Typer) -> None:
         serve_from_bloom: Annotated[
             bool,
             typer.Option(
-                "--serve-from-bloom",
+                "--serve-from-bloom/--serve-exact",
                 help="answer /api/member from each segment's Bloom filter of the stream's current members "
                 "(no serving-store read per request; false positives near --bloom-fpr, measured on each rebuild "
-                "and shown in /segments/NAME/bloom.json) instead of the exact set the rollout serves",
+                "and shown in /segments/NAME/bloom.json) instead of the exact set the rollout serves "
+                "(--serve-exact, the default)",
             ),
         ] = False,
         bloom_fpr: Annotated[
