@@ -736,4 +736,8 @@ def register(app: typer.Typer) -> None:
             )
             for line in notes:
                 print(f"segshadow: {line.replace('{base}', f'http://{host}:{port}')}", file=sys.stderr)
-            uvicorn.run(site, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+            blooms.start()  # rebuilt in the background: no request waits for a scan of the serving store
+            try:
+                uvicorn.run(site, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+            finally:
+                blooms.stop()
