@@ -698,6 +698,7 @@ def register(app: typer.Typer) -> None:
         from homepage.bloom import BloomCache
         from rollout.router import LegacySqlReader, Router, StageCache, serving_client
         from segments.embedded import redis_endpoint
+        from segments.reachstore import ReachStore
         from segments.redisstore import RedisStore
 
         recorded = _recorded_run(run, redis_url) if run is not None else None
@@ -728,7 +729,10 @@ def register(app: typer.Typer) -> None:
                 clock=clock,
                 stream_stale_after_ms=stale_ms,
             )
-            blooms = BloomCache(serving, (), target_fpr=bloom_fpr, clock=clock)
+            # Each rebuild also carries the stream's current members into the reach of the minute it runs in
+            # (segments.reachstore: the holders at a minute's start); not for a recorded run, whose clock stands.
+            reach = None if recorded is not None else ReachStore(client, prefix=serving.prefix)
+            blooms = BloomCache(serving, (), target_fpr=bloom_fpr, clock=clock, reach=reach)
             site = create_app(router, evidence, plan=the_plan, blooms=blooms, serve_from_bloom=serve_from_bloom)
             print(
                 f"segshadow: serving on http://{host}:{port}/ (dashboard /dashboard, metrics /metrics)",

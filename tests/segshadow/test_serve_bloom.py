@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from segments.outputs import Transition
+from segments.reachstore import ReachStore
 from segments.redisstore import RedisStore
+from segments.sketches import REDIS_HLL_BOUND, relative_error
 from segments.timeutil import wall_clock_ms
 from tests.rollout.helpers import closed_port
 
@@ -75,6 +78,12 @@ def test_serve_from_bloom_answers_membership_from_the_filter_at_the_target_rate(
         said_yes = sum(_get(f"{base}/api/member?user={u}&segment=high_value")["member"] for u in others[:400])
         assert described["check"]["false_negatives"] == 0
         assert 0 < said_yes < 60  # 5% of 400 is 20 (fixed ids and hash: deterministic)
+        # The rebuild carried the current holders into the stream's reach of the minute it ran in.
+        reach = ReachStore(redis.Redis.from_url(redis_url))
+        minute = wall_clock_ms() // 60_000 * 60_000
+        counts = [reach.count("stream", "high_value", "minute", b) for b in (minute - 60_000, minute)]
+        assert any(relative_error(c, len(members)) <= REDIS_HLL_BOUND for c in counts), counts
+        reach.client.close()
     finally:
         _stop(process)
 
