@@ -49,6 +49,7 @@ from rollout.stages import needs_gates
 from rollout.store import RolloutState
 from segments.display import install
 from segments.errors import SegshadowError
+from segments.sketches import REDIS_HLL_BOUND
 from segments.timeutil import Clock, format_ms, wall_clock_ms
 
 HERE = Path(__file__).resolve().parent
@@ -231,7 +232,12 @@ def create_app(
         gates = _next_gates(plan, state, found.data if found else None, now)
         content = dashboard(found.data if found else None, note, view, history, gates, now)
         return html(
-            "dashboard.html", page="dashboard", d=content, live_reach=live_reach(router.source), **reach_view(evidence)
+            "dashboard.html",
+            page="dashboard",
+            d=content,
+            live_reach=live_reach(router.source),
+            live_reach_bound=REDIS_HLL_BOUND,
+            **reach_view(evidence),
         )
 
     if blooms is None and router.source is not None and hasattr(router.source, "scan_side"):
@@ -311,8 +317,10 @@ def reach_view(evidence: EvidenceFile | None) -> dict[str, Any]:
 
 
 def live_reach(source: object, minutes: int = 10) -> list[dict[str, Any]]:
-    """Each side's reach per segment over its last ``minutes`` minutes, read from the serving store
-    (``segments.reachstore``: kept in the write path, ``PFCOUNT`` per minute); empty without a Redis store."""
+    """Both sides' reach per segment over the last ``minutes`` minutes, read from the serving store
+    (``segments.reachstore``: kept in the write path, the stream's by its sink, legacy's by its as-of
+    writes; ``PFCOUNT`` per minute): a legacy and a stream row per segment either side has reach in;
+    empty without a Redis store."""
     from segments.reachstore import ReachStore
 
     client = getattr(source, "client", None)
@@ -325,8 +333,9 @@ def live_reach(source: object, minutes: int = 10) -> list[dict[str, Any]]:
         if not found:
             return []
         latest = max(found)  # one set of columns for both sides
-        for side in ("legacy", "stream"):
-            for segment in store.segments(side):
+        segments = sorted(set(store.segments("legacy")) | set(store.segments("stream")))
+        for segment in segments:  # both sides of a segment side by side (a side without it counts 0)
+            for side in ("legacy", "stream"):
                 series = store.series(side, segment, "minute", latest - (minutes - 1) * 60_000, latest)
                 rows.append(
                     {"side": side, "segment": segment, "buckets": [(format_ms(b)[11:16], c) for b, c in series]}

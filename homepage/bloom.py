@@ -11,7 +11,9 @@ false negatives); it says yes for a non-member with about the target rate
   member count at the target rate.
 - ``BloomCache`` rebuilds them on a schedule (``every_ms``) and whenever the
   side has published a change batch since the last build (its heartbeat,
-  ``meta.last_write_ms``, moved), checked at most every ``check_ms``.
+  ``meta.last_write_ms``, moved), checked at most every ``check_ms``: on the
+  caller's thread, or (after ``start``, as ``segshadow serve`` does) in a
+  background thread, so requests only read the last built filters.
 - ``measure`` checks a filter against the exact set: false negatives (must be
   0) and the observed false-positive rate over non-member probes, with its
   Wilson 95% interval.
@@ -33,6 +35,7 @@ headers) and ``/segments/{name}/bloom.json``.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -40,9 +43,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from compare.stats import Z95, wilson_interval
+from segments.errors import SegshadowError
 from segments.redisstore import SideMeta, StoredSegments
 from segments.sketches import DEFAULT_BLOOM_FPR, BloomParams, build_bloom, load_bloom
 from segments.timeutil import Clock, format_ms, wall_clock_ms
+
+log = logging.getLogger("segshadow.bloom")
 
 
 class MemberSource(Protocol):
@@ -209,21 +215,61 @@ class BloomCache:
         self._built_at: int | None = None
         self._checked_at: int | None = None
         self._source_write: int | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the built state (filters, checks, times): swapped whole, read briefly
+        self._build_lock = threading.Lock()  # one rebuild at a time
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def current(self) -> dict[str, SegmentBloom]:
-        """The filters, rebuilt first if the schedule says so or the side published since the last build."""
+        """The filters, rebuilt first if the schedule says so or the side published since the last build.
+
+        Once ``start`` has started the background rebuilds, a caller only reads the last built
+        filters (it builds them itself only when none were built yet).
+        """
+        if self._thread is None or self._built_at is None:
+            self.refresh()
         with self._lock:
+            return dict(self._blooms)
+
+    def refresh(self) -> bool:
+        """Rebuild if the schedule says so or the side published a change batch since the last build.
+
+        The scan, the filters, their checks and the carry are made outside ``_lock``; readers keep
+        the previous filters until the new ones are swapped in. Returns whether it rebuilt.
+        """
+        with self._build_lock:
             now = self.clock()
-            if self._built_at is None or now - self._built_at >= self.every_ms:
-                self._rebuild(now)
-            elif self._checked_at is None or now - self._checked_at >= self.check_ms:
+            if self._built_at is not None and now - self._built_at < self.every_ms:
+                if self._checked_at is not None and now - self._checked_at < self.check_ms:
+                    return False
                 self._checked_at = now
                 meta = self.source.meta(self.side)
-                written = meta.last_write_ms if meta is not None else None
-                if written != self._source_write:
-                    self._rebuild(now)
-            return dict(self._blooms)
+                if (meta.last_write_ms if meta is not None else None) == self._source_write:
+                    return False
+            self._rebuild(now)
+            return True
+
+    def start(self) -> None:
+        """Rebuild in a background thread (every ``check_ms`` it checks the schedule and the side's
+        heartbeat), so no request waits for a scan of the serving store. ``stop`` ends it."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="segshadow-bloom", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop.set()
+            thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check_ms / 1000):
+            try:
+                self.refresh()
+            except SegshadowError as exc:  # the store is down: keep serving the last filters, try again
+                log.warning("Bloom filters not rebuilt: %s", exc)
 
     def member(self, segment: str, user_id: str) -> bool | None:
         """Whether the segment's filter says ``user_id`` is a member (None: no filter for the segment)."""
@@ -242,12 +288,12 @@ class BloomCache:
         written = meta.last_write_ms if meta is not None else None
         everyone: set[str] = set()
         members = members_by_segment(self.source, self.side, everyone)
-        self._blooms = build_blooms(members, self.side, self.segments, self.target_fpr, now, written)
-        self.checks = {
-            name: measure(bloom, members.get(name, ()), everyone) for name, bloom in self._blooms.items()
-        }
+        blooms = build_blooms(members, self.side, self.segments, self.target_fpr, now, written)
+        checks = {name: measure(bloom, members.get(name, ()), everyone) for name, bloom in blooms.items()}
         if self.reach is not None:
             self.reach.carry(self.side, members, now)
-        self._built_at = self._checked_at = now
-        self._source_write = written
-        self.builds += 1
+        with self._lock:
+            self._blooms, self.checks = blooms, checks
+            self._built_at = self._checked_at = now
+            self._source_write = written
+            self.builds += 1

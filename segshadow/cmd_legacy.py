@@ -6,6 +6,9 @@ SQLite file in the data directory. A run replaces that database's events table
 ``legacy_batch.job``. Assignments go to Redis (namespace ``legacy``) only when a
 Redis server is named (``--redis-url`` or ``SEGSHADOW_REDIS_URL``): an embedded
 Valkey started for one run would be gone when it ends, so none is started.
+There each as-of's members also go into the legacy side's segment reach
+(``PFADD`` per minute and hour, ``segments.reachstore.ReachingSink``), as the
+stream's sink keeps the stream's.
 """
 
 from __future__ import annotations
@@ -53,9 +56,12 @@ def resolve_rules(ref: str, store: SqlStore) -> RuleSet:
 
 
 def _redis_sink(url: str, stack: contextlib.ExitStack) -> AssignmentSink:
+    """The ``legacy`` namespace's current sets; each as-of's members also go into its reach (reachstore)."""
+    from segments.reachstore import ReachingSink, ReachStore
     from segments.redisstore import RedisStore
 
-    return LegacyWriterSink(stack.enter_context(RedisStore.open(url)))
+    store = stack.enter_context(RedisStore.open(url))
+    return ReachingSink(LegacyWriterSink(store), ReachStore(store.client, prefix=store.prefix))
 
 
 @legacy_app.command("run")

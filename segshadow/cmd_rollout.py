@@ -44,12 +44,14 @@ from rollout.store import Decision, RolloutState, RolloutStore, verify_log
 from segments.config import Settings
 from segments.display import visible
 from segments.errors import CheckFailed, InputError, SegshadowError, StoreUnavailable, UsageError, redact
+from segments.sketches import DEFAULT_BLOOM_FPR
 from segments.snapshot import ServingSnapshot
 from segments.timeutil import format_ms, wall_clock_ms
 from segshadow.common import (
     DatabaseOpt,
     DataDirOpt,
     RedisOpt,
+    bloom_rate,
     duration,
     duration_between,
     listen_port,
@@ -657,11 +659,33 @@ def register(app: typer.Typer) -> None:
                 "its rollout store and its evidence; no server needed",
             ),
         ] = None,
+        serve_from_bloom: Annotated[
+            bool,
+            typer.Option(
+                "--serve-from-bloom/--serve-exact",
+                help="answer /api/member from each segment's Bloom filter of the stream's current members "
+                "(no serving-store read per request; false positives near --bloom-fpr, measured on each rebuild "
+                "and shown in /segments/NAME/bloom.json) instead of the exact set the rollout serves "
+                "(--serve-exact, the default)",
+            ),
+        ] = False,
+        bloom_fpr: Annotated[
+            float,
+            typer.Option(
+                "--bloom-fpr",
+                help="target false-positive rate of the Bloom filters (0.000001-0.5)",
+                callback=bloom_rate,
+            ),
+        ] = DEFAULT_BLOOM_FPR,
         database_url: DatabaseOpt = None,
         redis_url: RedisOpt = None,
         data_dir: DataDirOpt = None,
     ) -> None:
         """Serve the mock shop, its account page, the cutover dashboard and /metrics.
+
+        ``--serve-from-bloom`` answers membership (``/api/member``) from the per-segment Bloom
+        filters the site also exports at ``/segments/NAME/bloom``, rebuilt from the serving store
+        every minute and after each published change batch, at the ``--bloom-fpr`` target.
 
         ``--run DIR`` shows a finished ``shadow run --out DIR``: the segments it saved in
         ``DIR/serving.jsonl``, loaded into a fresh embedded Valkey (never into a configured
@@ -671,8 +695,10 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from homepage.app import create_app
+        from homepage.bloom import BloomCache
         from rollout.router import LegacySqlReader, Router, StageCache, serving_client
         from segments.embedded import redis_endpoint
+        from segments.reachstore import ReachStore
         from segments.redisstore import RedisStore
 
         recorded = _recorded_run(run, redis_url) if run is not None else None
@@ -695,18 +721,27 @@ def register(app: typer.Typer) -> None:
                 notes = recorded.load(client)
                 saved_at = recorded.snapshot.saved_at
                 clock = lambda: saved_at  # noqa: E731  (a recorded run is judged as of its save)
+            serving = RedisStore(client)
             router = Router(
                 stages,
-                RedisStore(client),
+                serving,
                 LegacySqlReader(store.engine, ruleset),
                 clock=clock,
                 stream_stale_after_ms=stale_ms,
             )
-            site = create_app(router, evidence, plan=the_plan)
+            # Each rebuild also carries the stream's current members into the reach of the minute it runs in
+            # (segments.reachstore: the holders at a minute's start); not for a recorded run, whose clock stands.
+            reach = None if recorded is not None else ReachStore(client, prefix=serving.prefix)
+            blooms = BloomCache(serving, (), target_fpr=bloom_fpr, clock=clock, reach=reach)
+            site = create_app(router, evidence, plan=the_plan, blooms=blooms, serve_from_bloom=serve_from_bloom)
             print(
                 f"segshadow: serving on http://{host}:{port}/ (dashboard /dashboard, metrics /metrics)",
                 file=sys.stderr,
             )
             for line in notes:
                 print(f"segshadow: {line.replace('{base}', f'http://{host}:{port}')}", file=sys.stderr)
-            uvicorn.run(site, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+            blooms.start()  # rebuilt in the background: no request waits for a scan of the serving store
+            try:
+                uvicorn.run(site, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+            finally:
+                blooms.stop()

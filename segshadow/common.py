@@ -168,6 +168,13 @@ def percentage(value: float | None) -> float | None:
     return value
 
 
+def bloom_rate(value: float) -> float:
+    """A typer callback: a Bloom filter's target false-positive rate, 0.000001 to 0.5."""
+    if not (math.isfinite(value) and 1e-6 <= value <= 0.5):
+        raise typer.BadParameter(f"{value} is not a false-positive rate from 0.000001 to 0.5")
+    return value
+
+
 def listen_port(ctx: typer.Context, value: int) -> int:
     """A typer callback for a port to serve on: 1-65535 and free to listen on.
 

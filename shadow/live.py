@@ -98,6 +98,7 @@ from segments.errors import SegshadowError, StoreUnavailable, UsageError
 from segments.events import DEFAULT_TIME_BOUNDS, Event, Rejection, TimeBounds, load_event_log, parse_line, write_jsonl
 from segments.lateness import NO_WATERMARK, Gate, GateParams, too_late_ids
 from segments.outputs import Transition, file_sha256, meta_path, read_transitions, write_meta
+from segments.reachstore import ReachingSink, ReachStore
 from segments.redisstore import RedisStore
 from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
@@ -307,7 +308,8 @@ class ServingSink:
     """
 
     def __init__(self, serving: RedisStore) -> None:
-        self.inner = LegacyWriterSink(serving)
+        # Each as-of's members also go into the legacy reach; a retried snapshot re-adds them (PFADD is idempotent).
+        self.inner = ReachingSink(LegacyWriterSink(serving), ReachStore(serving.client, prefix=serving.prefix))
         self.failures = 0
         self.pending: tuple[int, Sequence[tuple[str, frozenset[str]]]] | None = None
 

@@ -57,7 +57,7 @@ from segments.events import (
 )
 from segments.lateness import GateParams
 from segments.outputs import Assignment, file_sha256, write_meta
-from segments.reachstore import ReachStore
+from segments.reachstore import ReachingSink, ReachStore
 from segments.redisstore import RedisStore
 from segments.rules import RuleSet, check_reads
 from segments.sqlstore import SqlStore
@@ -176,7 +176,7 @@ def run_legacy_side(
     query_ms: list[float] = []
     run_ms: list[float] = []
     assignments: list[Assignment] = []
-    sink = LegacyWriterSink(redis_store)
+    sink = ReachingSink(LegacyWriterSink(redis_store), ReachStore(redis_store.client, prefix=redis_store.prefix))
     runs = run_as_ofs(store, plan.ruleset, as_ofs, sink, sql=plan.legacy_sql)
     for done, result in enumerate(runs, start=1):
         query_ms.append(result.query_ms)

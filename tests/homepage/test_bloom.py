@@ -124,3 +124,72 @@ def test_dashboard_shows_reach_read_from_the_serving_store(site: Site, make_app:
     assert "Reach in the serving store" in page
     table = page[page.index('id="live-reach"') :]
     assert ">37</td>" in table and ">29</td>" in table
+
+
+def test_the_live_reach_table_puts_both_sides_of_each_segment_together(
+    site: Site, make_app: Callable[..., object]
+) -> None:
+    """A legacy and a stream row per segment, even where one side has no reach for it yet (0, not missing)."""
+    import re
+
+    from segments.reachstore import ReachStore
+
+    now = wall_clock_ms()
+    reach = ReachStore(site.redis.client, prefix=site.redis.prefix)
+    reach.record("stream", [(f"s{n}", ("high_value", "window_shopper"), now) for n in range(41)])
+    reach.record("legacy", [(f"s{n}", ("high_value",), now) for n in range(23)])
+    page = TestClient(make_app()).get("/dashboard").text  # type: ignore[arg-type]
+    table = page[page.index('id="live-reach"') :]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r'<tr><td class="reach-(\w+)">\w+</td><td>(\w+)</td>(.*?)</tr>', table)
+    assert [(side, segment) for side, segment, _ in rows] == [
+        ("legacy", "high_value"),
+        ("stream", "high_value"),
+        ("legacy", "window_shopper"),
+        ("stream", "window_shopper"),
+    ]
+    last = [re.findall(r"<td>([\d,]+)</td>", cells)[-1] for _, _, cells in rows]
+    assert last == ["23", "41", "0", "41"]
+
+
+class _Scans:
+    """The serving store, noting which thread scans it (a rebuild's scan)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.threads: list[str] = []
+
+    def scan_side(self, side: str, batch: int = 1000):  # type: ignore[no-untyped-def]
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return self.inner.scan_side(side, batch)  # type: ignore[attr-defined]
+
+    def meta(self, side: str):  # type: ignore[no-untyped-def]
+        return self.inner.meta(side)  # type: ignore[attr-defined]
+
+
+def test_started_rebuilds_run_in_the_background_after_a_published_change(site: Site) -> None:
+    """After ``start`` a reader never scans the serving store: the background thread rebuilds on the change
+    batch and the reader sees the new member once it has."""
+    import threading
+    import time
+
+    site.stream("alice", "high_value")
+    source = _Scans(site.redis)
+    cache = BloomCache(source, ("high_value",), every_ms=3_600_000, check_ms=20)  # type: ignore[arg-type]
+    assert cache.member("high_value", "alice") is True  # the first build, by the first reader
+    assert source.threads == [threading.current_thread().name]
+    cache.start()
+    try:
+        site.stream("zed", "high_value")  # a published change batch moves the side's heartbeat
+        deadline = time.monotonic() + 10
+        while cache.builds < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cache.builds == 2
+        for _ in range(20):
+            cache.current()
+        assert cache.member("high_value", "zed") is True
+        assert source.threads[1:] == ["segshadow-bloom"]  # the reader built nothing more
+    finally:
+        cache.stop()

@@ -174,3 +174,22 @@ def test_bad_input_is_one_line_and_exit_2(
     assert code == 2
     assert expected in line
     assert not out.exists()
+
+
+def test_run_keeps_the_legacy_reach_in_redis_within_the_bound(
+    database_url: str, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each as-of's members go into the legacy side's per-minute and per-hour HyperLogLogs as the run writes;
+    PFCOUNT of every bucket is within Redis' stated bound of the exact count from the assignments."""
+    from segments.workloads import write_workload
+    from tests.segments.test_reachstore import assert_legacy_reach_in_redis, legacy_reach_exact
+
+    events = tmp_path / "events.jsonl"
+    write_workload("clickstream", events, users=1500, minutes=20, seed=11)
+    out = tmp_path / "legacy.jsonl"
+    argv = ["legacy", "run", "--events", str(events), "--rules", "clickstream", "--every", "2m", "--out", str(out)]
+    code = _run([*argv, "--database-url", database_url, "--redis-url", redis_url])
+    assert code == 0, capsys.readouterr().err
+    exact = legacy_reach_exact(read_assignments(out))
+    assert max(len(users) for users in exact.values()) > 200  # large enough that the sketch is not trivially exact
+    assert_legacy_reach_in_redis(redis_url, exact)

@@ -89,3 +89,26 @@ def test_the_stream_sink_keeps_reach_as_it_publishes(tmp_path: Path, redis_url: 
         (_, count), = store.series("stream", segment, "minute", bucket, bucket)
         assert relative_error(count, len(users)) <= REDIS_HLL_BOUND, (segment, bucket)
     store.client.close()
+
+
+def legacy_reach_exact(assignments: object) -> dict[tuple[str, str, int], set[str]]:
+    """(segment, grain, bucket) -> the users some as-of in the bucket assigned the segment (the legacy reach)."""
+    exact: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+    for a in assignments:  # type: ignore[attr-defined]
+        for segment in a.segments:
+            exact[(segment, "minute", a.as_of - a.as_of % MINUTE_MS)].add(a.user_id)
+            exact[(segment, "hour", a.as_of - a.as_of % 3_600_000)].add(a.user_id)
+    return exact
+
+
+def assert_legacy_reach_in_redis(redis_url: str, exact: dict[tuple[str, str, int], set[str]]) -> None:
+    """Every bucket's PFCOUNT in the serving store is within Redis' stated bound of its exact distinct users."""
+    assert exact, "the workload assigns some segment"
+    store = ReachStore(redis.Redis.from_url(redis_url))
+    try:
+        for (segment, grain, bucket), users in exact.items():
+            ((_, count),) = store.series("legacy", segment, grain, bucket, bucket)
+            assert relative_error(count, len(users)) <= REDIS_HLL_BOUND, (segment, grain, bucket, count, len(users))
+        assert set(store.segments("legacy")) == {segment for segment, _, _ in exact}
+    finally:
+        store.client.close()

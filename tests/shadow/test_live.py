@@ -17,17 +17,29 @@ from hypothesis import strategies as st
 
 from segments.events import Event, load_event_log, parse_line
 from segments.lateness import GateParams
-from segments.outputs import Transition, read_meta
+from segments.outputs import Transition, read_assignments, read_meta
+from segments.reachstore import ReachStore
 from segments.rules import load_ruleset
 from segments.sqlstore import SqlStore
 from segments.timeutil import wall_clock_ms
 from segshadow.cli import main
 from shadow.dualwrite import Batch, DualWriter
 from shadow.journal import Journal
-from shadow.live import Frontier, LivePlan, live_freshness, produce, retime, run_live, settled, workload_items
+from shadow.live import (
+    Frontier,
+    LivePlan,
+    ServingSink,
+    live_freshness,
+    produce,
+    retime,
+    run_live,
+    settled,
+    workload_items,
+)
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
 from streaming.eventlog import entry_lines
 from streaming.live import FIELD
+from tests.segments.test_reachstore import assert_legacy_reach_in_redis, legacy_reach_exact
 
 
 def _event(user: str, event_time: int, arrival: int, event_id: str = "e") -> Event:
@@ -69,6 +81,20 @@ def test_live_run_compares_settled_as_ofs_with_no_unexplained_mismatch(redis_url
     assert ingest["shadowed"] == ingest["accepted"] and ingest["journaled"] == 0
     assert report.latency["primary_write_ms"]["count"] == ingest["batches"] > 0
     assert json.loads((out / "live.json").read_text())["verdict"] == report.parity.verdict
+
+    # The legacy schedule kept its reach in the serving store as it wrote (the comparison adds none here):
+    # each minute before the first unsettled as-of is within Redis' bound of the exact count from legacy.jsonl.
+    unsettled = legacy_meta["live"]["unsettled_as_ofs"]
+    cut = min(unsettled) - min(unsettled) % 60_000 if unsettled else None
+    exact = {
+        key: users
+        for key, users in legacy_reach_exact(read_assignments(out / "legacy.jsonl")).items()
+        if key[1] == "minute" and (cut is None or key[2] < cut)
+    }
+    if exact:
+        assert_legacy_reach_in_redis(redis_url, exact)
+    else:  # the run fell in one minute: its reach is there all the same
+        assert ReachStore(redis.Redis.from_url(redis_url)).segments("legacy")
 
 
 def test_producer_stamps_the_wall_clock_keeps_lateness_and_moves_the_frontier(redis_url: str, tmp_path: Path):
@@ -283,3 +309,23 @@ def test_a_shadow_frozen_across_many_batches_keeps_the_log_in_arrival_order(priv
     assert writer.counts.journaled > 0 and writer.counts.replayed == writer.counts.journaled
     assert [line for _, line in _log(url, shadow.stream_key)] == [t for _, t in rows]
     shadow.close()
+
+
+def test_the_live_legacy_schedules_serving_writes_keep_its_reach(redis_url: str):
+    """``ServingSink`` (the schedule's serving-store writes) also PFADDs each as-of's members into the legacy reach."""
+    from segments.outputs import Assignment
+    from segments.redisstore import RedisStore
+
+    t0 = 1_700_000_040_000
+    assignments = [
+        Assignment(t0 + k * 20_000, f"u{n}", ("high_value",) if n % 3 else ("high_value", "window_shopper"))
+        for k in range(6)
+        for n in range(k * 150, k * 150 + 900)
+    ]
+    with RedisStore.open(redis_url) as serving:
+        sink = ServingSink(serving)
+        for as_of in sorted({a.as_of for a in assignments}):
+            rows = [(a.user_id, frozenset(a.segments)) for a in assignments if a.as_of == as_of]
+            sink.write_assignments(as_of, rows)
+        assert sink.failures == 0
+    assert_legacy_reach_in_redis(redis_url, legacy_reach_exact(assignments))

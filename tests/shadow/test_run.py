@@ -169,3 +169,25 @@ def test_a_journal_left_by_a_killed_earlier_run_is_not_replayed_into_a_fresh_run
         client.close()
     assert "ghost" not in (plan.out / "stream.jsonl").read_text()
     assert (plan.out / "journal.jsonl").read_text() == ""
+
+
+def test_the_legacy_side_of_a_shadow_run_keeps_its_reach_in_redis(database_url: str, redis_url: str, tmp_path: Path):
+    """``run_legacy_side`` PFADDs each as-of's members as it writes them (before any comparison adds evidence)."""
+    from segments.events import load_event_log
+    from segments.outputs import read_assignments
+    from segments.redisstore import RedisStore
+    from segments.sqlstore import SqlStore
+    from shadow.run import run_legacy_side
+    from tests.segments.test_reachstore import assert_legacy_reach_in_redis, legacy_reach_exact
+
+    events = tmp_path / "input.jsonl"
+    write_workload("clickstream", events, users=1200, minutes=15, seed=4)
+    log = load_event_log(events)
+    plan = ShadowPlan(load_ruleset("clickstream"), tmp_path / "run", 120_000, GateParams(), shards=2)
+    plan.out.mkdir()
+    with SqlStore.open(database_url) as store, RedisStore.open(redis_url) as redis_store:
+        store.register_ruleset(plan.ruleset)
+        store.clear_events()
+        store.insert_events(log.events)
+        run_legacy_side(plan, events, log.events, log.counts, store, redis_store)
+    assert_legacy_reach_in_redis(redis_url, legacy_reach_exact(read_assignments(plan.out / "legacy.jsonl")))
