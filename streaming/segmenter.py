@@ -70,6 +70,9 @@ def _packed(values: Iterable[int] = ()) -> array[int]:
     return array("q", values)
 
 
+_ZERO = _packed((0,))  # a prefix-sum column before any fact (copied per user: slicing is the cheapest copy)
+
+
 class UserWindow:
     """One user's retained facts (sorted by event time) and published timeline, in packed columns.
 
@@ -89,11 +92,11 @@ class UserWindow:
     def __init__(self, additive: int, part: int = 0, detail: bool = True) -> None:
         self.part = part  # which part of the shard it is snapshotted with (``part_of``)
         self.key: str | None = None  # the user's id as the shard's change points refer to it (one object)
-        self.times: array[int] = _packed()
-        self.sums: list[array[int] | list[int]] = [_packed((0,)) for _ in range(additive)]
+        self.times: array[int] = array("q")
+        self.sums: list[array[int] | list[int]] = [_ZERO[:] for _ in range(additive)]
         self.kinds: list[str] | None = [] if detail else None
         self.merchants: list[str | None] | None = [] if detail else None
-        self.pub_times: array[int] = _packed()
+        self.pub_times: array[int] = array("q")
         self.pub_values: list[frozenset[str]] = []
         self.revision = 0
 
