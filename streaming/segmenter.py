@@ -493,6 +493,8 @@ class ShardSegmenter:
         points = ordered.points
         ids = ordered.users
         head = ordered.head
+        classify = evaluator.classify
+        classifier = evaluator.classifier
         while True:  # pop due points in (point, user_id) order: ``_pop_point``, inlined (the hot loop)
             if head < len(ids) and (not pending or (points[head], ids[head]) <= pending[0]):
                 point = points[head]
@@ -521,7 +523,8 @@ class ShardSegmenter:
                 times = user.times
                 hi = bisect_right(times, point)
                 lo = bisect_right(times, point - width, 0, hi)
-                desired = evaluator.classify(tuple([column[hi] - column[lo] for column in user.sums]))
+                values = tuple([column[hi] - column[lo] for column in user.sums])
+                desired = classify(values) if classifier is None else classifier[1][classifier[0](values)]
             if desired != published and self._settle(user_id, user, point, emitted_at, "expiry", out):
                 self.watermark = point
                 self._settle_after_expiry(user_id, user, point, emitted_at, out)
@@ -573,7 +576,9 @@ class ShardSegmenter:
         ordered = self.ordered
         pending = self.pending
         deltas_of = evaluator.deltas
+        constant = evaluator.constant_deltas
         classify = evaluator.classify
+        classifier = evaluator.classifier
         names = self._names
         points = ordered.points
         ids = ordered.users
@@ -611,7 +616,10 @@ class ShardSegmenter:
             # In order: append the fact and its prefix sums, queue its window edge, settle its instant.
             times.append(event_time)
             sums = user.sums
-            for column, delta in zip(sums, deltas_of(kind, micros)):  # noqa: B905 (equal lengths by construction)
+            deltas = constant.get(kind)
+            if deltas is None:
+                deltas = deltas_of(kind, micros)
+            for column, delta in zip(sums, deltas):  # noqa: B905 (equal lengths by construction)
                 try:
                     column.append(column[-1] + delta)
                 except OverflowError:
@@ -626,9 +634,9 @@ class ShardSegmenter:
                 ids.append(key)
             else:
                 heapq.heappush(pending, (point, key))
-            hi = len(times)
-            lo = bisect_right(times, event_time - width, 0, hi)
-            desired = classify(tuple([column[hi] - column[lo] for column in sums]))
+            lo = bisect_right(times, event_time - width)
+            values = tuple([column[-1] - column[lo] for column in sums])
+            desired = classify(values) if classifier is None else classifier[1][classifier[0](values)]
             if desired == (user.pub_values[-1] if pub_times else EMPTY):
                 continue
             if pub_times and pub_times[-1] == event_time:
