@@ -486,8 +486,8 @@ _orjson_loads = orjson.loads
 _CONTAINERS = (dict, list)
 
 
-def _float_free(value: dict[str, Any] | list[Any]) -> bool:
-    """Whether a decoded JSON object or array holds no float at any depth (orjson reads numbers with a
+def _float_free(value: Any) -> bool:
+    """Whether a decoded JSON object or array (dict or list) holds no float at any depth (orjson reads numbers with a
     fraction or exponent, and integers beyond 64 bits, as floats)."""
     for item in value.values() if type(value) is dict else value:
         kind = type(item)
