@@ -36,8 +36,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
-
 from segments.errors import InputError
 from segments.timeutil import MAX_MS, TimestampError, format_ms, parse_rfc3339_ms
 
@@ -455,21 +453,8 @@ def parse_line(line: str, seq: int, bounds: TimeBounds = DEFAULT_TIME_BOUNDS) ->
     """Parse one JSON line into an ``Event`` (times within ``bounds``), or a ``Rejection`` naming
     the reason. Never raises."""
     if line[:1] == "{":
-        # The common case, a bare object. First orjson (a C reader, ~5x the standard scanner), whose result is
-        # used only when it holds no float: a JSON number with a fraction, an exponent or too many digits reads
-        # as a Decimal here (exact), never a float, so any such line, and any line orjson refuses, goes on to
-        # the standard scanner. Without floats both readers give the same object (a property test pins it).
-        try:
-            obj = _orjson_loads(line)
-        except orjson.JSONDecodeError:
-            obj = None
-        if type(obj) is dict and _float_free(obj):
-            try:
-                return event_from_object(obj, seq, bounds)
-            except _Reject as exc:
-                return _rejection(obj, exc, seq, line)
-        # Then the C scanner straight away (``decode`` wraps it in Python). Anything else, or any failure,
-        # takes the full path below, which also words the error.
+        # The common case, a bare object: the C scanner straight away (``decode`` wraps it in Python).
+        # Anything else, or any failure, takes the full path below, which also words the error.
         try:
             obj, end = _scan(line, 0)
         except (StopIteration, ValueError, RecursionError):
@@ -480,20 +465,6 @@ def parse_line(line: str, seq: int, bounds: TimeBounds = DEFAULT_TIME_BOUNDS) ->
             except _Reject as exc:
                 return _rejection(obj, exc, seq, line)
     return parse_line_in_full(line, seq, bounds)
-
-
-_orjson_loads = orjson.loads
-_CONTAINERS = (dict, list)
-
-
-def _float_free(value: Any) -> bool:
-    """Whether a decoded JSON object or array (dict or list) holds no float at any depth (orjson reads numbers with a
-    fraction or exponent, and integers beyond 64 bits, as floats)."""
-    for item in value.values() if type(value) is dict else value:
-        kind = type(item)
-        if kind is float or (kind in _CONTAINERS and not _float_free(item)):
-            return False
-    return True
 
 
 def parse_line_in_full(line: str, seq: int, bounds: TimeBounds = DEFAULT_TIME_BOUNDS) -> Event | Rejection:
