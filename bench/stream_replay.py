@@ -9,11 +9,12 @@
 ``SEGSHADOW_BENCH_DIR``) keeps the files.
 
 Prints events/s of the segshadow pipeline (parse -> admission -> per-shard state
--> JSONL and Redis), its peak RSS and the state size per active user, and in the
-same run the naive formulation (SlidingWindows(10m, 1m) + CombinePerKey on the
-same runner) over the first M events, and the ratio. The naive form is run on a
-prefix because at ~1-2K events/s the full million would take ten minutes; its
-rate is what is compared. Redis is ``SEGSHADOW_REDIS_URL`` or an embedded Valkey.
+-> JSONL and Redis), per wall second and per CPU second of this process, its
+peak RSS and the state size per active user, and in the same run the naive
+formulation (SlidingWindows(10m, 1m) + CombinePerKey on the same runner) over
+the first M events, and the ratio. The naive form is run on a prefix because at
+~1-2K events/s the full million would take ten minutes; its rate is what is
+compared. Redis is ``SEGSHADOW_REDIS_URL`` or an embedded Valkey.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ from streaming.segmenter import ShardSegmenter
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """User plus system CPU time of this process so far (the local runner runs the pipeline in it): on a
+    shared machine a rate per CPU-second moves less with the neighbours' load than one per wall second."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def state_size_per_user(path: Path, limit: int, shards: int) -> tuple[float, int]:
@@ -150,13 +158,16 @@ def main() -> None:
     ruleset = load_ruleset("clickstream")
     config = StreamConfig(ruleset, GateParams(), shards=args.shards)
     seconds = []
+    cpu = []
     with redis_endpoint(os.environ.get("SEGSHADOW_REDIS_URL") or "embedded") as redis_url:
         for run in range(args.runs):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), cpu_seconds()
             out = work / f"stream_{run}.jsonl"
             result = run_replay(events, out, config, redis_url=redis_url, beam_args=args.beam_args)
             seconds.append(time.perf_counter() - started)
+            cpu.append(cpu_seconds() - cpu_started)
     median = statistics.median(seconds)
+    median_cpu = statistics.median(cpu)
     rate = lines / median
     rss = peak_rss_mb()
     per_user, users = state_size_per_user(events, 200_000, args.shards)
@@ -168,6 +179,9 @@ def main() -> None:
         "runs_s": [round(s, 2) for s in seconds],
         "median_s": round(median, 2),
         "events_per_s": round(rate),
+        "cpu_s": [round(c, 2) for c in cpu],
+        "events_per_cpu_s": round(lines / median_cpu),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "transitions": result.counts.get("transitions"),
         "peak_rss_mb": round(rss),
         "state_bytes_per_active_user": round(per_user),

@@ -80,6 +80,8 @@ class Evaluator:
 
     __slots__ = (
         "_additive",
+        "_by_mask",
+        "_constant",
         "_contrib",
         "_distinct",
         "_mask_of",
@@ -107,9 +109,15 @@ class Evaluator:
                 (slot, a.weights[kind]) for slot, (_, a) in enumerate(additive) if a.op == "sum" and kind in a.weights
             )
             self._contrib[kind] = (const, weighted)
+        # A kind's deltas when they do not depend on the amount (a count, or a kind no sum reads): one lookup.
+        self._constant = {kind: const for kind, (const, weighted) in self._contrib.items() if not weighted}
         index_of = {name: i for i, name in enumerate(self._names)}
         self._mask_of = compile_classifier(ruleset, index_of)
         self._sets: dict[int, frozenset[str]] = {}
+        # With few segments, every mask's set up front: classifying is then the mask function and one index.
+        self._by_mask: tuple[frozenset[str], ...] | None = None
+        if len(ruleset.segments) <= 10:
+            self._by_mask = tuple(self._set_of(mask) for mask in range(1 << len(ruleset.segments)))
         self._distinct = tuple(
             (i, a.window_ms, frozenset(a.weights)) for i, a in enumerate(ruleset.aggregates) if a.op == "count_distinct"
         )
@@ -155,13 +163,27 @@ class Evaluator:
 
     def classify(self, values: Sequence[int]) -> frozenset[str]:
         """``RuleSet.classify`` for a tuple of aggregate values; equal results are one frozenset object."""
-        mask = self._mask_of(values)
+        if self._by_mask is not None:
+            return self._by_mask[self._mask_of(values)]
+        return self._set_of(self._mask_of(values))
+
+    def _set_of(self, mask: int) -> frozenset[str]:
         found = self._sets.get(mask)
         if found is None:
             found = self._sets[mask] = frozenset(
                 s.name for n, s in enumerate(self._ruleset.segments) if mask & (1 << n)
             )
         return found
+
+    @property
+    def classifier(self) -> tuple[MaskFunction, tuple[frozenset[str], ...]] | None:
+        """``classify`` in two parts for a hot loop, ``sets[mask_of(values)]`` (None with many segments)."""
+        return None if self._by_mask is None else (self._mask_of, self._by_mask)
+
+    @property
+    def constant_deltas(self) -> dict[str, tuple[int, ...]]:
+        """``deltas`` of each kind whose deltas do not depend on its amount (counts; kinds no sum reads)."""
+        return self._constant
 
     def _values(self, user: Indexed, t: int, hi: int) -> tuple[int, ...]:
         """Every aggregate's value when windows differ in width or a distinct count is needed."""

@@ -70,6 +70,9 @@ def _packed(values: Iterable[int] = ()) -> array[int]:
     return array("q", values)
 
 
+_ZERO = _packed((0,))  # a prefix-sum column before any fact (copied per user: slicing is the cheapest copy)
+
+
 class UserWindow:
     """One user's retained facts (sorted by event time) and published timeline, in packed columns.
 
@@ -89,11 +92,11 @@ class UserWindow:
     def __init__(self, additive: int, part: int = 0, detail: bool = True) -> None:
         self.part = part  # which part of the shard it is snapshotted with (``part_of``)
         self.key: str | None = None  # the user's id as the shard's change points refer to it (one object)
-        self.times: array[int] = _packed()
-        self.sums: list[array[int] | list[int]] = [_packed((0,)) for _ in range(additive)]
+        self.times: array[int] = array("q")
+        self.sums: list[array[int] | list[int]] = [_ZERO[:] for _ in range(additive)]
         self.kinds: list[str] | None = [] if detail else None
         self.merchants: list[str | None] | None = [] if detail else None
-        self.pub_times: array[int] = _packed()
+        self.pub_times: array[int] = array("q")
         self.pub_values: list[frozenset[str]] = []
         self.revision = 0
 
@@ -490,6 +493,8 @@ class ShardSegmenter:
         points = ordered.points
         ids = ordered.users
         head = ordered.head
+        classify = evaluator.classify
+        classifier = evaluator.classifier
         while True:  # pop due points in (point, user_id) order: ``_pop_point``, inlined (the hot loop)
             if head < len(ids) and (not pending or (points[head], ids[head]) <= pending[0]):
                 point = points[head]
@@ -518,7 +523,8 @@ class ShardSegmenter:
                 times = user.times
                 hi = bisect_right(times, point)
                 lo = bisect_right(times, point - width, 0, hi)
-                desired = evaluator.classify(tuple([column[hi] - column[lo] for column in user.sums]))
+                values = tuple([column[hi] - column[lo] for column in user.sums])
+                desired = classify(values) if classifier is None else classifier[1][classifier[0](values)]
             if desired != published and self._settle(user_id, user, point, emitted_at, "expiry", out):
                 self.watermark = point
                 self._settle_after_expiry(user_id, user, point, emitted_at, out)
@@ -570,7 +576,9 @@ class ShardSegmenter:
         ordered = self.ordered
         pending = self.pending
         deltas_of = evaluator.deltas
+        constant = evaluator.constant_deltas
         classify = evaluator.classify
+        classifier = evaluator.classifier
         names = self._names
         points = ordered.points
         ids = ordered.users
@@ -608,7 +616,10 @@ class ShardSegmenter:
             # In order: append the fact and its prefix sums, queue its window edge, settle its instant.
             times.append(event_time)
             sums = user.sums
-            for column, delta in zip(sums, deltas_of(kind, micros)):  # noqa: B905 (equal lengths by construction)
+            deltas = constant.get(kind)
+            if deltas is None:
+                deltas = deltas_of(kind, micros)
+            for column, delta in zip(sums, deltas):  # noqa: B905 (equal lengths by construction)
                 try:
                     column.append(column[-1] + delta)
                 except OverflowError:
@@ -623,9 +634,9 @@ class ShardSegmenter:
                 ids.append(key)
             else:
                 heapq.heappush(pending, (point, key))
-            hi = len(times)
-            lo = bisect_right(times, event_time - width, 0, hi)
-            desired = classify(tuple([column[hi] - column[lo] for column in sums]))
+            lo = bisect_right(times, event_time - width)
+            values = tuple([column[-1] - column[lo] for column in sums])
+            desired = classify(values) if classifier is None else classifier[1][classifier[0](values)]
             if desired == (user.pub_values[-1] if pub_times else EMPTY):
                 continue
             if pub_times and pub_times[-1] == event_time:

@@ -416,18 +416,36 @@ def test_any_amount_in_range_round_trips_exactly(whole: int, frac: int, form: st
 _FRAGMENTS = st.sampled_from(
     [" ", "\t", "{", "}", "[]", ",", ":", '"', "x", "NaN", "-Infinity", "1e400", "12.5", "0.1234567", "null",
      "true", '"\\ud800"', "\ud800", '"amount":', '"attrs":{"merchant":"m"}', '"arrival_time":"2024-01-01T00:00:00Z"',
-     '"kind":"purchase"', '"kind":"nope"', "99999999999999999999999"]
+     '"kind":"purchase"', '"kind":"nope"', "99999999999999999999999",
+     # numbers the fast path must read as exactly as the full decoder: fractions, 64-bit edges, nesting
+     '"attrs":{"n":[1,{"x":2.5}]}', '"amount":18446744073709551616', '"x":-9223372036854775809', '"attrs":{}',
+     '"amount":150', '"event_time":1704067200000', '"event_time":1.7e12', '"user_id":"u\\u00e9"', '"a":1,"a":2']
+)
+
+
+_BASES = st.sampled_from(
+    [
+        line(kind="purchase", amount="12.50", attrs={"merchant": "m"}),
+        raw_amount("purchase", "12.50"),  # a number with a fraction: a Decimal, never a float
+        raw_amount("refund", "7"),
+        '{"event_id":"e9","user_id":"u9","event_time":1704067200000,"kind":"view","attrs":{"w":[0.10]}}',
+        '{"event_id":"e9","user_id":"u9","event_time":1704067200000,"kind":"cart","attrs":{"product":"p1"}}',
+    ]
 )
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(_FRAGMENTS, max_size=6), st.integers(0, 90), st.lists(_FRAGMENTS, max_size=3))
-def test_the_fast_path_parses_exactly_as_the_full_decoder(middle: list[str], cut: int, tail: list[str]) -> None:
+@given(_BASES, st.lists(_FRAGMENTS, max_size=6), st.integers(0, 90), st.lists(_FRAGMENTS, max_size=3))
+def test_the_fast_path_parses_exactly_as_the_full_decoder(
+    base: str, middle: list[str], cut: int, tail: list[str]
+) -> None:
     """Valid lines cut, padded and spliced with JSON fragments: same event or same rejection either way."""
-    base = line(kind="purchase", amount="12.50", attrs={"merchant": "m"})
     text = base[:cut] + "".join(middle) + base[cut:] + "".join(tail)
-    assert parse_line(text, 3) == parse_line_in_full(text, 3)
-    assert parse_line(base, 3) == parse_line_in_full(base, 3)
+    for each in (text, base):
+        fast, full = parse_line(each, 3), parse_line_in_full(each, 3)
+        assert fast == full
+        if isinstance(full, Event):  # 0.1 == Decimal("0.10") is False, but 1.5 == Decimal("1.5"): the text tells
+            assert fast.to_json() == full.to_json()
 
 
 def _amount_outcome(parse: Any, value: Any) -> Any:
