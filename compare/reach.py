@@ -166,6 +166,8 @@ class Reach:
 # ---- the same reach as columns (what ``build_reach`` uses) ------------------------------------------------
 
 _CHUNK_MINUTES = 64  # minute buckets expanded at once for one segment of a stream (bounds the memory)
+_BITMAP_CELLS = 1 << 22  # (minute, user) cells marked at once: 4 MB of flags, 32 MB of a stream's span counts
+_DENSE = 8  # a bitmap when it has at most this many cells per (bucket, user) row it marks, else a sort
 Minute = tuple[Key, np.ndarray]
 """A minute bucket's key and its users' sorted codes."""
 
@@ -181,7 +183,10 @@ class SideReach:
 
 
 def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    """One array of ``column``: its only chunk as it is (no copy of a 10M-row column), else the chunks joined."""
+    if not isinstance(column, pa.ChunkedArray):
+        return column
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _user_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
@@ -217,7 +222,40 @@ def _group(side: str, segment: str, bucket: np.ndarray, user: np.ndarray, users:
         return
     minute = GRAINS["minute"]
     first = int(bucket.min())
-    keys = _distinct((bucket - first) // minute * users + user)
+    slot = (bucket - first) // minute
+    slots = int(slot.max()) + 1
+    if slots * users > _DENSE * len(slot):  # sparse: a bitmap would be mostly empty, sort instead
+        yield from _sorted_groups(side, segment, first, slot, user, users)
+        return
+    per = max(1, _BITMAP_CELLS // max(users, 1))  # minute slots per bitmap
+    if slots > per:
+        order = np.argsort(slot, kind="stable")
+        slot, user = slot[order], user[order]
+        del order
+        cuts = np.searchsorted(slot, np.arange(0, slots, per))
+    else:
+        cuts = np.zeros(1, dtype=np.int64)
+    ends = np.append(cuts[1:], len(slot))
+    for lo, (a, b) in zip(range(0, slots, per), zip(cuts.tolist(), ends.tolist(), strict=True), strict=False):
+        seen = np.zeros((min(per, slots - lo), users), dtype=np.bool_)
+        seen[slot[a:b] - lo, user[a:b]] = True
+        yield from _bitmap_minutes(side, segment, first + lo * minute, seen)
+
+
+def _bitmap_minutes(side: str, segment: str, start_ms: int, seen: np.ndarray) -> Iterator[Minute]:
+    """Each non-empty row of a (minute slot, user) bitmap whose first slot starts at ``start_ms``: its bucket
+    and the users set in it, in ascending code order."""
+    minute = GRAINS["minute"]
+    for i in np.flatnonzero(seen.any(axis=1)).tolist():
+        yield (side, segment, "minute", start_ms + i * minute), np.flatnonzero(seen[i]).astype(np.int32)
+
+
+def _sorted_groups(
+    side: str, segment: str, first: int, slot: np.ndarray, user: np.ndarray, users: int
+) -> Iterator[Minute]:
+    """``_group`` by sorting (slot, user) keys: for buckets that hold few of the users."""
+    minute = GRAINS["minute"]
+    keys = _distinct(slot * users + user)
     slots = keys // users
     cuts = np.flatnonzero(np.diff(slots)) + 1
     for part in np.split(keys, cuts):
@@ -241,6 +279,23 @@ def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
             yield from _group("legacy", segment, bucket, users[mine], len(names))
 
     return names, groups()
+
+
+def _spans(
+    side: str, segment: str, s: np.ndarray, e: np.ndarray, who: np.ndarray, chunk: int, slots: int, users: int
+) -> Iterator[Minute]:
+    """The minute buckets of ``[chunk, chunk + slots minutes)`` that spans ``[s, e)`` (``s`` minute-aligned,
+    within the chunk) of users ``who`` overlap, each with its users: a (slot, user) coverage count marked
+    +1 where a span starts and -1 where it ends, summed along the slots."""
+    minute = GRAINS["minute"]
+    first = (s - chunk) // minute
+    last = (e - chunk + minute - 1) // minute  # exclusive
+    cells = (slots + 1) * users
+    cover = np.bincount(first * users + who, minlength=cells)
+    cover -= np.bincount(last * users + who, minlength=cells)
+    cover = cover.reshape(slots + 1, users)
+    np.cumsum(cover, axis=0, out=cover)
+    yield from _bitmap_minutes(side, segment, chunk, cover[:slots] > 0)
 
 
 def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterator[Minute]]:
@@ -268,7 +323,9 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
     del order, winners, users, times, first, same
 
     def groups() -> Iterator[Minute]:
-        chunk_ms = _CHUNK_MINUTES * minute
+        users_n = len(names)
+        per = max(1, min(_CHUNK_MINUTES, _BITMAP_CELLS // max(users_n, 1)))
+        chunk_ms = per * minute
         for code, segment in enumerate(seg_names):
             if segment is None:
                 continue
@@ -282,11 +339,14 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
                 cs = np.maximum(s[hit], chunk)
                 ce = np.minimum(e[hit], chunk + chunk_ms)
                 counts = (ce - cs + minute - 1) // minute  # buckets b = cs, cs + minute, ... below ce
+                if per * users_n <= _DENSE * int(counts.sum()):
+                    yield from _spans("stream", segment, cs, ce, who[hit], chunk, per, users_n)
+                    continue
                 spans = np.repeat(np.arange(len(cs)), counts)
                 offsets = np.zeros(len(cs), dtype=np.int64)
                 np.cumsum(counts[:-1], out=offsets[1:])
                 step = np.arange(len(spans), dtype=np.int64) - offsets[spans]
-                yield from _group("stream", segment, cs[spans] + step * minute, who[hit][spans], len(names))
+                yield from _group("stream", segment, cs[spans] + step * minute, who[hit][spans], users_n)
 
     return names, groups()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pyarrow as pa
+import pytest
 
 from compare.reach import build_reach, legacy_reach, stream_reach
 from segments.reachstore import ReachStore, reach_key
@@ -102,13 +104,8 @@ def _as_sets(side: object) -> dict[tuple[str, str, str, int], set[str]]:
     return {key: {side.names[c] for c in codes.tolist()} for key, codes in side.minutes.items()}
 
 
-def test_columnar_reach_equals_the_definition() -> None:
-    """``legacy_minutes`` / ``stream_minutes`` (numpy, what ``build_reach`` uses) give exactly the sets of
-    ``legacy_reach`` / ``stream_reach`` (one Python set per bucket): revisions, ties, empty sets, spans
-    crossing the horizon and the expansion's chunk edges included."""
-    from compare.reach import legacy_minutes, stream_minutes
-
-    legacy, stream, horizon = seeded_sides(3_000, seed=5)
+def _noisy_stream() -> pa.Table:
+    """300 users, random revisions and sets (repeated names too) over 300 minutes, and a tie on revision."""
     rng = random.Random(7)
     names = ["x", "y", "z"]
     rows = []
@@ -126,8 +123,50 @@ def test_columnar_reach_equals_the_definition() -> None:
             "revision": [r[3] for r in rows],
         }
     )
+    return noisy
+
+
+def test_columnar_reach_equals_the_definition() -> None:
+    """``legacy_minutes`` / ``stream_minutes`` (numpy, what ``build_reach`` uses) give exactly the sets of
+    ``legacy_reach`` / ``stream_reach`` (one Python set per bucket): revisions, ties, empty sets, spans
+    crossing the horizon and the expansion's chunk edges included."""
+    from compare.reach import legacy_minutes, stream_minutes
+
+    legacy, stream, horizon = seeded_sides(3_000, seed=5)
+    noisy = _noisy_stream()
     assert _as_sets(legacy_minutes(legacy)) == legacy_reach(legacy)
     for table, end in ((stream, horizon), (noisy, T0 + 200 * MIN), (noisy, T0 + 400 * MIN)):
         expected = stream_reach(table, end)
         assert len(expected) > 100
         assert _as_sets(stream_minutes(table, end)) == expected
+
+
+@pytest.mark.parametrize(
+    ("dense", "cells"),
+    [(0, 1 << 22), (10**9, 1 << 22), (10**9, 7)],
+    ids=["always-sorted", "always-bitmap", "bitmap-one-minute-at-a-time"],
+)
+def test_each_grouping_gives_the_same_minutes_in_the_same_order(
+    monkeypatch: pytest.MonkeyPatch, dense: int, cells: int
+) -> None:
+    """The minutes' users are grouped by a sort or by a (minute, user) bitmap, whichever is cheaper; forced
+    either way (and the bitmap one minute at a time), every bucket, its users and their order (the order the
+    HLL is updated in, which its estimate depends on) are those of the definition, in ascending bucket order."""
+    import compare.reach as reach
+
+    legacy, stream, horizon = seeded_sides(1_000, seed=3)
+    noisy = _noisy_stream()
+    monkeypatch.setattr(reach, "_DENSE", dense)
+    monkeypatch.setattr(reach, "_BITMAP_CELLS", cells)
+    for side, expected in (
+        (reach.legacy_minutes(legacy), legacy_reach(legacy)),
+        (reach.stream_minutes(stream, horizon), stream_reach(stream, horizon)),
+        (reach.stream_minutes(noisy, T0 + 200 * MIN), stream_reach(noisy, T0 + 200 * MIN)),
+    ):
+        assert _as_sets(side) == expected
+        for codes in side.minutes.values():
+            assert codes.dtype == np.int32 and bool(np.all(np.diff(codes) > 0))  # ascending, distinct
+        keys = list(side.minutes)
+        for segment in {key[1] for key in keys}:
+            buckets = [key[3] for key in keys if key[1] == segment]
+            assert buckets == sorted(buckets)
