@@ -363,9 +363,10 @@ def stream_minutes(table: pa.Table, horizon_ms: int) -> SideReach:
     return SideReach(names, dict(groups))
 
 
-def _sketch(names: list[str], codes: np.ndarray) -> Any:
+def _sketch(members: list[str]) -> Any:
+    """An HLL of ``members``, updated in their order (the estimate depends on the order)."""
     sketch = new_hll()
-    deque(map(sketch.update, map(names.__getitem__, codes.tolist())), maxlen=0)
+    deque(map(sketch.update, members), maxlen=0)
     return sketch
 
 
@@ -383,6 +384,7 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
         ("legacy", _legacy_groups(legacy)),
         ("stream", _stream_groups(stream, horizon_ms)),
     ):
+        ids = np.array(names, dtype=object)
         hour_users: dict[Key, np.ndarray] = {}
         for key, codes in groups:
             _, seg, grain, b = key
@@ -393,9 +395,10 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
             seen[codes] = True
             hour_parts[hour_key].append(b)
             exact[key] = len(codes)
-            minute_sketches[key] = _sketch(names, codes)
+            members = ids[codes].tolist()  # one C-level gather, not a Python lookup per user
+            minute_sketches[key] = _sketch(members)
             if store is not None:
-                store.add(side, seg, grain, b, [names[c] for c in codes.tolist()])
+                store.add(side, seg, grain, b, members)
         for hour_key, seen in hour_users.items():
             exact[hour_key] = int(np.count_nonzero(seen))
     bounds = {"minute": hll_bound(False), "hour": hll_bound(True)}
