@@ -1,0 +1,122 @@
+"""Arrival order over a file of any size: sorted runs spilled to disk, merged back, memory bounded by a run.
+
+A replay admits events in arrival order (SPEC §1: by ``arrival_time``, ties in
+input order, ``seq``), which is only known once every line is read. Holding
+every parsed event until then costs about 750 bytes an event (750 MiB for a
+million lines). ``ArrivalRuns`` holds at most ``run_events`` of them: when its
+buffer is full it sorts it and writes it to an anonymous temporary file
+(``marshal`` of plain tuples, about 60 bytes an event, in blocks); ``ordered``
+then yields every event in exactly ``arrival_order``'s order:
+
+- nothing was spilled (a file of at most ``run_events`` valid events): the
+  buffer sorted, as before, at no extra cost;
+- the runs do not overlap (each run's last key at or below the next run's first:
+  a file recorded in arrival order, or nearly): the runs one after the other;
+- otherwise a k-way merge of the runs (``heapq.merge`` on ``(arrival_time, seq)``).
+
+The keys are unique (``seq`` is the line), so the order is total and the result
+does not depend on the run size. The temporary files are unlinked on creation
+(``tempfile.TemporaryFile``) and closed when ``ordered`` ends or is closed.
+A disk that cannot take a run raises ``RunFailed`` (exit code 1), one line.
+"""
+
+from __future__ import annotations
+
+import heapq
+import marshal
+import tempfile
+from collections.abc import Iterator
+from itertools import chain, repeat
+from operator import attrgetter
+from typing import IO
+
+from segments.errors import RunFailed
+from segments.events import Event
+
+RUN_EVENTS = 131_072
+"""Events held before a run is spilled: about 100 MB of parsed events, the replay's bound on input memory."""
+
+BLOCK_EVENTS = 4_096
+"""Events per ``marshal`` record in a run file (one call each way, not one per event)."""
+
+_key = attrgetter("arrival_time", "seq")
+_new = tuple.__new__
+
+
+class ArrivalRuns:
+    """A sink for parsed events (``append``) that yields them back in arrival order (``ordered``)."""
+
+    def __init__(self, run_events: int | None = None, directory: str | None = None) -> None:
+        """``run_events``: events held before a run is spilled (``RUN_EVENTS`` when None); ``directory``: where
+        the run files go (the system's temporary directory when None)."""
+        self.run_events = max(1, RUN_EVENTS if run_events is None else run_events)
+        self.directory = directory
+        self.buffer: list[Event] = []
+        self.runs: list[tuple[IO[bytes], tuple[int, int], tuple[int, int]]] = []  # file, first key, last key
+        self.count = 0
+        self.last_arrival = 0  # the arrival time of the last event in arrival order (0 when none)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def append(self, event: Event) -> None:
+        buffer = self.buffer
+        buffer.append(event)
+        if len(buffer) >= self.run_events:
+            self._spill()
+
+    def _spill(self) -> None:
+        run = self.buffer
+        run.sort(key=_key)
+        try:
+            handle = tempfile.TemporaryFile(prefix="segshadow-run-", dir=self.directory)  # noqa: SIM115
+            for start in range(0, len(run), BLOCK_EVENTS):
+                marshal.dump([tuple(e) for e in run[start : start + BLOCK_EVENTS]], handle)
+            handle.flush()
+        except OSError as exc:
+            self.close()
+            raise RunFailed(f"cannot spill the replay's input to a temporary file: {exc.strerror or exc}") from None
+        self.runs.append((handle, _key(run[0]), _key(run[-1])))
+        self.count += len(run)
+        self.buffer = []
+
+    def ordered(self) -> Iterator[Event]:
+        """Every appended event, in ``(arrival_time, seq)`` order; call once, after the last ``append``."""
+        try:
+            tail = self.buffer
+            tail.sort(key=_key)
+            self.count += len(tail)
+            self.buffer = []
+            if not self.runs:
+                if tail:
+                    self.last_arrival = tail[-1].arrival_time
+                yield from tail
+                return
+            ends = [(first, last) for _, first, last in self.runs]
+            if tail:
+                ends.append((_key(tail[0]), _key(tail[-1])))
+            self.last_arrival = max(last for _, last in ends)[0]
+            parts = [_read(handle) for handle, _, _ in self.runs] + [iter(tail)]
+            if all(ends[i][1] <= ends[i + 1][0] for i in range(len(ends) - 1)):
+                yield from chain.from_iterable(parts)
+            else:
+                yield from heapq.merge(*parts, key=_key)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Drop the temporary files (also done when ``ordered`` ends)."""
+        for handle, _, _ in self.runs:
+            handle.close()
+        self.runs = []
+
+
+def _read(handle: IO[bytes]) -> Iterator[Event]:
+    """A run file's events, a block at a time."""
+    handle.seek(0)
+    while True:
+        try:
+            block = marshal.load(handle)
+        except EOFError:
+            return
+        yield from map(_new, repeat(Event), block)
