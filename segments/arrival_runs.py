@@ -52,7 +52,8 @@ class ArrivalRuns:
         self.run_events = max(1, RUN_EVENTS if run_events is None else run_events)
         self.directory = directory
         self.buffer: list[Event] = []
-        self.runs: list[tuple[IO[bytes], tuple[int, int], tuple[int, int]]] = []  # file, first key, last key
+        self.runs: list[tuple[IO[bytes], list[int], tuple[int, int], tuple[int, int]]] = []  # file, block sizes,
+        # first key, last key
         self.count = 0
         self.last_arrival = 0  # the arrival time of the last event in arrival order (0 when none)
 
@@ -60,9 +61,13 @@ class ArrivalRuns:
         return self.count
 
     def append(self, event: Event) -> None:
-        buffer = self.buffer
-        buffer.append(event)
-        if len(buffer) >= self.run_events:
+        self.buffer.append(event)
+        self.settle()
+
+    def settle(self) -> None:
+        """Spill the buffer if it holds a run. A caller that fills ``buffer`` itself (its ``append`` is a list's,
+        with no call per event here) calls this every few thousand events; the bound is then a run plus those."""
+        if len(self.buffer) >= self.run_events:
             self._spill()
 
     def _spill(self) -> None:
@@ -70,15 +75,16 @@ class ArrivalRuns:
         run.sort(key=_key)
         try:
             handle = tempfile.TemporaryFile(prefix="segshadow-run-", dir=self.directory)  # noqa: SIM115
+            sizes = []
             for start in range(0, len(run), BLOCK_EVENTS):
-                marshal.dump([tuple(e) for e in run[start : start + BLOCK_EVENTS]], handle)
+                sizes.append(handle.write(marshal.dumps(list(map(tuple, run[start : start + BLOCK_EVENTS])))))
             handle.flush()
         except OSError as exc:
             self.close()
             raise RunFailed(f"cannot spill the replay's input to a temporary file: {exc.strerror or exc}") from None
-        self.runs.append((handle, _key(run[0]), _key(run[-1])))
+        self.runs.append((handle, sizes, _key(run[0]), _key(run[-1])))
         self.count += len(run)
-        self.buffer = []
+        run.clear()  # the same list: a caller may hold ``buffer``
 
     def ordered(self) -> Iterator[Event]:
         """Every appended event, in ``(arrival_time, seq)`` order; call once, after the last ``append``."""
@@ -86,17 +92,17 @@ class ArrivalRuns:
             tail = self.buffer
             tail.sort(key=_key)
             self.count += len(tail)
-            self.buffer = []
+            self.buffer = []  # the tail is yielded from ``tail``; nothing may be appended after this
             if not self.runs:
                 if tail:
                     self.last_arrival = tail[-1].arrival_time
                 yield from tail
                 return
-            ends = [(first, last) for _, first, last in self.runs]
+            ends = [(first, last) for _, _, first, last in self.runs]
             if tail:
                 ends.append((_key(tail[0]), _key(tail[-1])))
             self.last_arrival = max(last for _, last in ends)[0]
-            parts = [_read(handle) for handle, _, _ in self.runs] + [iter(tail)]
+            parts = [_read(handle, sizes) for handle, sizes, _, _ in self.runs] + [iter(tail)]
             if all(ends[i][1] <= ends[i + 1][0] for i in range(len(ends) - 1)):
                 yield from chain.from_iterable(parts)
             else:
@@ -106,17 +112,14 @@ class ArrivalRuns:
 
     def close(self) -> None:
         """Drop the temporary files (also done when ``ordered`` ends)."""
-        for handle, _, _ in self.runs:
+        for handle, _, _, _ in self.runs:
             handle.close()
         self.runs = []
 
 
-def _read(handle: IO[bytes]) -> Iterator[Event]:
-    """A run file's events, a block at a time."""
+def _read(handle: IO[bytes], sizes: list[int]) -> Iterator[Event]:
+    """A run file's events, a block at a time (``marshal.loads`` of the block's bytes: ``marshal.load`` on
+    a file reads it in small pieces, ten times slower)."""
     handle.seek(0)
-    while True:
-        try:
-            block = marshal.load(handle)
-        except EOFError:
-            return
-        yield from map(_new, repeat(Event), block)
+    for size in sizes:
+        yield from map(_new, repeat(Event), marshal.loads(handle.read(size)))

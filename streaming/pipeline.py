@@ -30,6 +30,7 @@ import pickle
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any, NamedTuple, Tuple  # noqa: UP035 -- Beam reads typing.Tuple hints
 
 import apache_beam as beam
@@ -51,6 +52,7 @@ from streaming.segmenter import PRUNE_EVERY_MS, Row, ShardSegmenter
 
 DEAD = "dead_letter"
 METRICS_NAMESPACE = "segshadow.stream"
+READ_LINES = 4_096  # lines a replay parses between two checks of its arrival runs' size (segments.arrival_runs)
 
 
 class ShardBatch(NamedTuple):
@@ -125,7 +127,7 @@ def admit_events(
 
 
 def parse_into(
-    valid: list[Event] | ArrivalRuns,
+    valid: list[Event],
     numbered: Iterable[tuple[int, str]],
     admission: Admission,
     counters: _Counters,
@@ -158,7 +160,10 @@ class ReadAndAdmitFile(beam.DoFn):
         admission = Admission(self.config.params)
         valid = ArrivalRuns()  # at most a run of parsed events in memory, the rest spilled (segments.arrival_runs)
         bounds = self.config.ruleset.time_bounds
-        yield from parse_into(valid, iter_lines(path), admission, self.counters, bounds)
+        lines = iter_lines(path)
+        while chunk := list(islice(lines, READ_LINES)):
+            yield from parse_into(valid.buffer, chunk, admission, self.counters, bounds)
+            valid.settle()
         flusher = Flusher(self.config.shards)
         yield from admit_events(admission, valid.ordered(), flusher, self.config.batch_events, self.counters)
         self.counters.duplicates.inc(admission.counts.duplicates)
