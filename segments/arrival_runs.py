@@ -5,17 +5,28 @@ input order, ``seq``), which is only known once every line is read. Holding
 every parsed event until then costs about 750 bytes an event (750 MiB for a
 million lines). ``ArrivalRuns`` holds at most ``run_events`` of them: when its
 buffer is full it sorts it and writes it to an anonymous temporary file
-(``marshal`` of plain tuples, about 60 bytes an event, in blocks); ``ordered``
-then yields every event in exactly ``arrival_order``'s order:
+(``marshal`` blocks of 4,096 events, each block its columns: one tuple per
+field, about 75 bytes an event); ``ordered`` then yields every event in exactly
+``arrival_order``'s order:
 
 - nothing was spilled (a file of at most ``run_events`` valid events): the
   buffer sorted, as before, at no extra cost;
 - the runs do not overlap (each run's last key at or below the next run's first:
   a file recorded in arrival order, or nearly): the runs one after the other;
-- otherwise a k-way merge of the runs (``heapq.merge`` on ``(arrival_time, seq)``).
+- otherwise a k-way merge of the runs (``heapq.merge`` on ``arrival_time``).
 
-The keys are unique (``seq`` is the line), so the order is total and the result
-does not depend on the run size. The temporary files are unlinked on creation
+Events are appended in input order (``seq`` ascending: a reader numbers lines as
+it reads them). Every sort and merge here is then on ``arrival_time`` alone:
+``list.sort`` and ``heapq.merge`` are stable and each run holds later lines
+than the one before, so ties stay in ``seq`` order, which is ``arrival_order``'s
+``(arrival_time, seq)`` without a tuple key per event. The keys are unique
+(``seq`` is the line), so the order is total and the result does not depend on
+the run size.
+
+What a spilled event costs (the 1M-line replay, 7 runs): a block is written as
+columns (``zip(*block)``, no tuple per event) with ``marshal`` version 2 (no
+reference table: the values are not shared and version 4 looks every one up),
+and read back by zipping the columns into ``Event`` tuples. The temporary files are unlinked on creation
 (``tempfile.TemporaryFile``) and closed when ``ordered`` ends or is closed.
 A disk that cannot take a run raises ``RunFailed`` (exit code 1), one line.
 """
@@ -39,7 +50,10 @@ RUN_EVENTS = 131_072
 BLOCK_EVENTS = 4_096
 """Events per ``marshal`` record in a run file (one call each way, not one per event)."""
 
-_key = attrgetter("arrival_time", "seq")
+MARSHAL_VERSION = 2
+"""Without the reference table of versions 3 and 4 (shared or interned objects are written once each time)."""
+
+_key = attrgetter("arrival_time")  # stable sorts and merges keep ties in seq order (events come in seq order)
 _new = tuple.__new__
 
 
@@ -52,8 +66,7 @@ class ArrivalRuns:
         self.run_events = max(1, RUN_EVENTS if run_events is None else run_events)
         self.directory = directory
         self.buffer: list[Event] = []
-        self.runs: list[tuple[IO[bytes], list[int], tuple[int, int], tuple[int, int]]] = []  # file, block sizes,
-        # first key, last key
+        self.runs: list[tuple[IO[bytes], list[int], int, int]] = []  # file, block sizes, first and last arrival
         self.count = 0
         self.last_arrival = 0  # the arrival time of the last event in arrival order (0 when none)
 
@@ -66,7 +79,8 @@ class ArrivalRuns:
 
     def settle(self) -> None:
         """Spill the buffer if it holds a run. A caller that fills ``buffer`` itself (its ``append`` is a list's,
-        with no call per event here) calls this every few thousand events; the bound is then a run plus those."""
+        with no call per event here) calls this every few thousand events; the bound is then a run plus those.
+        Events come in ``seq`` order, whoever appends them (the module's note)."""
         if len(self.buffer) >= self.run_events:
             self._spill()
 
@@ -77,7 +91,8 @@ class ArrivalRuns:
             handle = tempfile.TemporaryFile(prefix="segshadow-run-", dir=self.directory)  # noqa: SIM115
             sizes = []
             for start in range(0, len(run), BLOCK_EVENTS):
-                sizes.append(handle.write(marshal.dumps(list(map(tuple, run[start : start + BLOCK_EVENTS])))))
+                columns = list(zip(*run[start : start + BLOCK_EVENTS], strict=True))
+                sizes.append(handle.write(marshal.dumps(columns, MARSHAL_VERSION)))
             handle.flush()
         except OSError as exc:
             self.close()
@@ -101,7 +116,8 @@ class ArrivalRuns:
             ends = [(first, last) for _, _, first, last in self.runs]
             if tail:
                 ends.append((_key(tail[0]), _key(tail[-1])))
-            self.last_arrival = max(last for _, last in ends)[0]
+            self.last_arrival = max(last for _, last in ends)
+            # A run that ends at the next one's first arrival still comes first: its lines are earlier.
             parts = [_read(handle, sizes) for handle, sizes, _, _ in self.runs] + [iter(tail)]
             if all(ends[i][1] <= ends[i + 1][0] for i in range(len(ends) - 1)):
                 yield from chain.from_iterable(parts)
@@ -119,7 +135,7 @@ class ArrivalRuns:
 
 def _read(handle: IO[bytes], sizes: list[int]) -> Iterator[Event]:
     """A run file's events, a block at a time (``marshal.loads`` of the block's bytes: ``marshal.load`` on
-    a file reads it in small pieces, ten times slower)."""
+    a file reads it in small pieces, ten times slower), each rebuilt from the block's columns."""
     handle.seek(0)
     for size in sizes:
-        yield from map(_new, repeat(Event), marshal.loads(handle.read(size)))
+        yield from map(_new, repeat(Event), zip(*marshal.loads(handle.read(size)), strict=True))
