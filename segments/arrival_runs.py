@@ -24,9 +24,11 @@ than the one before, so ties stay in ``seq`` order, which is ``arrival_order``'s
 the run size.
 
 What a spilled event costs (the 1M-line replay, 7 runs): a block is written as
-columns (``zip(*block)``, no tuple per event) with ``marshal`` version 2 (no
-reference table: the values are not shared and version 4 looks every one up),
-and read back by zipping the columns into ``Event`` tuples. The temporary files are unlinked on creation
+columns (``zip(*block)``, no tuple per event) once its events are dropped, with
+``marshal``'s references (``MARSHAL_VERSION``), and read back by zipping the
+columns into ``Event`` tuples that share what the parsed ones shared.
+
+The temporary files are unlinked on creation
 (``tempfile.TemporaryFile``) and closed when ``ordered`` ends or is closed.
 A disk that cannot take a run raises ``RunFailed`` (exit code 1), one line.
 """
@@ -50,8 +52,10 @@ RUN_EVENTS = 131_072
 BLOCK_EVENTS = 4_096
 """Events per ``marshal`` record in a run file (one call each way, not one per event)."""
 
-MARSHAL_VERSION = 2
-"""Without the reference table of versions 3 and 4 (shared or interned objects are written once each time)."""
+MARSHAL_VERSION = 4
+"""With references: an object held twice in a block (``arrival_time`` when it is ``event_time``, ``merchant`` when
+it is ``attrs``' value) is written once and read back shared, as the parser made it. ``marshal`` looks up only
+objects with more than one reference, so ``_spill`` drops the events before it writes their columns."""
 
 _key = attrgetter("arrival_time")  # stable sorts and merges keep ties in seq order (events come in seq order)
 _new = tuple.__new__
@@ -87,18 +91,22 @@ class ArrivalRuns:
     def _spill(self) -> None:
         run = self.buffer
         run.sort(key=_key)
+        first, last, events = _key(run[0]), _key(run[-1]), len(run)
         try:
             handle = tempfile.TemporaryFile(prefix="segshadow-run-", dir=self.directory)  # noqa: SIM115
             sizes = []
-            for start in range(0, len(run), BLOCK_EVENTS):
-                columns = list(zip(*run[start : start + BLOCK_EVENTS], strict=True))
+            for start in range(0, events, BLOCK_EVENTS):
+                block = run[start : start + BLOCK_EVENTS]
+                run[start : start + BLOCK_EVENTS] = repeat(None, len(block))  # the block's only hold on its events
+                columns = list(zip(*block, strict=True))
+                del block  # its events go: a field is then held by its column alone, unless the event shared it
                 sizes.append(handle.write(marshal.dumps(columns, MARSHAL_VERSION)))
             handle.flush()
         except OSError as exc:
             self.close()
             raise RunFailed(f"cannot spill the replay's input to a temporary file: {exc.strerror or exc}") from None
-        self.runs.append((handle, sizes, _key(run[0]), _key(run[-1])))
-        self.count += len(run)
+        self.runs.append((handle, sizes, first, last))
+        self.count += events
         run.clear()  # the same list: a caller may hold ``buffer``
 
     def ordered(self) -> Iterator[Event]:
