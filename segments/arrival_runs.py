@@ -59,6 +59,7 @@ objects with more than one reference, so ``_spill`` drops the events before it w
 
 _key = attrgetter("arrival_time")  # stable sorts and merges keep ties in seq order (events come in seq order)
 _new = tuple.__new__
+_HOLE = Event("", "", 0, "", 0, 0, None, 0)  # fills a spilled event's slot until the run is cleared
 
 
 class ArrivalRuns:
@@ -97,7 +98,7 @@ class ArrivalRuns:
             sizes = []
             for start in range(0, events, BLOCK_EVENTS):
                 block = run[start : start + BLOCK_EVENTS]
-                run[start : start + BLOCK_EVENTS] = repeat(None, len(block))  # the block's only hold on its events
+                run[start : start + BLOCK_EVENTS] = repeat(_HOLE, len(block))  # the block: their sole holder
                 columns = list(zip(*block, strict=True))
                 del block  # its events go: a field is then held by its column alone, unless the event shared it
                 sizes.append(handle.write(marshal.dumps(columns, MARSHAL_VERSION)))
