@@ -6,7 +6,7 @@ every parsed event until then costs about 750 bytes an event (750 MiB for a
 million lines). ``ArrivalRuns`` holds at most ``run_events`` of them: when its
 buffer is full it sorts it and writes it to an anonymous temporary file
 (``marshal`` blocks of 4,096 events, each block its columns: one tuple per
-field, about 75 bytes an event); ``ordered`` then yields every event in exactly
+field, about 60 bytes an event); ``ordered`` then yields every event in exactly
 ``arrival_order``'s order:
 
 - nothing was spilled (a file of at most ``run_events`` valid events): the
@@ -28,8 +28,8 @@ columns (``zip(*block)``, no tuple per event) once its events are dropped, with
 ``marshal``'s references (``MARSHAL_VERSION``), and read back by zipping the
 columns into ``Event`` tuples that share what the parsed ones shared.
 
-The temporary files are unlinked on creation
-(``tempfile.TemporaryFile``) and closed when ``ordered`` ends or is closed.
+The temporary files are unlinked on creation (``tempfile.TemporaryFile``) and
+closed when ``ordered`` ends or is closed.
 A disk that cannot take a run raises ``RunFailed`` (exit code 1), one line.
 """
 
