@@ -30,6 +30,7 @@ import pickle
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import Any, NamedTuple, Tuple  # noqa: UP035 -- Beam reads typing.Tuple hints
 
 import apache_beam as beam
@@ -37,7 +38,8 @@ from apache_beam.coders import BytesCoder, PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec
 
-from segments.events import DEFAULT_TIME_BOUNDS, Event, Rejection, TimeBounds, arrival_order, iter_lines, parse_line
+from segments.arrival_runs import ArrivalRuns
+from segments.events import DEFAULT_TIME_BOUNDS, Event, Rejection, TimeBounds, iter_lines, parse_line
 from segments.lateness import END_OF_TIME
 from segments.outputs import Transition
 from segments.timeutil import wall_clock_ms
@@ -50,6 +52,7 @@ from streaming.segmenter import PRUNE_EVERY_MS, Row, ShardSegmenter
 
 DEAD = "dead_letter"
 METRICS_NAMESPACE = "segshadow.stream"
+READ_LINES = 4_096  # lines a replay parses between two checks of its arrival runs' size (segments.arrival_runs)
 
 
 class ShardBatch(NamedTuple):
@@ -105,7 +108,7 @@ class _Counters:
 
 
 def admit_events(
-    admission: Admission, events: list[Event], flusher: Flusher, batch_events: int, counters: _Counters
+    admission: Admission, events: Iterable[Event], flusher: Flusher, batch_events: int, counters: _Counters
 ) -> Iterator[Any]:
     """Run admission over arrival-ordered events; yield shard batches and tagged dead letters."""
     applied = 0
@@ -155,16 +158,16 @@ class ReadAndAdmitFile(beam.DoFn):
 
     def process(self, path: str) -> Iterator[Any]:
         admission = Admission(self.config.params)
-        valid: list[Event] = []
+        valid = ArrivalRuns()  # at most a run of parsed events in memory, the rest spilled (segments.arrival_runs)
         bounds = self.config.ruleset.time_bounds
-        yield from parse_into(valid, iter_lines(path), admission, self.counters, bounds)
-        ordered = arrival_order(valid)
-        del valid
+        lines = iter_lines(path)
+        while chunk := list(islice(lines, READ_LINES)):
+            yield from parse_into(valid.buffer, chunk, admission, self.counters, bounds)
+            valid.settle()
         flusher = Flusher(self.config.shards)
-        yield from admit_events(admission, ordered, flusher, self.config.batch_events, self.counters)
+        yield from admit_events(admission, valid.ordered(), flusher, self.config.batch_events, self.counters)
         self.counters.duplicates.inc(admission.counts.duplicates)
-        last_arrival = ordered[-1].arrival_time if ordered else 0
-        yield from flusher.flush(END_OF_TIME, last_arrival, final=True)
+        yield from flusher.flush(END_OF_TIME, valid.last_arrival, final=True)
 
 
 class AdmitLines(beam.DoFn):
