@@ -35,13 +35,14 @@ from __future__ import annotations
 import base64
 import heapq
 import zlib
-from bisect import bisect_right, insort
+from array import array
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import datasketches as ds
 
-from segments.lateness import GateParams
+from segments.lateness import END_OF_TIME, GateParams
 from segments.outputs import Transition
 from segments.rules import Aggregate, RuleSet
 from segments.sketches import CmsParams, bucket_of
@@ -50,14 +51,26 @@ from streaming.segmenter import EMPTY, Row, ShardSegmenter, UserWindow, part_of
 
 
 class CmsRing:
-    """Per-bucket Count-Min sketches of one approximate aggregate in one shard."""
+    """Per-bucket Count-Min sketches of one approximate aggregate in one shard.
 
-    __slots__ = ("buckets", "params", "weights")
+    Two things are kept per bucket beside its sketch, each a pure function of the
+    sketch's counters and so dropped whenever the bucket takes an update: the
+    estimates read from it since (``estimates``: user id to ``get_estimate``) and
+    its serialized, compressed bytes (``to_plain``). A settle reads every covering
+    marked bucket of the user, but only the newest one or two take updates in
+    order; the older ones answer from the cache, exactly as the sketch would. A
+    part snapshot carries every bucket; only those updated since the last one are
+    serialized again.
+    """
+
+    __slots__ = ("buckets", "estimates", "params", "plain", "weights")
 
     def __init__(self, params: CmsParams, weights: Mapping[str, int]) -> None:
         self.params = params
         self.weights = dict(weights)
         self.buckets: dict[int, ds.count_min_sketch] = {}
+        self.estimates: dict[int, dict[str, float]] = {}  # bucket start -> user id -> the sketch's estimate
+        self.plain: dict[int, bytes] = {}  # bucket start -> ``to_plain``'s bytes of the bucket as it is
 
     def add(self, user_id: str, event_time: int, kind: str) -> int | None:
         """Count the event if the aggregate reads its kind; returns its bucket (None if not read)."""
@@ -65,19 +78,31 @@ class CmsRing:
         if weight is None:
             return None
         start = bucket_of(event_time, self.params.bucket_ms)
+        self.update(start, user_id, float(weight))  # a float: nanobind's first overload pass takes it (int: ~8x)
+        return start
+
+    def update(self, start: int, user_id: str, weight: float) -> None:
+        """Add ``weight`` for the user to bucket ``start`` (made if new); forget what was derived from it."""
         sketch = self.buckets.get(start)
         if sketch is None:
             sketch = self.buckets[start] = self.params.new()
-        sketch.update(user_id, float(weight))  # a float: nanobind's first overload pass takes it (int: ~8x slower)
-        return start
+            self.estimates[start] = {}
+        sketch.update(user_id, weight)
+        read = self.estimates[start]
+        if read:
+            read.clear()
+        self.plain.pop(start, None)
 
     def estimate(self, user_id: str, buckets: Sequence[int]) -> int:
         """The sum of the user's estimates over ``buckets`` (starts; missing buckets count 0)."""
         total = 0.0
         for start in buckets:
-            sketch = self.buckets.get(start)
-            if sketch is not None:
-                total += sketch.get_estimate(user_id)
+            read = self.estimates.get(start)
+            if read is not None:
+                value = read.get(user_id)
+                if value is None:
+                    value = read[user_id] = self.buckets[start].get_estimate(user_id)
+                total += value
         return round(total)
 
     def total_weight(self, start: int) -> int:
@@ -87,13 +112,19 @@ class CmsRing:
     def drop_before(self, start: int) -> None:
         for old in [b for b in self.buckets if b < start]:
             del self.buckets[old]
+            del self.estimates[old]
+            self.plain.pop(old, None)
 
     def state_bytes(self) -> int:
         return sum(s.get_serialized_size_bytes() for s in self.buckets.values())
 
     def to_plain(self) -> dict[int, bytes]:
         """Each bucket's sketch, serialized and zlib-compressed (its counters are mostly small: 4-6x less)."""
-        return {b: zlib.compress(s.serialize(), 1) for b, s in self.buckets.items()}
+        plain = self.plain
+        for start, sketch in self.buckets.items():
+            if start not in plain:
+                plain[start] = zlib.compress(sketch.serialize(), 1)
+        return {b: plain[b] for b in self.buckets}
 
     def load_plain(self, plain: Mapping[int, bytes | str]) -> None:
         """From ``to_plain`` (or the earlier base64 text of the uncompressed bytes)."""
@@ -103,6 +134,8 @@ class CmsRing:
             )
             for b, t in plain.items()
         }
+        self.estimates = {b: {} for b in self.buckets}
+        self.plain = {}
 
 
 class ApproxUser(UserWindow):
@@ -110,8 +143,8 @@ class ApproxUser(UserWindow):
 
     __slots__ = ("marks", "user_id")
 
-    def __init__(self, additive: int, part: int, user_id: str) -> None:
-        super().__init__(additive, part)
+    def __init__(self, additive: int, part: int, user_id: str, detail: bool = True) -> None:
+        super().__init__(additive, part, detail)
         self.user_id = user_id
         self.marks: list[int] = []
 
@@ -128,7 +161,7 @@ def _adopt(user: UserWindow, user_id: str, marks: list[int]) -> ApproxUser:
 class ApproxEvaluator(Evaluator):
     """``Evaluator`` with each approximate aggregate's value read from its ring (never the fast path)."""
 
-    __slots__ = ("_rings", "_zeros", "width")
+    __slots__ = ("_rings", "_zeros", "reach", "width")
 
     def __init__(self, ruleset: RuleSet, rings: Sequence[tuple[int, Aggregate, CmsRing]]) -> None:
         super().__init__(ruleset)
@@ -138,6 +171,11 @@ class ApproxEvaluator(Evaluator):
         self.width = self._single_width
         self._single_width = None
         self._rings = tuple(rings)
+        # Per ring: its aggregate's index, how long a marked bucket counts (its width + the window), the ring.
+        self.reach = tuple(
+            (index, ring.params.bucket_ms + aggregate.window_ms, ring)
+            for index, aggregate, ring in rings
+        )
         self._zeros = [0] * len(ruleset.aggregates)
 
     def values(self, user: Any, t: int) -> list[int]:
@@ -153,12 +191,21 @@ class ApproxEvaluator(Evaluator):
         return [column[hi] - column[lo] for column in user.sums]
 
     def at(self, user: Any, t: int) -> frozenset[str]:
-        values = self.values(user, t)
+        times = user.times
+        width = self.width
+        if width is not None:  # ``values``, inlined (an empty user's columns are [0]: zeros)
+            hi = bisect_right(times, t)
+            lo = bisect_right(times, t - width, 0, hi)
+            values = [column[hi] - column[lo] for column in user.sums]
+        else:
+            values = self.values(user, t)
         marks: list[int] = user.marks
-        for index, aggregate, ring in self._rings:
-            covering = [b for b in marks if b <= t < b + ring.params.bucket_ms + aggregate.window_ms]
-            values[index] = ring.estimate(user.user_id, covering)
-        return self.classify(values)
+        for index, reach_ms, ring in self.reach:
+            # The marks b with b <= t < b + reach, in order (marks are sorted and distinct).
+            hi = bisect_right(marks, t)
+            values[index] = ring.estimate(user.user_id, marks[bisect_right(marks, t - reach_ms, 0, hi) : hi])
+        by_mask = self._by_mask  # ``classify``, inlined
+        return self.classify(values) if by_mask is None else by_mask[self._mask_of(values)]
 
 
 class ApproxShardSegmenter(ShardSegmenter):
@@ -180,12 +227,16 @@ class ApproxShardSegmenter(ShardSegmenter):
         self._exact_kinds = frozenset(k for a in ruleset.aggregates if a.approx is None for k in a.weights)
         self._bucket_ms = min(a.approx.bucket_ms for a in approx)  # type: ignore[union-attr]
         self._exit_ms = max(a.approx.bucket_ms + a.window_ms for a in approx)  # type: ignore[union-attr]
+        # Marked buckets' exits not yet due, by point: (point, user id) entries that ``advance`` merges into the
+        # shard's queue in order once the watermark reaches their point (``_queue_exits``), and the least point.
+        self._exits: dict[int, list[str]] = {}
+        self._exits_next = END_OF_TIME + 1
 
     # ---- snapshots -------------------------------------------------------------------------------
 
     def _snapshot(self, items: list[tuple[str, UserWindow]]) -> dict[str, object]:
         state = super()._snapshot(items)
-        for derived in ("_rings", "_approx_kinds", "_exact_kinds", "_bucket_ms", "_exit_ms"):
+        for derived in ("_rings", "_approx_kinds", "_exact_kinds", "_bucket_ms", "_exit_ms", "_exits", "_exits_next"):
             state.pop(derived, None)
         # Marks in columns beside the users' (same order): a count per user, then every mark as buckets after
         # the least one (small integers, a byte or two each pickled), not a list keyed by a second copy of the id.
@@ -227,7 +278,7 @@ class ApproxShardSegmenter(ShardSegmenter):
             self.users[user_id] = _adopt(user, user_id, user_marks)
             for start in user_marks:
                 if start + self._exit_ms > watermark:
-                    self._push_point((start + self._exit_ms, user_id))
+                    self._exit_at(start + self._exit_ms, user_id)
 
     @classmethod
     def from_parts(
@@ -249,6 +300,47 @@ class ApproxShardSegmenter(ShardSegmenter):
                 shard.users[user_id] = _adopt(user, user_id, [])
         return shard
 
+    # ---- the marked buckets' exits ------------------------------------------------------------------
+
+    def _exit_at(self, point: int, user_id: str) -> None:
+        """Queue the change point of a marked bucket's exit (as ``_push_point`` would, see ``_queue_exits``)."""
+        run = self._exits.get(point)
+        if run is None:
+            run = self._exits[point] = []
+            if point < self._exits_next:
+                self._exits_next = point
+        run.append(user_id)
+
+    def _queue_exits(self, watermark: int) -> None:
+        """Merge the exits due by ``watermark`` into the queue (``ordered``), in (point, user id) order.
+
+        A bucket's exits share one point, so most would come out of order (by
+        user id) and go through the heap, one push and one pop each. Held apart by
+        point until due and merged here, a sorted run per point, they are popped
+        in the same (point, user id) order, each from the queue's columns.
+        """
+        exits = self._exits
+        ordered = self.ordered
+        points = ordered.points
+        ids = ordered.users
+        for point in sorted(p for p in exits if p <= watermark):
+            run = exits.pop(point)
+            lo = bisect_left(points, point, ordered.head)
+            hi = bisect_right(points, point, lo)
+            run = sorted(ids[lo:hi] + run) if hi > lo else sorted(run)
+            points[lo:hi] = array("q", [point]) * len(run)
+            ids[lo:hi] = run
+        self._exits_next = min(exits, default=END_OF_TIME + 1)
+
+    def advance(self, watermark: int, emitted_at: int, out: list[Transition] | None = None) -> list[Transition]:
+        if watermark >= self._exits_next and watermark > self.watermark:
+            self._queue_exits(watermark)
+        return super().advance(watermark, emitted_at, out)
+
+    def finish(self, emitted_at_of: int) -> list[Transition]:
+        self._queue_exits(END_OF_TIME)
+        return super().finish(emitted_at_of)
+
     # ---- the inputs ------------------------------------------------------------------------------
 
     def apply(self, event: Row, emitted_at: int) -> list[Transition]:
@@ -264,7 +356,9 @@ class ApproxShardSegmenter(ShardSegmenter):
         if self._frozen and (user.part if user is not None else part_of(user_id, self._parts)) in self._frozen:
             return out
         if user is None:
-            user = self.users[user_id] = ApproxUser(self._evaluator.additive_count, self._new_part(user_id), user_id)
+            user = self.users[user_id] = ApproxUser(
+                self._evaluator.additive_count, self._new_part(user_id), user_id, self._detail
+            )
         assert isinstance(user, ApproxUser)
         if approx:
             start = bucket_of(event_time, self._bucket_ms)
@@ -272,7 +366,7 @@ class ApproxShardSegmenter(ShardSegmenter):
             if not index or user.marks[index - 1] != start:
                 insort(user.marks, start)
                 if start + self._exit_ms > self.watermark:
-                    self._push_point((start + self._exit_ms, user_id))
+                    self._exit_at(start + self._exit_ms, user_id)
         if kind in self._exact_kinds:
             self._apply_to(user_id, user, event, emitted_at, out)
             return out
@@ -292,8 +386,9 @@ class ApproxShardSegmenter(ShardSegmenter):
         kind read only by approximate aggregates (counted in the rings, its bucket
         marked, the exit queued once) or only by exact ones (appended as a fact,
         its window edges queued); either settles its own instant, the marked
-        buckets' estimates summed as ``ApproxEvaluator.at`` does. Anything else
-        (late, a kind read by both, a rebuild under way) takes ``apply``.
+        buckets' estimates summed as ``ApproxEvaluator.at`` does (through the
+        rings' caches, as ``CmsRing.estimate``). Anything else (late, a kind read
+        by both, a rebuild under way) takes ``apply``.
         """
         out: list[Transition] = []
         users = self.users
@@ -301,42 +396,54 @@ class ApproxShardSegmenter(ShardSegmenter):
         approx_kinds = self._approx_kinds
         exact_kinds = self._exact_kinds
         ordered = self.ordered
+        points = ordered.points
+        ids = ordered.users
         pending = self.pending
         evaluator = self._evaluator
         assert isinstance(evaluator, ApproxEvaluator)
         values_of = evaluator.values
+        width = evaluator.width  # the exact aggregates' one window (None: ``values`` works it out)
         classify = evaluator.classify
+        classifier = evaluator.classifier
         additive = evaluator.additive_count
+        detail = self._detail
         deltas_of = evaluator.deltas
+        constant = evaluator.constant_deltas
         widths = self._widths
         bucket_ms = self._bucket_ms
         exit_ms = self._exit_ms
         names = self._names
-        # Per ring: (aggregate index, the ring's bucket width + the aggregate's window, the weight per kind, the
-        # bucket width, the sketches by bucket start).
-        # Weights as floats: ``count_min_sketch.update(str, float)`` matches nanobind's first, exact overload
-        # pass; an int weight is only accepted in its second, converting pass, at about 8x the cost per call.
-        rings = [
+        exits = self._exits
+        # Per ring, to count an event: (the weight per kind, the bucket width, its sketches, its estimate caches and
+        # its serialized bytes by bucket start, the ring). Weights as floats: ``count_min_sketch.update(str,
+        # float)`` matches nanobind's first, exact overload pass; an int weight is only accepted in its second,
+        # converting pass, at about 8x the cost per call.
+        counting = [
             (
-                index,
-                ring.params.bucket_ms + aggregate.window_ms,
                 {kind: float(weight) for kind, weight in ring.weights.items()},
                 ring.params.bucket_ms,
+                ring.buckets,
+                ring.estimates,
+                ring.plain,
                 ring,
             )
-            for index, aggregate, ring in self._rings
+            for _, _, ring in self._rings
         ]
+        # Per ring, to read the user's value: (aggregate index, how long a marked bucket counts, its sketches and
+        # its estimate caches by bucket start).
+        reading = [(index, reach_ms, ring.buckets, ring.estimates) for index, reach_ms, ring in evaluator.reach]
         for event in events:
-            user_id, event_time, kind, _, _, arrival, event_watermark = event
+            user_id, event_time, kind, micros, _, arrival, event_watermark = event
             emitted_at = clock() if clock is not None else arrival
             if self._frozen:
                 out.extend(self.apply(event, emitted_at))
                 continue
             if event_watermark > self.watermark:
                 if (
-                    (ordered and ordered.first()[0] <= event_watermark)
+                    (ordered.head < len(ids) and points[ordered.head] <= event_watermark)
                     or (pending and pending[0][0] <= event_watermark)
                     or event_watermark >= self._next_prune
+                    or event_watermark >= self._exits_next
                 ):
                     self.advance(event_watermark, emitted_at, out)
                 else:
@@ -350,12 +457,13 @@ class ApproxShardSegmenter(ShardSegmenter):
             user = users.get(user_id)
             start = event_time - event_time % bucket_ms
             if user is not None:
-                assert isinstance(user, ApproxUser)
-                marks = user.marks
+                marks = user.marks  # type: ignore[attr-defined]  # every user of this shard is an ``ApproxUser``
+                times = user.times
+                pub_times = user.pub_times
                 if not (
                     event_time > self.watermark
-                    and (not user.times or user.times[-1] <= event_time)
-                    and (not user.pub_times or user.pub_times[-1] <= event_time)
+                    and (not times or times[-1] <= event_time)
+                    and (not pub_times or pub_times[-1] <= event_time)
                     and (not marks or marks[-1] <= start)
                 ):
                     out.extend(self.apply(event, emitted_at))
@@ -364,46 +472,65 @@ class ApproxShardSegmenter(ShardSegmenter):
                 out.extend(self.apply(event, emitted_at))
                 continue
             else:
-                user = users[user_id] = ApproxUser(additive, self._new_part(user_id), user_id)
+                user = users[user_id] = ApproxUser(additive, self._new_part(user_id), user_id, detail)
                 marks = user.marks
+                times = user.times
+                pub_times = user.pub_times
             if approx:
-                for _, _, weights, ring_bucket, ring in rings:  # ``CmsRing.add``, inlined
+                for weights, ring_bucket, buckets, estimates, plain, ring in counting:  # ``CmsRing.update``
                     weight = weights.get(kind)
                     if weight is not None:
                         ring_start = event_time - event_time % ring_bucket
-                        sketch = ring.buckets.get(ring_start)
+                        sketch = buckets.get(ring_start)
                         if sketch is None:
-                            sketch = ring.buckets[ring_start] = ring.params.new()
-                        sketch.update(user_id, weight)
+                            ring.update(ring_start, user_id, weight)
+                        else:
+                            sketch.update(user_id, weight)
+                            read = estimates[ring_start]
+                            if read:
+                                read.clear()
+                            if plain:
+                                plain.pop(ring_start, None)
                 if not marks or marks[-1] != start:
                     marks.append(start)
-                    if start + exit_ms > self.watermark:
-                        entry = (start + exit_ms, user_id)
-                        if not ordered or ordered.last() <= entry:
-                            ordered.append(entry)
+                    if start + exit_ms > self.watermark:  # ``_exit_at``, inlined
+                        run = exits.get(start + exit_ms)
+                        if run is None:
+                            self._exit_at(start + exit_ms, user_id)
                         else:
-                            heapq.heappush(pending, entry)
+                            run.append(user_id)
             else:  # the exact path's in-order insert (``UserWindow.insert``'s append) and window edges
-                _, _, _, micros, merchant, _, _ = event
-                user.insert(event_time, deltas_of(kind, micros), kind, merchant)  # in order: an append
-                for width in widths:
-                    entry = (event_time + width, user_id)
-                    if not ordered or ordered.last() <= entry:
-                        ordered.append(entry)
+                deltas = constant.get(kind)
+                if deltas is None:
+                    deltas = deltas_of(kind, micros)
+                user.insert(event_time, deltas, kind, event[4])  # in order: an append
+                for edge in widths:
+                    point = event_time + edge
+                    if ordered.head == len(ids) or points[-1] < point or (points[-1] == point and ids[-1] <= user_id):
+                        points.append(point)
+                        ids.append(user_id)
                     else:
-                        heapq.heappush(pending, entry)
-            # Settle the event's instant (``_settle`` with ``ApproxEvaluator.at``, inlined).
-            values = values_of(user, event_time)
-            for index, reach_ms, _, _, ring in rings:
+                        heapq.heappush(pending, (point, user_id))
+            # Settle the event's instant (``_settle`` with ``ApproxEvaluator.at``, inlined). Every fact and mark is
+            # at or before it here: the window's facts are those after ``event_time - width``, the covering marks
+            # those after ``event_time - reach``.
+            if width is not None:
+                sums = user.sums
+                lo = bisect_right(times, event_time - width)
+                values = [column[-1] - column[lo] for column in sums]
+            else:
+                values = values_of(user, event_time)
+            for index, reach_ms, buckets, estimates in reading:
                 total = 0.0
-                for mark in marks:
-                    if mark <= event_time < mark + reach_ms:
-                        sketch = ring.buckets.get(mark)
-                        if sketch is not None:
-                            total += sketch.get_estimate(user_id)
+                for mark in marks[bisect_right(marks, event_time - reach_ms) :]:
+                    cached = estimates.get(mark)
+                    if cached is not None:
+                        value = cached.get(user_id)
+                        if value is None:
+                            value = cached[user_id] = buckets[mark].get_estimate(user_id)
+                        total += value
                 values[index] = round(total)
-            desired = classify(values)
-            pub_times = user.pub_times
+            desired = classify(values) if classifier is None else classifier[1][classifier[0](values)]
             if desired == (user.pub_values[-1] if pub_times else EMPTY):
                 continue
             if pub_times and pub_times[-1] == event_time:
