@@ -311,6 +311,11 @@ class ApproxShardSegmenter(ShardSegmenter):
                 self._exits_next = point
         run.append(user_id)
 
+    @property
+    def pending_edges(self) -> int:
+        """The queued change points and the marked buckets' exits held by point until due."""
+        return super().pending_edges + sum(len(run) for run in self._exits.values())
+
     def _queue_exits(self, watermark: int) -> None:
         """Merge the exits due by ``watermark`` into the queue (``ordered``), in (point, user id) order.
 

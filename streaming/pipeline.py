@@ -461,7 +461,7 @@ class SegmentShard(beam.DoFn):
             segmenter = state.segmenter
             users = len(segmenter.users)
             fields[f"state_users_shard{shard}"] = users
-            fields[f"state_edges_shard{shard}"] = len(segmenter.ordered) + len(segmenter.pending)
+            fields[f"state_edges_shard{shard}"] = segmenter.pending_edges
             gauge = self.users_per_shard.get(shard)
             if gauge is None:
                 gauge = self.users_per_shard[shard] = Metrics.gauge(METRICS_NAMESPACE, f"users_in_state_shard{shard}")

@@ -308,6 +308,11 @@ class ShardSegmenter:
         self._frozen: frozenset[int] = frozenset()
         self._parts = parts  # users are split into parts for snapshots (``snapshot_part``)
 
+    @property
+    def pending_edges(self) -> int:
+        """Change points queued and not yet due (the health field ``state_edges_shard<N>``)."""
+        return len(self.ordered) + len(self.pending)
+
     def __getstate__(self) -> dict[str, object]:
         """A snapshot of the whole shard in columns (see ``snapshot_part``)."""
         return self._snapshot(list(self.users.items()))
