@@ -210,17 +210,21 @@ class _Timeline(beam.DoFn):
             yield transitions
 
 
-def transform_transitions(batches: beam.PCollection, transform: beam.PTransform) -> beam.PCollection:
-    """Shard batches -> the team's transform -> lists of transitions (one list per user)."""
+def _changes(batches: beam.PCollection, transform: beam.PTransform) -> beam.PCollection:
+    """Shard batches -> admitted events -> the team's transform -> checked ``(user, change)`` pairs, keyed by user
+    in the global window: what the replay groups and the live path keeps in state."""
     return (
         batches
         | "AdmittedEvents" >> beam.FlatMap(admitted_events)
         | "YourTransform" >> transform
         | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-        | "CheckChanges" >> beam.Map(change_of)
-        | "ByUser" >> beam.GroupByKey()
-        | "Revisions" >> beam.ParDo(_Timeline())
+        | "CheckChanges" >> beam.Map(change_of).with_output_types(Tuple[str, Any])  # noqa: UP006
     )
+
+
+def transform_transitions(batches: beam.PCollection, transform: beam.PTransform) -> beam.PCollection:
+    """Shard batches -> the team's transform -> lists of transitions (one list per user)."""
+    return _changes(batches, transform) | "ByUser" >> beam.GroupByKey() | "Revisions" >> beam.ParDo(_Timeline())
 
 
 class LiveRevisions:
@@ -294,11 +298,4 @@ class _LiveTimeline(beam.DoFn):
 
 def live_transform_transitions(batches: beam.PCollection, transform: beam.PTransform) -> beam.PCollection:
     """Live shard batches -> the team's transform -> lists of transitions, as the changes come (module doc)."""
-    return (
-        batches
-        | "AdmittedEvents" >> beam.FlatMap(admitted_events)
-        | "YourTransform" >> transform
-        | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-        | "CheckChanges" >> beam.Map(change_of).with_output_types(Tuple[str, Any])  # noqa: UP006
-        | "Revisions" >> beam.ParDo(_LiveTimeline())
-    )
+    return _changes(batches, transform) | "Revisions" >> beam.ParDo(_LiveTimeline())
