@@ -65,7 +65,6 @@ from shadow.dualwrite import DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
 from streaming.byo import TransformRef
-from streaming.live import FIELD
 from streaming.pipeline import StreamConfig
 from streaming.replay import RedisLog, run_replay
 
@@ -264,7 +263,7 @@ def run_shadow(
                 redis_url=redis_url,
                 database_url=database_url,
                 beam_args=plan.beam_args,
-                source=RedisLog(redis_url, stream_key, FIELD),
+                source=RedisLog(redis_url, stream_key),
                 transform=plan.transform,
             )
             seconds["stream"] = clock() - start

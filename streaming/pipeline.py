@@ -206,15 +206,14 @@ class ReadAndAdmitRedisLog(beam.DoFn):
 
     The stream's entry order is the arrival order, so no sort is needed; admission
     is the same as for a file. Entries hold one line or a batch of lines
-    (``streaming.eventlog``); ``chunk`` is the lines a read asks for, and ``field``
-    is kept for callers only (both of the log's fields are read).
+    (``streaming.eventlog``; both of the log's fields are read); ``chunk`` is the
+    lines a read asks for.
     """
 
-    def __init__(self, config: StreamConfig, redis_url: str, stream_key: str, field: str, chunk: int = 20_000):
+    def __init__(self, config: StreamConfig, redis_url: str, stream_key: str, chunk: int = 20_000):
         self.config = config
         self.redis_url = redis_url
         self.stream_key = stream_key
-        self.field = field.encode()
         self.chunk = chunk
 
     def setup(self) -> None:

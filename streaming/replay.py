@@ -95,7 +95,6 @@ class RedisLog:
 
     redis_url: str
     stream_key: str
-    field: str
 
 
 def build_replay(
@@ -117,7 +116,7 @@ def build_replay(
     reader: beam.DoFn = (
         ReadAndAdmitFile(config)
         if source is None
-        else ReadAndAdmitRedisLog(config, source.redis_url, source.stream_key, source.field)
+        else ReadAndAdmitRedisLog(config, source.redis_url, source.stream_key)
     )
     admitted = (
         pipeline

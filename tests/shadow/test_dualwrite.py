@@ -19,7 +19,6 @@ from shadow.dualwrite import DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
 from streaming.eventlog import log_lines, position
-from streaming.live import FIELD
 from streaming.pipeline import StreamConfig
 from streaming.replay import RedisLog, run_replay
 
@@ -86,7 +85,7 @@ def test_shadow_freeze_mid_ingest_is_journaled_then_replayed_in_arrival_order(
     events = tmp_path / "events.jsonl"
     events.write_text("".join(t + "\n" for _, t in rows), encoding="utf-8")
     config = StreamConfig(load_ruleset("clickstream"), GateParams(), shards=2)
-    from_log = run_replay(events, tmp_path / "a.jsonl", config, source=RedisLog(url, key, FIELD))
+    from_log = run_replay(events, tmp_path / "a.jsonl", config, source=RedisLog(url, key))
     from_file = run_replay(events, tmp_path / "b.jsonl", config)
     assert from_log.counts == from_file.counts
     assert sorted(read_transitions(from_log.out_path)) == sorted(read_transitions(from_file.out_path))
