@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from legacy_batch.query import AggregateQuery, build_query
 from legacy_batch.schedule import schedule
@@ -49,6 +49,9 @@ from segments.outputs import Assignment, file_sha256, meta_path, write_meta
 from segments.rules import RuleSet, check_reads
 from segments.sqlstore import EVENT_BATCH, LegacyRun, Publication, SqlStore
 from segments.timeutil import Clock, format_ms, wall_clock_ms
+
+if TYPE_CHECKING:
+    from segments.redisstore import RedisStore
 
 Timer = Callable[[], float]
 ProgressHook = Callable[[str, int, int], None]
@@ -83,6 +86,14 @@ class LegacyWriterSink:
 
     def write_assignments(self, as_of: int, rows: Sequence[tuple[str, frozenset[str]]]) -> object:
         return self.writer.write_legacy(as_of, rows)
+
+
+def serving_sink(store: RedisStore) -> AssignmentSink:
+    """The Redis ``legacy`` namespace's current sets, with each as-of's members also in the legacy side's reach
+    (``segments.reachstore.ReachingSink``): what every legacy write to the serving store goes through."""
+    from segments.reachstore import ReachingSink, ReachStore
+
+    return ReachingSink(LegacyWriterSink(store), ReachStore(store.client, prefix=store.prefix))
 
 
 def as_sink(target: AssignmentSink | LegacyWriter) -> AssignmentSink:

@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from legacy_batch.job import AssignmentSink, LegacyWriterSink, run_legacy
+from legacy_batch.job import AssignmentSink, run_legacy, serving_sink
 from legacy_batch.sqlfile import LegacySql
 from segments.errors import RuleSetError, UsageError
 from segments.rules import RuleSet, load_ruleset
@@ -57,11 +57,9 @@ def resolve_rules(ref: str, store: SqlStore) -> RuleSet:
 
 def _redis_sink(url: str, stack: contextlib.ExitStack) -> AssignmentSink:
     """The ``legacy`` namespace's current sets; each as-of's members also go into its reach (reachstore)."""
-    from segments.reachstore import ReachingSink, ReachStore
     from segments.redisstore import RedisStore
 
-    store = stack.enter_context(RedisStore.open(url))
-    return ReachingSink(LegacyWriterSink(store), ReachStore(store.client, prefix=store.prefix))
+    return serving_sink(stack.enter_context(RedisStore.open(url)))
 
 
 @legacy_app.command("run")

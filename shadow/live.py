@@ -90,7 +90,7 @@ from compare.comparison import run_comparison
 from compare.latency import summarize
 from compare.manifest import begin, comparison_artifacts, seal
 from compare.parity import ParityResult
-from legacy_batch.job import AsOfRun, LegacyReport, LegacyWriterSink, run_as_of
+from legacy_batch.job import AsOfRun, LegacyReport, run_as_of, serving_sink
 from legacy_batch.query import build_query
 from legacy_batch.schedule import as_of_times
 from segments.durations import format_duration_ms
@@ -98,7 +98,6 @@ from segments.errors import SegshadowError, StoreUnavailable, UsageError
 from segments.events import DEFAULT_TIME_BOUNDS, Event, Rejection, TimeBounds, load_event_log, parse_line, write_jsonl
 from segments.lateness import NO_WATERMARK, Gate, GateParams, too_late_ids
 from segments.outputs import Transition, file_sha256, meta_path, read_transitions, write_meta
-from segments.reachstore import ReachingSink, ReachStore
 from segments.redisstore import RedisStore
 from segments.rules import RuleSet
 from segments.sqlstore import SqlStore
@@ -309,7 +308,7 @@ class ServingSink:
 
     def __init__(self, serving: RedisStore) -> None:
         # Each as-of's members also go into the legacy reach; a retried snapshot re-adds them (PFADD is idempotent).
-        self.inner = ReachingSink(LegacyWriterSink(serving), ReachStore(serving.client, prefix=serving.prefix))
+        self.inner = serving_sink(serving)
         self.failures = 0
         self.pending: tuple[int, Sequence[tuple[str, frozenset[str]]]] | None = None
 

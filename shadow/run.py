@@ -40,7 +40,7 @@ from typing import Any
 from compare.comparison import run_comparison
 from compare.manifest import begin, comparison_artifacts, seal
 from compare.parity import ParityResult
-from legacy_batch.job import LegacyReport, LegacyWriterSink, run_as_ofs
+from legacy_batch.job import LegacyReport, run_as_ofs, serving_sink
 from legacy_batch.schedule import schedule
 from legacy_batch.sqlfile import LegacySql
 from segments.errors import InputError
@@ -57,7 +57,7 @@ from segments.events import (
 )
 from segments.lateness import GateParams
 from segments.outputs import Assignment, file_sha256, write_meta
-from segments.reachstore import ReachingSink, ReachStore
+from segments.reachstore import ReachStore
 from segments.redisstore import RedisStore
 from segments.rules import RuleSet, check_reads
 from segments.sqlstore import SqlStore
@@ -175,7 +175,7 @@ def run_legacy_side(
     query_ms: list[float] = []
     run_ms: list[float] = []
     assignments: list[Assignment] = []
-    sink = ReachingSink(LegacyWriterSink(redis_store), ReachStore(redis_store.client, prefix=redis_store.prefix))
+    sink = serving_sink(redis_store)
     runs = run_as_ofs(store, plan.ruleset, as_ofs, sink, sql=plan.legacy_sql)
     for done, result in enumerate(runs, start=1):
         query_ms.append(result.query_ms)
