@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from segments.errors import InputError
+from segments.seen import SeenIds
 from segments.timeutil import MAX_MS, TimestampError, format_ms, parse_rfc3339_ms
 
 DAY_MS = 86_400_000
@@ -529,22 +530,24 @@ def arrival_order(events: Iterable[Event]) -> list[Event]:
 
 
 class Deduper:
-    """First arrival of an ``event_id`` counts; later arrivals are duplicates, whatever their payload."""
+    """First arrival of an ``event_id`` counts; later arrivals are duplicates, whatever their payload.
+
+    The ids seen are kept as digests (``segments.seen``), about 25 bytes an id
+    rather than a Python string's 109: a stream keeps them for its whole life.
+    """
 
     __slots__ = ("duplicates", "seen")
 
     def __init__(self) -> None:
-        self.seen: set[str] = set()
+        self.seen = SeenIds()
         self.duplicates = 0
 
     def first(self, event: Event) -> bool:
         """True when this is the first arrival of the event's id (and remember it)."""
-        seen = self.seen
-        if event.event_id in seen:
-            self.duplicates += 1
-            return False
-        seen.add(event.event_id)
-        return True
+        if self.seen.add_if_new(event.event_id):
+            return True
+        self.duplicates += 1
+        return False
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,10 @@ class Gate:
 
     __slots__ = ("_dedup", "_lateness", "_ooo", "max_event_time")
 
-    def __init__(self, params: GateParams, max_event_time: int | None = None, seen: set[str] | None = None):
+    def __init__(self, params: GateParams, max_event_time: int | None = None):
         self._ooo = params.max_out_of_orderness_ms
         self._lateness = params.allowed_lateness_ms
         self._dedup = Deduper()
-        if seen is not None:
-            self._dedup.seen = seen
         self.max_event_time = max_event_time
 
     @property
@@ -87,11 +85,9 @@ class Gate:
 
     def admit(self, event: Event) -> Verdict:
         """Judge one event (in arrival order) and advance the watermark when it is applied."""
-        seen = self._dedup.seen
-        if event.event_id in seen:
+        if not self._dedup.seen.add_if_new(event.event_id):
             self._dedup.duplicates += 1
             return Verdict.DUPLICATE
-        seen.add(event.event_id)
         met = self.max_event_time
         event_time = event.event_time
         if met is None or event_time > met:
