@@ -307,6 +307,8 @@ class ShardSegmenter:
         # already past the batch being replayed (their events are skipped and sweeps leave them alone).
         self._frozen: frozenset[int] = frozenset()
         self._parts = parts  # users are split into parts for snapshots (``snapshot_part``)
+        self._by_part: list[list[str]] | None = None  # the users of each part as of the last bucketing
+        self._joined: dict[str, None] = {}  # users created since that bucketing, in the order ``users`` has them
 
     @property
     def pending_edges(self) -> int:
@@ -328,13 +330,37 @@ class ShardSegmenter:
         """
         if parts != self._parts:
             raise ValueError(f"this shard is split into {self._parts} parts, not {parts}")
-        return self._snapshot([(u, w) for u, w in self.users.items() if w.part == part])
+        return self._snapshot(self._part_items(part))
+
+    def _part_items(self, part: int) -> list[tuple[str, UserWindow]]:
+        """The users of ``part`` in the order ``users`` has them, without a pass over every user each time.
+
+        The pipeline snapshots the parts in turn, one an epoch; a pass over all
+        users for each part cost a few percent of the live path's CPU. The users
+        are put in buckets by part once a turn (at part 0), and the users created
+        since are kept aside in ``_joined``: a user removed and created again
+        since comes from there, at its new place in ``users``.
+        """
+        users, by_part = self.users, self._by_part
+        if by_part is None or part == 0:
+            by_part = self._by_part = [[] for _ in range(self._parts)]
+            for user_id, user in users.items():
+                by_part[user.part].append(user_id)
+            self._joined = {}
+        joined = self._joined
+        items = [(u, users[u]) for u in by_part[part] if u in users and u not in joined]
+        if joined:
+            items.extend((u, users[u]) for u in joined if u in users and users[u].part == part)
+        return items
 
     def _snapshot(self, items: list[tuple[str, UserWindow]]) -> dict[str, object]:
         if self._frozen:
             raise RuntimeError("a shard is snapshotted only once its rebuild has finished")
         state = dict(self.__dict__)
-        for derived in ("_evaluator", "_names", "users", "pending", "ordered", "_frozen", "_detail", "_canon_kinds"):
+        for derived in (
+            "_evaluator", "_names", "users", "pending", "ordered", "_frozen", "_detail", "_canon_kinds", "_by_part",
+            "_joined",
+        ):  # fmt: skip
             del state[derived]
         users = [user for _, user in items]
         join = b"".join  # each column is one C-level pass over the users' packed columns
@@ -378,6 +404,7 @@ class ShardSegmenter:
         self._frozen = frozenset()
         self._detail = self._evaluator.reads_facts
         self._canon_kinds = {kind: kind for kind in self._kinds}
+        self._by_part, self._joined = None, {}
         self.users = users_from_columns(columns, self._parts)
         self.pending = []
         self.ordered = EdgeQueue(self._edges(self.users, self.watermark))
@@ -422,6 +449,7 @@ class ShardSegmenter:
                 continue
             users = users_from_columns(snapshot["columns"], len(snapshots))  # type: ignore[arg-type]
             shard.users.update(users)
+            shard._by_part = None  # users came in without ``_new_user``: bucket them afresh
             edges.extend(shard._edges(users, snapshot["watermark"]))  # type: ignore[arg-type]
         edges.sort()
         shard.ordered = EdgeQueue(edges)
@@ -429,8 +457,12 @@ class ShardSegmenter:
         return shard
 
     def _new_user(self, user_id: str) -> UserWindow:
+        """A new user's window; the caller puts it in ``users`` (at the end, as a dict does)."""
         user = UserWindow(self._evaluator.additive_count, self._new_part(user_id), self._detail)
         user.key = user_id
+        if self._by_part is not None:
+            self._joined.pop(user_id, None)  # created again: it moved to the end of ``users``
+            self._joined[user_id] = None
         return user
 
     def _new_part(self, user_id: str) -> int:

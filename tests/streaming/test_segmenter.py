@@ -181,3 +181,42 @@ def test_shards_given_different_phases_sweep_their_state_at_different_watermarks
         expected = [0] + [-(-instant // step) * step for instant in due]
         assert sweeps(phase) == expected
     assert sweeps(0)[1:] != sweeps(PRUNE_EVERY_MS // 2)[1:]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 7), st.integers(0, 13), st.sampled_from(["purchase", "view"])), max_size=60
+    ),
+    parts=st.integers(2, 5),
+)
+def test_a_part_snapshot_holds_that_parts_users_in_the_shards_order(steps, parts):
+    """``snapshot_part`` (users bucketed once a turn, the ones created since kept aside) gives the snapshot of
+    the part's users as ``users`` has them, while users come, are swept away when their window empties, and
+    come back (at the end of ``users``)."""
+    shard = ShardSegmenter(CLICK, PARAMS, parts)
+    t = BASE
+    for step, (user, gap_minutes, kind) in enumerate(steps):
+        t += gap_minutes * MINUTE
+        row = _applied(f"u{user}", t, kind, arrival=t, watermark=t - PARAMS.max_out_of_orderness_ms)
+        shard.apply(row, t)
+        for part in (step % parts, (step * 7 + 3) % parts):  # the pipeline's turn, and one out of turn
+            definition = [(u, w) for u, w in shard.users.items() if w.part == part]
+            assert shard.snapshot_part(part, parts) == shard._snapshot(definition), (step, part)
+
+
+def test_a_user_swept_and_created_again_within_a_turn_keeps_its_new_place_in_the_part_snapshot():
+    """Bucketed at part 0, then x and y come, x is swept away and comes back: it is after y in ``users`` now,
+    and so in the part's snapshot."""
+    parts = 2
+    x, y = [u for u in (f"u{n}" for n in range(100)) if ShardSegmenter(CLICK, PARAMS, parts)._new_part(u) == 1][:2]
+    shard = ShardSegmenter(CLICK, PARAMS, parts)
+    shard.snapshot_part(0, parts)
+    for user, t in ((x, BASE), (y, BASE + 15 * MINUTE)):
+        shard.apply(_applied(user, t, arrival=t, watermark=t - 5_000), t)
+    assert x not in shard.users, "the sweep took x away"
+    t = BASE + 15 * MINUTE + 1_000
+    shard.apply(_applied(x, t, arrival=t, watermark=t - 5_000), t)
+    assert list(shard.users) == [y, x]
+    definition = [(u, w) for u, w in shard.users.items() if w.part == 1]
+    assert shard.snapshot_part(1, parts) == shard._snapshot(definition)
