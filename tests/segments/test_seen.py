@@ -3,41 +3,93 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from segments.seen import MAX_LOAD, MIN_CAPACITY, TAIL, SeenIds, digest
+import segments.seen as seen_module
+from segments.seen import MAX_LOAD, MIN_CAPACITY, MOVE_SLOTS, TAIL, SeenIds, digest
 
 ids = st.text(min_size=0, max_size=12)  # any text: empty, non-ASCII, lone surrogates
 
 
+@contextmanager
+def tiny_tables() -> Iterator[None]:
+    """Tables of 4 slots and a tail of 2: a few dozen ids grow them many times, and runs often reach the end."""
+    with mock.patch.object(seen_module, "MIN_CAPACITY", 4), mock.patch.object(seen_module, "TAIL", 2):
+        yield
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(ids, max_size=400), st.lists(ids, max_size=50))
-def test_answers_as_a_set_of_the_ids_does(added: list[str], asked: list[str]) -> None:
-    seen = SeenIds()
-    oracle: set[str] = set()
-    for event_id in added:
-        assert seen.add_if_new(event_id) is (event_id not in oracle)
-        oracle.add(event_id)
-        assert len(seen) == len(oracle)
-    for event_id in added + asked:
-        assert (event_id in seen) is (event_id in oracle)
+@given(st.lists(st.tuples(ids, st.sampled_from(["add", "add", "add", "ask", "pickle"])), max_size=300))
+def test_answers_as_a_set_of_the_ids_does_while_growing(steps: list[tuple[str, str]]) -> None:
+    """Adds, questions and pickle round trips, on tables small enough to grow (and move) all the time."""
+    with tiny_tables():
+        seen = SeenIds()
+        oracle: set[str] = set()
+        for event_id, action in steps:
+            if action == "add":
+                assert seen.add_if_new(event_id) is (event_id not in oracle)
+                oracle.add(event_id)
+            elif action == "ask":
+                assert (event_id in seen) is (event_id in oracle)
+            else:
+                seen = pickle.loads(pickle.dumps(seen))
+            assert len(seen) == len(oracle)
+        assert all(event_id in seen for event_id in oracle)
+        assert not any(seen.add_if_new(event_id) for event_id in oracle)
 
 
-def test_growing_keeps_every_id_and_the_table_within_its_load() -> None:
+def test_growing_moves_the_old_table_a_few_slots_an_add_and_loses_nothing() -> None:
     seen = SeenIds()
-    added = [f"evt-{i}" for i in range(20 * MIN_CAPACITY)]  # several doublings
-    sizes = set()
+    added = [f"evt-{i}" for i in range(int(MIN_CAPACITY * MAX_LOAD))]
     for event_id in added:
         assert seen.add_if_new(event_id)
-        sizes.add(seen.nbytes)
-        assert len(seen) <= MAX_LOAD * (seen.nbytes // 12 - TAIL) + 1
-    assert len(sizes) >= 4
+    assert seen._old is None
+    assert seen.add_if_new("one more")  # past 70%: a table twice the size takes the new ids
+    assert seen._old is not None and seen._cursor == 0
+    moves = 0
+    while seen._old is not None:
+        cursor = seen._cursor
+        assert seen.add_if_new(f"later-{moves}")
+        assert seen._old is None or seen._cursor == cursor + MOVE_SLOTS, "each add moves MOVE_SLOTS slots"
+        moves += 1
+        assert all(event_id in seen for event_id in added[::50])  # asked of both tables meanwhile
+    assert moves == -(-(MIN_CAPACITY + TAIL) // MOVE_SLOTS)
+    everything = [*added, "one more", *(f"later-{k}" for k in range(moves))]
+    assert all(event_id in seen for event_id in everything)
+    assert not any(seen.add_if_new(event_id) for event_id in everything)
+    assert "never added" not in seen
+
+
+def test_a_set_pickled_while_it_moves_keeps_the_ids_not_moved_yet() -> None:
+    seen = SeenIds()
+    added = [f"p{i}" for i in range(int(MIN_CAPACITY * MAX_LOAD) + 1)]
+    for event_id in added:
+        seen.add_if_new(event_id)
+    assert seen._old is not None and seen._cursor == 0, "the move has just begun"
+    copy = pickle.loads(pickle.dumps(seen))
+    assert len(copy) == len(added)
+    assert all(event_id in copy for event_id in added)
+    assert not any(copy.add_if_new(event_id) for event_id in added)
+    assert all(event_id in seen for event_id in added), "pickling the original changed nothing it answers"
+
+
+def test_a_large_set_stays_within_its_load_and_its_bytes() -> None:
+    seen = SeenIds()
+    added = [f"evt-{i}" for i in range(40 * MIN_CAPACITY)]  # five doublings
+    for event_id in added:
+        assert seen.add_if_new(event_id)
     assert all(event_id in seen for event_id in added)
-    assert not any(seen.add_if_new(event_id) for event_id in added)
     assert f"evt-{len(added)}" not in seen
-    assert seen.nbytes / len(seen) < 40  # 12 bytes a slot, filled to 35-70%
+    settled = pickle.loads(pickle.dumps(seen))  # a pickle finishes any move under way
+    assert settled._old is None
+    slots = settled.nbytes // 12
+    assert MAX_LOAD * (slots - TAIL) / 2 <= len(settled) <= MAX_LOAD * (slots - TAIL)
+    assert settled.nbytes / len(settled) < 35  # 12 bytes a slot, filled to 35-70%
 
 
 def test_a_run_reaching_the_end_of_the_table_grows_it_and_loses_nothing() -> None:
@@ -54,16 +106,30 @@ def test_a_run_reaching_the_end_of_the_table_grows_it_and_loses_nothing() -> Non
     assert not any(seen.add_if_new(event_id) for event_id in crowd)
 
 
-def test_a_pickled_set_answers_the_same() -> None:
-    seen = SeenIds()
-    added = [f"u{i}" for i in range(3000)]
-    for event_id in added:
-        seen.add_if_new(event_id)
-    copy = pickle.loads(pickle.dumps(seen))
-    assert len(copy) == len(seen)
-    assert all(event_id in copy for event_id in added)
-    assert "u3000" not in copy
-    assert copy.add_if_new("u3000") and not copy.add_if_new("u0")
+def test_a_run_reaching_the_end_while_moving_rebuilds_both_tables_at_once() -> None:
+    """The rare path: the new table's run reaches its end before the old one is moved; nothing is lost."""
+    rebuilds = 0
+    rebuild = SeenIds._rebuild
+
+    def counted(self: SeenIds) -> None:
+        nonlocal rebuilds
+        rebuilds += 1
+        rebuild(self)
+
+    with tiny_tables(), mock.patch.object(SeenIds, "_rebuild", counted):
+        seen = SeenIds()
+        added: list[str] = []
+        candidates = (f"r{i}" for i in range(10**7))
+        while rebuilds == 0:  # every id wants the last two home slots of the table of the moment
+            assert len(added) < 40, "the crowd never made a move reach the end"
+            event_id = next(e for e in candidates if digest(e)[0] & seen._mask >= seen._mask - 1)
+            assert seen.add_if_new(event_id)
+            added.append(event_id)
+        for event_id in (f"after-{i}" for i in range(200)):
+            assert seen.add_if_new(event_id)
+            added.append(event_id)
+        assert all(event_id in seen for event_id in added)
+        assert not any(seen.add_if_new(event_id) for event_id in added)
 
 
 def test_non_strings_are_not_members() -> None:
