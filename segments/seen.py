@@ -32,7 +32,7 @@ import numpy as np
 
 MAX_LOAD = 0.7
 MIN_CAPACITY = 1 << 10
-MOVE_SLOTS = 4  # old slots moved per add while growing: done after a quarter of the old size in adds, at load <= 0.475
+MOVE_SLOTS = 16  # old slots moved per add while growing: done after 1/16 of the old size in adds, at load <= 0.38
 TAIL = 64  # slots past the last home slot: probing never wraps, and a run that reaches the end grows the table
 _DIGEST = struct.Struct("<qi")
 

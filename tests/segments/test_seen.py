@@ -18,8 +18,13 @@ ids = st.text(min_size=0, max_size=12)  # any text: empty, non-ASCII, lone surro
 
 @contextmanager
 def tiny_tables() -> Iterator[None]:
-    """Tables of 4 slots and a tail of 2: a few dozen ids grow them many times, and runs often reach the end."""
-    with mock.patch.object(seen_module, "MIN_CAPACITY", 4), mock.patch.object(seen_module, "TAIL", 2):
+    """Tables of 4 slots, a tail of 2, one slot moved an add: a few dozen ids grow the table many times, runs
+    often reach the end, and a move lasts several adds."""
+    with (
+        mock.patch.object(seen_module, "MIN_CAPACITY", 4),
+        mock.patch.object(seen_module, "TAIL", 2),
+        mock.patch.object(seen_module, "MOVE_SLOTS", 1),
+    ):
         yield
 
 
