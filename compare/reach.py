@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -224,22 +224,61 @@ def _group(side: str, segment: str, bucket: np.ndarray, user: np.ndarray, users:
     first = int(bucket.min())
     slot = (bucket - first) // minute
     slots = int(slot.max()) + 1
-    if slots * users > _DENSE * len(slot):  # sparse: a bitmap would be mostly empty, sort instead
+    if slots * users > _DENSE * len(slot):  # sparse: a sweep would mostly scan empty slots, sort instead
         yield from _sorted_groups(side, segment, first, slot, user, users)
         return
-    per = max(1, _BITMAP_CELLS // max(users, 1))  # minute slots per bitmap
-    if slots > per:
-        order = np.argsort(slot, kind="stable")
-        slot, user = slot[order], user[order]
-        del order
-        cuts = np.searchsorted(slot, np.arange(0, slots, per))
-    else:
-        cuts = np.zeros(1, dtype=np.int64)
-    ends = np.append(cuts[1:], len(slot))
-    for lo, (a, b) in zip(range(0, slots, per), zip(cuts.tolist(), ends.tolist(), strict=True), strict=False):
-        seen = np.zeros((min(per, slots - lo), users), dtype=np.bool_)
-        seen[slot[a:b] - lo, user[a:b]] = True
-        yield from _bitmap_minutes(side, segment, first + lo * minute, seen)
+    yield from _sweep(side, segment, first, slot, None, user, users)
+
+
+def _sweep(
+    side: str,
+    segment: str,
+    start_ms: int,
+    first: np.ndarray,
+    last: np.ndarray | None,
+    who: np.ndarray,
+    users: int,
+) -> Iterator[Minute]:
+    """The minute buckets that spans of minute slots ``[first, last)`` (slot 0 starts at ``start_ms``;
+    ``last`` None: each span is its first slot alone) of users ``who`` cover, each with its users in
+    ascending code order: one pass over the slots with a count per user (+1 where a span opens, -1 where it
+    closes), so memory is one count per user whatever the slots. Dense work: each slot scans every user, so
+    callers take it only when the spans fill the slots."""
+    minute = GRAINS["minute"]
+    if not len(first):
+        return
+    slots = int(first.max()) + 1 if last is None else int(last.max())
+    small = np.uint16 if slots < 1 << 16 else np.int64  # a 16-bit key sorts by radix, in linear time
+    opens = np.argsort(first.astype(small), kind="stable")
+    edges = np.arange(slots + 1)
+    open_at = np.searchsorted(first[opens], edges).tolist()
+    who_open = who[opens]
+    del opens
+    held = np.empty(users, dtype=np.bool_)
+    if last is None:
+        for k in range(int(first.min()), slots):
+            a, b = open_at[k], open_at[k + 1]
+            if b > a:
+                held.fill(False)
+                held[who_open[a:b]] = True
+                yield (side, segment, "minute", start_ms + k * minute), np.flatnonzero(held).astype(np.int32)
+        return
+    closes = np.argsort(last.astype(small), kind="stable")
+    close_at = np.searchsorted(last[closes], edges).tolist()
+    who_close = who[closes]
+    del closes
+    count = np.zeros(users, dtype=np.int64)
+    for k in range(int(first.min()), slots):
+        a, b = open_at[k], open_at[k + 1]
+        if b > a:
+            count += np.bincount(who_open[a:b], minlength=users)
+        a, b = close_at[k], close_at[k + 1]
+        if b > a:
+            count -= np.bincount(who_close[a:b], minlength=users)
+        np.greater(count, 0, out=held)
+        members = np.flatnonzero(held)
+        if len(members):
+            yield (side, segment, "minute", start_ms + k * minute), members.astype(np.int32)
 
 
 def _bitmap_minutes(side: str, segment: str, start_ms: int, seen: np.ndarray) -> Iterator[Minute]:
@@ -334,6 +373,13 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
             s, e, who = start[mine], end[mine], u[mine]
             if not len(s):
                 continue
+            base = int(s.min())
+            first = (s - base) // minute
+            last = (e - base + minute - 1) // minute  # exclusive: buckets b = s, s + minute, ... below e
+            if int(last.max()) * users_n <= _DENSE * int((last - first).sum()):
+                yield from _sweep("stream", segment, base, first, last, who, users_n)
+                continue
+            del first, last
             for chunk in range(int(s.min()), int(e.max()), chunk_ms):  # each bucket falls in one chunk
                 hit = (s < chunk + chunk_ms) & (e > chunk)
                 cs = np.maximum(s[hit], chunk)
@@ -380,10 +426,12 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
     hour_parts: dict[Key, list[int]] = defaultdict(list)
     exact: dict[Key, int] = {}
     minute_sketches = {}
-    for side, (names, groups) in (
-        ("legacy", _legacy_groups(legacy)),
-        ("stream", _stream_groups(stream, horizon_ms)),
-    ):
+    sides: tuple[tuple[str, Callable[[], tuple[list[str], Iterator[Minute]]]], ...] = (
+        ("legacy", lambda: _legacy_groups(legacy)),
+        ("stream", lambda: _stream_groups(stream, horizon_ms)),
+    )
+    for side, prepare in sides:  # one side at a time: the stream's settled spans only once legacy's are gone
+        names, groups = prepare()
         ids = np.array(names, dtype=object)
         hour_users: dict[Key, np.ndarray] = {}
         for key, codes in groups:
@@ -395,7 +443,7 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
             seen[codes] = True
             hour_parts[hour_key].append(b)
             exact[key] = len(codes)
-            members = ids[codes].tolist()  # one C-level gather, not a Python lookup per user
+            members = ids.take(codes).tolist()  # one C-level gather, not a Python lookup per user
             minute_sketches[key] = _sketch(members)
             if store is not None:
                 store.add(side, seg, grain, b, members)
