@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import datasketches as ds
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +35,7 @@ from segments.sketches import (
     GRAINS,
     HLL_LG_K,
     HLL_SIGMAS,
+    HLL_TYPE,
     REDIS_HLL_BOUND,
     bucket_of,
     hll_bound,
@@ -358,8 +360,19 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
     end[:-1][same] = np.minimum(t[1:][same], horizon_ms + 1)
     start = t - t % minute
     live = (t <= horizon_ms) & (end > start)
-    rows, segs, seg_names = _flat_segments(table.column("segments").take(pa.array(winners)))
-    del order, winners, users, times, first, same
+    del order, users, times, first, same
+    # every listed name of the input, with its row's place among the winners (-1: the row lost): no copy
+    # of the winners' lists, whose names only the rows that won and are live keep
+    place = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
+    place[winners] = np.arange(len(winners), dtype=place.dtype)
+    del winners
+    rows, segs, seg_names = _flat_segments(table.column("segments"))
+    rows = place[rows]
+    del place
+    kept = rows >= 0
+    kept[kept] = live[rows[kept]]
+    rows, segs = rows[kept], segs[kept]
+    del kept
 
     def groups() -> Iterator[Minute]:
         users_n = len(names)
@@ -369,7 +382,6 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
             if segment is None:
                 continue
             mine = rows[segs == code]
-            mine = mine[live[mine]]
             s, e, who = start[mine], end[mine], u[mine]
             if not len(s):
                 continue
@@ -416,6 +428,69 @@ def _sketch(members: list[str]) -> Any:
     return sketch
 
 
+_FULL_HEAD = 1 << 11
+"""Members a minute's HLL takes one by one before any is skipped: past them it has left its coupon list and
+set (which keep every distinct coupon) for the register array, when it has seen about 3/4 of 2^(lg_k - 3)."""
+
+
+def _coupon(user: str) -> int:
+    """The coupon DataSketches makes of ``user`` (its hash's register address and value), read from a
+    one-member sketch: in list mode that is an 8-byte preamble, then the coupon as a little-endian uint32."""
+    sketch = new_hll()
+    sketch.update(user)
+    data = sketch.serialize_compact()
+    if len(data) != 12 or data[7] & 3 != 0:
+        raise AssertionError(f"unexpected one-member HLL serialization ({len(data)} bytes, mode byte {data[7]})")
+    return int.from_bytes(data[8:12], "little")
+
+
+class _Registers:
+    """Each user's register (slot) and value in a ``HLL_LG_K`` HLL_8 sketch, from its coupon.
+
+    In register mode an HLL_8 update whose value is not above its register's is a no-op (no register,
+    HIP accumulator or kxq changes), and the register holds the largest value fed to it so far. So in a
+    sequence of members only the running records of each register (a value above every earlier one in the
+    same register) change the sketch; feeding only those, once the sketch is in register mode, leaves it
+    byte for byte what feeding everyone would (the order-dependent HIP estimate included).
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        coupons = np.fromiter(map(_coupon, names), dtype=np.uint32, count=len(names))
+        self.slot = (coupons & np.uint32((1 << HLL_LG_K) - 1)).astype(np.uint16)
+        self.value = (coupons >> np.uint32(26)).astype(np.uint8)  # 1..63
+
+    def changes(self, codes: np.ndarray) -> np.ndarray:
+        """For members ``codes`` in update order: whether each raises its register above all before it."""
+        n = len(codes)
+        slot = self.slot.take(codes)
+        order = np.argsort(slot, kind="stable")  # 16-bit: a radix sort; stable keeps update order per register
+        key = slot.take(order).astype(np.int32)
+        key <<= 6
+        key |= self.value.take(codes).take(order)  # registers apart, in ascending order: one running max does
+        top = np.maximum.accumulate(key)
+        record = np.empty(n, dtype=np.bool_)
+        record[:1] = True
+        np.greater(key[1:], top[:-1], out=record[1:])
+        out = np.empty(n, dtype=np.bool_)
+        out[order] = record
+        return out
+
+
+def _sketch_codes(codes: np.ndarray, ids: np.ndarray, registers: Callable[[], _Registers]) -> Any:
+    """``_sketch(ids[codes])``, the same sketch byte for byte, feeding past the first ``_FULL_HEAD`` members
+    only those that change it (``_Registers``); ``registers`` is called only when a minute is that big."""
+    sketch = new_hll()
+    head = codes[:_FULL_HEAD]
+    deque(map(sketch.update, ids.take(head).tolist()), maxlen=0)
+    if len(codes) == len(head):
+        return sketch
+    rest = codes[len(head) :]
+    if HLL_TYPE == ds.tgt_hll_type.HLL_8 and sketch.serialize_compact()[7] & 3 == 2:  # in register mode
+        rest = rest[registers().changes(codes)[len(head) :]]
+    deque(map(sketch.update, ids.take(rest).tolist()), maxlen=0)
+    return sketch
+
+
 def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: ReachPort | None = None) -> Reach:
     """Both sides' reach per minute and hour: exact, HLL, and (with ``store``) the serving store's count.
 
@@ -433,6 +508,13 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
     for side, prepare in sides:  # one side at a time: the stream's settled spans only once legacy's are gone
         names, groups = prepare()
         ids = np.array(names, dtype=object)
+        found: list[_Registers] = []
+
+        def registers(names: list[str] = names, found: list[_Registers] = found) -> _Registers:
+            if not found:
+                found.append(_Registers(names))
+            return found[0]
+
         hour_users: dict[Key, np.ndarray] = {}
         for key, codes in groups:
             _, seg, grain, b = key
@@ -443,10 +525,9 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
             seen[codes] = True
             hour_parts[hour_key].append(b)
             exact[key] = len(codes)
-            members = ids.take(codes).tolist()  # one C-level gather, not a Python lookup per user
-            minute_sketches[key] = _sketch(members)
+            minute_sketches[key] = _sketch_codes(codes, ids, registers)
             if store is not None:
-                store.add(side, seg, grain, b, members)
+                store.add(side, seg, grain, b, ids.take(codes).tolist())
         for hour_key, seen in hour_users.items():
             exact[hour_key] = int(np.count_nonzero(seen))
     bounds = {"minute": hll_bound(False), "hour": hll_bound(True)}

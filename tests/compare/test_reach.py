@@ -248,6 +248,21 @@ def test_reach_sweep_equals_the_definition_sketch_for_sketch(dense: int, sides: 
     for side in (got_legacy, got_stream):
         for codes in side.minutes.values():
             assert codes.dtype == np.int32 and bool(np.all(np.diff(codes) > 0))
+    assert _built(built) == _reference(legacy, stream, expected)
+
+
+def _built(reach: object) -> dict[tuple[str, str, str, int], tuple[int, str]]:
+    from compare.reach import Reach
+
+    assert isinstance(reach, Reach)
+    return {(r.side, r.segment, r.grain, r.bucket_ms): (r.exact, r.sketch) for r in reach.rows}
+
+
+def _reference(
+    legacy: pa.Table, stream: pa.Table, expected: dict[tuple[str, str, str, int], set[str]]
+) -> dict[tuple[str, str, str, int], tuple[int, str]]:
+    """Exact count and serialized HLL per bucket, from the definition's sets: each minute's sketch fed every
+    member one by one in the side's code order, each hour the union of its minutes in bucket order."""
     codes = {"legacy": _first_seen(legacy), "stream": _first_seen(stream)}
     sketches = {key: hll_of(sorted(users, key=codes[key[0]].__getitem__)) for key, users in expected.items()}
     hours: dict[tuple[str, str, str, int], list[tuple[int, object]]] = {}
@@ -257,4 +272,42 @@ def test_reach_sweep_equals_the_definition_sketch_for_sketch(dense: int, sides: 
     for key, parts in hours.items():
         users = set().union(*(expected[(key[0], key[1], "minute", b)] for b, _ in parts))
         want[key] = (len(users), hll_to_text(merge_hll(s for _, s in sorted(parts, key=lambda p: p[0]))))
-    assert {(r.side, r.segment, r.grain, r.bucket_ms): (r.exact, r.sketch) for r in built.rows} == want
+    return want
+
+
+@pytest.mark.parametrize("head", [2048, 300, 8])
+def test_big_minutes_sketch_as_if_every_member_was_fed(monkeypatch: pytest.MonkeyPatch, head: int) -> None:
+    """Minutes of thousands of users (past the members fed one by one, in register mode) skip the members
+    that cannot change their HLL; every minute and hour sketch is still byte for byte the one fed every
+    member in code order (the HIP estimate included), however early the skipping may start."""
+    import compare.reach as reach
+
+    rng = random.Random(17)
+    rows, cells = [], []
+    for n in rng.sample(range(9_000), 9_000):  # code order is not name order
+        user, segs = f"b{n}", ["x"] if n % 4 else ["x", "y"]
+        start = T0 + rng.randrange(0, 20 * MIN)
+        rows += [(user, segs, start, 1), (user, segs[:1], start + rng.randrange(1, 30 * MIN), 1)]
+        if rng.random() < 0.8:
+            cells.append((T0 + 10 * MIN, user, segs))
+    stream = pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "segments": pa.array([r[1] for r in rows], pa.list_(pa.string())),
+            "effective_time": [r[2] for r in rows],
+            "revision": [r[3] for r in rows],
+        }
+    )
+    legacy = pa.table(
+        {
+            "as_of": [c[0] for c in cells],
+            "user_id": [c[1] for c in cells],
+            "segments": pa.array([c[2] for c in cells], pa.list_(pa.string())),
+        }
+    )
+    horizon = T0 + 40 * MIN
+    monkeypatch.setattr(reach, "_FULL_HEAD", head)
+    built = _built(build_reach(legacy, stream, horizon))
+    expected = {**legacy_reach(legacy), **stream_reach(stream, horizon)}
+    assert max(len(users) for users in expected.values()) > 4 * 2048
+    assert built == _reference(legacy, stream, expected)
