@@ -196,8 +196,8 @@ def stream_freshness(
     expiry_delay = (emitted[is_expiry] - transitions.times(np.flatnonzero(is_expiry))).astype(np.float64)
 
     keep = applied.take(events.order)
-    ev_user = events.users()[keep].astype(np.int64)
-    ev_arrival = arrival_time.take(events.order)[keep].astype(np.int64)
+    ev_user = events.users()[keep].astype(np.int64, copy=False)  # fresh arrays (a mask's selection)
+    ev_arrival = arrival_time.take(events.order)[keep].astype(np.int64, copy=False)
     caused = ~is_expiry
     if len(ev_user) == 0:
         return np.zeros(0, dtype=np.float64), expiry_delay, int(np.count_nonzero(caused))
@@ -205,11 +205,26 @@ def stream_freshness(
     width = max(int(ev_arrival.max()), int(emitted.max())) - floor + 2
     users = int(max(ev_user.max(), tr_user.max())) + 1
     if users * width < 2**62:
-        ev_key = ev_user * width + (ev_arrival - floor)
-        sort = np.argsort(ev_key, kind="stable")
-        ev_key, ev_arrival, ev_user = ev_key[sort], ev_arrival[sort], ev_user[sort]
-        probe = tr_user[caused] * width + (emitted[caused] - floor)
+        # one sorted column of packed (user, arrival) keys: the user and the arrival of a match are read
+        # back from its key, so neither is gathered in key order (and the sort needs no index array)
+        ev_key = ev_user
+        del ev_user
+        ev_key *= width
+        ev_arrival -= floor
+        ev_key += ev_arrival
+        del ev_arrival
+        ev_key.sort()
+        probe = tr_user[caused]
+        probe *= width
+        probe += emitted[caused] - floor
         at = np.searchsorted(ev_key, probe, side="right") - 1
+        del probe
+        found = at >= 0
+        matched = ev_key[at[found]]
+        found[found] = matched // width == tr_user[caused][found]
+        arrival = ev_key[at[found]] % width + floor
+        delay = (emitted[caused][found] - arrival).astype(np.float64)
+        return delay, expiry_delay, int(np.count_nonzero(~found))
     else:  # key space too wide to pack: sort by (user, arrival) and search per transition
         sort = np.lexsort((ev_arrival, ev_user))
         ev_arrival, ev_user = ev_arrival[sort], ev_user[sort]
