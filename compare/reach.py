@@ -456,24 +456,28 @@ class _Registers:
 
     def __init__(self, names: list[str]) -> None:
         coupons = np.fromiter(map(_coupon, names), dtype=np.uint32, count=len(names))
-        self.slot = (coupons & np.uint32((1 << HLL_LG_K) - 1)).astype(np.uint16)
-        self.value = (coupons >> np.uint32(26)).astype(np.uint8)  # 1..63
+        slot = (coupons & np.uint32((1 << HLL_LG_K) - 1)).astype(np.uint16 if HLL_LG_K <= 16 else np.uint32)
+        value = (coupons >> np.uint32(26)).astype(np.int32)  # 1..63
+        # every user in (register, code) order, once: a 16-bit radix sort, stable so codes ascend per register
+        self.order = np.argsort(slot, kind="stable")
+        key = slot.astype(np.int32)
+        key <<= 6
+        key |= value
+        self.key = key.take(self.order)  # registers apart and ascending: one running maximum serves them all
 
     def changes(self, codes: np.ndarray) -> np.ndarray:
-        """For members ``codes`` in update order: whether each raises its register above all before it."""
-        n = len(codes)
-        slot = self.slot.take(codes)
-        order = np.argsort(slot, kind="stable")  # 16-bit: a radix sort; stable keeps update order per register
-        key = slot.take(order).astype(np.int32)
-        key <<= 6
-        key |= self.value.take(codes).take(order)  # registers apart, in ascending order: one running max does
+        """For members ``codes`` (ascending: the order they are fed in): whether each raises its register
+        above every member before it. A running maximum over all users in (register, code) order, where
+        non-members count 0 and each register's keys lie above every lower register's."""
+        member = np.zeros(len(self.order), dtype=np.bool_)
+        member[codes] = True
+        member = member.take(self.order)
+        key = np.where(member, self.key, 0)
         top = np.maximum.accumulate(key)
-        record = np.empty(n, dtype=np.bool_)
-        record[:1] = True
-        np.greater(key[1:], top[:-1], out=record[1:])
-        out = np.empty(n, dtype=np.bool_)
-        out[order] = record
-        return out
+        member[1:] &= key[1:] > top[:-1]
+        out = np.empty(len(member), dtype=np.bool_)
+        out[self.order] = member
+        return out.take(codes)
 
 
 def _sketch_codes(codes: np.ndarray, ids: np.ndarray, registers: Callable[[], _Registers]) -> Any:
