@@ -339,6 +339,41 @@ def _spans(
     yield from _bitmap_minutes(side, segment, chunk, cover[:slots] > 0)
 
 
+def _settled(
+    users: np.ndarray, times: np.ndarray, revisions: np.ndarray, n_users: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (user, time), the row that wins (the highest revision, the first in input order among equals),
+    as (winning rows, their users, their times) in (user, time) order. Packed into one int64 key and one
+    ranking number when they fit (a sort and a segmented maximum), else a four-key lexsort."""
+    n = len(times)
+    floor = int(times.min())
+    width = int(times.max()) - floor + 1
+    low = int(revisions.min())
+    if max(n_users, 1) * width < 1 << 62 and (int(revisions.max()) - low + 1) * n < 1 << 62:
+        key = users.astype(np.int64)
+        key *= width
+        key += times
+        key -= floor
+        order = np.argsort(key)
+        key = key.take(order)
+        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        rank = revisions.take(order).astype(np.int64)  # higher revision, then earlier row, ranks higher
+        rank -= low
+        rank *= n
+        rank += n - 1
+        rank -= order
+        best = np.maximum.reduceat(rank, starts)
+        best %= n
+        winners = (n - 1) - best
+        key = key.take(starts)
+        return winners, (key // width).astype(users.dtype), key % width + floor
+    order = np.lexsort((np.arange(n), -revisions, times, users))
+    u, t = users[order], times[order]
+    first = np.ones(n, dtype=np.bool_)
+    first[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
+    return order[first], u[first], t[first]
+
+
 def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
@@ -348,19 +383,14 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
     if n == 0:
         return names, iter(())
     # per (user, time) the highest revision wins, the first in input order among equals
-    order = np.lexsort((np.arange(n), -revisions, times, users))
+    winners, u, t = _settled(users, times, revisions, len(names))
     del revisions
-    u, t = users[order], times[order]
-    first = np.ones(n, dtype=np.bool_)
-    first[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
-    winners = order[first]
-    u, t = u[first], t[first]
     end = np.full(len(u), horizon_ms + 1, dtype=np.int64)
     same = u[1:] == u[:-1]
     end[:-1][same] = np.minimum(t[1:][same], horizon_ms + 1)
     start = t - t % minute
     live = (t <= horizon_ms) & (end > start)
-    del order, users, times, first, same
+    del users, times, same
     # every listed name of the input, with its row's place among the winners (-1: the row lost): no copy
     # of the winners' lists, whose names only the rows that won and are live keep
     place = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)

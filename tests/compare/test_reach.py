@@ -311,3 +311,28 @@ def test_big_minutes_sketch_as_if_every_member_was_fed(monkeypatch: pytest.Monke
     expected = {**legacy_reach(legacy), **stream_reach(stream, horizon)}
     assert max(len(users) for users in expected.values()) > 4 * 2048
     assert built == _reference(legacy, stream, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 20), st.integers(1, 4)), min_size=1, max_size=50),
+    huge=st.booleans(),
+)
+def test_settled_rows_are_the_timeline_winners(rows: list[tuple[int, int, int]], huge: bool) -> None:
+    """Property: per (user, time) the row with the highest revision, the first in input order among equals,
+    in (user, time) order, whether the keys are packed or (revisions too far apart to pack) lexsorted."""
+    from compare.reach import _settled
+
+    users = np.array([r[0] for r in rows], dtype=np.int32)
+    times = np.array([T0 + r[1] for r in rows], dtype=np.int64)
+    revisions = np.array([r[2] * (2**60 if huge else 1) for r in rows], dtype=np.int64)
+    best: dict[tuple[int, int], int] = {}
+    for i, (user, t, rev) in enumerate(rows):
+        held = best.get((user, t))
+        if held is None or rev > rows[held][2]:
+            best[(user, t)] = i
+    want = sorted(best.items())
+    winners, u, t = _settled(users, times, revisions, 6)
+    assert winners.tolist() == [i for _, i in want]
+    assert u.tolist() == [k[0] for k, _ in want] and u.dtype == users.dtype
+    assert t.tolist() == [T0 + k[1] for k, _ in want]
