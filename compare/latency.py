@@ -186,18 +186,40 @@ def stream_freshness(
     by design, so it is reported apart. ``transitions`` are sorted by (user,
     effective time) and ``events`` by (user, event time); the arrays are in input order.
     """
-    n = len(transitions)
+    order = transitions.order
+    return freshness_columns(
+        transitions.users(),
+        emitted_at[order],
+        expiry[order],
+        transitions.times(),
+        events.users(),
+        arrival_time.take(events.order),
+        applied.take(events.order),
+    )
+
+
+def freshness_columns(
+    tr_user: np.ndarray,
+    emitted_at: np.ndarray,
+    expiry: np.ndarray,
+    effective_time: np.ndarray,
+    ev_user: np.ndarray,
+    arrival_time: np.ndarray,
+    applied: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``stream_freshness`` from plain columns in any order: one row per transition (user code, emitted_at,
+    expiry, effective time) and one per event (user code, arrival, applied). The figures do not depend on the
+    rows' order (only the returned samples' order does), so no column need be gathered into a sorted order."""
+    n = len(tr_user)
     if n == 0:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64), 0
-    order = transitions.order
-    is_expiry = expiry[order]
-    emitted = emitted_at[order].astype(np.int64)
-    tr_user = transitions.users().astype(np.int64)
-    expiry_delay = (emitted[is_expiry] - transitions.times(np.flatnonzero(is_expiry))).astype(np.float64)
+    is_expiry = expiry
+    emitted = emitted_at.astype(np.int64, copy=False)
+    tr_user = tr_user.astype(np.int64, copy=False)
+    expiry_delay = (emitted[is_expiry] - effective_time[is_expiry]).astype(np.float64)
 
-    keep = applied.take(events.order)
-    ev_user = events.users()[keep].astype(np.int64, copy=False)  # fresh arrays (a mask's selection)
-    ev_arrival = arrival_time.take(events.order)[keep].astype(np.int64, copy=False)
+    ev_user = ev_user[applied].astype(np.int64, copy=False)  # fresh arrays (a mask's selection)
+    ev_arrival = arrival_time[applied].astype(np.int64, copy=False)
     caused = ~is_expiry
     if len(ev_user) == 0:
         return np.zeros(0, dtype=np.float64), expiry_delay, int(np.count_nonzero(caused))
