@@ -236,16 +236,20 @@ def freshness_columns(
         ev_key += ev_arrival
         del ev_arrival
         ev_key.sort()
+        # the transitions' (user, emitted_at) packed the same way and sorted too: the searches then walk
+        # the events' keys in order (rows in any order would make each a cache-missing binary search),
+        # and a transition's user and emission are read back from its key as well
         probe = tr_user[caused]
         probe *= width
-        probe += emitted[caused] - floor
-        at = np.searchsorted(ev_key, probe, side="right") - 1
-        del probe
+        probe += emitted[caused]
+        probe -= floor
+        probe.sort()
+        at = np.searchsorted(ev_key, probe, side="right")
+        at -= 1
         found = at >= 0
         matched = ev_key[at[found]]
-        found[found] = matched // width == tr_user[caused][found]
-        arrival = ev_key[at[found]] % width + floor
-        delay = (emitted[caused][found] - arrival).astype(np.float64)
+        found[found] = matched // width == probe[found] // width
+        delay = (probe[found] % width - ev_key[at[found]] % width).astype(np.float64)  # emitted - arrival
         return delay, expiry_delay, int(np.count_nonzero(~found))
     else:  # key space too wide to pack: sort by (user, arrival) and search per transition
         sort = np.lexsort((ev_arrival, ev_user))
