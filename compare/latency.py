@@ -215,7 +215,6 @@ def freshness_columns(
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64), 0
     is_expiry = expiry
     emitted = emitted_at.astype(np.int64, copy=False)
-    tr_user = tr_user.astype(np.int64, copy=False)
     expiry_delay = (emitted[is_expiry] - effective_time[is_expiry]).astype(np.float64)
 
     ev_user = ev_user[applied].astype(np.int64, copy=False)  # fresh arrays (a mask's selection)
@@ -239,7 +238,7 @@ def freshness_columns(
         # the transitions' (user, emitted_at) packed the same way and sorted too: the searches then walk
         # the events' keys in order (rows in any order would make each a cache-missing binary search),
         # and a transition's user and emission are read back from its key as well
-        probe = tr_user[caused]
+        probe = tr_user[caused].astype(np.int64)  # the user codes stay as narrow as they came
         probe *= width
         probe += emitted[caused]
         probe -= floor
