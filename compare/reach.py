@@ -484,8 +484,16 @@ class _Registers:
     byte for byte what feeding everyone would (the order-dependent HIP estimate included).
     """
 
-    def __init__(self, names: list[str]) -> None:
-        coupons = np.fromiter(map(_coupon, names), dtype=np.uint32, count=len(names))
+    def __init__(self, names: list[str], known: dict[str, int]) -> None:
+        """``known``: coupons already made (the other side's users, mostly the same), extended here."""
+
+        def coupon(user: str) -> int:
+            found = known.get(user)
+            if found is None:
+                found = known[user] = _coupon(user)
+            return found
+
+        coupons = np.fromiter(map(coupon, names), dtype=np.uint32, count=len(names))
         slot = (coupons & np.uint32((1 << HLL_LG_K) - 1)).astype(np.uint16 if HLL_LG_K <= 16 else np.uint32)
         value = (coupons >> np.uint32(26)).astype(np.int32)  # 1..63
         # every user in (register, code) order, once: a 16-bit radix sort, stable so codes ascend per register
@@ -535,6 +543,7 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
     hour_parts: dict[Key, list[int]] = defaultdict(list)
     exact: dict[Key, int] = {}
     minute_sketches = {}
+    coupons: dict[str, int] = {}
     sides: tuple[tuple[str, Callable[[], tuple[list[str], Iterator[Minute]]]], ...] = (
         ("legacy", lambda: _legacy_groups(legacy)),
         ("stream", lambda: _stream_groups(stream, horizon_ms)),
@@ -546,7 +555,7 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
 
         def registers(names: list[str] = names, found: list[_Registers] = found) -> _Registers:
             if not found:
-                found.append(_Registers(names))
+                found.append(_Registers(names, coupons))
             return found[0]
 
         hour_users: dict[Key, np.ndarray] = {}
