@@ -30,10 +30,10 @@ from compare.inputs import ComparisonInputs, GateFlags, NoiseInput, load_inputs
 from compare.keys import KeySpace, SortedRows
 from compare.latency import (
     LatencySummary,
+    freshness_columns,
     legacy_freshness,
     not_measured,
     read_measurements,
-    stream_freshness,
     summarize,
 )
 from compare.manifest import RULESET_FILE, begin, comparison_artifacts, seal
@@ -163,21 +163,23 @@ def compare_inputs(
             partial(_stream_side, inputs, codes[2], masks[1], space),
             parallel,
         )
-        assert transitions is not None
+        del transitions  # sorted only to settle the timelines: freshness reads the columns as they come
         sides = {"legacy": legacy, "stream": stream}
         del legacy, stream
-        codes[1] = codes[2] = codes[0][:0]  # spent: the cells and sorted transitions carry them now
+        stream_user = codes[2]
+        codes[1] = codes[2] = codes[0][:0]  # spent: the cells carry them now (and freshness the stream's)
         (alignment, noise), stream_latency = _both(
             partial(_pairing, inputs, sides, codes, masks, len(users), codec, space),
-            partial(_stream_latency, inputs, events, transitions),
+            partial(_stream_latency, inputs, event_user, stream_user),
             parallel,
         )
+        del stream_user
     except DuplicateCell as dup:
         raise InputError(
             f"the {dup.side} output has more than one line for user {users.name(dup.user)!r} "
             f"at as-of {format_ms(int(schedule[dup.as_idx]))}"
         ) from None
-    del sides, transitions, codes, masks  # the alignment holds what is needed from here
+    del sides, codes, masks  # the alignment holds what is needed from here
     m_user, m_idx, left, right = alignment.mismatches()
     m_time = schedule[m_idx]
     causes = classify(m_user, m_time, events, frame.arrival_time, frame.too_late, frame.relevant, ruleset.span_ms)
@@ -285,14 +287,22 @@ def _legacy_latency(inputs: ComparisonInputs) -> LatencySummary:
     return summarize(values, source, never_visible=never)
 
 
-def _stream_latency(inputs: ComparisonInputs, events: SortedRows, transitions: SortedRows) -> LatencySummary:
+def _stream_latency(inputs: ComparisonInputs, event_user: np.ndarray, stream_user: np.ndarray) -> LatencySummary:
+    """Stream freshness from the columns as they come (user codes of the events and of the stream's rows):
+    its figures do not depend on row order, so nothing is gathered into a sorted order for it."""
     if inputs.live_latency is not None:
         return summarize(inputs.live_latency, "live")
     frame = inputs.events
     table = inputs.stream
     expiry = pc.fill_null(pc.equal(table.column("cause"), "expiry"), False).to_numpy(zero_copy_only=False)
-    values, expiry_delay, unattributed = stream_freshness(
-        transitions, _numpy(table, "emitted_at"), expiry, events, frame.arrival_time, frame.applied
+    values, expiry_delay, unattributed = freshness_columns(
+        stream_user,
+        _numpy(table, "emitted_at"),
+        expiry,
+        _numpy(table, "effective_time"),
+        event_user,
+        frame.arrival_time,
+        frame.applied,
     )
     expiries = summarize(expiry_delay, "expiry")
     # A replay stamps emitted_at on the arrival clock: its delays are ordering delays, not processing

@@ -186,18 +186,39 @@ def stream_freshness(
     by design, so it is reported apart. ``transitions`` are sorted by (user,
     effective time) and ``events`` by (user, event time); the arrays are in input order.
     """
-    n = len(transitions)
+    order = transitions.order
+    return freshness_columns(
+        transitions.users(),
+        emitted_at[order],
+        expiry[order],
+        transitions.times(),
+        events.users(),
+        arrival_time.take(events.order),
+        applied.take(events.order),
+    )
+
+
+def freshness_columns(
+    tr_user: np.ndarray,
+    emitted_at: np.ndarray,
+    expiry: np.ndarray,
+    effective_time: np.ndarray,
+    ev_user: np.ndarray,
+    arrival_time: np.ndarray,
+    applied: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``stream_freshness`` from plain columns in any order: one row per transition (user code, emitted_at,
+    expiry, effective time) and one per event (user code, arrival, applied). The figures do not depend on the
+    rows' order (only the returned samples' order does), so no column need be gathered into a sorted order."""
+    n = len(tr_user)
     if n == 0:
         return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.float64), 0
-    order = transitions.order
-    is_expiry = expiry[order]
-    emitted = emitted_at[order].astype(np.int64)
-    tr_user = transitions.users().astype(np.int64)
-    expiry_delay = (emitted[is_expiry] - transitions.times(np.flatnonzero(is_expiry))).astype(np.float64)
+    is_expiry = expiry
+    emitted = emitted_at.astype(np.int64, copy=False)
+    expiry_delay = (emitted[is_expiry] - effective_time[is_expiry]).astype(np.float64)
 
-    keep = applied.take(events.order)
-    ev_user = events.users()[keep].astype(np.int64)
-    ev_arrival = arrival_time.take(events.order)[keep].astype(np.int64)
+    ev_user = ev_user[applied].astype(np.int64, copy=False)  # fresh arrays (a mask's selection)
+    ev_arrival = arrival_time[applied].astype(np.int64, copy=False)
     caused = ~is_expiry
     if len(ev_user) == 0:
         return np.zeros(0, dtype=np.float64), expiry_delay, int(np.count_nonzero(caused))
@@ -205,11 +226,30 @@ def stream_freshness(
     width = max(int(ev_arrival.max()), int(emitted.max())) - floor + 2
     users = int(max(ev_user.max(), tr_user.max())) + 1
     if users * width < 2**62:
-        ev_key = ev_user * width + (ev_arrival - floor)
-        sort = np.argsort(ev_key, kind="stable")
-        ev_key, ev_arrival, ev_user = ev_key[sort], ev_arrival[sort], ev_user[sort]
-        probe = tr_user[caused] * width + (emitted[caused] - floor)
-        at = np.searchsorted(ev_key, probe, side="right") - 1
+        # one sorted column of packed (user, arrival) keys: the user and the arrival of a match are read
+        # back from its key, so neither is gathered in key order (and the sort needs no index array)
+        ev_key = ev_user
+        del ev_user
+        ev_key *= width
+        ev_arrival -= floor
+        ev_key += ev_arrival
+        del ev_arrival
+        ev_key.sort()
+        # the transitions' (user, emitted_at) packed the same way and sorted too: the searches then walk
+        # the events' keys in order (rows in any order would make each a cache-missing binary search),
+        # and a transition's user and emission are read back from its key as well
+        probe = tr_user[caused].astype(np.int64)  # the user codes stay as narrow as they came
+        probe *= width
+        probe += emitted[caused]
+        probe -= floor
+        probe.sort()
+        at = np.searchsorted(ev_key, probe, side="right")
+        at -= 1
+        found = at >= 0
+        matched = ev_key[at[found]]
+        found[found] = matched // width == probe[found] // width
+        delay = (probe[found] % width - ev_key[at[found]] % width).astype(np.float64)  # emitted - arrival
+        return delay, expiry_delay, int(np.count_nonzero(~found))
     else:  # key space too wide to pack: sort by (user, arrival) and search per transition
         sort = np.lexsort((ev_arrival, ev_user))
         ev_arrival, ev_user = ev_arrival[sort], ev_user[sort]

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import datasketches as ds
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +35,7 @@ from segments.sketches import (
     GRAINS,
     HLL_LG_K,
     HLL_SIGMAS,
+    HLL_TYPE,
     REDIS_HLL_BOUND,
     bucket_of,
     hll_bound,
@@ -224,22 +226,61 @@ def _group(side: str, segment: str, bucket: np.ndarray, user: np.ndarray, users:
     first = int(bucket.min())
     slot = (bucket - first) // minute
     slots = int(slot.max()) + 1
-    if slots * users > _DENSE * len(slot):  # sparse: a bitmap would be mostly empty, sort instead
+    if slots * users > _DENSE * len(slot):  # sparse: a sweep would mostly scan empty slots, sort instead
         yield from _sorted_groups(side, segment, first, slot, user, users)
         return
-    per = max(1, _BITMAP_CELLS // max(users, 1))  # minute slots per bitmap
-    if slots > per:
-        order = np.argsort(slot, kind="stable")
-        slot, user = slot[order], user[order]
-        del order
-        cuts = np.searchsorted(slot, np.arange(0, slots, per))
-    else:
-        cuts = np.zeros(1, dtype=np.int64)
-    ends = np.append(cuts[1:], len(slot))
-    for lo, (a, b) in zip(range(0, slots, per), zip(cuts.tolist(), ends.tolist(), strict=True), strict=False):
-        seen = np.zeros((min(per, slots - lo), users), dtype=np.bool_)
-        seen[slot[a:b] - lo, user[a:b]] = True
-        yield from _bitmap_minutes(side, segment, first + lo * minute, seen)
+    yield from _sweep(side, segment, first, slot, None, user, users)
+
+
+def _sweep(
+    side: str,
+    segment: str,
+    start_ms: int,
+    first: np.ndarray,
+    last: np.ndarray | None,
+    who: np.ndarray,
+    users: int,
+) -> Iterator[Minute]:
+    """The minute buckets that spans of minute slots ``[first, last)`` (slot 0 starts at ``start_ms``;
+    ``last`` None: each span is its first slot alone) of users ``who`` cover, each with its users in
+    ascending code order: one pass over the slots with a count per user (+1 where a span opens, -1 where it
+    closes), so memory is one count per user whatever the slots. Dense work: each slot scans every user, so
+    callers take it only when the spans fill the slots."""
+    minute = GRAINS["minute"]
+    if not len(first):
+        return
+    slots = int(first.max()) + 1 if last is None else int(last.max())
+    small = np.uint16 if slots < 1 << 16 else np.int64  # a 16-bit key sorts by radix, in linear time
+    opens = np.argsort(first.astype(small), kind="stable")
+    edges = np.arange(slots + 1)
+    open_at = np.searchsorted(first[opens], edges).tolist()
+    who_open = who[opens]
+    del opens
+    held = np.empty(users, dtype=np.bool_)
+    if last is None:
+        for k in range(int(first.min()), slots):
+            a, b = open_at[k], open_at[k + 1]
+            if b > a:
+                held.fill(False)
+                held[who_open[a:b]] = True
+                yield (side, segment, "minute", start_ms + k * minute), np.flatnonzero(held).astype(np.int32)
+        return
+    closes = np.argsort(last.astype(small), kind="stable")
+    close_at = np.searchsorted(last[closes], edges).tolist()
+    who_close = who[closes]
+    del closes
+    count = np.zeros(users, dtype=np.int64)
+    for k in range(int(first.min()), slots):
+        a, b = open_at[k], open_at[k + 1]
+        if b > a:
+            count += np.bincount(who_open[a:b], minlength=users)
+        a, b = close_at[k], close_at[k + 1]
+        if b > a:
+            count -= np.bincount(who_close[a:b], minlength=users)
+        np.greater(count, 0, out=held)
+        members = np.flatnonzero(held)
+        if len(members):
+            yield (side, segment, "minute", start_ms + k * minute), members.astype(np.int32)
 
 
 def _bitmap_minutes(side: str, segment: str, start_ms: int, seen: np.ndarray) -> Iterator[Minute]:
@@ -298,6 +339,41 @@ def _spans(
     yield from _bitmap_minutes(side, segment, chunk, cover[:slots] > 0)
 
 
+def _settled(
+    users: np.ndarray, times: np.ndarray, revisions: np.ndarray, n_users: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (user, time), the row that wins (the highest revision, the first in input order among equals),
+    as (winning rows, their users, their times) in (user, time) order. Packed into one int64 key and one
+    ranking number when they fit (a sort and a segmented maximum), else a four-key lexsort."""
+    n = len(times)
+    floor = int(times.min())
+    width = int(times.max()) - floor + 1
+    low = int(revisions.min())
+    if max(n_users, 1) * width < 1 << 62 and (int(revisions.max()) - low + 1) * n < 1 << 62:
+        key = users.astype(np.int64)
+        key *= width
+        key += times
+        key -= floor
+        order = np.argsort(key)
+        key = key.take(order)
+        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        rank = revisions.take(order).astype(np.int64)  # higher revision, then earlier row, ranks higher
+        rank -= low
+        rank *= n
+        rank += n - 1
+        rank -= order
+        best = np.maximum.reduceat(rank, starts)
+        best %= n
+        winners = (n - 1) - best
+        key = key.take(starts)
+        return winners, (key // width).astype(users.dtype), key % width + floor
+    order = np.lexsort((np.arange(n), -revisions, times, users))
+    u, t = users[order], times[order]
+    first = np.ones(n, dtype=np.bool_)
+    first[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
+    return order[first], u[first], t[first]
+
+
 def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
@@ -307,20 +383,26 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
     if n == 0:
         return names, iter(())
     # per (user, time) the highest revision wins, the first in input order among equals
-    order = np.lexsort((np.arange(n), -revisions, times, users))
+    winners, u, t = _settled(users, times, revisions, len(names))
     del revisions
-    u, t = users[order], times[order]
-    first = np.ones(n, dtype=np.bool_)
-    first[1:] = (u[1:] != u[:-1]) | (t[1:] != t[:-1])
-    winners = order[first]
-    u, t = u[first], t[first]
     end = np.full(len(u), horizon_ms + 1, dtype=np.int64)
     same = u[1:] == u[:-1]
     end[:-1][same] = np.minimum(t[1:][same], horizon_ms + 1)
     start = t - t % minute
     live = (t <= horizon_ms) & (end > start)
-    rows, segs, seg_names = _flat_segments(table.column("segments").take(pa.array(winners)))
-    del order, winners, users, times, first, same
+    del users, times, same
+    # every listed name of the input, with its row's place among the winners (-1: the row lost): no copy
+    # of the winners' lists, whose names only the rows that won and are live keep
+    place = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
+    place[winners] = np.arange(len(winners), dtype=place.dtype)
+    del winners
+    rows, segs, seg_names = _flat_segments(table.column("segments"))
+    rows = place[rows]
+    del place
+    kept = rows >= 0
+    kept[kept] = live[rows[kept]]
+    rows, segs = rows[kept], segs[kept]
+    del kept
 
     def groups() -> Iterator[Minute]:
         users_n = len(names)
@@ -330,10 +412,16 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
             if segment is None:
                 continue
             mine = rows[segs == code]
-            mine = mine[live[mine]]
             s, e, who = start[mine], end[mine], u[mine]
             if not len(s):
                 continue
+            base = int(s.min())
+            first = (s - base) // minute
+            last = (e - base + minute - 1) // minute  # exclusive: buckets b = s, s + minute, ... below e
+            if int(last.max()) * users_n <= _DENSE * int((last - first).sum()):
+                yield from _sweep("stream", segment, base, first, last, who, users_n)
+                continue
+            del first, last
             for chunk in range(int(s.min()), int(e.max()), chunk_ms):  # each bucket falls in one chunk
                 hit = (s < chunk + chunk_ms) & (e > chunk)
                 cs = np.maximum(s[hit], chunk)
@@ -370,6 +458,81 @@ def _sketch(members: list[str]) -> Any:
     return sketch
 
 
+_FULL_HEAD = 1 << 11
+"""Members a minute's HLL takes one by one before any is skipped: past them it has left its coupon list and
+set (which keep every distinct coupon) for the register array, when it has seen about 3/4 of 2^(lg_k - 3)."""
+
+
+def _coupon(user: str) -> int:
+    """The coupon DataSketches makes of ``user`` (its hash's register address and value), read from a
+    one-member sketch: in list mode that is an 8-byte preamble, then the coupon as a little-endian uint32."""
+    sketch = new_hll()
+    sketch.update(user)
+    data = sketch.serialize_compact()
+    if len(data) != 12 or data[7] & 3 != 0:
+        raise AssertionError(f"unexpected one-member HLL serialization ({len(data)} bytes, mode byte {data[7]})")
+    return int.from_bytes(data[8:12], "little")
+
+
+class _Registers:
+    """Each user's register (slot) and value in a ``HLL_LG_K`` HLL_8 sketch, from its coupon.
+
+    In register mode an HLL_8 update whose value is not above its register's is a no-op (no register,
+    HIP accumulator or kxq changes), and the register holds the largest value fed to it so far. So in a
+    sequence of members only the running records of each register (a value above every earlier one in the
+    same register) change the sketch; feeding only those, once the sketch is in register mode, leaves it
+    byte for byte what feeding everyone would (the order-dependent HIP estimate included).
+    """
+
+    def __init__(self, names: list[str], known: dict[str, int]) -> None:
+        """``known``: coupons already made (the other side's users, mostly the same), extended here."""
+
+        def coupon(user: str) -> int:
+            found = known.get(user)
+            if found is None:
+                found = known[user] = _coupon(user)
+            return found
+
+        coupons = np.fromiter(map(coupon, names), dtype=np.uint32, count=len(names))
+        slot = (coupons & np.uint32((1 << HLL_LG_K) - 1)).astype(np.uint16 if HLL_LG_K <= 16 else np.uint32)
+        value = (coupons >> np.uint32(26)).astype(np.int32)  # 1..63
+        # every user in (register, code) order, once: a 16-bit radix sort, stable so codes ascend per register
+        self.order = np.argsort(slot, kind="stable")
+        key = slot.astype(np.int32)
+        key <<= 6
+        key |= value
+        self.key = key.take(self.order)  # registers apart and ascending: one running maximum serves them all
+
+    def changes(self, codes: np.ndarray) -> np.ndarray:
+        """For members ``codes`` (ascending: the order they are fed in): whether each raises its register
+        above every member before it. A running maximum over all users in (register, code) order, where
+        non-members count 0 and each register's keys lie above every lower register's."""
+        member = np.zeros(len(self.order), dtype=np.bool_)
+        member[codes] = True
+        member = member.take(self.order)
+        key = np.where(member, self.key, 0)
+        top = np.maximum.accumulate(key)
+        member[1:] &= key[1:] > top[:-1]
+        out = np.empty(len(member), dtype=np.bool_)
+        out[self.order] = member
+        return out.take(codes)
+
+
+def _sketch_codes(codes: np.ndarray, ids: np.ndarray, registers: Callable[[], _Registers]) -> Any:
+    """``_sketch(ids[codes])``, the same sketch byte for byte, feeding past the first ``_FULL_HEAD`` members
+    only those that change it (``_Registers``); ``registers`` is called only when a minute is that big."""
+    sketch = new_hll()
+    head = codes[:_FULL_HEAD]
+    deque(map(sketch.update, ids.take(head).tolist()), maxlen=0)
+    if len(codes) == len(head):
+        return sketch
+    rest = codes[len(head) :]
+    if HLL_TYPE == ds.tgt_hll_type.HLL_8 and sketch.serialize_compact()[7] & 3 == 2:  # in register mode
+        rest = rest[registers().changes(codes)[len(head) :]]
+    deque(map(sketch.update, ids.take(rest).tolist()), maxlen=0)
+    return sketch
+
+
 def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: ReachPort | None = None) -> Reach:
     """Both sides' reach per minute and hour: exact, HLL, and (with ``store``) the serving store's count.
 
@@ -380,11 +543,21 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
     hour_parts: dict[Key, list[int]] = defaultdict(list)
     exact: dict[Key, int] = {}
     minute_sketches = {}
-    for side, (names, groups) in (
-        ("legacy", _legacy_groups(legacy)),
-        ("stream", _stream_groups(stream, horizon_ms)),
-    ):
+    coupons: dict[str, int] = {}
+    sides: tuple[tuple[str, Callable[[], tuple[list[str], Iterator[Minute]]]], ...] = (
+        ("legacy", lambda: _legacy_groups(legacy)),
+        ("stream", lambda: _stream_groups(stream, horizon_ms)),
+    )
+    for side, prepare in sides:  # one side at a time: the stream's settled spans only once legacy's are gone
+        names, groups = prepare()
         ids = np.array(names, dtype=object)
+        found: list[_Registers] = []
+
+        def registers(names: list[str] = names, found: list[_Registers] = found) -> _Registers:
+            if not found:
+                found.append(_Registers(names, coupons))
+            return found[0]
+
         hour_users: dict[Key, np.ndarray] = {}
         for key, codes in groups:
             _, seg, grain, b = key
@@ -395,10 +568,9 @@ def build_reach(legacy: pa.Table, stream: pa.Table, horizon_ms: int, store: Reac
             seen[codes] = True
             hour_parts[hour_key].append(b)
             exact[key] = len(codes)
-            members = ids[codes].tolist()  # one C-level gather, not a Python lookup per user
-            minute_sketches[key] = _sketch(members)
+            minute_sketches[key] = _sketch_codes(codes, ids, registers)
             if store is not None:
-                store.add(side, seg, grain, b, members)
+                store.add(side, seg, grain, b, ids.take(codes).tolist())
         for hour_key, seen in hour_users.items():
             exact[hour_key] = int(np.count_nonzero(seen))
     bounds = {"minute": hll_bound(False), "hour": hll_bound(True)}

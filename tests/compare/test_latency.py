@@ -6,9 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compare.keys import KeySpace, SortedRows
-from compare.latency import LatencySketch, legacy_freshness, read_measurements, stream_freshness
+from compare.latency import (
+    LatencySketch,
+    freshness_columns,
+    legacy_freshness,
+    read_measurements,
+    stream_freshness,
+)
 from segments.errors import InputError
 
 MIN = 60_000
@@ -68,3 +76,64 @@ def test_live_measurements_file(tmp_path: Path) -> None:
         read_measurements(bad)
     with pytest.raises(InputError, match="cannot read"):
         read_measurements(tmp_path / "missing.txt")
+
+
+def _brute_freshness(
+    transitions: list[tuple[int, int, int, bool]], events: list[tuple[int, int, int, bool]]
+) -> tuple[list[float], list[float], int]:
+    """The definition, one transition at a time: (sorted delays, sorted expiry delays, unattributed)."""
+    delays, expiries, unattributed = [], [], 0
+    for user, effective, emitted, expiry in transitions:
+        if expiry:
+            expiries.append(float(emitted - effective))
+            continue
+        arrivals = [a for u, _, a, applied in events if u == user and applied and a <= emitted]
+        if arrivals:
+            delays.append(float(emitted - max(arrivals)))
+        else:
+            unattributed += 1
+    return sorted(delays), sorted(expiries), unattributed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    transitions=st.lists(
+        st.tuples(st.integers(0, 4), st.integers(0, 50), st.integers(0, 80), st.booleans()), max_size=30
+    ),
+    events=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 50), st.integers(0, 80), st.booleans()), max_size=30),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_freshness_from_columns_in_any_order_is_the_sorted_one(
+    transitions: list[tuple[int, int, int, bool]], events: list[tuple[int, int, int, bool]], seed: int
+) -> None:
+    """Property: ``freshness_columns`` over the rows in input order (what the comparison calls) gives the
+    figures ``stream_freshness`` gives over the rows sorted by (user, time), and both the definition's:
+    each event-caused transition's delay after the latest applied arrival of its user at or before its
+    emission, expiries apart, the rest unattributed."""
+    rng = np.random.default_rng(seed)
+    tr = np.array([t[:3] for t in transitions], dtype=np.int64).reshape(-1, 3)
+    expiry = np.array([t[3] for t in transitions], dtype=np.bool_)
+    ev = np.array([e[:3] for e in events], dtype=np.int64).reshape(-1, 3)
+    applied = np.array([e[3] for e in events], dtype=np.bool_)
+    want = _brute_freshness(transitions, events)
+    for space in (KeySpace.of(5, [tr[:, 1], ev[:, 1]]), None):
+        got = stream_freshness(
+            SortedRows.of(tr[:, 0], tr[:, 1], space),
+            tr[:, 2],
+            expiry,
+            SortedRows.of(ev[:, 0], ev[:, 1], space),
+            ev[:, 2],
+            applied,
+        )
+        assert (sorted(got[0].tolist()), sorted(got[1].tolist()), got[2]) == want
+    t_perm, e_perm = rng.permutation(len(tr)), rng.permutation(len(ev))
+    got = freshness_columns(
+        tr[t_perm, 0].astype(np.int32),
+        tr[t_perm, 2],
+        expiry[t_perm],
+        tr[t_perm, 1],
+        ev[e_perm, 0].astype(np.int32),
+        ev[e_perm, 2],
+        applied[e_perm],
+    )
+    assert (sorted(got[0].tolist()), sorted(got[1].tolist()), got[2]) == want

@@ -7,11 +7,13 @@ import random
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compare.reach import build_reach, legacy_reach, stream_reach
 from segments.reachstore import ReachStore, reach_key
 from segments.redisstore import connect
-from segments.sketches import REDIS_HLL_BOUND, hll_bound, hll_of, merge_hll, relative_error
+from segments.sketches import REDIS_HLL_BOUND, hll_bound, hll_of, hll_to_text, merge_hll, relative_error
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
 MIN = 60_000
@@ -170,3 +172,167 @@ def test_each_grouping_gives_the_same_minutes_in_the_same_order(
         for segment in {key[1] for key in keys}:
             buckets = [key[3] for key in keys if key[1] == segment]
             assert buckets == sorted(buckets)
+
+
+_SEGMENTS = ("x", "y", "z")
+
+
+@st.composite
+def _sides(draw: st.DrawFn) -> tuple[pa.Table, pa.Table, int]:
+    """Small random outputs: stream rows with revisions (ties too), repeated and empty sets, times off the
+    minute; legacy rows at a few as-ofs (some in one minute bucket), users named so code order != name order."""
+    users = [f"w{n}" for n in draw(st.permutations(range(draw(st.integers(1, 12)))))]
+    row = st.tuples(
+        st.sampled_from(users),
+        st.lists(st.sampled_from(_SEGMENTS), max_size=4),
+        st.integers(0, 40 * MIN),
+        st.integers(1, 3),
+    )
+    rows = draw(st.lists(row, max_size=60))
+    stream = pa.table(
+        {
+            "user_id": pa.array([r[0] for r in rows], pa.string()),
+            "segments": pa.array([r[1] for r in rows], pa.list_(pa.string())),
+            "effective_time": pa.array([T0 + r[2] for r in rows], pa.int64()),
+            "revision": pa.array([r[3] for r in rows], pa.int64()),
+        }
+    )
+    as_ofs = draw(st.lists(st.integers(0, 40 * MIN // 10_000), min_size=1, max_size=6, unique=True))
+    cells = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(as_ofs), st.sampled_from(users), st.lists(st.sampled_from(_SEGMENTS), max_size=3)
+            ),
+            max_size=40,
+            unique_by=lambda c: (c[0], c[1]),
+        )
+    )
+    legacy = pa.table(
+        {
+            "as_of": pa.array([T0 + 10_000 * c[0] for c in cells], pa.int64()),
+            "user_id": pa.array([c[1] for c in cells], pa.string()),
+            "segments": pa.array([c[2] for c in cells], pa.list_(pa.string())),
+        }
+    )
+    return legacy, stream, T0 + draw(st.integers(0, 45 * MIN))
+
+
+def _first_seen(table: pa.Table) -> dict[str, int]:
+    """A side's user codes: the order users first appear in its table (the order its HLLs are updated in)."""
+    order: dict[str, int] = {}
+    for user in table.column("user_id").to_pylist():
+        order.setdefault(user, len(order))
+    return order
+
+
+@pytest.mark.parametrize("dense", [0, 10**9], ids=["sorted", "sweep"])
+@settings(max_examples=150, deadline=None)
+@given(sides=_sides())
+def test_reach_sweep_equals_the_definition_sketch_for_sketch(dense: int, sides: tuple[pa.Table, pa.Table, int]) -> None:
+    """Property: whichever grouping runs (the slot sweep, or the sort for sparse minutes), every minute's users
+    are the definition's (``legacy_reach`` / ``stream_reach``, one Python set per bucket) in ascending code
+    order, and ``build_reach``'s exact counts and serialized HLLs (minutes, and hours as their unions) are
+    those of sketches fed the definition's sets in the side's code order."""
+    import compare.reach as reach
+
+    legacy, stream, horizon = sides
+    saved = reach._DENSE
+    reach._DENSE = dense
+    try:
+        got_legacy, got_stream = reach.legacy_minutes(legacy), reach.stream_minutes(stream, horizon)
+        built = build_reach(legacy, stream, horizon)
+    finally:
+        reach._DENSE = saved
+    expected = {**legacy_reach(legacy), **stream_reach(stream, horizon)}
+    assert {**_as_sets(got_legacy), **_as_sets(got_stream)} == expected
+    for side in (got_legacy, got_stream):
+        for codes in side.minutes.values():
+            assert codes.dtype == np.int32 and bool(np.all(np.diff(codes) > 0))
+    assert _built(built) == _reference(legacy, stream, expected)
+
+
+def _built(reach: object) -> dict[tuple[str, str, str, int], tuple[int, str]]:
+    from compare.reach import Reach
+
+    assert isinstance(reach, Reach)
+    return {(r.side, r.segment, r.grain, r.bucket_ms): (r.exact, r.sketch) for r in reach.rows}
+
+
+def _reference(
+    legacy: pa.Table, stream: pa.Table, expected: dict[tuple[str, str, str, int], set[str]]
+) -> dict[tuple[str, str, str, int], tuple[int, str]]:
+    """Exact count and serialized HLL per bucket, from the definition's sets: each minute's sketch fed every
+    member one by one in the side's code order, each hour the union of its minutes in bucket order."""
+    codes = {"legacy": _first_seen(legacy), "stream": _first_seen(stream)}
+    sketches = {key: hll_of(sorted(users, key=codes[key[0]].__getitem__)) for key, users in expected.items()}
+    hours: dict[tuple[str, str, str, int], list[tuple[int, object]]] = {}
+    for (side, seg, _, b), sketch in sketches.items():
+        hours.setdefault((side, seg, "hour", b - b % (60 * MIN)), []).append((b, sketch))
+    want = {key: (len(expected[key]), hll_to_text(sketch)) for key, sketch in sketches.items()}
+    for key, parts in hours.items():
+        users = set().union(*(expected[(key[0], key[1], "minute", b)] for b, _ in parts))
+        want[key] = (len(users), hll_to_text(merge_hll(s for _, s in sorted(parts, key=lambda p: p[0]))))
+    return want
+
+
+@pytest.mark.parametrize("head", [2048, 300, 8])
+def test_big_minutes_sketch_as_if_every_member_was_fed(monkeypatch: pytest.MonkeyPatch, head: int) -> None:
+    """Minutes of thousands of users (past the members fed one by one, in register mode) skip the members
+    that cannot change their HLL; every minute and hour sketch is still byte for byte the one fed every
+    member in code order (the HIP estimate included), however early the skipping may start."""
+    import compare.reach as reach
+
+    rng = random.Random(17)
+    rows, cells = [], []
+    for n in rng.sample(range(9_000), 9_000):  # code order is not name order
+        user, segs = f"b{n}", ["x"] if n % 4 else ["x", "y"]
+        start = T0 + rng.randrange(0, 20 * MIN)
+        rows += [(user, segs, start, 1), (user, segs[:1], start + rng.randrange(1, 30 * MIN), 1)]
+        if rng.random() < 0.8:
+            cells.append((T0 + 10 * MIN, user, segs))
+    stream = pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "segments": pa.array([r[1] for r in rows], pa.list_(pa.string())),
+            "effective_time": [r[2] for r in rows],
+            "revision": [r[3] for r in rows],
+        }
+    )
+    legacy = pa.table(
+        {
+            "as_of": [c[0] for c in cells],
+            "user_id": [c[1] for c in cells],
+            "segments": pa.array([c[2] for c in cells], pa.list_(pa.string())),
+        }
+    )
+    horizon = T0 + 40 * MIN
+    monkeypatch.setattr(reach, "_FULL_HEAD", head)
+    built = _built(build_reach(legacy, stream, horizon))
+    expected = {**legacy_reach(legacy), **stream_reach(stream, horizon)}
+    assert max(len(users) for users in expected.values()) > 4 * 2048
+    assert built == _reference(legacy, stream, expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 20), st.integers(1, 4)), min_size=1, max_size=50),
+    huge=st.booleans(),
+)
+def test_settled_rows_are_the_timeline_winners(rows: list[tuple[int, int, int]], huge: bool) -> None:
+    """Property: per (user, time) the row with the highest revision, the first in input order among equals,
+    in (user, time) order, whether the keys are packed or (revisions too far apart to pack) lexsorted."""
+    from compare.reach import _settled
+
+    users = np.array([r[0] for r in rows], dtype=np.int32)
+    times = np.array([T0 + r[1] for r in rows], dtype=np.int64)
+    revisions = np.array([r[2] * (2**60 if huge else 1) for r in rows], dtype=np.int64)
+    best: dict[tuple[int, int], int] = {}
+    for i, (user, t, rev) in enumerate(rows):
+        held = best.get((user, t))
+        if held is None or rev > rows[held][2]:
+            best[(user, t)] = i
+    want = sorted(best.items())
+    winners, u, t = _settled(users, times, revisions, 6)
+    assert winners.tolist() == [i for _, i in want]
+    assert u.tolist() == [k[0] for k, _ in want] and u.dtype == users.dtype
+    assert t.tolist() == [T0 + k[1] for k, _ in want]
