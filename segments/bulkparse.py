@@ -44,7 +44,7 @@ from segments.events import (
 )
 
 _KINDS = frozenset(KINDS)
-_FIELDS = frozenset({"event_id", "user_id", "event_time", "kind", "amount", "arrival_time", "attrs"})
+_FIELDS = events._KNOWN_FIELDS  # SPEC §1's fields: any other goes to an event's ``extra``
 _FIELD_COUNT = len(_FIELDS)
 _new_tuple = tuple.__new__
 _scan = events._scan  # the one configured C scanner (exact numbers, no NaN), the one ``parse_line`` reads with
