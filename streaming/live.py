@@ -69,7 +69,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from segments.events import Event, parse_line
+from segments.bulkparse import parse_many
+from segments.events import Event
 from segments.lateness import NO_WATERMARK
 from segments.timeutil import wall_clock_ms
 from streaming.admission import Admission
@@ -258,18 +259,17 @@ class PollAndAdmit(beam.DoFn):
         admission, flusher = self.admission, self.flusher
         bounds = self.config.ruleset.time_bounds  # the range legacy and the replay read with
         first = self.seq
-        for _, fields in entries:
-            for line in entry_lines(fields):
-                self.seq += 1
-                parsed = parse_line(line, self.seq, bounds)
-                if not isinstance(parsed, Event):
-                    yield beam.pvalue.TaggedOutput(DEAD, admission.reject(parsed))
-                    continue
-                result = admission.admit_row(parsed)
-                if type(result) is tuple:
-                    flusher.add(result)
-                elif result is not None:
-                    yield beam.pvalue.TaggedOutput(DEAD, result)
+        numbered = list(enumerate((line for _, fields in entries for line in entry_lines(fields)), start=first + 1))
+        self.seq += len(numbered)
+        valid: list[Event] = []
+        for rejection in parse_many(numbered, valid, bounds):  # the poll's lines parsed together, as parse_line
+            yield beam.pvalue.TaggedOutput(DEAD, admission.reject(rejection))
+        for event in valid:
+            result = admission.admit_row(event)
+            if type(result) is tuple:
+                flusher.add(result)
+            elif result is not None:
+                yield beam.pvalue.TaggedOutput(DEAD, result)
         self.last_read = (self.seq - first, len(entries)) if entries else self.last_read
         # Beam counters once per poll, not per event (each increment costs about a microsecond).
         self.counters.lines.inc(self.seq - first)
