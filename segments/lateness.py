@@ -79,6 +79,10 @@ class Gate:
         """Events with ``event_time`` below this are too late now."""
         return self.watermark - self._lateness if self.max_event_time is not None else NO_WATERMARK
 
+    def reserve(self, events: int) -> None:
+        """Size the dedup for ``events`` arrivals before the first (``SeenIds.reserve``)."""
+        self._dedup.seen.reserve(events)
+
     @property
     def duplicates(self) -> int:
         return self._dedup.duplicates

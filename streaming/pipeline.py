@@ -164,6 +164,7 @@ class ReadAndAdmitFile(beam.DoFn):
             yield from parse_into(valid.buffer, chunk, admission, self.counters, bounds)
             valid.settle()
         flusher = Flusher(self.config.shards)
+        admission.gate.reserve(len(valid) + len(valid.buffer))  # every valid event is known now
         yield from admit_events(admission, valid.ordered(), flusher, self.config.batch_events, self.counters)
         self.counters.duplicates.inc(admission.counts.duplicates)
         yield from flusher.flush(END_OF_TIME, valid.last_arrival, final=True)

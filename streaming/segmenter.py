@@ -308,7 +308,7 @@ class ShardSegmenter:
         self._frozen: frozenset[int] = frozenset()
         self._parts = parts  # users are split into parts for snapshots (``snapshot_part``)
         self._by_part: list[list[str]] | None = None  # the users of each part as of the last bucketing
-        self._joined: dict[str, None] = {}  # users created since that bucketing, in the order ``users`` has them
+        self._joined: list[dict[str, None]] = []  # per part: users created since, in the order ``users`` has them
 
     @property
     def pending_edges(self) -> int:
@@ -338,19 +338,19 @@ class ShardSegmenter:
         The pipeline snapshots the parts in turn, one an epoch; a pass over all
         users for each part cost a few percent of the live path's CPU. The users
         are put in buckets by part once a turn (at part 0), and the users created
-        since are kept aside in ``_joined``: a user removed and created again
-        since comes from there, at its new place in ``users``.
+        since are kept aside in ``_joined``, by part too: a user removed and
+        created again since comes from there, at its new place in ``users``.
         """
         users, by_part = self.users, self._by_part
         if by_part is None or part == 0:
             by_part = self._by_part = [[] for _ in range(self._parts)]
             for user_id, user in users.items():
                 by_part[user.part].append(user_id)
-            self._joined = {}
-        joined = self._joined
+            self._joined = [{} for _ in range(self._parts)]
+        joined = self._joined[part]
         items = [(u, users[u]) for u in by_part[part] if u in users and u not in joined]
         if joined:
-            items.extend((u, users[u]) for u in joined if u in users and users[u].part == part)
+            items.extend((u, users[u]) for u in joined if u in users)
         return items
 
     def _snapshot(self, items: list[tuple[str, UserWindow]]) -> dict[str, object]:
@@ -404,7 +404,7 @@ class ShardSegmenter:
         self._frozen = frozenset()
         self._detail = self._evaluator.reads_facts
         self._canon_kinds = {kind: kind for kind in self._kinds}
-        self._by_part, self._joined = None, {}
+        self._by_part, self._joined = None, []
         self.users = users_from_columns(columns, self._parts)
         self.pending = []
         self.ordered = EdgeQueue(self._edges(self.users, self.watermark))
@@ -458,11 +458,13 @@ class ShardSegmenter:
 
     def _new_user(self, user_id: str) -> UserWindow:
         """A new user's window; the caller puts it in ``users`` (at the end, as a dict does)."""
-        user = UserWindow(self._evaluator.additive_count, self._new_part(user_id), self._detail)
+        part = self._new_part(user_id)
+        user = UserWindow(self._evaluator.additive_count, part, self._detail)
         user.key = user_id
         if self._by_part is not None:
-            self._joined.pop(user_id, None)  # created again: it moved to the end of ``users``
-            self._joined[user_id] = None
+            joined = self._joined[part]
+            joined.pop(user_id, None)  # created again: it moved to the end of ``users``
+            joined[user_id] = None
         return user
 
     def _new_part(self, user_id: str) -> int:

@@ -141,3 +141,16 @@ def test_non_strings_are_not_members() -> None:
     seen = SeenIds()
     seen.add_if_new("1")
     assert 1 not in seen
+
+
+def test_a_reserved_set_takes_that_many_ids_without_growing() -> None:
+    seen = SeenIds()
+    seen.reserve(50_000)
+    size = seen.nbytes
+    added = [f"v{i}" for i in range(50_000)]
+    for event_id in added:
+        assert seen.add_if_new(event_id)
+    assert seen.nbytes == size and seen._old is None, "no growth"
+    assert all(event_id in seen for event_id in added)
+    seen.reserve(10**6)  # not empty any more: nothing changes
+    assert seen.nbytes == size and all(event_id in seen for event_id in added[::100])
