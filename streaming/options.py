@@ -28,6 +28,9 @@ YOUNG_GENERATION = 50_000  # allocations between two young collections (CPython'
 # Live: smaller young collections, each followed by a middle one, so no collection has much to walk; and no
 # automatic full collection (its count threshold is never reached), see ``collector_tuned``.
 LIVE_THRESHOLDS = (10_000, 1, 2**30)
+# The in-process SDK harness's state cache (Beam's FnApiRunner gives its embedded worker 100 MB), see
+# ``state_cache_capped``.
+IN_PROCESS_STATE_CACHE_MB = 16
 
 
 class SinkOptions(PipelineOptions):
@@ -178,9 +181,44 @@ def state_cache_weighed_cheaply(options: PipelineOptions) -> Iterator[None]:
 
 
 @contextmanager
+def state_cache_capped(options: PipelineOptions) -> Iterator[None]:
+    """While a local runner runs the pipeline in this process, its SDK harness caches at most
+    ``IN_PROCESS_STATE_CACHE_MB`` of state instead of Beam's 100 MB.
+
+    In this process the runner already holds every state in memory (its state
+    servicer keeps each bag's encoded entries), so the harness's cache is a
+    second copy of the same bytes. ``SegmentShard`` reads back only the bag it
+    is logging to (the token check at a shard's first batch in a bundle) and
+    everything once when it rebuilds; the rest of what the cache held were bags
+    it only appends to or clears: the log bags it has moved past and the part
+    snapshots, which Beam's cache keeps and extends after a clear. With ten
+    minutes of history in ``bench/stream_live.py`` (6M events) the cache was
+    full, 94-100 MB, nearly all of it such bags. The cache is an LRU on the
+    bags' weight, so what a shard touches at every batch stays in it; what is
+    evicted is read again from the runner if ever needed (a join of the bag's
+    entries), the same values. Workers of a distributed runner are other
+    processes with their own cache setting, left alone; Beam's size comes back
+    afterwards.
+    """
+    if runner_name(options) not in IN_PROCESS_RUNNERS:
+        yield
+        return
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    original = worker_handlers.STATE_CACHE_SIZE_MB
+    worker_handlers.STATE_CACHE_SIZE_MB = IN_PROCESS_STATE_CACHE_MB
+    try:
+        yield
+    finally:
+        worker_handlers.STATE_CACHE_SIZE_MB = original
+
+
+@contextmanager
 def in_process_tuned(options: PipelineOptions, live: bool = False) -> Iterator[None]:
-    """``collector_tuned`` and ``state_cache_weighed_cheaply`` together: what a local run needs."""
+    """``collector_tuned``, ``state_cache_weighed_cheaply`` and ``state_cache_capped`` together: what a local
+    run needs."""
     with ExitStack() as stack:
         stack.enter_context(collector_tuned(options, live))
         stack.enter_context(state_cache_weighed_cheaply(options))
+        stack.enter_context(state_cache_capped(options))
         yield
