@@ -213,12 +213,56 @@ def state_cache_capped(options: PipelineOptions) -> Iterator[None]:
         worker_handlers.STATE_CACHE_SIZE_MB = original
 
 
+def _no_totals(_metrics: Any, _key: Any = None) -> tuple[()]:
+    """In place of FnApiRunner's per-bundle merge of a stage's metric totals: keeps none (see
+    ``live_metric_totals_dropped``)."""
+    return ()
+
+
+@contextmanager
+def live_metric_totals_dropped(options: PipelineOptions, live: bool) -> Iterator[None]:
+    """While FnApiRunner runs a live pipeline in this process, it keeps no running totals of the bundles'
+    Beam metrics.
+
+    After each bundle the runner sets a stage's totals to
+    ``consolidate(chain(this bundle's monitoring infos, the totals so far))``,
+    and Beam's ``consolidate`` is a generator: nothing is merged until the
+    pipeline's result is read, so every bundle's infos stay alive in a chain of
+    unfinished generators, one more per bundle. A live run has dozens of
+    bundles a second, and each bundle of the Redis sink's stage reports every
+    counter it has ever had (``streaming.sinkstats`` names two per second), plus
+    every gauge (never merged): what is kept grows with the square of the run's
+    age. In ``bench/stream_live.py`` the pipeline grew by ~3.4 MB a second
+    about 100 s after it started and ~8 MB a second at 300 s (10K events/s;
+    hundreds of MB before the measured run with ten minutes of history).
+    Merging at every bundle instead cost ~44% of a core by 100 s (the gauges'
+    infos are kept one per bundle, and the sink's counters grow), so a live run
+    keeps none: nothing reads a live run's Beam result (``stream live`` stops by
+    its duration or a signal), and its health fields (``streaming.health``) are
+    published as it runs, not taken from these totals. A replay (bounded, a few
+    bundles, whose result's counters are read) keeps Beam's merge, and other
+    runners are left alone; Beam's function comes back afterwards.
+    """
+    if not live or runner_name(options) not in IN_PROCESS_RUNNERS:
+        yield
+        return
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    original = fn_runner.consolidate_monitoring_infos
+    fn_runner.consolidate_monitoring_infos = _no_totals
+    try:
+        yield
+    finally:
+        fn_runner.consolidate_monitoring_infos = original
+
+
 @contextmanager
 def in_process_tuned(options: PipelineOptions, live: bool = False) -> Iterator[None]:
-    """``collector_tuned``, ``state_cache_weighed_cheaply`` and ``state_cache_capped`` together: what a local
-    run needs."""
+    """``collector_tuned``, ``state_cache_weighed_cheaply``, ``state_cache_capped`` and (live)
+    ``live_metric_totals_dropped`` together: what a local run needs."""
     with ExitStack() as stack:
         stack.enter_context(collector_tuned(options, live))
         stack.enter_context(state_cache_weighed_cheaply(options))
         stack.enter_context(state_cache_capped(options))
+        stack.enter_context(live_metric_totals_dropped(options, live))
         yield

@@ -140,3 +140,28 @@ def test_in_process_state_cache_is_capped_while_the_pipeline_runs(monkeypatch):
     assert beams_own == worker_handlers.STATE_CACHE_SIZE_MB
     with in_process_tuned(pipeline_options(["--runner=FlinkRunner"], "FnApiRunner")):
         assert beams_own == worker_handlers.STATE_CACHE_SIZE_MB
+
+
+def test_a_live_in_process_run_keeps_no_per_bundle_metric_totals():
+    """FnApiRunner's per-bundle merge of a stage's metric totals is a lazy generator that keeps every bundle's
+    infos alive (a live run grew with the square of its age); under ``in_process_tuned(live=True)`` the merge
+    keeps nothing, while a replay keeps Beam's merge and Beam's function comes back afterwards."""
+    import itertools
+
+    from apache_beam.metrics.monitoring_infos import int64_counter
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from streaming.options import in_process_tuned
+
+    beams_own = fn_runner.consolidate_monitoring_infos
+    bundle = [int64_counter("urn:test", 2)]
+    options = pipeline_options([], "FnApiRunner")
+    with in_process_tuned(options, live=True):
+        totals = fn_runner.consolidate_monitoring_infos(itertools.chain(bundle, bundle))
+        assert list(totals) == []
+        assert list(fn_runner.consolidate_monitoring_infos(itertools.chain(bundle, totals))) == []
+    assert fn_runner.consolidate_monitoring_infos is beams_own
+    with in_process_tuned(options):  # a replay: Beam's merge, two bundles' counters summed
+        assert fn_runner.consolidate_monitoring_infos is beams_own
+    merged = list(beams_own(itertools.chain(bundle, bundle)))
+    assert merged == [int64_counter("urn:test", 4)]
