@@ -28,6 +28,9 @@ YOUNG_GENERATION = 50_000  # allocations between two young collections (CPython'
 # Live: smaller young collections, each followed by a middle one, so no collection has much to walk; and no
 # automatic full collection (its count threshold is never reached), see ``collector_tuned``.
 LIVE_THRESHOLDS = (10_000, 1, 2**30)
+# The in-process SDK harness's state cache (Beam's FnApiRunner gives its embedded worker 100 MB), see
+# ``state_cache_capped``.
+IN_PROCESS_STATE_CACHE_MB = 16
 
 
 class SinkOptions(PipelineOptions):
@@ -178,9 +181,88 @@ def state_cache_weighed_cheaply(options: PipelineOptions) -> Iterator[None]:
 
 
 @contextmanager
+def state_cache_capped(options: PipelineOptions) -> Iterator[None]:
+    """While a local runner runs the pipeline in this process, its SDK harness caches at most
+    ``IN_PROCESS_STATE_CACHE_MB`` of state instead of Beam's 100 MB.
+
+    In this process the runner already holds every state in memory (its state
+    servicer keeps each bag's encoded entries), so the harness's cache is a
+    second copy of the same bytes. ``SegmentShard`` reads back only the bag it
+    is logging to (the token check at a shard's first batch in a bundle) and
+    everything once when it rebuilds; the rest of what the cache held were bags
+    it only appends to or clears: the log bags it has moved past and the part
+    snapshots, which Beam's cache keeps and extends after a clear. With ten
+    minutes of history in ``bench/stream_live.py`` (6M events) the cache was
+    full, 94-100 MB, nearly all of it such bags. The cache is an LRU on the
+    bags' weight, so what a shard touches at every batch stays in it; what is
+    evicted is read again from the runner if ever needed (a join of the bag's
+    entries), the same values. Workers of a distributed runner are other
+    processes with their own cache setting, left alone; Beam's size comes back
+    afterwards.
+    """
+    if runner_name(options) not in IN_PROCESS_RUNNERS:
+        yield
+        return
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+
+    original = worker_handlers.STATE_CACHE_SIZE_MB
+    worker_handlers.STATE_CACHE_SIZE_MB = IN_PROCESS_STATE_CACHE_MB
+    try:
+        yield
+    finally:
+        worker_handlers.STATE_CACHE_SIZE_MB = original
+
+
+def _no_totals(_metrics: Any, _key: Any = None) -> tuple[()]:
+    """In place of FnApiRunner's per-bundle merge of a stage's metric totals: keeps none (see
+    ``live_metric_totals_dropped``)."""
+    return ()
+
+
+@contextmanager
+def live_metric_totals_dropped(options: PipelineOptions, live: bool) -> Iterator[None]:
+    """While FnApiRunner runs a live pipeline in this process, it keeps no running totals of the bundles'
+    Beam metrics.
+
+    After each bundle the runner sets a stage's totals to
+    ``consolidate(chain(this bundle's monitoring infos, the totals so far))``,
+    and Beam's ``consolidate`` is a generator: nothing is merged until the
+    pipeline's result is read, so every bundle's infos stay alive in a chain of
+    unfinished generators, one more per bundle. A live run has dozens of
+    bundles a second, and each bundle of the Redis sink's stage reports every
+    counter it has ever had (``streaming.sinkstats`` names two per second), plus
+    every gauge (never merged): what is kept grows with the square of the run's
+    age. In ``bench/stream_live.py`` the pipeline grew by ~3.4 MB a second
+    about 100 s after it started and ~8 MB a second at 300 s (10K events/s;
+    hundreds of MB before the measured run with ten minutes of history).
+    Merging at every bundle instead cost ~44% of a core by 100 s (the gauges'
+    infos are kept one per bundle, and the sink's counters grow), so a live run
+    keeps none: nothing reads a live run's Beam result (``stream live`` stops by
+    its duration or a signal), and its health fields (``streaming.health``) are
+    published as it runs, not taken from these totals. A replay (bounded, a few
+    bundles, whose result's counters are read) keeps Beam's merge, and other
+    runners are left alone; Beam's function comes back afterwards.
+    """
+    if not live or runner_name(options) not in IN_PROCESS_RUNNERS:
+        yield
+        return
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    original = fn_runner.consolidate_monitoring_infos
+    fn_runner.consolidate_monitoring_infos = _no_totals
+    try:
+        yield
+    finally:
+        fn_runner.consolidate_monitoring_infos = original
+
+
+@contextmanager
 def in_process_tuned(options: PipelineOptions, live: bool = False) -> Iterator[None]:
-    """``collector_tuned`` and ``state_cache_weighed_cheaply`` together: what a local run needs."""
+    """``collector_tuned``, ``state_cache_weighed_cheaply``, ``state_cache_capped`` and (live)
+    ``live_metric_totals_dropped`` together: what a local run needs."""
     with ExitStack() as stack:
         stack.enter_context(collector_tuned(options, live))
         stack.enter_context(state_cache_weighed_cheaply(options))
+        stack.enter_context(state_cache_capped(options))
+        stack.enter_context(live_metric_totals_dropped(options, live))
         yield

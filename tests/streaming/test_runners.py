@@ -102,3 +102,66 @@ def test_in_process_tuning_leaves_a_distributed_runner_alone():
     with in_process_tuned(pipeline_options(["--runner=FlinkRunner"], "FnApiRunner")):
         assert statecache.get_deep_size is beams_own
         assert gc.get_threshold() == thresholds
+
+
+def test_in_process_state_cache_is_capped_while_the_pipeline_runs(monkeypatch):
+    """The embedded SDK harness's state cache (a second copy of the runner's in-memory state) is built with
+    ``IN_PROCESS_STATE_CACHE_MB``, not Beam's 100 MB, for a stateful pipeline run under ``in_process_tuned``;
+    Beam's size comes back afterwards and a distributed runner is left alone."""
+    import apache_beam as beam
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    from apache_beam.runners.worker import statecache
+    from apache_beam.transforms.userstate import BagStateSpec
+
+    from streaming.options import IN_PROCESS_STATE_CACHE_MB, in_process_tuned
+
+    built: list[int] = []
+    original_init = statecache.StateCache.__init__
+
+    def recording_init(self, max_weight):  # type: ignore[no-untyped-def]
+        built.append(max_weight)
+        original_init(self, max_weight)
+
+    monkeypatch.setattr(statecache.StateCache, "__init__", recording_init)
+
+    class Count(beam.DoFn):
+        SEEN = BagStateSpec("seen", beam.coders.BytesCoder())
+
+        def process(self, element, seen=beam.DoFn.StateParam(SEEN)):  # type: ignore[no-untyped-def]
+            seen.add(b"x")
+            yield element[0], len(list(seen.read()))
+
+    beams_own = worker_handlers.STATE_CACHE_SIZE_MB
+    assert beams_own > IN_PROCESS_STATE_CACHE_MB
+    options = pipeline_options([], "FnApiRunner")
+    with in_process_tuned(options), beam.Pipeline(options=options) as pipeline:
+        _ = pipeline | beam.Create([(1, "a"), (1, "b"), (2, "c")]) | beam.ParDo(Count())
+    assert built and set(built) == {IN_PROCESS_STATE_CACHE_MB << 20}
+    assert beams_own == worker_handlers.STATE_CACHE_SIZE_MB
+    with in_process_tuned(pipeline_options(["--runner=FlinkRunner"], "FnApiRunner")):
+        assert beams_own == worker_handlers.STATE_CACHE_SIZE_MB
+
+
+def test_a_live_in_process_run_keeps_no_per_bundle_metric_totals():
+    """FnApiRunner's per-bundle merge of a stage's metric totals is a lazy generator that keeps every bundle's
+    infos alive (a live run grew with the square of its age); under ``in_process_tuned(live=True)`` the merge
+    keeps nothing, while a replay keeps Beam's merge and Beam's function comes back afterwards."""
+    import itertools
+
+    from apache_beam.metrics.monitoring_infos import int64_counter
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from streaming.options import in_process_tuned
+
+    beams_own = fn_runner.consolidate_monitoring_infos
+    bundle = [int64_counter("urn:test", 2)]
+    options = pipeline_options([], "FnApiRunner")
+    with in_process_tuned(options, live=True):
+        totals = fn_runner.consolidate_monitoring_infos(itertools.chain(bundle, bundle))
+        assert list(totals) == []
+        assert list(fn_runner.consolidate_monitoring_infos(itertools.chain(bundle, totals))) == []
+    assert fn_runner.consolidate_monitoring_infos is beams_own
+    with in_process_tuned(options):  # a replay: Beam's merge, two bundles' counters summed
+        assert fn_runner.consolidate_monitoring_infos is beams_own
+    merged = list(beams_own(itertools.chain(bundle, bundle)))
+    assert merged == [int64_counter("urn:test", 4)]
