@@ -397,7 +397,7 @@ def build_live(
     transitions = segmentation(admitted.batches, config, source, transform)
     sink_all(
         transitions, admitted[DEAD], source.redis_url, database_url, config.ruleset.ref,
-        sink_delay_ms=sink_delay_ms, health_ms=source.health_ms,
+        sink_delay_ms=sink_delay_ms, health_ms=source.health_ms, per_second=False,
     )
     if out_path:
         _ = transitions | "ToJSONL" >> beam.ParDo(AppendJsonl(out_path))

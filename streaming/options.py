@@ -230,7 +230,8 @@ def live_metric_totals_dropped(options: PipelineOptions, live: bool) -> Iterator
     pipeline's result is read, so every bundle's infos stay alive in a chain of
     unfinished generators, one more per bundle. A live run has dozens of
     bundles a second, and each bundle of the Redis sink's stage reports every
-    counter it has ever had (``streaming.sinkstats`` names two per second), plus
+    counter it has ever had (``streaming.sinkstats`` named two per second; a
+    live sink no longer makes those, ``RedisTransitionsSink(per_second=False)``), plus
     every gauge (never merged): what is kept grows with the square of the run's
     age. In ``bench/stream_live.py`` the pipeline grew by ~3.4 MB a second
     about 100 s after it started and ~8 MB a second at 300 s (10K events/s;

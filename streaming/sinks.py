@@ -92,8 +92,13 @@ class RedisTransitionsSink(beam.DoFn):
     counted: ``PFADD`` cannot take a user out.
     """
 
-    def __init__(self, redis_url: str, delay_ms: int = 0, health_ms: int = 0, reach: bool | None = None) -> None:
+    def __init__(
+        self, redis_url: str, delay_ms: int = 0, health_ms: int = 0, reach: bool | None = None, per_second: bool = True
+    ) -> None:
         self.redis_url = redis_url
+        # The per-second totals are two new counter names a second: a replay reads them back (``sinkstats``);
+        # a live run does not (its health fields carry the latency), and every bundle reports every name.
+        self.per_second = per_second
         self.delay_ms = delay_ms
         self.health_ms = health_ms
         # None: on unless the environment says SEGSHADOW_STREAM_REACH=0 (``bench/sketches.py``'s baseline)
@@ -172,10 +177,11 @@ class RedisTransitionsSink(beam.DoFn):
 
     def _per_write(self, per_write_us: float, writes: int) -> None:
         """Each of the bundle's ``writes`` at ``per_write_us``: its histogram bucket and this second's totals."""
-        second = int(time.time())
         self._count(bucket_name(per_write_us), writes)
-        self._count(f"{SUM_AT}{second}", round(per_write_us * writes))
-        self._count(f"{COUNT_AT}{second}", writes)
+        if self.per_second:
+            second = int(time.time())
+            self._count(f"{SUM_AT}{second}", round(per_write_us * writes))
+            self._count(f"{COUNT_AT}{second}", writes)
 
     def teardown(self) -> None:
         writer = getattr(self, "writer", None)
@@ -240,11 +246,12 @@ def sink_all(
     sink_delay_ms: int = 0,
     health_ms: int = 0,
     reach: bool | None = None,
+    per_second: bool = True,
 ) -> None:
     """Attach the Redis and SQL sinks that are configured (SQL transitions staged under ``run_id``
-    when given; ``sink_delay_ms``, ``health_ms``, ``reach``: see ``RedisTransitionsSink``)."""
+    when given; ``sink_delay_ms``, ``health_ms``, ``reach``, ``per_second``: see ``RedisTransitionsSink``)."""
     if redis_url:
-        sink = RedisTransitionsSink(redis_url, sink_delay_ms, health_ms, reach=reach)
+        sink = RedisTransitionsSink(redis_url, sink_delay_ms, health_ms, reach=reach, per_second=per_second)
         _ = transitions | "ToRedis" >> beam.ParDo(sink)
     if database_url:
         _ = transitions | "ToSQL" >> beam.ParDo(SqlTransitionsSink(database_url, ruleset_ref, run_id))

@@ -58,3 +58,26 @@ def test_a_replay_records_every_write_in_the_histogram_and_a_slow_sink_shows_in_
     assert write["ms_per_write_mean"] >= floor_ms * 0.99
     assert write["ms_per_write_p99_at_most"] == "inf" or write["ms_per_write_p99_at_most"] >= floor_ms
     assert meta["counts"].get("redis_failures", 0) == 0
+
+
+def test_a_live_sink_keeps_no_per_second_counters_and_a_replay_sink_does(redis_url: str) -> None:
+    """Live runs make no counter name per second (nothing reads them back, and every bundle reports every name
+    ever made); the histogram's fixed names are kept either way."""
+    from segments.outputs import Transition
+    from streaming.sinks import RedisTransitionsSink
+    from streaming.sinkstats import LE
+
+    names = {}
+    for per_second in (True, False):
+        t = 1_700_000_000_000
+        batch = [Transition(f"u-{per_second}", ("high_value",), t, 1, t, "event")]  # a write that changes a value
+        sink = RedisTransitionsSink(redis_url, per_second=per_second, reach=False)
+        sink.setup()
+        try:
+            sink.process(batch)
+            sink.finish_bundle()
+        finally:
+            sink.teardown()
+        names[per_second] = set(sink.by_name)
+    assert any(name.startswith(SUM_AT) for name in names[True]) and any(n.startswith(COUNT_AT) for n in names[True])
+    assert names[False] and all(name.startswith(LE) for name in names[False])
