@@ -532,8 +532,8 @@ def arrival_order(events: Iterable[Event]) -> list[Event]:
 class Deduper:
     """First arrival of an ``event_id`` counts; later arrivals are duplicates, whatever their payload.
 
-    The ids seen are kept as digests (``segments.seen``), about 25 bytes an id
-    rather than a Python string's 109: a stream keeps them for its whole life.
+    The ids seen are kept as digests (``segments.seen``), 17-35 bytes an id
+    rather than a Python set's 102-119: a stream keeps them for its whole life.
     """
 
     __slots__ = ("duplicates", "seen")
