@@ -92,16 +92,17 @@ class ReachStore:
 
         Returns how many (key, user) additions were sent (0 sends nothing).
         """
-        buckets: dict[str, set[str]] = defaultdict(set)
+        buckets: dict[tuple[str, str, int], set[str]] = defaultdict(set)  # (segment, grain, start): members
         for user_id, segments, t in entries:
             if not segments:
                 continue
             member = encode_user_id(user_id)
             minute, hour = t - t % MINUTE_MS, t - t % HOUR_MS
             for segment in segments:
-                buckets[self._key(side, segment, "minute", minute)].add(member)
-                buckets[self._key(side, segment, "hour", hour)].add(member)
-        return self._pfadd_all(buckets)
+                buckets[(segment, "minute", minute)].add(member)
+                buckets[(segment, "hour", hour)].add(member)
+        # a key's text once per bucket, not twice per entry: the same keys in the same order
+        return self._pfadd_all({self._key(side, *bucket): members for bucket, members in buckets.items()})
 
     def carry(self, side: str, members: Mapping[str, Iterable[str]], at_ms: int) -> int:
         """Add the current ``members`` of each segment to the minute and the hour holding ``at_ms``.
