@@ -167,17 +167,25 @@ def state_cache_weighed_cheaply(options: PipelineOptions) -> Iterator[None]:
     distributed runner are other processes and are left alone; Beam's function
     comes back afterwards.
     """
-    if runner_name(options) not in IN_PROCESS_RUNNERS:
-        yield
-        return
     from apache_beam.runners.worker import statecache
 
-    original = statecache.get_deep_size
-    statecache.get_deep_size = _weigh_without_module_scan
+    with _swapped(options, statecache, "get_deep_size", _weigh_without_module_scan):
+        yield
+
+
+@contextmanager
+def _swapped(options: PipelineOptions, module: Any, name: str, value: Any, when: bool = True) -> Iterator[None]:
+    """``module.name`` is ``value`` while the block runs, if a local runner runs it in this process (and
+    ``when``); Beam's own comes back afterwards."""
+    if not when or runner_name(options) not in IN_PROCESS_RUNNERS:
+        yield
+        return
+    original = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        statecache.get_deep_size = original
+        setattr(module, name, original)
 
 
 @contextmanager
@@ -200,17 +208,10 @@ def state_cache_capped(options: PipelineOptions) -> Iterator[None]:
     processes with their own cache setting, left alone; Beam's size comes back
     afterwards.
     """
-    if runner_name(options) not in IN_PROCESS_RUNNERS:
-        yield
-        return
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
-    original = worker_handlers.STATE_CACHE_SIZE_MB
-    worker_handlers.STATE_CACHE_SIZE_MB = IN_PROCESS_STATE_CACHE_MB
-    try:
+    with _swapped(options, worker_handlers, "STATE_CACHE_SIZE_MB", IN_PROCESS_STATE_CACHE_MB):
         yield
-    finally:
-        worker_handlers.STATE_CACHE_SIZE_MB = original
 
 
 def _no_totals(_metrics: Any, _key: Any = None) -> tuple[()]:
@@ -244,17 +245,10 @@ def live_metric_totals_dropped(options: PipelineOptions, live: bool) -> Iterator
     bundles, whose result's counters are read) keeps Beam's merge, and other
     runners are left alone; Beam's function comes back afterwards.
     """
-    if not live or runner_name(options) not in IN_PROCESS_RUNNERS:
-        yield
-        return
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
-    original = fn_runner.consolidate_monitoring_infos
-    fn_runner.consolidate_monitoring_infos = _no_totals
-    try:
+    with _swapped(options, fn_runner, "consolidate_monitoring_infos", _no_totals, when=live):
         yield
-    finally:
-        fn_runner.consolidate_monitoring_infos = original
 
 
 @contextmanager
