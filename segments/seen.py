@@ -78,8 +78,12 @@ class SeenIds:
         size = MIN_CAPACITY
         while size * MAX_LOAD < capacity:
             size *= 2
-        self._mask = size - 1
+        self._table(size)
+
+    def _table(self, size: int) -> None:
+        """A new, empty current table of ``size`` home slots (and the tail)."""
         self._high, self._low = _zeros(size + TAIL)
+        self._mask = size - 1
         self._limit = int(size * MAX_LOAD)
 
     def __len__(self) -> int:
@@ -155,17 +159,15 @@ class SeenIds:
         """Start moving to a table twice the size (finishing any move under way first)."""
         if self._old is not None:
             self._finish()
-        size = 2 * (self._mask + 1)
         self._old = (self._high, self._low, self._mask)
         self._cursor = 0
-        self._high, self._low = _zeros(size + TAIL)
-        self._mask = size - 1
-        self._limit = int(size * MAX_LOAD)
+        self._table(2 * (self._mask + 1))
 
-    def _step(self) -> None:
-        """One add's share of the move (before the add looks for its slot: moving fills slots)."""
+    def _step(self, slots: int = 0) -> None:
+        """One add's share of the move (before the add looks for its slot: moving fills slots), or ``slots``;
+        a run that reaches the end while moving has both tables rebuilt at once."""
         try:
-            self._move()
+            self._move(slots)
         except _Full:
             self._rebuild()
 
@@ -195,10 +197,7 @@ class SeenIds:
     def _finish(self) -> None:
         """Move what is left of the old table now (a pickle, or a run that reached the end while moving)."""
         while self._old is not None:
-            try:
-                self._move(len(self._old[0]))
-            except _Full:
-                self._rebuild()
+            self._step(len(self._old[0]))
 
     def _rebuild(self) -> None:
         """Both tables' entries placed afresh, at once, in a table twice the current one's size (or more).
@@ -228,11 +227,9 @@ class SeenIds:
             slots += ranks
             if not len(slots) or slots[-1] < size + TAIL - 2:  # two slots kept free at the end
                 break
-        self._high, self._low = _zeros(size + TAIL)
+        self._table(size)
         np.asarray(self._high)[slots] = highs[order]
         np.asarray(self._low)[slots] = lows[order]
-        self._mask = size - 1
-        self._limit = int(size * MAX_LOAD)
         self._old, self._cursor = None, 0
 
     def __getstate__(self) -> tuple[int, int, bytes, bytes]:
