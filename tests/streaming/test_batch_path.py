@@ -200,3 +200,36 @@ def test_the_window_mask_classifies_as_the_rules_do(facts, ruleset, t):
 def test_a_rule_set_with_several_widths_or_a_distinct_count_has_no_window_mask():
     assert Evaluator(RISK).window_classifier is None
     assert Evaluator(CLICK).window_classifier is not None
+
+
+def test_an_edge_queued_ahead_of_everything_fires_at_the_first_watermark_past_it():
+    """Under a one-minute window (narrower than the sweep period), with the sweep four minutes off: an in-order
+    event's edge when nothing is queued, and a late event's edge queued in the heap ahead of the queue's first,
+    each fire at the first event whose watermark passes them, stamped with its arrival."""
+    t = 1_700_000_400_000
+    phase = (t - 5_000) % PRUNE_EVERY_MS  # the first sweep is due a whole period after the first watermark
+    rows = [
+        ("a", t, "purchase", 700_000_000, None, t, -(2**62)),
+        ("b", t + 30_000, "view", 0, None, t + 30_000, t - 5_000),  # a's edge (t + 1m) is the only one queued
+        ("c", t - 30_000, "purchase", 700_000_000, None, t + 31_000, t + 25_000),  # late: its edge t + 30s
+        ("d", t + 50_000, "view", 0, None, t + 55_000, t + 45_000),  # passes c's edge, not a's
+        ("e", t + 70_000, "view", 0, None, t + 75_000, t + 65_000),  # passes a's
+    ]
+    fast = ShardSegmenter(NARROW, PARAMS, prune_phase_ms=phase)
+    plain = PlainShard(NARROW, PARAMS, prune_phase_ms=phase)
+    got = fast.apply_batch(rows)
+    assert got == plain.apply_batch(rows)
+    expiries = [(tr.user_id, tr.effective_time, tr.emitted_at) for tr in got if tr.cause == "expiry"]
+    assert expiries == [("c", t + 30_000, t + 55_000), ("a", t + 60_000, t + 75_000)]
+    # Nothing queued when a's event comes: its edge is the next thing due, before the sweep.
+    rows = [
+        ("a", t, "purchase", 700_000_000, None, t, t - 5_000),
+        ("b", t + 70_000, "view", 0, None, t + 75_000, t + 65_000),
+    ]
+    fast = ShardSegmenter(NARROW, PARAMS, prune_phase_ms=phase)
+    plain = PlainShard(NARROW, PARAMS, prune_phase_ms=phase)
+    got = fast.apply_batch(rows)
+    assert got == plain.apply_batch(rows)
+    assert [(tr.user_id, tr.effective_time, tr.emitted_at) for tr in got if tr.cause == "expiry"] == [
+        ("a", t + 60_000, t + 75_000)
+    ]
