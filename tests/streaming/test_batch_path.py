@@ -50,7 +50,7 @@ NARROW = _many("1m")  # narrower than the sweep period: an in-order event's edge
 class PlainShard(ShardSegmenter):
     """The shard stepped as SPEC §4 words it, with none of the batch path's shortcuts: the reference."""
 
-    def apply_batch(self, events, clock=None):  # type: ignore[no-untyped-def]
+    def apply_batch(self, events, clock=None):
         return [tr for event in events for tr in self.apply(event, event[5])]
 
     def _due(self, limit: int) -> list[tuple[int, str]]:
@@ -70,7 +70,7 @@ class PlainShard(ShardSegmenter):
             self.watermark = point
             self._settle_after_expiry(user_id, user, point, stamp, out)
 
-    def advance(self, watermark, emitted_at, out=None):  # type: ignore[no-untyped-def]
+    def advance(self, watermark, emitted_at, out=None):
         out = [] if out is None else out
         if watermark <= self.watermark:
             return out
@@ -82,7 +82,7 @@ class PlainShard(ShardSegmenter):
             self.prune()
         return out
 
-    def finish(self, emitted_at_of):  # type: ignore[no-untyped-def]
+    def finish(self, emitted_at_of):
         out: list[Transition] = []
         ooo = self.params.max_out_of_orderness_ms
         for point, user_id in self._due(END_OF_TIME):
