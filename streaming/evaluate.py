@@ -20,33 +20,30 @@ from segments.rules import AllOf, Compare, Condition, Fact, RuleSet
 
 _OPS = frozenset((">", ">=", "<", "<=", "==", "!="))
 MaskFunction = Callable[[Sequence[int]], int]
+WindowMask = Callable[[Sequence[Sequence[int]], int, int], int]  # (prefix-sum columns, lo, hi) -> mask
 
 
-def condition_source(condition: Condition, index_of: dict[str, int]) -> str:
+def condition_source(condition: Condition, index_of: dict[str, int], value: str = "v[{}]") -> str:
     """The condition as a Python expression over ``v``, the tuple of aggregate values (``rules.holds``'s meaning).
 
     Only validated parts reach the text: an aggregate's index, one of six
-    comparison operators and an integer threshold.
+    comparison operators and an integer threshold. ``value`` spells aggregate
+    ``i``'s value (``v[i]``; ``v{}`` for locals ``v0``, ``v1``, ...).
     """
     if isinstance(condition, Compare):
         if condition.op not in _OPS:
             raise ValueError(f"unknown comparison {condition.op!r}")
-        return f"(v[{int(index_of[condition.agg])}] {condition.op} {int(condition.value)})"
+        return f"({value.format(int(index_of[condition.agg]))} {condition.op} {int(condition.value)})"
     joiner = " and " if isinstance(condition, AllOf) else " or "
-    return "(" + joiner.join(condition_source(part, index_of) for part in condition.parts) + ")"
+    return "(" + joiner.join(condition_source(part, index_of, value) for part in condition.parts) + ")"
 
 
-def compile_classifier(ruleset: RuleSet, index_of: dict[str, int]) -> MaskFunction:
-    """``RuleSet.classify`` as one generated function: aggregate values -> bit mask of the segments that hold.
-
-    Segment ``n`` is bit ``1 << n``; within a group only the first segment that
-    holds is taken. Generated once per rule set: on the stream's hot path one call
-    with inline comparisons costs a fraction of walking the condition tree.
-    """
+def _mask_lines(ruleset: RuleSet, index_of: dict[str, int], value: str) -> list[str]:
+    """The body of a generated classifier: the segments' tests in order, setting bits of ``m``."""
     flags = {group: f"g{i}" for i, group in enumerate(dict.fromkeys(s.group for s in ruleset.segments if s.group))}
-    lines = ["def classify(v):", "    m = 0", *(f"    {flag} = False" for flag in flags.values())]
+    lines = ["    m = 0", *(f"    {flag} = False" for flag in flags.values())]
     for n, segment in enumerate(ruleset.segments):
-        test = condition_source(segment.when, index_of)
+        test = condition_source(segment.when, index_of, value)
         if segment.group is None:
             lines.append(f"    if {test}:")
             lines.append(f"        m |= {1 << n}")
@@ -56,9 +53,60 @@ def compile_classifier(ruleset: RuleSet, index_of: dict[str, int]) -> MaskFuncti
             lines.append(f"        m |= {1 << n}")
             lines.append(f"        {flag} = True")
     lines.append("    return m")
+    return lines
+
+
+def _aggregates_read(condition: Condition) -> set[str]:
+    if isinstance(condition, Compare):
+        return {condition.agg}
+    return {name for part in condition.parts for name in _aggregates_read(part)}
+
+
+def _generated(name: str, lines: list[str], ruleset: RuleSet) -> Callable[..., int]:
     namespace: dict[str, object] = {"__builtins__": {}}
     exec(compile("\n".join(lines), f"<rule set {ruleset.name}>", "exec"), namespace)
-    return namespace["classify"]  # type: ignore[return-value]
+    return namespace[name]  # type: ignore[return-value]
+
+
+def compile_classifier(ruleset: RuleSet, index_of: dict[str, int]) -> MaskFunction:
+    """``RuleSet.classify`` as one generated function: aggregate values -> bit mask of the segments that hold.
+
+    Segment ``n`` is bit ``1 << n``; within a group only the first segment that
+    holds is taken. Generated once per rule set: on the stream's hot path one call
+    with inline comparisons costs a fraction of walking the condition tree.
+    """
+    return _generated("classify", ["def classify(v):", *_mask_lines(ruleset, index_of, "v[{}]")], ruleset)
+
+
+def compile_window_mask(ruleset: RuleSet, index_of: dict[str, int]) -> WindowMask:
+    """For a rule set whose aggregates are all counts and sums over one width, in slot order: the mask of the
+    window of facts ``lo`` to ``hi`` straight from the prefix-sum columns, ``classify``'s mask of the tuple
+    ``(c[hi] - c[lo] for c in sums)`` without building the tuple (the stream's hot path: every event in order
+    and every expiry). Only the aggregates a condition reads are computed."""
+    read = sorted({index_of[name] for segment in ruleset.segments for name in _aggregates_read(segment.when)})
+    lines = ["def window_mask(s, lo, hi):"]
+    for i in read:
+        lines.append(f"    c = s[{i}]")
+        lines.append(f"    v{i} = c[hi] - c[lo]")
+    lines.extend(_mask_lines(ruleset, index_of, "v{}"))
+    return _generated("window_mask", lines, ruleset)
+
+
+class Sets(Protocol):
+    """Masks to their sets: a tuple of every mask's set, or ``_LazySets``."""
+
+    def __getitem__(self, mask: int, /) -> frozenset[str]: ...
+
+
+class _LazySets(dict[int, frozenset[str]]):
+    """Masks to their sets, each made on first use (a rule set with too many segments to make them all)."""
+
+    def __init__(self, make: Callable[[int], frozenset[str]]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, mask: int) -> frozenset[str]:
+        return self._make(mask)  # (``_set_of`` keeps its own cache: one object per set)
 
 
 class Indexed(Protocol):
@@ -89,6 +137,7 @@ class Evaluator:
         "_ruleset",
         "_sets",
         "_single_width",
+        "_window",
         "additive_count",
         "span",
     )
@@ -126,6 +175,11 @@ class Evaluator:
         in_slot_order = all(index == slot for index, _, slot in self._additive)
         simple = len(widths) == 1 and not self._distinct and in_slot_order
         self._single_width: int | None = widths.pop() if simple else None
+        self._window: tuple[WindowMask, Sets, frozenset[str]] | None = None
+        if simple:
+            sets: Sets = self._by_mask if self._by_mask is not None else _LazySets(self._set_of)
+            vacant = self.classify((0,) * self.additive_count)
+            self._window = (compile_window_mask(ruleset, index_of), sets, vacant)
 
     def deltas(self, kind: str, amount_micros: int) -> tuple[int, ...]:
         """What one event adds to each additive aggregate (zeros for a kind none of them reads)."""
@@ -179,6 +233,13 @@ class Evaluator:
     def classifier(self) -> tuple[MaskFunction, tuple[frozenset[str], ...]] | None:
         """``classify`` in two parts for a hot loop, ``sets[mask_of(values)]`` (None with many segments)."""
         return None if self._by_mask is None else (self._mask_of, self._by_mask)
+
+    @property
+    def window_classifier(self) -> tuple[WindowMask, Sets, frozenset[str]] | None:
+        """With ``single_width``: ``(window_mask, sets, vacant)``, the set of the facts ``lo`` to ``hi`` of a
+        user being ``sets[window_mask(user.sums, lo, hi)]`` (``at`` without its tuple) and ``vacant`` the set of
+        a window with no fact; else None."""
+        return None if self._single_width is None else self._window  # (a subclass may clear the width)
 
     @property
     def constant_deltas(self) -> dict[str, tuple[int, ...]]:

@@ -144,6 +144,17 @@ class UserWindow:
                     column[j] += delta
         return index
 
+    def extend_sums(self, deltas: tuple[int, ...]) -> None:
+        """Append the prefix sums of the last fact (already in ``times``) to the columns that lack them,
+        widening any whose value would leave the 64-bit range."""
+        for slot, delta in enumerate(deltas):
+            column = self.sums[slot]
+            if len(column) == len(self.times):  # (a column has one entry more than there are facts)
+                try:
+                    column.append(column[-1] + delta)
+                except OverflowError:
+                    self._widen(slot).append(column[-1] + delta)
+
     def _widen(self, slot: int) -> list[int]:
         """Make a prefix-sum column a list of Python integers (its values would leave the 64-bit range)."""
         widened = self.sums[slot] = list(self.sums[slot])
@@ -157,6 +168,27 @@ class UserWindow:
             del self.merchants[:cut]  # type: ignore[union-attr]
         for column in self.sums:
             del column[:cut]
+
+
+_APPENDERS: dict[int, Callable[[list[array[int] | list[int]], tuple[int, ...]], None]] = {}
+
+
+def _sum_appender(count: int) -> Callable[[list[array[int] | list[int]], tuple[int, ...]], None]:
+    """``append_sums(sums, deltas)``: append to each of ``count`` prefix-sum columns its last value plus its
+    delta, unrolled (a third of a loop's time on the in-order path). An ``OverflowError`` leaves the columns
+    before the one that raised appended and the rest not (``UserWindow.extend_sums`` finishes them)."""
+    found = _APPENDERS.get(count)
+    if found is not None:
+        return found
+    lines = ["def append_sums(s, d):", "    pass"]
+    for slot in range(count):
+        lines.append(f"    c = s[{slot}]")
+        lines.append(f"    c.append(c[-1] + d[{slot}])")
+    namespace: dict[str, object] = {"__builtins__": {}}
+    exec(compile("\n".join(lines), f"<prefix sums x{count}>", "exec"), namespace)
+    append_sums: Callable[[list[array[int] | list[int]], tuple[int, ...]], None]
+    append_sums = _APPENDERS[count] = namespace["append_sums"]  # type: ignore[assignment]
+    return append_sums
 
 
 class EdgeQueue:
@@ -188,22 +220,12 @@ class EdgeQueue:
     def __iter__(self) -> Iterator[tuple[int, str]]:
         return zip(self.points[self.head :], self.users[self.head :])  # noqa: B905 (equal lengths)
 
-    def first(self) -> tuple[int, str]:
-        return (self.points[self.head], self.users[self.head])
-
     def last(self) -> tuple[int, str]:
         return (self.points[-1], self.users[-1])
 
     def append(self, entry: tuple[int, str]) -> None:
         self.points.append(entry[0])
         self.users.append(entry[1])
-
-    def popleft(self) -> tuple[int, str]:
-        head = self.head
-        entry = (self.points[head], self.users[head])
-        self.head = head + 1
-        self.compact()
-        return entry
 
     def compact(self) -> None:
         head = self.head
@@ -523,51 +545,7 @@ class ShardSegmenter:
             out = []
         if watermark <= self.watermark:
             return out
-        users = self.users
-        ordered = self.ordered
-        pending = self.pending
-        evaluator = self._evaluator
-        width = evaluator.single_width
-        frozen = self._frozen
-        points = ordered.points
-        ids = ordered.users
-        head = ordered.head
-        classify = evaluator.classify
-        classifier = evaluator.classifier
-        while True:  # pop due points in (point, user_id) order: ``_pop_point``, inlined (the hot loop)
-            if head < len(ids) and (not pending or (points[head], ids[head]) <= pending[0]):
-                point = points[head]
-                if point > watermark:
-                    break
-                user_id = ids[head]
-                head += 1
-                ordered.head = head
-            elif pending and pending[0][0] <= watermark:
-                point, user_id = heapq.heappop(pending)
-            else:
-                break
-            user = users.get(user_id)
-            if user is None or (frozen and user.part in frozen):
-                continue
-            # Most expiries change nothing: compare before settling (``_settle``'s test, inlined).
-            pub_times = user.pub_times
-            if pub_times and pub_times[-1] <= point:
-                published = user.pub_values[-1]
-            else:
-                index = bisect_right(pub_times, point)
-                published = user.pub_values[index - 1] if index else EMPTY
-            if width is None:
-                desired = evaluator.at(user, point)
-            else:
-                times = user.times
-                hi = bisect_right(times, point)
-                lo = bisect_right(times, point - width, 0, hi)
-                values = tuple([column[hi] - column[lo] for column in user.sums])
-                desired = classify(values) if classifier is None else classifier[1][classifier[0](values)]
-            if desired != published and self._settle(user_id, user, point, emitted_at, "expiry", out):
-                self.watermark = point
-                self._settle_after_expiry(user_id, user, point, emitted_at, out)
-        ordered.compact()
+        self._expire(watermark, emitted_at, out)
         self.watermark = watermark
         if watermark >= self._next_prune:
             self._next_prune = watermark + PRUNE_EVERY_MS - (watermark - self._prune_phase) % PRUNE_EVERY_MS
@@ -581,16 +559,7 @@ class ShardSegmenter:
         it (its instant plus the max out-of-orderness), and never before ``emitted_at_of``.
         """
         out: list[Transition] = []
-        ooo = self.params.max_out_of_orderness_ms
-        while (entry := self._pop_point(END_OF_TIME)) is not None:
-            point, user_id = entry
-            user = self.users.get(user_id)
-            if user is None or (self._frozen and user.part in self._frozen):
-                continue
-            stamp = max(point + ooo, emitted_at_of)
-            if self._settle(user_id, user, point, stamp, "expiry", out):
-                self.watermark = point
-                self._settle_after_expiry(user_id, user, point, stamp, out)
+        self._expire(END_OF_TIME, emitted_at_of, out, self.params.max_out_of_orderness_ms)
         self.watermark = END_OF_TIME
         return out
 
@@ -606,51 +575,51 @@ class ShardSegmenter:
         out: list[Transition] = []
         evaluator = self._evaluator
         width = evaluator.single_width
-        if width is None or self._widths != (width,):
+        window = evaluator.window_classifier
+        if width is None or window is None or self._widths != (width,) or self._detail:
             for event in events:
                 out.extend(self.apply(event, clock() if clock is not None else event[5]))
             return out
+        window_mask, sets, _ = window
         users = self.users
         kinds = self._kinds
         ordered = self.ordered
         pending = self.pending
         deltas_of = evaluator.deltas
         constant = evaluator.constant_deltas
-        classify = evaluator.classify
-        classifier = evaluator.classifier
         names = self._names
+        append_sums = _sum_appender(evaluator.additive_count)
         points = ordered.points
         ids = ordered.users
+        frozen = self._frozen
+        watermark = self.watermark
+        due = self._next_due()  # the watermark at which ``advance`` has something to do
         for event in events:
             user_id, event_time, kind, micros, _, arrival, event_watermark = event
             emitted_at = clock() if clock is not None else arrival
-            if event_watermark > self.watermark:
-                if (
-                    (ordered.head < len(ids) and points[ordered.head] <= event_watermark)
-                    or (pending and pending[0][0] <= event_watermark)
-                    or event_watermark >= self._next_prune
-                ):
-                    self.advance(event_watermark, emitted_at, out)
+            if event_watermark > watermark:
+                watermark = event_watermark
+                if watermark >= due:
+                    self.advance(watermark, emitted_at, out)
+                    due = self._next_due()
                 else:
-                    self.watermark = event_watermark
+                    self.watermark = watermark
             if kind not in kinds:
                 continue
             user = users.get(user_id)
-            if self._frozen and (user.part if user is not None else part_of(user_id, self._parts)) in self._frozen:
+            if frozen and (user.part if user is not None else part_of(user_id, self._parts)) in frozen:
                 continue  # rebuilding: this user's state is already past this event
             if user is None:
                 user = users[user_id] = self._new_user(user_id)
             times = user.times
             pub_times = user.pub_times
             if not (
-                event_time > self.watermark
+                event_time > watermark
                 and (not times or times[-1] <= event_time)
                 and (not pub_times or pub_times[-1] <= event_time)
             ):
                 self._apply_to(user_id, user, event, emitted_at, out)
-                continue
-            if user.kinds is not None:  # (no rule set with a distinct count has a single width today)
-                self._apply_to(user_id, user, event, emitted_at, out)
+                due = self._next_due()  # a late event's edges may be due sooner than any queued before
                 continue
             # In order: append the fact and its prefix sums, queue its window edge, settle its instant.
             times.append(event_time)
@@ -658,12 +627,10 @@ class ShardSegmenter:
             deltas = constant.get(kind)
             if deltas is None:
                 deltas = deltas_of(kind, micros)
-            for column, delta in zip(sums, deltas):  # noqa: B905 (equal lengths by construction)
-                try:
-                    column.append(column[-1] + delta)
-                except OverflowError:
-                    slot = next(i for i, c in enumerate(sums) if c is column)
-                    user._widen(slot).append(column[-1] + delta)
+            try:
+                append_sums(sums, deltas)
+            except OverflowError:  # a sum left the 64-bit range: the columns not appended yet, one at a time
+                user.extend_sums(deltas)
             key = user.key
             if key is None:
                 key = user.key = user_id
@@ -673,9 +640,10 @@ class ShardSegmenter:
                 ids.append(key)
             else:
                 heapq.heappush(pending, (point, key))
-            lo = bisect_right(times, event_time - width)
-            values = tuple([column[-1] - column[lo] for column in sums])
-            desired = classify(values) if classifier is None else classifier[1][classifier[0](values)]
+            if point < due:
+                due = point
+            hi = len(times)
+            desired = sets[window_mask(sums, bisect_right(times, event_time - width, 0, hi), hi)]
             if desired == (user.pub_values[-1] if pub_times else EMPTY):
                 continue
             if pub_times and pub_times[-1] == event_time:
@@ -690,6 +658,17 @@ class ShardSegmenter:
             out.append(Transition(user_id, segments, event_time, user.revision, emitted_at, "event"))
         return out
 
+    def _next_due(self) -> int:
+        """The least watermark at which ``advance`` has something to do: the first queued change point, or the
+        next sweep."""
+        due = self._next_prune
+        ordered = self.ordered
+        if ordered and ordered.points[ordered.head] < due:
+            due = ordered.points[ordered.head]
+        if self.pending and self.pending[0][0] < due:
+            due = self.pending[0][0]
+        return due
+
     # ---- internals --------------------------------------------------------------------------------
 
     def _push_point(self, entry: tuple[int, str]) -> None:
@@ -699,15 +678,63 @@ class ShardSegmenter:
         else:
             heapq.heappush(self.pending, entry)
 
-    def _pop_point(self, limit: int) -> tuple[int, str] | None:
-        """The least queued (point, user_id) if its point is at or before ``limit``, removed; else None."""
+    def _expire(self, watermark: int, emitted_at: int, out: list[Transition], ooo: int | None = None) -> None:
+        """Settle every queued change point at or before ``watermark``, in (point, user_id) order (expiry).
+
+        The due points are one run: the queue's columns from ``head`` up to the
+        watermark (one bisection), merged with the heap's due entries (rarely
+        any). Settling never queues a point, so the run is fixed before it is
+        walked. Most expiries change nothing, so each is compared before it is
+        settled; a user none of whose facts is left in the window at the point
+        is compared without a bisection. With ``ooo`` (``finish``) each expiry is
+        stamped ``max(point + ooo, emitted_at)``.
+        """
         ordered = self.ordered
+        points = ordered.points
+        ids = ordered.users
+        head = ordered.head
+        end = bisect_right(points, watermark, head)
+        run: Iterable[tuple[int, str]] = zip(points[head:end], ids[head:end])  # noqa: B905 (equal lengths)
         pending = self.pending
-        if ordered and (not pending or ordered.first() <= pending[0]):
-            return ordered.popleft() if ordered.first()[0] <= limit else None
-        if pending and pending[0][0] <= limit:
-            return heapq.heappop(pending)
-        return None
+        if pending and pending[0][0] <= watermark:
+            late = []
+            while pending and pending[0][0] <= watermark:
+                late.append(heapq.heappop(pending))
+            run = heapq.merge(run, late)
+        ordered.head = end
+        ordered.compact()
+        users = self.users
+        frozen = self._frozen
+        evaluator = self._evaluator
+        width = evaluator.single_width
+        window = evaluator.window_classifier
+        if window is not None:
+            window_mask, sets, vacant = window  # vacant: the set of a window with no fact in it
+        for point, user_id in run:
+            user = users.get(user_id)
+            if user is None or (frozen and user.part in frozen):
+                continue
+            pub_times = user.pub_times
+            if pub_times and pub_times[-1] <= point:
+                published = user.pub_values[-1]
+            else:
+                index = bisect_right(pub_times, point)
+                published = user.pub_values[index - 1] if index else EMPTY
+            if window is None:
+                desired = evaluator.at(user, point)
+            else:
+                times = user.times
+                start = point - width  # type: ignore[operator]  # a width whenever ``window`` is
+                if not times or times[-1] <= start:
+                    desired = vacant
+                else:
+                    hi = bisect_right(times, point)
+                    desired = sets[window_mask(user.sums, bisect_right(times, start, 0, hi), hi)]
+            if desired != published:
+                stamp = emitted_at if ooo is None else max(point + ooo, emitted_at)
+                if self._settle(user_id, user, point, stamp, "expiry", out):
+                    self.watermark = point
+                    self._settle_after_expiry(user_id, user, point, stamp, out)
 
     def _due_points(self, user: UserWindow, start: int) -> list[int]:
         """The due change points of ``user`` at or after ``start``, ascending.
