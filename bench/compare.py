@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compare.comparison import compare_inputs
-from compare.frames import EventFrame
+from compare.frames import EventFrame, decoded
 from compare.inputs import ComparisonInputs, DeadLetters, Schedule, read_legacy, read_stream
 from compare.report import write_outputs
 from segments.lateness import GateParams
@@ -86,6 +86,12 @@ def rss_mb() -> float:
     return 0.0
 
 
+def _coded(codes: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
+    """``values.take(codes)`` as a dictionary column, with the narrowest index type that holds ``codes``."""
+    small = np.int8 if len(values) <= 127 else np.int32
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(small)), values)
+
+
 class Synthetic:
     """The seeded workload: Arrow tables for both sides and the event columns."""
 
@@ -105,14 +111,16 @@ class Synthetic:
         emitted = arrival + rng.integers(1, 20, n)
         tmask = value[tu, tk]
         order = np.argsort(eff, kind="stable")  # the stream writes in emission order
+        # the columns as the readers hand them over (``compare.frames.compact``): ids, sets and causes
+        # dictionary-encoded
         self.stream = pa.table({}) if not tables else pa.table(
             {
-                "user_id": names.take(pa.array(tu[order])),
-                "segments": SETS.take(pa.array(tmask[order])),
+                "user_id": _coded(tu[order], names),
+                "segments": _coded(tmask[order], SETS),
                 "effective_time": pa.array(eff[order]),
                 "revision": pa.array(np.ones(n, dtype=np.int64)),
                 "emitted_at": pa.array(emitted[order]),
-                "cause": pa.array(np.full(n, "event", dtype=object), pa.string()),
+                "cause": _coded(np.zeros(n, dtype=np.int8), pa.array(["event"])),
             }
         )
         # legacy: the timeline sampled at the as-ofs (the latest change at or before each), 1% altered
@@ -129,8 +137,8 @@ class Synthetic:
         self.legacy = pa.table({}) if not tables else pa.table(
             {
                 "as_of": pa.array(self.schedule[keep % as_ofs]),
-                "user_id": names.take(pa.array(keep // as_ofs)),
-                "segments": SETS.take(pa.array(legacy_mask[keep])),
+                "user_id": _coded(keep // as_ofs, names),
+                "segments": _coded(legacy_mask[keep], SETS),
             }
         )
         del legacy_mask, keep
@@ -153,8 +161,8 @@ class Synthetic:
         kinds = pa.array(["view", "purchase"])
         self.events = EventFrame(
             event_id=pc.binary_join_element_wise("e", pc.cast(pa.array(np.arange(count)), pa.string()), ""),
-            user_id=names.take(pa.array(event_user)),
-            kind=kinds.take(pa.array(rng.integers(0, 2, count))),
+            user_id=_coded(event_user, names),
+            kind=_coded(rng.integers(0, 2, count), kinds),
             event_time=event_time,
             arrival_time=event_arrival,
             too_late=too_late,
@@ -224,7 +232,7 @@ def _write_jsonl(table: pa.Table, path: Path, times: tuple[str, ...]) -> None:
 
     columns = {}
     for name in table.column_names:
-        column = table.column(name)
+        column = decoded(table.column(name))
         if name in times:
             column = pc.strftime(column.cast(pa.timestamp("ms", "UTC")), format="%Y-%m-%dT%H:%M:%SZ")
         columns[name] = column

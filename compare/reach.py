@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from compare.frames import decoded, dictionary_parts
 from segments.sketches import (
     GRAINS,
     HLL_LG_K,
@@ -62,8 +63,8 @@ class ReachPort(Protocol):
 def stream_reach(table: pa.Table, horizon_ms: int) -> dict[Key, set[str]]:
     """Exact minute reach of a stream output (its settled timelines up to ``horizon_ms``)."""
     minute = GRAINS["minute"]
-    users = table.column("user_id").to_pylist()
-    segments = table.column("segments").to_pylist()
+    users = decoded(table.column("user_id")).to_pylist()
+    segments = decoded(table.column("segments")).to_pylist()
     times = table.column("effective_time").to_pylist()
     revisions = table.column("revision").to_pylist()
     latest: dict[tuple[str, int], tuple[int, list[str]]] = {}
@@ -94,8 +95,8 @@ def legacy_reach(table: pa.Table) -> dict[Key, set[str]]:
     out: dict[Key, set[str]] = defaultdict(set)
     for t, user, segs in zip(
         table.column("as_of").to_pylist(),
-        table.column("user_id").to_pylist(),
-        table.column("segments").to_pylist(),
+        decoded(table.column("user_id")).to_pylist(),
+        decoded(table.column("segments")).to_pylist(),
         strict=True,
     ):
         for seg in segs:
@@ -192,9 +193,33 @@ def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def _user_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
-    encoded = pc.dictionary_encode(_combined(column))
+    """Each row's user as a code (codes in first-seen order) and the codes' ids; of a dictionary column
+    from its codes alone (the same codes and ids as from its values)."""
+    parts = dictionary_parts(column)
+    if parts is not None and not column.null_count:
+        rows, values = parts
+        encoded = pc.dictionary_encode(pa.array(rows))
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        return codes, values.take(encoded.dictionary).to_pylist()
+    encoded = pc.dictionary_encode(_combined(decoded(column)))
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return codes, encoded.dictionary.to_pylist()
+
+
+def _segment_rows(column: pa.ChunkedArray | pa.Array) -> tuple[list[str], Callable[[int], np.ndarray]]:
+    """The names a list column lists, and for a name's code the rows that list it (ascending; a row that
+    lists a name twice may appear twice). Of a dictionary column, from the few distinct lists and the
+    rows' codes, without flattening the rows."""
+    parts = dictionary_parts(column)
+    if parts is None:
+        rows, segs, seg_names = _flat_segments(decoded(column))
+        return seg_names, lambda code: rows[segs == code]
+    codes, lists = parts
+    at, listed, seg_names = _flat_segments(lists)
+    has = np.zeros((len(seg_names), len(lists) + 1), dtype=np.bool_)  # the last column: a null row's (-1)
+    has[listed, at] = True
+    small = np.int32 if len(codes) < 2**31 else np.int64
+    return seg_names, lambda code: np.flatnonzero(has[code].take(codes)).astype(small, copy=False)
 
 
 def _flat_segments(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -307,14 +332,14 @@ def _sorted_groups(
 def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
-    rows, segs, seg_names = _flat_segments(table.column("segments"))
+    seg_names, seg_rows = _segment_rows(table.column("segments"))
     as_of = table.column("as_of").to_numpy().astype(np.int64, copy=False)
 
     def groups() -> Iterator[Minute]:
         for code, segment in enumerate(seg_names):
             if segment is None:
                 continue
-            mine = rows[segs == code]
+            mine = seg_rows(code)
             bucket = as_of[mine]
             bucket -= bucket % minute
             yield from _group("legacy", segment, bucket, users[mine], len(names))
@@ -391,18 +416,12 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
     start = t - t % minute
     live = (t <= horizon_ms) & (end > start)
     del users, times, same
-    # every listed name of the input, with its row's place among the winners (-1: the row lost): no copy
-    # of the winners' lists, whose names only the rows that won and are live keep
+    # each input row's place among the winners (-1: the row lost): no copy of the winners' lists, whose
+    # names only the rows that won and are live keep
     place = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
     place[winners] = np.arange(len(winners), dtype=place.dtype)
     del winners
-    rows, segs, seg_names = _flat_segments(table.column("segments"))
-    rows = place[rows]
-    del place
-    kept = rows >= 0
-    kept[kept] = live[rows[kept]]
-    rows, segs = rows[kept], segs[kept]
-    del kept
+    seg_names, seg_rows = _segment_rows(table.column("segments"))
 
     def groups() -> Iterator[Minute]:
         users_n = len(names)
@@ -411,7 +430,9 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
         for code, segment in enumerate(seg_names):
             if segment is None:
                 continue
-            mine = rows[segs == code]
+            mine = place[seg_rows(code)]
+            mine = mine[mine >= 0]
+            mine = mine[live[mine]]
             s, e, who = start[mine], end[mine], u[mine]
             if not len(s):
                 continue
