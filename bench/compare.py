@@ -88,7 +88,7 @@ def rss_mb() -> float:
 
 def _coded(codes: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
     """``values.take(codes)`` as a dictionary column, with the narrowest index type that holds ``codes``."""
-    small = np.int8 if len(values) <= 127 else np.int32
+    small = np.int8 if len(values) <= 127 else np.int16 if len(values) <= 32767 else np.int32
     return pa.DictionaryArray.from_arrays(pa.array(codes.astype(small)), values)
 
 
@@ -136,7 +136,7 @@ class Synthetic:
         keep = np.flatnonzero(legacy_mask != 0)
         self.legacy = pa.table({}) if not tables else pa.table(
             {
-                "as_of": pa.array(self.schedule[keep % as_ofs]),
+                "as_of": _coded(keep % as_ofs, pa.array(self.schedule)),
                 "user_id": _coded(keep // as_ofs, names),
                 "segments": _coded(legacy_mask[keep], SETS),
             }

@@ -89,7 +89,7 @@ def as_of_index(schedule: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np
 
 def legacy_cells(
     schedule: np.ndarray,
-    as_of: np.ndarray,
+    as_of: np.ndarray | tuple[np.ndarray, np.ndarray],
     user: np.ndarray,
     mask: np.ndarray,
     side: str = "legacy",
@@ -97,14 +97,22 @@ def legacy_cells(
 ) -> Cells:
     """Cells from SPEC §3 lines. Lines with an empty set add nothing.
 
+    ``as_of``: each line's as-of, or (each line's code, the distinct as-ofs) when
+    the column is dictionary-encoded (the schedule is then searched once per distinct as-of).
     A line whose as-of is not in ``schedule`` raises ``AsOfOutsideSchedule`` (the
     output was made with another ``--every`` or over other events), or is counted
     in ``outside`` and dropped with ``drop_outside`` (a second run for the noise floor).
     """
-    idx, found = as_of_index(schedule, as_of)
+    if isinstance(as_of, tuple):
+        codes, values = as_of
+        at, hit = as_of_index(schedule, values)
+        idx, found = at.astype(np.int32 if len(schedule) < 2**31 else np.int64).take(codes), hit.take(codes)
+    else:
+        idx, found = as_of_index(schedule, as_of)
     all_found = bool(found.all())
     if not all_found and not drop_outside:
-        raise AsOfOutsideSchedule(side, int(as_of[np.flatnonzero(~found)[0]]))
+        first = int(np.flatnonzero(~found)[0])
+        raise AsOfOutsideSchedule(side, int(values[codes[first]] if isinstance(as_of, tuple) else as_of[first]))
     key = user.astype(_cell_type(int(user.max(initial=0)) + 1, len(schedule)))
     key *= len(schedule)
     np.add(key, idx, out=key, casting="unsafe")  # idx < len(schedule): the sum fits the key type

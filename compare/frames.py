@@ -6,10 +6,10 @@ segment sets become bitmasks (``SegmentCodec``), user ids become small integer
 codes shared by every table of one comparison (``UserIndex``), and the event log
 becomes numpy columns (``EventFrame``).
 
-The readers hand ``user_id``, ``segments`` and ``cause`` over dictionary-encoded
-(``compact``): the same values, held as integer codes into the distinct ones (a
-side repeats a few hundred thousand ids and a handful of sets over millions of
-lines). Everything here takes a column either way and gives the same result;
+The readers hand ``as_of``, ``user_id``, ``segments`` and ``cause`` over
+dictionary-encoded (``compact``): the same values, held as integer codes into the
+distinct ones (a side repeats a few hundred as-ofs, a few hundred thousand ids and a
+handful of sets over millions of lines). Everything here takes a column either way and gives the same result;
 with dictionaries the work is over the codes and the few distinct values.
 """
 
@@ -46,7 +46,7 @@ STREAM_SCHEMA = pa.schema(
 """SPEC §4 lines as columns; times in epoch ms."""
 
 MAX_SEGMENT_NAMES = 64
-COMPACT_COLUMNS = ("user_id", "segments", "cause")
+COMPACT_COLUMNS = ("as_of", "user_id", "segments", "cause")
 """The columns ``compact`` dictionary-encodes (those that exist in a table)."""
 
 
@@ -61,10 +61,19 @@ def compact(table: pa.Table) -> pa.Table:
         if pa.types.is_dictionary(column.type):
             continue
         array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        encoded = _encode_lists(array) if pa.types.is_list(array.type) else pc.dictionary_encode(array)
+        encoded = _encode_lists(array) if pa.types.is_list(array.type) else _narrow(pc.dictionary_encode(array))
         if encoded is not None:
             table = table.set_column(table.column_names.index(name), name, encoded)
     return table
+
+
+def _narrow(encoded: pa.DictionaryArray) -> pa.DictionaryArray:
+    """``encoded`` with the narrowest signed index type that holds its codes (a few as-ofs: one byte a row)."""
+    size = len(encoded.dictionary)
+    index_type = pa.int8() if size <= 127 else pa.int16() if size <= 32767 else pa.int32()
+    if index_type == encoded.indices.type:
+        return encoded
+    return pa.DictionaryArray.from_arrays(encoded.indices.cast(index_type), encoded.dictionary)
 
 
 def _encode_lists(lists: pa.Array) -> pa.Array | None:

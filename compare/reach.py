@@ -333,7 +333,13 @@ def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
     seg_names, seg_rows = _segment_rows(table.column("segments"))
-    as_of = table.column("as_of").to_numpy().astype(np.int64, copy=False)
+    column = table.column("as_of")
+    parts = dictionary_parts(column) if not column.null_count else None
+    if parts is None:
+        as_of, buckets = decoded(column).to_numpy().astype(np.int64, copy=False), None
+    else:  # each row's code, and the distinct as-ofs' buckets
+        as_of, buckets = parts[0], parts[1].to_numpy().astype(np.int64)
+        buckets -= buckets % minute
 
     def groups() -> Iterator[Minute]:
         for code, segment in enumerate(seg_names):
@@ -341,7 +347,10 @@ def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
                 continue
             mine = seg_rows(code)
             bucket = as_of[mine]
-            bucket -= bucket % minute
+            if buckets is not None:
+                bucket = buckets.take(bucket)
+            else:
+                bucket -= bucket % minute
             yield from _group("legacy", segment, bucket, users[mine], len(names))
 
     return names, groups()
