@@ -338,7 +338,10 @@ def run_stage(name: str, args: argparse.Namespace) -> dict[str, object]:
         sys.executable, __file__, "--stage", name, "--dir", args.dir, "--users", str(args.users),
         "--as-ofs", str(args.as_ofs), "--repeat", str(args.repeat),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # Arrow's default pool here is mimalloc, which keeps freed pages for a while (the jemalloc decay set in
+    # the stage does nothing then): purge them at once, so that RSS means what is in use, as intended
+    env = {**os.environ, "MIMALLOC_PURGE_DELAY": os.environ.get("MIMALLOC_PURGE_DELAY", "0")}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"stage {name} failed:\n{done.stderr[-3000:]}")
     figures: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])

@@ -109,7 +109,8 @@ def _encode_lists(lists: pa.Array) -> pa.Array | None:
 
 def dictionary_parts(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | None:
     """(codes, distinct values) of a dictionary column with one dictionary whose values are distinct (a
-    null row's code is -1); None for any other column (callers then read its values)."""
+    null row's code is -1; codes are signed, of the column's index width); None for any other column
+    (callers then read its values)."""
     if not pa.types.is_dictionary(column.type):
         return None
     if isinstance(column, pa.ChunkedArray):
@@ -125,7 +126,8 @@ def dictionary_parts(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa
     indices = column.indices
     if indices.null_count:
         indices = pc.fill_null(indices, -1)
-    return indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False), dictionary
+    codes = indices.to_numpy(zero_copy_only=False)  # as narrow as they came (a few as-ofs: one byte a row)
+    return (codes if codes.dtype.kind == "i" else codes.astype(np.int64)), dictionary
 
 
 def decoded(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:

@@ -391,16 +391,22 @@ def _settled(
         order = np.argsort(key)
         key = key.take(order)
         starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-        rank = revisions.take(order).astype(np.int64)  # higher revision, then earlier row, ranks higher
+        rank = revisions.take(order).astype(np.int64, copy=False)  # higher revision, then earlier row, ranks higher
         rank -= low
         rank *= n
         rank += n - 1
         rank -= order
+        del order
         best = np.maximum.reduceat(rank, starts)
+        del rank
         best %= n
-        winners = (n - 1) - best
+        winners = np.subtract(n - 1, best, out=best)
         key = key.take(starts)
-        return winners, (key // width).astype(users.dtype), key % width + floor
+        del starts
+        time = key % width
+        time += floor
+        key //= width
+        return winners, key.astype(users.dtype), time
     order = np.lexsort((np.arange(n), -revisions, times, users))
     u, t = users[order], times[order]
     first = np.ones(n, dtype=np.bool_)
