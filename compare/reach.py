@@ -532,26 +532,27 @@ class _Registers:
         coupons = np.fromiter(map(coupon, names), dtype=np.uint32, count=len(names))
         slot = (coupons & np.uint32((1 << HLL_LG_K) - 1)).astype(np.uint16 if HLL_LG_K <= 16 else np.uint32)
         value = (coupons >> np.uint32(26)).astype(np.int32)  # 1..63
-        # every user in (register, code) order, once: a 16-bit radix sort, stable so codes ascend per register
-        self.order = np.argsort(slot, kind="stable")
+        self.slot = slot
         key = slot.astype(np.int32)
         key <<= 6
         key |= value
-        self.key = key.take(self.order)  # registers apart and ascending: one running maximum serves them all
+        self.key = key  # per user: registers apart and ascending, so one running maximum serves them all
 
     def changes(self, codes: np.ndarray) -> np.ndarray:
         """For members ``codes`` (ascending: the order they are fed in): whether each raises its register
-        above every member before it. A running maximum over all users in (register, code) order, where
-        non-members count 0 and each register's keys lie above every lower register's."""
-        member = np.zeros(len(self.order), dtype=np.bool_)
-        member[codes] = True
-        member = member.take(self.order)
-        key = np.where(member, self.key, 0)
+        above every member before it. The members in (register, code) order (a stable 16-bit radix sort of
+        their registers), then a running maximum of their keys, each register's above every lower one's."""
+        if not len(codes):
+            return np.zeros(0, dtype=np.bool_)
+        order = np.argsort(self.slot.take(codes), kind="stable")
+        key = self.key.take(codes).take(order)
         top = np.maximum.accumulate(key)
-        member[1:] &= key[1:] > top[:-1]
-        out = np.empty(len(member), dtype=np.bool_)
-        out[self.order] = member
-        return out.take(codes)
+        record = np.empty(len(key), dtype=np.bool_)
+        record[0] = True
+        np.greater(key[1:], top[:-1], out=record[1:])
+        out = np.empty(len(key), dtype=np.bool_)
+        out[order] = record
+        return out
 
 
 def _sketch_codes(codes: np.ndarray, ids: np.ndarray, registers: Callable[[], _Registers]) -> Any:
