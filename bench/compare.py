@@ -10,10 +10,12 @@ sampled at the as-ofs with 1% of the pairs altered; for those, events are plante
 that make most of them late arrivals, drops as too late, or both (the rest stay
 unexplained). Each stage runs in its own process so that its peak RSS is its own:
 
-1. ``engine``: inputs as Arrow tables and event columns in memory (what the shadow
-   run hands over) -> ``compare.compare_inputs`` (alignment, causes, per-segment
-   counts, latency sketches); median of ``--repeat`` runs; then writing
-   ``mismatches.jsonl``, ``parity.json``, ``report.html`` and ``summary.md``.
+1. ``engine``: inputs as Arrow tables and event columns in memory, as the readers
+   hand them over (user ids, segment sets, causes and as-ofs dictionary-encoded:
+   ``compare.frames.compact``) -> ``compare.compare_inputs`` (alignment, causes,
+   per-segment counts, latency sketches, sketch evidence); median of ``--repeat``
+   runs; then writing ``mismatches.jsonl``, ``parity.json``, ``report.html`` and
+   ``summary.md``.
 2. ``files``: the same from the two sides' JSON Lines files (``read_legacy`` /
    ``read_stream``, the real readers) -> compare -> outputs.
 3. ``deepdiff``: the naive baseline, ``DeepDiff`` over the two sides' assignment
@@ -21,7 +23,9 @@ unexplained). Each stage runs in its own process so that its peak RSS is its own
 4. ``events``: ``load_event_log`` + ``EventFrame.from_log`` on a real workload file,
    the per-event cost of loading an event log that is not already in memory.
 
-Prints pairs/s, peak RSS per stage and the ratio to the baseline.
+Prints pairs/s, peak RSS per stage and the ratio to the baseline. Stages run with
+``MIMALLOC_PURGE_DELAY=0`` (unless set): Arrow's default pool here is mimalloc,
+which otherwise keeps freed pages a while, so RSS would count memory no longer in use.
 """
 
 from __future__ import annotations
