@@ -11,7 +11,7 @@ that make most of them late arrivals, drops as too late, or both (the rest stay
 unexplained). Each stage runs in its own process so that its peak RSS is its own:
 
 1. ``engine``: inputs as Arrow tables and event columns in memory, as the readers
-   hand them over (user ids, segment sets, causes and as-ofs dictionary-encoded:
+   hand them over (user ids, segment sets, revisions, causes and as-ofs dictionary-encoded:
    ``compare.frames.compact``) -> ``compare.compare_inputs`` (alignment, causes,
    per-segment counts, latency sketches, sketch evidence); median of ``--repeat``
    runs; then writing ``mismatches.jsonl``, ``parity.json``, ``report.html`` and
@@ -122,7 +122,7 @@ class Synthetic:
                 "user_id": _coded(tu[order], names),
                 "segments": _coded(tmask[order], SETS),
                 "effective_time": pa.array(eff[order]),
-                "revision": pa.array(np.ones(n, dtype=np.int64)),
+                "revision": _coded(np.zeros(n, dtype=np.int8), pa.array([1])),
                 "emitted_at": pa.array(emitted[order]),
                 "cause": _coded(np.zeros(n, dtype=np.int8), pa.array(["event"])),
             }

@@ -153,19 +153,24 @@ class Spans:
         return until
 
 
-def settle(rows: SortedRows, revision: np.ndarray, mask: np.ndarray) -> Spans:
+def settle(rows: SortedRows, revision: np.ndarray | tuple[np.ndarray, np.ndarray], mask: np.ndarray) -> Spans:
     """SPEC §4: per (user, effective time) the highest revision wins; each value lasts until the next.
 
-    ``rows`` are the transitions sorted by (user, effective time); ``revision`` and
-    ``mask`` are in input order. Ties on revision keep the row that comes first in
-    the input (as ``Timeline`` does).
+    ``rows`` are the transitions sorted by (user, effective time); ``revision`` (or
+    (each row's code, the distinct revisions) of a dictionary column) and ``mask``
+    are in input order. Ties on revision keep the row that comes first in the input
+    (as ``Timeline`` does).
     """
     n = len(rows)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Spans(empty, empty, mask[:0])
     starts = rows.group_starts()
-    rev = revision[rows.order].astype(np.int64, copy=False)
+    if isinstance(revision, tuple):
+        codes, values = revision
+        rev = values.astype(np.int64).take(codes.take(rows.order))
+    else:
+        rev = revision[rows.order].astype(np.int64, copy=False)
     if (int(rev.max()) + 1) * n < _PACK_LIMIT:
         # one number per row that orders by revision, then by earlier input position
         rev *= n

@@ -86,12 +86,17 @@ def _cells(
     """One side as alignment takes it (legacy cells, or a stream's settled timelines), and for a stream
     its transitions sorted by (user, effective time)."""
     if side == "legacy":
-        column = table.column("as_of")
-        parts = dictionary_parts(column) if not column.null_count else None
-        as_of = (parts[0], parts[1].to_numpy()) if parts is not None else _numpy(table, "as_of")
-        return legacy_cells(schedule, as_of, users, masks, label, drop_outside), None
+        return legacy_cells(schedule, _coded(table, "as_of"), users, masks, label, drop_outside), None
     rows = SortedRows.of(users, _numpy(table, "effective_time"), space)
-    return settle(rows, _numpy(table, "revision"), masks), rows
+    return settle(rows, _coded(table, "revision"), masks), rows
+
+
+def _coded(table: pa.Table, name: str) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """A column of few distinct numbers as (each row's code, the distinct values) when it is dictionary-encoded,
+    else its values."""
+    column = table.column(name)
+    parts = dictionary_parts(column) if not column.null_count else None
+    return (parts[0], parts[1].to_numpy()) if parts is not None else _numpy(table, name)
 
 
 def _legacy_side(inputs: ComparisonInputs, users: np.ndarray, masks: np.ndarray) -> Side:

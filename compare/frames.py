@@ -6,11 +6,12 @@ segment sets become bitmasks (``SegmentCodec``), user ids become small integer
 codes shared by every table of one comparison (``UserIndex``), and the event log
 becomes numpy columns (``EventFrame``).
 
-The readers hand ``as_of``, ``user_id``, ``segments`` and ``cause`` over
-dictionary-encoded (``compact``): the same values, held as integer codes into the
-distinct ones (a side repeats a few hundred as-ofs, a few hundred thousand ids and a
-handful of sets over millions of lines). Everything here takes a column either way and gives the same result;
-with dictionaries the work is over the codes and the few distinct values.
+The readers hand ``as_of``, ``user_id``, ``segments``, ``revision`` and ``cause``
+over dictionary-encoded (``compact``): the same values, held as integer codes into
+the distinct ones (a side repeats a few hundred as-ofs, a few hundred thousand ids,
+a handful of sets and of revisions over millions of lines). Everything here takes
+a column either way and gives the same result; with dictionaries the work is over
+the codes and the few distinct values.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ STREAM_SCHEMA = pa.schema(
 """SPEC §4 lines as columns; times in epoch ms."""
 
 MAX_SEGMENT_NAMES = 64
-COMPACT_COLUMNS = ("as_of", "user_id", "segments", "cause")
+COMPACT_COLUMNS = ("as_of", "user_id", "segments", "revision", "cause")
 """The columns ``compact`` dictionary-encodes (those that exist in a table)."""
 
 

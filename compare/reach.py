@@ -66,7 +66,7 @@ def stream_reach(table: pa.Table, horizon_ms: int) -> dict[Key, set[str]]:
     users = decoded(table.column("user_id")).to_pylist()
     segments = decoded(table.column("segments")).to_pylist()
     times = table.column("effective_time").to_pylist()
-    revisions = table.column("revision").to_pylist()
+    revisions = decoded(table.column("revision")).to_pylist()
     latest: dict[tuple[str, int], tuple[int, list[str]]] = {}
     for user, segs, t, rev in zip(users, segments, times, revisions, strict=True):
         key = (user, t)
@@ -418,7 +418,7 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
     times = table.column("effective_time").to_numpy().astype(np.int64, copy=False)
-    revisions = table.column("revision").to_numpy().astype(np.int64, copy=False)
+    revisions = decoded(table.column("revision")).to_numpy().astype(np.int64, copy=False)
     n = len(times)
     if n == 0:
         return names, iter(())

@@ -106,7 +106,7 @@ def _inputs(seed: int) -> ComparisonInputs:
     schedule = T0 + 5 * MIN * np.arange(1, as_ofs + 1, dtype=np.int64)
     n = 200
     tu = rng.integers(0, users, n)
-    eff = T0 + rng.integers(0, as_ofs * 5 * MIN, n)
+    eff = T0 + MIN * rng.integers(0, as_ofs * 5, n)  # whole minutes: some rows share (user, time), revisions decide
     stream = pa.table({
         "user_id": names.take(pa.array(tu)),
         "segments": sets.take(pa.array(rng.integers(0, 4, n))),
@@ -161,6 +161,7 @@ def test_a_comparison_of_compact_inputs_is_the_comparison_of_plain_ones(seed: in
         ),
     )
     assert pa.types.is_dictionary(small.legacy.column("as_of").type)
+    assert pa.types.is_dictionary(small.stream.column("revision").type)
     results = []
     for inputs in (plain, small):
         comparison = compare_inputs(inputs, clock=lambda: T0, parallel=bool(seed % 2))
