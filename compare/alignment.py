@@ -179,12 +179,14 @@ def settle(rows: SortedRows, revision: np.ndarray | tuple[np.ndarray, np.ndarray
         best = np.maximum.reduceat(rev, starts)
         del rev
         best %= n
-        winners = (n - 1) - best
+        winners = np.subtract(n - 1, best, out=best)
     else:
         ends = np.append(starts[1:], n)
         firsts = [a + int(np.lexsort((rows.order[a:b], -rev[a:b]))[0]) for a, b in zip(starts, ends, strict=True)]
         winners = rows.order[np.array(firsts, dtype=np.int64)]
-    return Spans(rows.users(starts), rows.times(starts), mask[winners])
+    masks = mask[winners]
+    del winners
+    return Spans(*rows.users_times(starts), masks)
 
 
 def stream_cells(schedule: np.ndarray, spans: Spans, side: str = "stream") -> Cells:

@@ -455,6 +455,9 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
             first = (s - base) // minute
             last = (e - base + minute - 1) // minute  # exclusive: buckets b = s, s + minute, ... below e
             if int(last.max()) * users_n <= _DENSE * int((last - first).sum()):
+                if int(last.max()) < 1 << 16:  # held through the sweep: as narrow as they fit
+                    first, last = first.astype(np.uint16), last.astype(np.uint16)
+                del s, e, mine  # only the slots and users are swept
                 yield from _sweep("stream", segment, base, first, last, who, users_n)
                 continue
             del first, last
