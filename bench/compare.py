@@ -10,10 +10,12 @@ sampled at the as-ofs with 1% of the pairs altered; for those, events are plante
 that make most of them late arrivals, drops as too late, or both (the rest stay
 unexplained). Each stage runs in its own process so that its peak RSS is its own:
 
-1. ``engine``: inputs as Arrow tables and event columns in memory (what the shadow
-   run hands over) -> ``compare.compare_inputs`` (alignment, causes, per-segment
-   counts, latency sketches); median of ``--repeat`` runs; then writing
-   ``mismatches.jsonl``, ``parity.json``, ``report.html`` and ``summary.md``.
+1. ``engine``: inputs as Arrow tables and event columns in memory, as the readers
+   hand them over (user ids, segment sets, revisions, causes and as-ofs dictionary-encoded:
+   ``compare.frames.compact``) -> ``compare.compare_inputs`` (alignment, causes,
+   per-segment counts, latency sketches, sketch evidence); median of ``--repeat``
+   runs; then writing ``mismatches.jsonl``, ``parity.json``, ``report.html`` and
+   ``summary.md``.
 2. ``files``: the same from the two sides' JSON Lines files (``read_legacy`` /
    ``read_stream``, the real readers) -> compare -> outputs.
 3. ``deepdiff``: the naive baseline, ``DeepDiff`` over the two sides' assignment
@@ -21,7 +23,9 @@ unexplained). Each stage runs in its own process so that its peak RSS is its own
 4. ``events``: ``load_event_log`` + ``EventFrame.from_log`` on a real workload file,
    the per-event cost of loading an event log that is not already in memory.
 
-Prints pairs/s, peak RSS per stage and the ratio to the baseline.
+Prints pairs/s, peak RSS per stage and the ratio to the baseline. Stages run with
+``MIMALLOC_PURGE_DELAY=0`` (unless set): Arrow's default pool here is mimalloc,
+which otherwise keeps freed pages a while, so RSS would count memory no longer in use.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compare.comparison import compare_inputs
-from compare.frames import EventFrame
+from compare.frames import EventFrame, decoded
 from compare.inputs import ComparisonInputs, DeadLetters, Schedule, read_legacy, read_stream
 from compare.report import write_outputs
 from segments.lateness import GateParams
@@ -86,6 +90,12 @@ def rss_mb() -> float:
     return 0.0
 
 
+def _coded(codes: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
+    """``values.take(codes)`` as a dictionary column, with the narrowest index type that holds ``codes``."""
+    small = np.int8 if len(values) <= 127 else np.int16 if len(values) <= 32767 else np.int32
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(small)), values)
+
+
 class Synthetic:
     """The seeded workload: Arrow tables for both sides and the event columns."""
 
@@ -105,14 +115,16 @@ class Synthetic:
         emitted = arrival + rng.integers(1, 20, n)
         tmask = value[tu, tk]
         order = np.argsort(eff, kind="stable")  # the stream writes in emission order
+        # the columns as the readers hand them over (``compare.frames.compact``): ids, sets and causes
+        # dictionary-encoded
         self.stream = pa.table({}) if not tables else pa.table(
             {
-                "user_id": names.take(pa.array(tu[order])),
-                "segments": SETS.take(pa.array(tmask[order])),
+                "user_id": _coded(tu[order], names),
+                "segments": _coded(tmask[order], SETS),
                 "effective_time": pa.array(eff[order]),
-                "revision": pa.array(np.ones(n, dtype=np.int64)),
+                "revision": _coded(np.zeros(n, dtype=np.int8), pa.array([1])),
                 "emitted_at": pa.array(emitted[order]),
-                "cause": pa.array(np.full(n, "event", dtype=object), pa.string()),
+                "cause": _coded(np.zeros(n, dtype=np.int8), pa.array(["event"])),
             }
         )
         # legacy: the timeline sampled at the as-ofs (the latest change at or before each), 1% altered
@@ -128,9 +140,9 @@ class Synthetic:
         keep = np.flatnonzero(legacy_mask != 0)
         self.legacy = pa.table({}) if not tables else pa.table(
             {
-                "as_of": pa.array(self.schedule[keep % as_ofs]),
-                "user_id": names.take(pa.array(keep // as_ofs)),
-                "segments": SETS.take(pa.array(legacy_mask[keep])),
+                "as_of": _coded(keep % as_ofs, pa.array(self.schedule)),
+                "user_id": _coded(keep // as_ofs, names),
+                "segments": _coded(legacy_mask[keep], SETS),
             }
         )
         del legacy_mask, keep
@@ -153,8 +165,8 @@ class Synthetic:
         kinds = pa.array(["view", "purchase"])
         self.events = EventFrame(
             event_id=pc.binary_join_element_wise("e", pc.cast(pa.array(np.arange(count)), pa.string()), ""),
-            user_id=names.take(pa.array(event_user)),
-            kind=kinds.take(pa.array(rng.integers(0, 2, count))),
+            user_id=_coded(event_user, names),
+            kind=_coded(rng.integers(0, 2, count), kinds),
             event_time=event_time,
             arrival_time=event_arrival,
             too_late=too_late,
@@ -193,6 +205,7 @@ def stage_engine(args: argparse.Namespace) -> dict[str, object]:
     cpu = []
     comparison = None
     for _ in range(args.repeat):
+        comparison = None  # the previous run's result is not part of this run's peak
         started = time.process_time()
         comparison, elapsed = _timed(lambda: compare_inputs(inputs))
         cpu.append(time.process_time() - started)
@@ -224,7 +237,7 @@ def _write_jsonl(table: pa.Table, path: Path, times: tuple[str, ...]) -> None:
 
     columns = {}
     for name in table.column_names:
-        column = table.column(name)
+        column = decoded(table.column(name))
         if name in times:
             column = pc.strftime(column.cast(pa.timestamp("ms", "UTC")), format="%Y-%m-%dT%H:%M:%SZ")
         columns[name] = column
@@ -330,7 +343,10 @@ def run_stage(name: str, args: argparse.Namespace) -> dict[str, object]:
         sys.executable, __file__, "--stage", name, "--dir", args.dir, "--users", str(args.users),
         "--as-ofs", str(args.as_ofs), "--repeat", str(args.repeat),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # Arrow's default pool here is mimalloc, which keeps freed pages for a while (the jemalloc decay set in
+    # the stage does nothing then): purge them at once, so that RSS means what is in use, as intended
+    env = {**os.environ, "MIMALLOC_PURGE_DELAY": os.environ.get("MIMALLOC_PURGE_DELAY", "0")}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
         raise SystemExit(f"stage {name} failed:\n{done.stderr[-3000:]}")
     figures: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])

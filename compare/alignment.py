@@ -89,7 +89,7 @@ def as_of_index(schedule: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np
 
 def legacy_cells(
     schedule: np.ndarray,
-    as_of: np.ndarray,
+    as_of: np.ndarray | tuple[np.ndarray, np.ndarray],
     user: np.ndarray,
     mask: np.ndarray,
     side: str = "legacy",
@@ -97,14 +97,22 @@ def legacy_cells(
 ) -> Cells:
     """Cells from SPEC §3 lines. Lines with an empty set add nothing.
 
+    ``as_of``: each line's as-of, or (each line's code, the distinct as-ofs) when
+    the column is dictionary-encoded (the schedule is then searched once per distinct as-of).
     A line whose as-of is not in ``schedule`` raises ``AsOfOutsideSchedule`` (the
     output was made with another ``--every`` or over other events), or is counted
     in ``outside`` and dropped with ``drop_outside`` (a second run for the noise floor).
     """
-    idx, found = as_of_index(schedule, as_of)
+    if isinstance(as_of, tuple):
+        codes, values = as_of
+        at, hit = as_of_index(schedule, values)
+        idx, found = at.astype(np.int32 if len(schedule) < 2**31 else np.int64).take(codes), hit.take(codes)
+    else:
+        idx, found = as_of_index(schedule, as_of)
     all_found = bool(found.all())
     if not all_found and not drop_outside:
-        raise AsOfOutsideSchedule(side, int(as_of[np.flatnonzero(~found)[0]]))
+        first = int(np.flatnonzero(~found)[0])
+        raise AsOfOutsideSchedule(side, int(values[codes[first]] if isinstance(as_of, tuple) else as_of[first]))
     key = user.astype(_cell_type(int(user.max(initial=0)) + 1, len(schedule)))
     key *= len(schedule)
     np.add(key, idx, out=key, casting="unsafe")  # idx < len(schedule): the sum fits the key type
@@ -145,19 +153,24 @@ class Spans:
         return until
 
 
-def settle(rows: SortedRows, revision: np.ndarray, mask: np.ndarray) -> Spans:
+def settle(rows: SortedRows, revision: np.ndarray | tuple[np.ndarray, np.ndarray], mask: np.ndarray) -> Spans:
     """SPEC §4: per (user, effective time) the highest revision wins; each value lasts until the next.
 
-    ``rows`` are the transitions sorted by (user, effective time); ``revision`` and
-    ``mask`` are in input order. Ties on revision keep the row that comes first in
-    the input (as ``Timeline`` does).
+    ``rows`` are the transitions sorted by (user, effective time); ``revision`` (or
+    (each row's code, the distinct revisions) of a dictionary column) and ``mask``
+    are in input order. Ties on revision keep the row that comes first in the input
+    (as ``Timeline`` does).
     """
     n = len(rows)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Spans(empty, empty, mask[:0])
     starts = rows.group_starts()
-    rev = revision[rows.order].astype(np.int64, copy=False)
+    if isinstance(revision, tuple):
+        codes, values = revision
+        rev = values.astype(np.int64).take(codes.take(rows.order))
+    else:
+        rev = revision[rows.order].astype(np.int64, copy=False)
     if (int(rev.max()) + 1) * n < _PACK_LIMIT:
         # one number per row that orders by revision, then by earlier input position
         rev *= n
@@ -166,12 +179,14 @@ def settle(rows: SortedRows, revision: np.ndarray, mask: np.ndarray) -> Spans:
         best = np.maximum.reduceat(rev, starts)
         del rev
         best %= n
-        winners = (n - 1) - best
+        winners = np.subtract(n - 1, best, out=best)
     else:
         ends = np.append(starts[1:], n)
         firsts = [a + int(np.lexsort((rows.order[a:b], -rev[a:b]))[0]) for a, b in zip(starts, ends, strict=True)]
         winners = rows.order[np.array(firsts, dtype=np.int64)]
-    return Spans(rows.users(starts), rows.times(starts), mask[winners])
+    masks = mask[winners]
+    del winners
+    return Spans(*rows.users_times(starts), masks)
 
 
 def stream_cells(schedule: np.ndarray, spans: Spans, side: str = "stream") -> Cells:

@@ -24,7 +24,7 @@ from compare.approximate import ApproxBounds, reclassify
 from compare.causes import UNEXPLAINED, Causes, classify
 from compare.drift import drift_section
 from compare.foreign import ForeignOutput, write_legacy_lines
-from compare.frames import SegmentCodec, UserIndex
+from compare.frames import SegmentCodec, UserIndex, decoded, dictionary_parts
 from compare.groundtruth import GroundTruth, evaluate, present_cells, tiers
 from compare.inputs import ComparisonInputs, GateFlags, NoiseInput, load_inputs
 from compare.keys import KeySpace, SortedRows
@@ -61,7 +61,7 @@ class Comparison:
 
 
 def _numpy(table: pa.Table, name: str) -> np.ndarray:
-    return table.column(name).to_numpy()
+    return decoded(table.column(name)).to_numpy()
 
 
 def _both(first: Callable[[], A], second: Callable[[], B], parallel: bool) -> tuple[A, B]:
@@ -86,25 +86,35 @@ def _cells(
     """One side as alignment takes it (legacy cells, or a stream's settled timelines), and for a stream
     its transitions sorted by (user, effective time)."""
     if side == "legacy":
-        return legacy_cells(schedule, _numpy(table, "as_of"), users, masks, label, drop_outside), None
+        return legacy_cells(schedule, _coded(table, "as_of"), users, masks, label, drop_outside), None
     rows = SortedRows.of(users, _numpy(table, "effective_time"), space)
-    return settle(rows, _numpy(table, "revision"), masks), rows
+    return settle(rows, _coded(table, "revision"), masks), rows
 
 
-def _legacy_side(
-    inputs: ComparisonInputs, users: np.ndarray, masks: np.ndarray, event_user: np.ndarray, space: KeySpace | None
-) -> tuple[Side, SortedRows, LatencySummary]:
-    """Legacy cells, the event log sorted by (user, event time), and legacy freshness."""
-    schedule = inputs.schedule.times
-    cells, _ = _cells("legacy", inputs.legacy, users, masks, schedule, "legacy", space)
-    return cells, SortedRows.of(event_user, inputs.events.event_time, space), _legacy_latency(inputs)
+def _coded(table: pa.Table, name: str) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """A column of few distinct numbers as (each row's code, the distinct values) when it is dictionary-encoded,
+    else its values."""
+    column = table.column(name)
+    parts = dictionary_parts(column) if not column.null_count else None
+    return (parts[0], parts[1].to_numpy()) if parts is not None else _numpy(table, name)
 
 
-def _stream_side(
-    inputs: ComparisonInputs, users: np.ndarray, masks: np.ndarray, space: KeySpace | None
-) -> tuple[Side, SortedRows | None]:
-    """The stream's settled timelines and its transitions sorted by (user, effective time)."""
-    return _cells("stream", inputs.stream, users, masks, inputs.schedule.times, "stream", space)
+def _legacy_side(inputs: ComparisonInputs, users: np.ndarray, masks: np.ndarray) -> Side:
+    """Legacy cells."""
+    cells, _ = _cells("legacy", inputs.legacy, users, masks, inputs.schedule.times, "legacy", None)
+    return cells
+
+
+def _stream_side(inputs: ComparisonInputs, users: np.ndarray, masks: np.ndarray, space: KeySpace | None) -> Side:
+    """The stream's settled timelines (its transitions are sorted by (user, effective time) only to settle
+    them: freshness reads the columns as they come)."""
+    side, _ = _cells("stream", inputs.stream, users, masks, inputs.schedule.times, "stream", space)
+    return side
+
+
+def _event_rows(inputs: ComparisonInputs, event_user: np.ndarray, space: KeySpace | None) -> SortedRows:
+    """The event log sorted by (user, event time): what the causes look up."""
+    return SortedRows.of(event_user, inputs.events.event_time, space)
 
 
 def _pairing(
@@ -157,13 +167,14 @@ def compare_inputs(
         [frame.event_time, schedule - ruleset.span_ms, schedule]
         + [_numpy(t, "effective_time") for t in tables[1:] if "effective_time" in t.column_names],
     )
+    # Three rounds of two steps, ordered so that what one round builds is dropped before the next: the
+    # sides; their alignment beside the stream's freshness; then the sorted event log beside legacy's.
     try:
-        (legacy, events, legacy_latency), (stream, transitions) = _both(
-            partial(_legacy_side, inputs, codes[1], masks[0], event_user, space),
+        legacy, stream = _both(
+            partial(_legacy_side, inputs, codes[1], masks[0]),
             partial(_stream_side, inputs, codes[2], masks[1], space),
             parallel,
         )
-        del transitions  # sorted only to settle the timelines: freshness reads the columns as they come
         sides = {"legacy": legacy, "stream": stream}
         del legacy, stream
         stream_user = codes[2]
@@ -180,6 +191,9 @@ def compare_inputs(
             f"at as-of {format_ms(int(schedule[dup.as_idx]))}"
         ) from None
     del sides, codes, masks  # the alignment holds what is needed from here
+    events, legacy_latency = _both(
+        partial(_event_rows, inputs, event_user, space), partial(_legacy_latency, inputs), parallel
+    )
     m_user, m_idx, left, right = alignment.mismatches()
     m_time = schedule[m_idx]
     causes = classify(m_user, m_time, events, frame.arrival_time, frame.too_late, frame.relevant, ruleset.span_ms)

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from compare.frames import LEGACY_SCHEMA, STREAM_SCHEMA
+from compare.frames import LEGACY_SCHEMA, STREAM_SCHEMA, decoded
 from segments.errors import InputError, UsageError
 from segments.timeutil import TimestampError, parse_rfc3339_ms
 
@@ -281,8 +281,8 @@ def write_legacy_lines(path: str | Path, table: pa.Table) -> None:
 
     rows = zip(
         table.column("as_of").to_pylist(),
-        table.column("user_id").to_pylist(),
-        table.column("segments").to_pylist(),
+        decoded(table.column("user_id")).to_pylist(),
+        decoded(table.column("segments")).to_pylist(),
         strict=True,
     )
     write_jsonl(

@@ -5,6 +5,13 @@ an Arrow table (the schemas below, what the readers in ``compare.inputs`` build)
 segment sets become bitmasks (``SegmentCodec``), user ids become small integer
 codes shared by every table of one comparison (``UserIndex``), and the event log
 becomes numpy columns (``EventFrame``).
+
+The readers hand ``as_of``, ``user_id``, ``segments``, ``revision`` and ``cause``
+over dictionary-encoded (``compact``): the same values, held as integer codes into
+the distinct ones (a side repeats a few hundred as-ofs, a few hundred thousand ids,
+a handful of sets and of revisions over millions of lines). Everything here takes
+a column either way and gives the same result; with dictionaries the work is over
+the codes and the few distinct values.
 """
 
 from __future__ import annotations
@@ -40,34 +47,130 @@ STREAM_SCHEMA = pa.schema(
 """SPEC §4 lines as columns; times in epoch ms."""
 
 MAX_SEGMENT_NAMES = 64
+COMPACT_COLUMNS = ("as_of", "user_id", "segments", "revision", "cause")
+"""The columns ``compact`` dictionary-encodes (those that exist in a table)."""
+
+
+def compact(table: pa.Table) -> pa.Table:
+    """``table`` with its ``COMPACT_COLUMNS`` dictionary-encoded: the same values (``to_pylist``, ``equals``
+    of two compacted tables), each distinct value held once. A list column is encoded by its lists' exact
+    contents (order, repeats, null or empty all kept apart)."""
+    for name in COMPACT_COLUMNS:
+        if name not in table.column_names:
+            continue
+        column = table.column(name)
+        if pa.types.is_dictionary(column.type):
+            continue
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        encoded = _encode_lists(array) if pa.types.is_list(array.type) else _narrow(pc.dictionary_encode(array))
+        if encoded is not None:
+            table = table.set_column(table.column_names.index(name), name, encoded)
+    return table
+
+
+def _narrow(encoded: pa.DictionaryArray) -> pa.DictionaryArray:
+    """``encoded`` with the narrowest signed index type that holds its codes (a few as-ofs: one byte a row)."""
+    size = len(encoded.dictionary)
+    index_type = pa.int8() if size <= 127 else pa.int16() if size <= 32767 else pa.int32()
+    if index_type == encoded.indices.type:
+        return encoded
+    return pa.DictionaryArray.from_arrays(encoded.indices.cast(index_type), encoded.dictionary)
+
+
+def _encode_lists(lists: pa.Array) -> pa.Array | None:
+    """A list<string> array as a dictionary of its distinct lists (first-seen order); None when a name is
+    null or the lists are too long to key in one int64 (then it stays as it is)."""
+    n = len(lists)
+    offsets = np.asarray(lists.offsets)
+    flat = lists.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])) if n else lists.flatten()
+    if flat.null_count:
+        return None
+    names = pc.dictionary_encode(flat)
+    radix = len(names.dictionary) + 1
+    lengths = np.diff(offsets)
+    longest = int(lengths.max(initial=0))
+    if radix**longest >= 1 << 62:
+        return None
+    # key: the list's name codes + 1 as the digits of a base-``radix`` number (digits 1..radix-1, so lists
+    # of different contents, order or length never share a key; an empty list is 0)
+    digits = names.indices.to_numpy(zero_copy_only=False).astype(np.int64) + 1
+    place = np.arange(len(digits), dtype=np.int64) - np.repeat(offsets[:-1] - offsets[0], lengths)
+    digits *= np.int64(radix) ** place
+    key = np.add.reduceat(np.append(digits, 0), offsets[:-1] - offsets[0]) if n else np.zeros(0, np.int64)
+    key[lengths == 0] = 0
+    null = np.asarray(lists.is_null()) if lists.null_count else None
+    indices = pc.dictionary_encode(pa.array(key, mask=null)).indices
+    codes = pc.fill_null(indices, -1).to_numpy(zero_copy_only=False) if null is not None else indices.to_numpy()
+    top = np.maximum.accumulate(codes)
+    first = np.flatnonzero(np.diff(top, prepend=-1) > 0)  # a code's first row: where the running maximum rises
+    small = next(t for t in (np.int8, np.int16, np.int32, np.int64) if len(first) <= np.iinfo(t).max)
+    distinct = lists.take(pa.array(first, pa.int64()))
+    return pa.DictionaryArray.from_arrays(pa.array(codes.astype(small), mask=null), distinct)
+
+
+def dictionary_parts(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array] | None:
+    """(codes, distinct values) of a dictionary column with one dictionary whose values are distinct (a
+    null row's code is -1; codes are signed, of the column's index width); None for any other column
+    (callers then read its values)."""
+    if not pa.types.is_dictionary(column.type):
+        return None
+    if isinstance(column, pa.ChunkedArray):
+        if column.num_chunks != 1:
+            return None
+        column = column.chunk(0)
+    assert isinstance(column, pa.DictionaryArray)
+    dictionary = column.dictionary
+    if not pa.types.is_list(dictionary.type) and (
+        dictionary.null_count or len(pc.unique(dictionary)) != len(dictionary)
+    ):
+        return None
+    indices = column.indices
+    if indices.null_count:
+        indices = pc.fill_null(indices, -1)
+    codes = indices.to_numpy(zero_copy_only=False)  # as narrow as they came (a few as-ofs: one byte a row)
+    return (codes if codes.dtype.kind == "i" else codes.astype(np.int64)), dictionary
+
+
+def decoded(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """``column``'s values as a plain column (a dictionary column decoded; any other as it is)."""
+    if not pa.types.is_dictionary(column.type):
+        return column
+    if isinstance(column, pa.ChunkedArray):
+        return pa.chunked_array([c.dictionary_decode() for c in column.chunks], column.type.value_type)
+    assert isinstance(column, pa.DictionaryArray)
+    return column.dictionary_decode()
 
 
 def legacy_table(assignments: Iterable[Assignment]) -> pa.Table:
-    """Assignments (``segments.outputs.read_assignments``) as a ``LEGACY_SCHEMA`` table."""
+    """Assignments (``segments.outputs.read_assignments``) as a ``LEGACY_SCHEMA`` table, ``compact``."""
     rows = list(assignments)
-    return pa.table(
-        {
-            "as_of": pa.array([a.as_of for a in rows], pa.int64()),
-            "user_id": pa.array([a.user_id for a in rows], pa.string()),
-            "segments": pa.array([list(a.segments) for a in rows], pa.list_(pa.string())),
-        },
-        schema=LEGACY_SCHEMA,
+    return compact(
+        pa.table(
+            {
+                "as_of": pa.array([a.as_of for a in rows], pa.int64()),
+                "user_id": pa.array([a.user_id for a in rows], pa.string()),
+                "segments": pa.array([list(a.segments) for a in rows], pa.list_(pa.string())),
+            },
+            schema=LEGACY_SCHEMA,
+        )
     )
 
 
 def stream_table(transitions: Iterable[Transition]) -> pa.Table:
-    """Transitions (``segments.outputs.read_transitions``) as a ``STREAM_SCHEMA`` table."""
+    """Transitions (``segments.outputs.read_transitions``) as a ``STREAM_SCHEMA`` table, ``compact``."""
     rows = list(transitions)
-    return pa.table(
-        {
-            "user_id": pa.array([t.user_id for t in rows], pa.string()),
-            "segments": pa.array([list(t.segments) for t in rows], pa.list_(pa.string())),
-            "effective_time": pa.array([t.effective_time for t in rows], pa.int64()),
-            "revision": pa.array([t.revision for t in rows], pa.int64()),
-            "emitted_at": pa.array([t.emitted_at for t in rows], pa.int64()),
-            "cause": pa.array([t.cause for t in rows], pa.string()),
-        },
-        schema=STREAM_SCHEMA,
+    return compact(
+        pa.table(
+            {
+                "user_id": pa.array([t.user_id for t in rows], pa.string()),
+                "segments": pa.array([list(t.segments) for t in rows], pa.list_(pa.string())),
+                "effective_time": pa.array([t.effective_time for t in rows], pa.int64()),
+                "revision": pa.array([t.revision for t in rows], pa.int64()),
+                "emitted_at": pa.array([t.emitted_at for t in rows], pa.int64()),
+                "cause": pa.array([t.cause for t in rows], pa.string()),
+            },
+            schema=STREAM_SCHEMA,
+        )
     )
 
 
@@ -101,7 +204,7 @@ class SegmentCodec:
         known = pa.array(codec.names, pa.string())
         extra: set[str] = set()
         for column in lists:
-            flat = _flatten(column)
+            flat = _listed(column)
             unknown = flat.filter(pc.invert(pc.fill_null(pc.is_in(flat, value_set=known), True)))
             extra.update(v for v in pc.unique(unknown).to_pylist() if v is not None)
         codec = cls(codec.names + tuple(sorted(extra)))
@@ -143,6 +246,11 @@ class SegmentCodec:
         return masks, all(complete for _, complete in parts)
 
     def _chunk_masks(self, array: pa.Array) -> tuple[np.ndarray, bool]:
+        if isinstance(array, pa.DictionaryArray):
+            # the masks of the distinct lists the rows use, taken by the rows' codes
+            codes, used, where = _used(array)
+            masks, complete = self._chunk_masks(array.dictionary.take(pa.array(used)))
+            return np.append(masks, self.dtype.type(0)).take(where.take(codes)), complete
         rows = len(array)
         offsets = np.asarray(array.offsets)
         # the values the offsets point at (``flatten`` would leave out those under null lists)
@@ -167,9 +275,31 @@ class SegmentCodec:
         return out.astype(self.dtype, copy=False), complete
 
 
-def _flatten(column: pa.ChunkedArray | pa.Array) -> pa.Array:
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    return pc.list_flatten(array)
+def _used(array: pa.DictionaryArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(each row's code, -1 for null; the dictionary positions some row uses, ascending; each dictionary
+    position's place among those, and at the end, for a null row, their count)."""
+    indices = array.indices
+    codes = (pc.fill_null(indices, -1) if indices.null_count else indices).to_numpy(zero_copy_only=False)
+    seen = np.zeros(len(array.dictionary) + 1, dtype=np.bool_)
+    seen[codes] = True  # a null row marks the extra last slot
+    used = np.flatnonzero(seen[:-1])
+    where = np.zeros(len(seen), dtype=np.int64)
+    where[used] = np.arange(len(used))
+    where[-1] = len(used)  # a null row (code -1): one past the used lists
+    return codes, used, where
+
+
+def _listed(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Every name the rows of a list column list (of a dictionary column: those of the lists some row uses)."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    if not chunks or not any(isinstance(c, pa.DictionaryArray) for c in chunks):
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        return pc.list_flatten(array)
+    parts = [
+        pc.list_flatten(c.dictionary.take(pa.array(_used(c)[1])) if isinstance(c, pa.DictionaryArray) else c)
+        for c in chunks
+    ]
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
 
 # ---- users as integer codes ------------------------------------------------------------------------
@@ -196,9 +326,15 @@ class UserIndex:
         """
         names = pa.array([], pa.string())
         codes = []
-        for array in columns:
+        for column in columns:
+            parts = dictionary_parts(column)
+            array = column if parts is not None and parts[1].type == names.type else decoded(column)
             if array.null_count:
                 raise InputError("a user_id is missing")
+            if array is column and parts is not None:
+                names, found = _index_codes(names, *parts)
+                codes.append(found)
+                continue
             if len(names) == 0 and len(array):
                 whole = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
                 encoded = pc.dictionary_encode(whole)
@@ -212,6 +348,27 @@ class UserIndex:
                 found = pc.index_in(array, value_set=names)
             codes.append(found.to_numpy().astype(np.int32, copy=False))
         return cls(names), codes
+
+
+def _index_codes(names: pa.Array, codes: np.ndarray, values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``UserIndex.build``'s step for a dictionary column (``codes`` into distinct ``values``): the same
+    names and codes as for its decoded values, from a lookup of the values alone and a gather per row."""
+    if len(names) == 0 and len(codes):
+        encoded = pc.dictionary_encode(pa.array(codes))  # the values in first-seen order, as the plain path
+        found = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        return values.take(encoded.dictionary), found
+    lookup = pc.index_in(values, value_set=names)
+    if lookup.null_count:
+        position = pc.fill_null(lookup, -1).to_numpy(zero_copy_only=False)
+        per_row = position.take(codes)
+        unseen = pc.unique(pa.array(codes[per_row < 0]))  # their first-seen order, as the plain path
+        if len(unseen):
+            names = pa.concat_arrays([names, values.take(unseen)])
+            lookup = pc.index_in(values, value_set=names)
+        else:
+            return names, per_row.astype(np.int32, copy=False)
+    position = lookup.to_numpy(zero_copy_only=False) if not lookup.null_count else pc.fill_null(lookup, -1).to_numpy()
+    return names, position.astype(np.int32).take(codes)
 
 
 # ---- the event log as columns ----------------------------------------------------------------------
@@ -256,8 +413,8 @@ class EventFrame:
         labels = [_label(e.attrs) for e in events]
         return cls(
             event_id=pa.array([e.event_id for e in events], pa.string()),
-            user_id=pa.array([e.user_id for e in events], pa.string()),
-            kind=pa.array([e.kind for e in events], pa.string()),
+            user_id=pa.array([e.user_id for e in events], pa.string()).dictionary_encode(),
+            kind=pa.array([e.kind for e in events], pa.string()).dictionary_encode(),
             event_time=np.fromiter((e.event_time for e in events), np.int64, len(events)),
             arrival_time=np.fromiter((e.arrival_time for e in events), np.int64, len(events)),
             too_late=np.fromiter((e.event_id in too_late_ids for e in events), np.bool_, len(events)),

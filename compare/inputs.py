@@ -1,7 +1,8 @@
 """Reading what the comparator compares, and refusing what cannot be compared.
 
 Outputs are read into Arrow tables (``compare.frames.LEGACY_SCHEMA`` /
-``STREAM_SCHEMA``). A fast path parses canonical files with Arrow's JSON reader
+``STREAM_SCHEMA``; user ids, segment sets and causes dictionary-encoded by
+``compare.frames.compact``). A fast path parses canonical files with Arrow's JSON reader
 (strict about types); anything it does not accept as canonical goes through the
 exact readers of ``segments.outputs``, which either read it the same way or name
 the first bad line. Either way the table is the same.
@@ -55,7 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from compare.foreign import ForeignOutput, read_foreign_legacy, read_foreign_stream
-from compare.frames import LEGACY_SCHEMA, STREAM_SCHEMA, EventFrame, legacy_table, stream_table
+from compare.frames import LEGACY_SCHEMA, STREAM_SCHEMA, EventFrame, compact, legacy_table, stream_table
 from legacy_batch.schedule import DEFAULT_EVERY_MS, as_of_times
 from segments.durations import format_duration_ms
 from segments.errors import InputError
@@ -73,20 +74,22 @@ _CANONICAL_TIME_LENGTH = len("2024-01-01T00:00:00.000Z")
 
 
 def read_legacy(path: str | Path) -> pa.Table:
-    """A legacy output file (SPEC §3) as a ``LEGACY_SCHEMA`` table; ``InputError`` names a bad line."""
+    """A legacy output file (SPEC §3) as a ``LEGACY_SCHEMA`` table, ``compact``; ``InputError`` names a bad line."""
     raw = _fast_json(path, pa.schema([("as_of", pa.string()), ("user_id", pa.string()), LEGACY_SCHEMA.field(2)]))
     if raw is not None and _clean(raw, ("as_of", "user_id", "segments")):
         as_of = _few_times(raw.column("as_of"))
         if as_of is not None:
-            return pa.table(
-                {"as_of": as_of, "user_id": raw.column("user_id"), "segments": raw.column("segments")},
-                schema=LEGACY_SCHEMA,
+            return compact(
+                pa.table(
+                    {"as_of": as_of, "user_id": raw.column("user_id"), "segments": raw.column("segments")},
+                    schema=LEGACY_SCHEMA,
+                )
             )
     return legacy_table(read_assignments(path))
 
 
 def read_stream(path: str | Path) -> pa.Table:
-    """A stream output file (SPEC §4) as a ``STREAM_SCHEMA`` table; ``InputError`` names a bad line."""
+    """A stream output file (SPEC §4) as a ``STREAM_SCHEMA`` table, ``compact``; ``InputError`` names a bad line."""
     schema = pa.schema(
         [
             ("user_id", pa.string()),
@@ -103,16 +106,18 @@ def read_stream(path: str | Path) -> pa.Table:
         effective = _many_times(raw.column("effective_time"))
         emitted = _many_times(raw.column("emitted_at"))
         if effective is not None and emitted is not None and (len(revision) == 0 or pc.min(revision).as_py() >= 1):
-            return pa.table(
-                {
-                    "user_id": raw.column("user_id"),
-                    "segments": raw.column("segments"),
-                    "effective_time": effective,
-                    "revision": revision,
-                    "emitted_at": emitted,
-                    "cause": pc.fill_null(raw.column("cause"), "event"),
-                },
-                schema=STREAM_SCHEMA,
+            return compact(
+                pa.table(
+                    {
+                        "user_id": raw.column("user_id"),
+                        "segments": raw.column("segments"),
+                        "effective_time": effective,
+                        "revision": revision,
+                        "emitted_at": emitted,
+                        "cause": pc.fill_null(raw.column("cause"), "event"),
+                    },
+                    schema=STREAM_SCHEMA,
+                )
             )
     return stream_table(read_transitions(path))
 
@@ -567,12 +572,12 @@ def load_inputs(
         legacy = read_legacy(legacy_path)
         check_rows(legacy, legacy_meta, legacy_path, "legacy")
     else:
-        legacy = read_foreign_legacy(legacy_foreign)
+        legacy = compact(read_foreign_legacy(legacy_foreign))
     if stream_foreign is None:
         stream = read_stream(stream_path)
         check_rows(stream, stream_meta, stream_path, "stream")
     else:
-        stream = read_foreign_stream(stream_foreign)
+        stream = compact(read_foreign_stream(stream_foreign))
     noise = []
     for side, second in (("legacy", noise_legacy), ("stream", noise_stream)):
         if second is None:

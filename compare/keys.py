@@ -44,9 +44,13 @@ class KeySpace:
         """Keys that sort like (user, time); a time outside the space sorts like its nearest edge."""
         keys = user.astype(np.int64)
         keys *= self.width
-        offset = np.clip(time, self.floor, self.top)
-        offset -= self.floor
-        keys += offset
+        if len(time) and (int(time.min()) < self.floor or int(time.max()) > self.top):
+            offset = np.clip(time, self.floor, self.top)
+            offset -= self.floor
+            keys += offset
+        else:  # every time inside (the usual case: the space was made from them): no clipped copy
+            keys += time
+            keys -= self.floor
         return keys
 
 
@@ -73,8 +77,9 @@ class SortedRows:
     def of(cls, user: np.ndarray, time: np.ndarray, space: KeySpace | None) -> SortedRows:
         if space is not None:
             keys = space.pack(user, time)
-            order = _narrow(np.argsort(keys))
-            return cls(order, keys[order], space)
+            order = np.argsort(keys)
+            keys = keys.take(order)  # the unsorted keys go before the narrowed order is made
+            return cls(_narrow(order), keys, space)
         order = _narrow(np.lexsort((time, user)))
         return cls(order, None, None, user[order].astype(np.int64), time[order])
 
@@ -94,6 +99,16 @@ class SortedRows:
             return self.keys[positions] % self.space.width + self.space.floor
         assert self.sorted_times is not None
         return self.sorted_times[positions]
+
+    def users_times(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(users(positions), times(positions))``, unpacking each key once and in place."""
+        if self.keys is None or self.space is None:
+            return self.users(positions), self.times(positions)
+        times = self.keys.take(positions)
+        users = times // self.space.width
+        times %= self.space.width
+        times += self.space.floor
+        return users, times
 
     def group_starts(self) -> np.ndarray:
         """Positions (in sorted order) where a new (user, time) begins."""

@@ -238,17 +238,24 @@ def freshness_columns(
         # the transitions' (user, emitted_at) packed the same way and sorted too: the searches then walk
         # the events' keys in order (rows in any order would make each a cache-missing binary search),
         # and a transition's user and emission are read back from its key as well
-        probe = tr_user[caused].astype(np.int64)  # the user codes stay as narrow as they came
+        every = bool(caused.all())  # no expiry: the columns as they are, no selection of them
+        probe = (tr_user if every else tr_user[caused]).astype(np.int64)  # the user codes came narrow
         probe *= width
-        probe += emitted[caused]
+        probe += emitted if every else emitted[caused]
         probe -= floor
         probe.sort()
         at = np.searchsorted(ev_key, probe, side="right")
         at -= 1
         found = at >= 0
-        matched = ev_key[at[found]]
-        found[found] = matched // width == probe[found] // width
-        delay = (probe[found] % width - ev_key[at[found]] % width).astype(np.float64)  # emitted - arrival
+        np.maximum(at, 0, out=at)
+        matched = ev_key.take(at)  # the latest arrival at or before each emission, of the same user or below
+        del at, ev_key
+        gap = probe - matched  # emitted - arrival where the users agree (their parts of the keys cancel)
+        matched //= width
+        probe //= width
+        found &= matched == probe
+        del matched, probe
+        delay = gap[found].astype(np.float64)
         return delay, expiry_delay, int(np.count_nonzero(~found))
     else:  # key space too wide to pack: sort by (user, arrival) and search per transition
         sort = np.lexsort((ev_arrival, ev_user))

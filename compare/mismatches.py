@@ -40,7 +40,7 @@ import pyarrow as pa
 from deepdiff import DeepDiff
 
 from compare.causes import CAUSES, UNEXPLAINED, Causes
-from compare.frames import EventFrame, SegmentCodec, UserIndex
+from compare.frames import EventFrame, SegmentCodec, UserIndex, decoded
 from segments.display import visible
 from segments.durations import format_duration_ms
 from segments.events import format_micros, write_jsonl
@@ -93,8 +93,8 @@ class Mismatches:
             else np.zeros(0, dtype=np.int64)
         )
         take = pa.array(flat, pa.int64())
-        ids = self.events.event_id.take(take).to_pylist()
-        kinds = self.events.kind.take(take).to_pylist()
+        ids = decoded(self.events.event_id.take(take)).to_pylist()
+        kinds = decoded(self.events.kind.take(take)).to_pylist()
         times = self.events.event_time[flat].tolist()
         arrivals = self.events.arrival_time[flat].tolist()
         dropped = self.events.too_late[flat].tolist()

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from compare.frames import decoded, dictionary_parts
 from segments.sketches import (
     GRAINS,
     HLL_LG_K,
@@ -62,10 +63,10 @@ class ReachPort(Protocol):
 def stream_reach(table: pa.Table, horizon_ms: int) -> dict[Key, set[str]]:
     """Exact minute reach of a stream output (its settled timelines up to ``horizon_ms``)."""
     minute = GRAINS["minute"]
-    users = table.column("user_id").to_pylist()
-    segments = table.column("segments").to_pylist()
+    users = decoded(table.column("user_id")).to_pylist()
+    segments = decoded(table.column("segments")).to_pylist()
     times = table.column("effective_time").to_pylist()
-    revisions = table.column("revision").to_pylist()
+    revisions = decoded(table.column("revision")).to_pylist()
     latest: dict[tuple[str, int], tuple[int, list[str]]] = {}
     for user, segs, t, rev in zip(users, segments, times, revisions, strict=True):
         key = (user, t)
@@ -94,8 +95,8 @@ def legacy_reach(table: pa.Table) -> dict[Key, set[str]]:
     out: dict[Key, set[str]] = defaultdict(set)
     for t, user, segs in zip(
         table.column("as_of").to_pylist(),
-        table.column("user_id").to_pylist(),
-        table.column("segments").to_pylist(),
+        decoded(table.column("user_id")).to_pylist(),
+        decoded(table.column("segments")).to_pylist(),
         strict=True,
     ):
         for seg in segs:
@@ -192,9 +193,33 @@ def _combined(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 
 def _user_codes(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, list[str]]:
-    encoded = pc.dictionary_encode(_combined(column))
+    """Each row's user as a code (codes in first-seen order) and the codes' ids; of a dictionary column
+    from its codes alone (the same codes and ids as from its values)."""
+    parts = dictionary_parts(column)
+    if parts is not None and not column.null_count:
+        rows, values = parts
+        encoded = pc.dictionary_encode(pa.array(rows))
+        codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
+        return codes, values.take(encoded.dictionary).to_pylist()
+    encoded = pc.dictionary_encode(_combined(decoded(column)))
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return codes, encoded.dictionary.to_pylist()
+
+
+def _segment_rows(column: pa.ChunkedArray | pa.Array) -> tuple[list[str], Callable[[int], np.ndarray]]:
+    """The names a list column lists, and for a name's code the rows that list it (ascending; a row that
+    lists a name twice may appear twice). Of a dictionary column, from the few distinct lists and the
+    rows' codes, without flattening the rows."""
+    parts = dictionary_parts(column)
+    if parts is None:
+        rows, segs, seg_names = _flat_segments(decoded(column))
+        return seg_names, lambda code: rows[segs == code]
+    codes, lists = parts
+    at, listed, seg_names = _flat_segments(lists)
+    has = np.zeros((len(seg_names), len(lists) + 1), dtype=np.bool_)  # the last column: a null row's (-1)
+    has[listed, at] = True
+    small = np.int32 if len(codes) < 2**31 else np.int64
+    return seg_names, lambda code: np.flatnonzero(has[code].take(codes)).astype(small, copy=False)
 
 
 def _flat_segments(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -307,16 +332,25 @@ def _sorted_groups(
 def _legacy_groups(table: pa.Table) -> tuple[list[str], Iterator[Minute]]:
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
-    rows, segs, seg_names = _flat_segments(table.column("segments"))
-    as_of = table.column("as_of").to_numpy().astype(np.int64, copy=False)
+    seg_names, seg_rows = _segment_rows(table.column("segments"))
+    column = table.column("as_of")
+    parts = dictionary_parts(column) if not column.null_count else None
+    if parts is None:
+        as_of, buckets = decoded(column).to_numpy().astype(np.int64, copy=False), None
+    else:  # each row's code, and the distinct as-ofs' buckets
+        as_of, buckets = parts[0], parts[1].to_numpy().astype(np.int64)
+        buckets -= buckets % minute
 
     def groups() -> Iterator[Minute]:
         for code, segment in enumerate(seg_names):
             if segment is None:
                 continue
-            mine = rows[segs == code]
+            mine = seg_rows(code)
             bucket = as_of[mine]
-            bucket -= bucket % minute
+            if buckets is not None:
+                bucket = buckets.take(bucket)
+            else:
+                bucket -= bucket % minute
             yield from _group("legacy", segment, bucket, users[mine], len(names))
 
     return names, groups()
@@ -357,16 +391,22 @@ def _settled(
         order = np.argsort(key)
         key = key.take(order)
         starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
-        rank = revisions.take(order).astype(np.int64)  # higher revision, then earlier row, ranks higher
+        rank = revisions.take(order).astype(np.int64, copy=False)  # higher revision, then earlier row, ranks higher
         rank -= low
         rank *= n
         rank += n - 1
         rank -= order
+        del order
         best = np.maximum.reduceat(rank, starts)
+        del rank
         best %= n
-        winners = (n - 1) - best
+        winners = np.subtract(n - 1, best, out=best)
         key = key.take(starts)
-        return winners, (key // width).astype(users.dtype), key % width + floor
+        del starts
+        time = key % width
+        time += floor
+        key //= width
+        return winners, key.astype(users.dtype), time
     order = np.lexsort((np.arange(n), -revisions, times, users))
     u, t = users[order], times[order]
     first = np.ones(n, dtype=np.bool_)
@@ -378,7 +418,7 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
     minute = GRAINS["minute"]
     users, names = _user_codes(table.column("user_id"))
     times = table.column("effective_time").to_numpy().astype(np.int64, copy=False)
-    revisions = table.column("revision").to_numpy().astype(np.int64, copy=False)
+    revisions = decoded(table.column("revision")).to_numpy().astype(np.int64, copy=False)
     n = len(times)
     if n == 0:
         return names, iter(())
@@ -391,18 +431,12 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
     start = t - t % minute
     live = (t <= horizon_ms) & (end > start)
     del users, times, same
-    # every listed name of the input, with its row's place among the winners (-1: the row lost): no copy
-    # of the winners' lists, whose names only the rows that won and are live keep
+    # each input row's place among the winners (-1: the row lost): no copy of the winners' lists, whose
+    # names only the rows that won and are live keep
     place = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
     place[winners] = np.arange(len(winners), dtype=place.dtype)
     del winners
-    rows, segs, seg_names = _flat_segments(table.column("segments"))
-    rows = place[rows]
-    del place
-    kept = rows >= 0
-    kept[kept] = live[rows[kept]]
-    rows, segs = rows[kept], segs[kept]
-    del kept
+    seg_names, seg_rows = _segment_rows(table.column("segments"))
 
     def groups() -> Iterator[Minute]:
         users_n = len(names)
@@ -411,7 +445,9 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
         for code, segment in enumerate(seg_names):
             if segment is None:
                 continue
-            mine = rows[segs == code]
+            mine = place[seg_rows(code)]
+            mine = mine[mine >= 0]
+            mine = mine[live[mine]]
             s, e, who = start[mine], end[mine], u[mine]
             if not len(s):
                 continue
@@ -419,6 +455,9 @@ def _stream_groups(table: pa.Table, horizon_ms: int) -> tuple[list[str], Iterato
             first = (s - base) // minute
             last = (e - base + minute - 1) // minute  # exclusive: buckets b = s, s + minute, ... below e
             if int(last.max()) * users_n <= _DENSE * int((last - first).sum()):
+                if int(last.max()) < 1 << 16:  # held through the sweep: as narrow as they fit
+                    first, last = first.astype(np.uint16), last.astype(np.uint16)
+                del s, e, mine  # only the slots and users are swept
                 yield from _sweep("stream", segment, base, first, last, who, users_n)
                 continue
             del first, last
@@ -496,26 +535,27 @@ class _Registers:
         coupons = np.fromiter(map(coupon, names), dtype=np.uint32, count=len(names))
         slot = (coupons & np.uint32((1 << HLL_LG_K) - 1)).astype(np.uint16 if HLL_LG_K <= 16 else np.uint32)
         value = (coupons >> np.uint32(26)).astype(np.int32)  # 1..63
-        # every user in (register, code) order, once: a 16-bit radix sort, stable so codes ascend per register
-        self.order = np.argsort(slot, kind="stable")
+        self.slot = slot
         key = slot.astype(np.int32)
         key <<= 6
         key |= value
-        self.key = key.take(self.order)  # registers apart and ascending: one running maximum serves them all
+        self.key = key  # per user: registers apart and ascending, so one running maximum serves them all
 
     def changes(self, codes: np.ndarray) -> np.ndarray:
         """For members ``codes`` (ascending: the order they are fed in): whether each raises its register
-        above every member before it. A running maximum over all users in (register, code) order, where
-        non-members count 0 and each register's keys lie above every lower register's."""
-        member = np.zeros(len(self.order), dtype=np.bool_)
-        member[codes] = True
-        member = member.take(self.order)
-        key = np.where(member, self.key, 0)
+        above every member before it. The members in (register, code) order (a stable 16-bit radix sort of
+        their registers), then a running maximum of their keys, each register's above every lower one's."""
+        if not len(codes):
+            return np.zeros(0, dtype=np.bool_)
+        order = np.argsort(self.slot.take(codes), kind="stable")
+        key = self.key.take(codes).take(order)
         top = np.maximum.accumulate(key)
-        member[1:] &= key[1:] > top[:-1]
-        out = np.empty(len(member), dtype=np.bool_)
-        out[self.order] = member
-        return out.take(codes)
+        record = np.empty(len(key), dtype=np.bool_)
+        record[0] = True
+        np.greater(key[1:], top[:-1], out=record[1:])
+        out = np.empty(len(key), dtype=np.bool_)
+        out[order] = record
+        return out
 
 
 def _sketch_codes(codes: np.ndarray, ids: np.ndarray, registers: Callable[[], _Registers]) -> Any:

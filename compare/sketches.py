@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from compare.approximate import bound_summary
+from compare.frames import decoded
 from compare.inputs import ComparisonInputs
 from compare.mismatches import Mismatches
 from compare.reach import Reach, ReachPort, build_reach
@@ -107,9 +108,10 @@ def build_heavy(inputs: ComparisonInputs, mismatches: Mismatches) -> dict[str, d
         per: dict[str, Any] = {}
         for dimension in DIMENSIONS:
             if dimension == "user":
-                items: list[str] = inputs.events.user_id.take(taken).to_pylist()
+                items: list[str] = decoded(inputs.events.user_id.take(taken)).to_pylist()
             elif dimension == "kind":
-                items = inputs.events.kind.take(taken).to_pylist() + (rejected if source == "dead_letters" else [])
+                items = decoded(inputs.events.kind.take(taken)).to_pylist()
+                items += rejected if source == "dead_letters" else []
             else:
                 merchants = [events[p].merchant for p in positions.tolist()] if events is not None else []
                 items = [m for m in merchants if m is not None]
