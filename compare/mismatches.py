@@ -286,7 +286,19 @@ def _rule_of(ruleset: RuleSet, name: str) -> str | None:
 
 
 def _deepdiff(before: Any, after: Any) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(DeepDiff(before, after, ignore_order=True, verbose_level=2).to_json())
+    return _settled(DeepDiff(before, after, ignore_order=True, verbose_level=2))
+
+
+_SET_CHANGES = ("set_item_added", "set_item_removed")
+
+
+def _settled(diff: DeepDiff) -> dict[str, Any]:
+    """A diff as JSON data, its set items in sorted order: deepdiff lists them in the sets' iteration order,
+    which follows the process's string hash seed, so the same pair would read differently from run to run."""
+    result: dict[str, Any] = json.loads(diff.to_json())
+    for change in _SET_CHANGES:
+        if isinstance(result.get(change), list):
+            result[change] = sorted(result[change])
     return result
 
 
@@ -313,7 +325,7 @@ def explain(
     """deepdiff of one record's two views (legacy -> stream) for field-level detail, and ``describe``'s sentences."""
     legacy, stream = views(record)
     diff = DeepDiff(legacy, stream, ignore_order=True, verbose_level=2)
-    return json.loads(diff.to_json()), describe(record, provenance)
+    return _settled(diff), describe(record, provenance)
 
 
 def _clock(text: str) -> str:

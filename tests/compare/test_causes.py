@@ -4,6 +4,9 @@ classification against the one-pair definition."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +189,34 @@ def test_bulk_causes_equal_the_one_pair_definition(events: list, pairs: list, pa
         assert window == {
             o.event_id for o in mine if o.kind in CLICK.kinds and times[i] - CLICK.span_ms < o.event_time <= times[i]
         }
+
+
+_EXPLAIN_IN_A_PROCESS = """
+import json
+import os
+from compare.mismatches import _deepdiff, explain
+names = [f"segment_{i}" for i in range(12)]
+record = {"legacy": names[:6], "stream": names[6:], "events": [], "cause": "defect", "as_of": "x", "user_id": "u"}
+diff, _ = explain(record)
+print(json.dumps([diff, _deepdiff({"segments": set(names[:6])}, {"segments": set(names[6:])})]))
+"""
+
+
+def test_a_segment_explanation_reads_the_same_whatever_the_hash_seed() -> None:
+    """deepdiff lists set items in the set's iteration order, which follows the process's string hash seed:
+    the explanation written to ``mismatches.jsonl`` (and shown by ``doctor``) must not change between runs."""
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", _EXPLAIN_IN_A_PROCESS],
+            env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in (1, 2, 3, 4)
+    }
+    assert len(outputs) == 1
+    explained, segments = json.loads(outputs.pop())
+    removed = explained["set_item_removed"]
+    assert removed == sorted(removed) and len(removed) == 6
+    assert segments["set_item_added"] == sorted(segments["set_item_added"])
