@@ -30,7 +30,7 @@ YOUNG_GENERATION = 50_000  # allocations between two young collections (CPython'
 LIVE_THRESHOLDS = (10_000, 1, 2**30)
 # A live run's Beam state samplers: how often each wakes, in ms (Beam's 200, ramping up from 2), see
 # ``live_state_samplers_quick``.
-LIVE_SAMPLING_PERIOD_MS = 2
+LIVE_SAMPLING_PERIOD_MS = 1
 # The in-process SDK harness's state cache (Beam's FnApiRunner gives its embedded worker 100 MB), see
 # ``state_cache_capped``.
 IN_PROCESS_STATE_CACHE_MB = 16
@@ -265,10 +265,11 @@ def live_state_samplers_quick(options: PipelineOptions, live: bool) -> Iterator[
     end (Beam's own comment: "may have to wait up to sampling_period_ms").
     In ``bench/stream_live.py --rate 20000 --history-minutes 10`` the main
     thread spent 12% of its wall time in that join, every stage's every bundle
-    waiting a few ms with nothing to do while events queued. At 2 ms the
-    sleeps stay 1-2 ms: a bundle's end waits about 1 ms at most 2, and the
-    thread's wake-ups (a lock and a clock read, without the GIL) cost
-    about 1,000 a second of the bundles' time. The samplers only time the
+    waiting a few ms with nothing to do while events queued (11-12% at 5,000
+    events/s without history too; 4% with a 2 ms period, whose sleeps ramp
+    from 1 to 2 ms). At 1 ms every sleep is 1 ms, so a bundle's end waits at
+    most that; the thread's wake-ups (a lock and a clock read, without the
+    GIL) cost no CPU that the benchmark's busy time shows. The samplers only time the
     steps (Beam's execution-time metrics, which a live run does not read), so
     nothing else changes. A replay (a few long bundles) and other runners are
     left alone; Beam's class comes back afterwards.
