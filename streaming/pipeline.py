@@ -25,6 +25,7 @@ events travel in one element, and nothing relies on runner timer semantics):
 
 from __future__ import annotations
 
+import marshal
 import os
 import pickle
 import struct
@@ -287,6 +288,21 @@ def segment_batch(segmenter: ShardSegmenter, batch: ShardBatch, live: bool) -> l
 
 
 _POSITION = struct.Struct(">Q")
+_MARSHALLED = b"M"  # a logged batch in ``marshal``'s format follows; a pickled one starts with pickle's b"\\x80"
+
+
+def logged_batch(batch: ShardBatch) -> bytes:
+    """A batch as the shard log holds it: ``marshal`` of its fields (plain tuples, lists, strings, integers and
+    None), about a third of what pickling the ``ShardBatch`` cost (184 against 609 ns an event)."""
+    return _MARSHALLED + marshal.dumps(tuple(batch))
+
+
+def batch_from_log(data: bytes) -> ShardBatch:
+    """The batch ``logged_batch`` wrote, or one pickled whole (how the log held batches before)."""
+    if data[:1] == _MARSHALLED:
+        return ShardBatch._make(marshal.loads(memoryview(data)[1:]))
+    loaded: ShardBatch = pickle.loads(data)
+    return loaded
 
 
 class SegmentShard(beam.DoFn):
@@ -311,7 +327,7 @@ class SegmentShard(beam.DoFn):
       one bag or the other. (One value holding every part's blob, rewritten
       each epoch, cost 10-18 MB a shard per epoch with three minutes of history.)
     - ``log0`` ... ``log32``: a ring of ``BAGS`` bags, each holding
-      ``EPOCHS_PER_BAG`` consecutive epochs: every batch received, pickled
+      ``EPOCHS_PER_BAG`` consecutive epochs: every batch received (``logged_batch``)
       behind a random token and its position (a bag starts with a token alone).
       The oldest part snapshot is always ``PARTS`` epochs back, so when a new
       bag is started, the bag after it in the ring holds only batches at or
@@ -438,7 +454,7 @@ class SegmentShard(beam.DoFn):
         state.epoch_batches += 1
         token = os.urandom(self.TOKEN_BYTES)
         logs[self.bag_of(state.epoch)].add(
-            token + _POSITION.pack(state.received) + pickle.dumps(batch, pickle.HIGHEST_PROTOCOL)
+            token + _POSITION.pack(state.received) + logged_batch(batch)
         )
         if out:
             self.transitions.inc(len(out))
@@ -540,7 +556,7 @@ class SegmentShard(beam.DoFn):
         for position, entry in logged:
             if position <= oldest:
                 continue
-            batch: ShardBatch = pickle.loads(entry[header:])  # our own bytes, from Beam state
+            batch = batch_from_log(entry[header:])  # our own bytes, from Beam state
             for ready in state.ready(batch):
                 segment_batch(segmenter, ready, self.config.live)
             state.received = position

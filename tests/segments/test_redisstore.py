@@ -492,3 +492,22 @@ def test_the_stream_writer_packs_what_redis_py_would_send(store: RedisStore) -> 
     finally:
         store.client.connection_pool.release(connection)
     assert _packed_evalsha(store._stream.sha, calls) == expected
+
+
+def test_the_stream_writer_packs_its_batches_in_one_pass_as_the_script_calls_would(store: RedisStore) -> None:
+    """``_packed_stream`` is byte for byte the packed script calls of the same transitions: chunks of keys,
+    no entries, non-ASCII ids and sets, several digits, negative times, one transition per user."""
+    from segments.redisstore import _greatest_each, _packed_evalsha, _script_calls
+
+    users = [f"p{i}" for i in range(520)] + ["zoë/ü", "a b", "\u65e5\u672c", "%41"]
+    cases = [
+        [tr(u, ("high_value", "segment_é"), 10 + i, i % 12) for i, u in enumerate(users)],
+        [],
+        [tr("x", (), -5, 0), tr("x", ("risky",), 7, 3), tr("y", ("a", "b"), 123456789012345, 10)],
+    ]
+    for transitions in cases:
+        best = _greatest_each(transitions)
+        calls = _script_calls(*store._stream_entries(best, "1796329171987"))
+        packed, count = store._packed_stream(best, "1796329171987")
+        assert packed == _packed_evalsha(store._stream.sha, calls)
+        assert count == len(calls)

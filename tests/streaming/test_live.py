@@ -196,3 +196,29 @@ def test_live_source_dead_letters_by_the_rule_sets_event_time_range_as_the_repla
     assert counts["rejected_by_reason"] == {"time_out_of_range": 1}, counts
     assert replay.counts["rejected"] == 1 and counts["applied"] == replay.counts["applied"] == 12
     assert all(t.user_id != "odd" for t in read_transitions(out))
+
+
+def test_live_source_sizes_its_dedup_for_the_log_before_the_first_line(redis_url: str) -> None:
+    """At its first read the source sizes the dedup for the log's lines and half again (``XLEN`` entries at the
+    lines per entry it read), so reading the whole log never grows the table; what it admits is unchanged."""
+    from streaming.live import DEDUP_HEADROOM, PollAndAdmit
+
+    ruleset = load_ruleset("clickstream")
+    generated = generate("clickstream", users=500, minutes=60, seed=3, dup_share=0.05)
+    lines = [line for n, line in enumerate(generated) if isinstance(parse_line(line, n), Event)]
+    _produce(redis_url, lines, per_entry=50)
+    poll = PollAndAdmit(StreamConfig(ruleset, GateParams(), shards=2, live=True), LiveSource(redis_url))
+    poll.setup()
+    try:
+        seen = poll.admission.gate._dedup.seen
+        list(poll.process(0))
+        assert poll.seq == 50, "the first read asks for one entry"
+        limit = seen._limit
+        assert limit >= len(lines) * DEDUP_HEADROOM - 50 and seen._old is None
+        while poll.seq < len(lines):
+            list(poll.process(0))
+        assert seen._limit == limit and seen._old is None, "the table never grew"
+        counts = poll.admission.counts
+        assert counts.applied + counts.duplicates + counts.too_late == len(lines) and counts.duplicates > 0
+    finally:
+        poll.teardown()

@@ -165,3 +165,30 @@ def test_a_live_in_process_run_keeps_no_per_bundle_metric_totals():
         assert fn_runner.consolidate_monitoring_infos is beams_own
     merged = list(beams_own(itertools.chain(bundle, bundle)))
     assert merged == [int64_counter("urn:test", 4)]
+
+
+def test_a_live_local_run_ends_its_bundles_without_waiting_out_the_state_samplers_sleep():
+    """Beam's sampler thread sleeps up to 200 ms and a bundle's end joins it: in a live local run a sampler
+    stopped after 300 ms returns within a few ms; a replay keeps Beam's class, and it comes back afterwards."""
+    import time
+
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    from streaming.options import in_process_tuned
+
+    def waited_ms() -> float:
+        sampler = statesampler.StateSampler("stage", CounterFactory())
+        sampler.start()
+        time.sleep(0.3)
+        started = time.perf_counter()
+        sampler.stop()
+        return (time.perf_counter() - started) * 1000
+
+    beams_own = statesampler.StateSampler
+    assert min(waited_ms() for _ in range(3)) > 5, "Beam's sampler sleeps ~10 ms or more by then"
+    with in_process_tuned(pipeline_options([], "FnApiRunner"), live=False):
+        assert statesampler.StateSampler is beams_own
+    with in_process_tuned(pipeline_options([], "FnApiRunner"), live=True):
+        assert min(waited_ms() for _ in range(3)) < 5
+    assert statesampler.StateSampler is beams_own
