@@ -586,8 +586,11 @@ class ApproxShardSegmenter(ShardSegmenter):
         for point in sorted(points):
             self._settle(user.user_id, user, point, emitted_at, "correction", out)
 
-    def prune(self) -> None:
-        """The exact sweep, then marks and buckets no admissible event can need; keeps users with marks."""
+    _sweep_by_part = False  # the sketches' rings are the shard's, not a part's
+
+    def prune(self, part: int | None = None) -> None:
+        """The exact sweep, then marks and buckets no admissible event can need; keeps users with marks.
+        Always every user (``_sweep_by_part``)."""
         horizon = self.watermark - self.params.allowed_lateness_ms
         keep_from = bucket_of(horizon - self._exit_ms, self._bucket_ms) if horizon > 0 else None
         kept: dict[str, UserWindow] = {}

@@ -183,6 +183,71 @@ def test_shards_given_different_phases_sweep_their_state_at_different_watermarks
     assert sweeps(0)[1:] != sweeps(PRUNE_EVERY_MS // 2)[1:]
 
 
+def test_a_shard_of_several_parts_sweeps_one_part_at_each_tick_and_each_part_once_a_period():
+    """With ``parts`` parts, part ``j % parts`` is swept at tick ``j``'s instant ``phase + j * PRUNE_EVERY_MS //
+    parts`` (the first sweep, at the first watermark, takes every part): no batch visits the whole shard."""
+    from streaming.segmenter import PRUNE_EVERY_MS
+
+    parts, phase, step = 4, PRUNE_EVERY_MS // 3, 7_000
+    shard = ShardSegmenter(CLICK, PARAMS, parts, prune_phase_ms=phase)
+    seen: list[tuple[int, int | None]] = []
+    shard.prune = lambda part=None: seen.append((shard.watermark, part))  # type: ignore[method-assign]
+    for watermark in range(0, 3 * PRUNE_EVERY_MS, step):
+        shard.advance(watermark, watermark)
+    first_tick = (-phase + 1) * parts // PRUNE_EVERY_MS  # the last tick at or before watermark 0 (-1 here)
+    expected: list[tuple[int, int | None]] = [(0, None)]
+    j = first_tick + 1
+    while (instant := phase + j * PRUNE_EVERY_MS // parts) < 3 * PRUNE_EVERY_MS - step:
+        expected.append((-(-instant // step) * step, j % parts))
+        j += 1
+    assert seen == expected
+    swept = [part for _, part in seen[1:]]
+    assert all(sorted(swept[k : k + parts]) == list(range(parts)) for k in range(len(swept) - parts + 1))
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 9), st.integers(0, 7), st.integers(0, 9), st.sampled_from(["purchase", "view", "refund"])
+        ),
+        max_size=80,
+    ),
+    parts=st.integers(2, 6),
+    phase=st.integers(0, 300_000),
+)
+def test_sweeping_part_by_part_publishes_what_sweeping_whole_shards_does(steps, parts, phase):
+    """Sweeps only drop what no admissible event can need, so when they come cannot change what is published:
+    a shard of several parts (one part a tick) emits the transitions of a shard of one (every user at once)
+    at the same instants with the same stamps, and the same timelines. Revisions may differ only for a user
+    forgotten at different times and created again (its revisions start again, at later instants)."""
+    whole = ShardSegmenter(CLICK, PARAMS, 1, prune_phase_ms=phase)
+    split = ShardSegmenter(CLICK, PARAMS, parts, prune_phase_ms=phase)
+    outs: tuple[list[Transition], list[Transition]] = ([], [])
+    t = top = BASE
+    for user, gap_minutes, late, kind in steps:
+        top += gap_minutes * MINUTE
+        t = top - late * 10_000  # up to 90 s behind the latest: some late, some too late for the gate (skipped)
+        watermark = top - PARAMS.max_out_of_orderness_ms
+        if t < watermark - PARAMS.allowed_lateness_ms:
+            continue
+        row = _applied(f"u{user}", t, kind, arrival=top, watermark=watermark)
+        for shard, out in zip((whole, split), outs, strict=True):
+            shard.advance(watermark, top, out)
+            out.extend(shard.apply(row, top))
+    for shard, out in zip((whole, split), outs, strict=True):
+        out.extend(shard.finish(top))
+
+    def unrevised(out: list[Transition]) -> list[tuple[object, ...]]:
+        return [(x.user_id, x.segments, x.effective_time, x.emitted_at, x.cause) for x in out]
+
+    def settled(out: list[Transition]) -> dict[str, tuple[list[int], list[frozenset[str]]]]:
+        return {user: (line.times, line.values) for user, line in timelines(out).items()}
+
+    assert unrevised(outs[1]) == unrevised(outs[0])
+    assert settled(outs[1]) == settled(outs[0])
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     steps=st.lists(
