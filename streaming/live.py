@@ -89,7 +89,6 @@ log = logging.getLogger("segshadow.stream")
 __all__ = ["EVENTS_STREAM", "FIELD", "LiveSource", "PollAndAdmit", "build_live", "source_counts_path"]
 
 
-
 @dataclass(frozen=True)
 class LiveSource:
     """Where the live stream reads: a Redis Stream and the consumer group that shows its progress.
