@@ -10,8 +10,6 @@ for the set), then asks again for every tenth id (all duplicates). It reports th
 resident memory the structure added (RSS after minus RSS with the ids alone, the
 ids' own strings excluded: a stream drops an event's id once it is judged, the
 set kept it), and the CPU nanoseconds an id for the adds and for the repeats.
-``SeenIds`` is measured twice: grown from empty, and ``reserved`` (sized for the
-ids up front with ``reserve``, as the replay and the live source at start do).
 Medians of ``--repeat`` runs; the set is the baseline, measured in the same run.
 """
 
@@ -49,10 +47,7 @@ def measure(structure: str, n: int, form: str) -> dict[str, float]:
     ids = _ids(n, form)
     base = _rss_bytes()
     seen: set[str] = set()
-    dedup = SeenIds()
-    if structure == "reserved":
-        dedup.reserve(n)
-    add = dedup.add_if_new
+    add = SeenIds().add_if_new
     start = time.process_time()
     if structure == "set":  # as the gate did before: ``in``, then ``add``
         for event_id in ids:
@@ -83,12 +78,12 @@ def main() -> None:
     parser.add_argument("--ids", type=int, default=6_000_000)
     parser.add_argument("--form", choices=("live", "uuid"), default="live")
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--one", choices=("set", "seen", "reserved"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", choices=("set", "seen"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one, args.ids, args.form)))
         return
-    results: dict[str, list[dict[str, float]]] = {"set": [], "seen": [], "reserved": []}
+    results: dict[str, list[dict[str, float]]] = {"set": [], "seen": []}
     for _ in range(args.repeat):
         for structure in results:  # interleaved, so both see the same machine
             out = subprocess.run(
@@ -98,8 +93,7 @@ def main() -> None:
             results[structure].append(json.loads(out))
     print(f"{args.ids:,} distinct ids of the {args.form} form, median of {args.repeat} (load {os.getloadavg()[0]:.1f})")
     medians = {s: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for s, runs in results.items()}
-    labels = (("set", "set[str] (before)"), ("seen", "SeenIds (after)"), ("reserved", "SeenIds reserved"))
-    for structure, label in labels:
+    for structure, label in (("set", "set[str] (before)"), ("seen", "SeenIds (after)")):
         m = medians[structure]
         print(f"  {label:18} {m['bytes_per_id']:6.1f} bytes/id   add {m['add_ns']:6.0f} ns/id   "
               f"repeat {m['repeat_ns']:6.0f} ns/id")

@@ -5,11 +5,7 @@ later) needs every id the stream ever admitted, for the life of the stream. Kept
 as a ``set[str]`` that costs about 109 bytes an id (the string object plus the
 set's slot): 3.9 GB an hour at 10K events/s. ``SeenIds`` keeps a 96-bit digest of
 each id (BLAKE2b, cut to 12 bytes) in an open-addressing table of two flat integer
-arrays, filled to at most 70%: 17 to 35 bytes an id, ids of any length. A table
-need not be a power of two: an id's home slot is its digest's top 32 bits scaled
-to the table's size (``home``), so a table reserved for a known count (the
-replay's events, the live log's length at start) is that count's size, not the
-next power of two (12M ids reserved for: 24M slots, 288 MB, instead of 2^25, 403 MB).
+arrays, filled to at most 70%: 17 to 35 bytes an id, ids of any length.
 
 Exactness: two different ids are taken for one only when their 96-bit digests are
 equal, which for a billion ids has a probability of about 6e-12 (n^2 / 2^97), far
@@ -27,7 +23,6 @@ took 0.6 s at 10M).
 
 from __future__ import annotations
 
-import math
 import mmap
 import struct
 from hashlib import blake2b
@@ -36,25 +31,16 @@ from typing import Any
 import numpy as np
 
 MAX_LOAD = 0.7
-RESERVED_LOAD = 0.5  # what the ids a table is reserved for fill of it (``reserve``)
 MIN_CAPACITY = 1 << 10
 MOVE_SLOTS = 16  # old slots moved per add while growing: done after 1/16 of the old size in adds, at load <= 0.38
-_STATE_VERSION = 2  # a pickle's first field (version 1 had none: its tables were powers of two)
 TAIL = 64  # slots past the last home slot: probing never wraps, and a run that reaches the end grows the table
-_DIGEST = struct.Struct("<Qi")
+_DIGEST = struct.Struct("<qi")
 
 
 def digest(event_id: str) -> tuple[int, int]:
-    """(high 64 bits, unsigned; low 32 bits) of the id's 96-bit digest; the high part is never 0 (0 marks an
-    empty slot)."""
+    """(high 64 bits, low 32 bits) of the id's 96-bit digest; the high part is never 0 (0 marks an empty slot)."""
     high, low = _DIGEST.unpack(blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=12).digest())
     return high or 1, low
-
-
-def home(high: int, size: int) -> int:
-    """The home slot of a digest's high part in a table of ``size`` home slots (``size`` < 2^32): its top 32
-    bits scaled to the size, so homes follow the digests' order (what ``_place`` relies on)."""
-    return (high >> 32) * size >> 32
 
 
 def _zeros(n: int) -> tuple[Any, Any]:
@@ -67,7 +53,7 @@ def _zeros(n: int) -> tuple[Any, Any]:
     27 ms for memory to be compacted, 20 ms an add just after the table grew.
     """
     return (
-        memoryview(mmap.mmap(-1, 8 * n)).cast("Q"),
+        memoryview(mmap.mmap(-1, 8 * n)).cast("q"),
         memoryview(mmap.mmap(-1, 4 * n)).cast("i"),
     )
 
@@ -79,54 +65,51 @@ class _Full(Exception):
 class SeenIds:
     """The ids added so far (``add_if_new``, ``in``, ``len``), as digests in a linear-probing table."""
 
-    __slots__ = ("_count", "_cursor", "_high", "_limit", "_low", "_old", "_size")
+    __slots__ = ("_count", "_cursor", "_high", "_limit", "_low", "_mask", "_old")
 
     def __init__(self, capacity: int = 0) -> None:
         """An empty set with room for ``capacity`` ids before it first grows."""
         self._count = 0
-        self._old: tuple[Any, Any, int] | None = None  # while growing: the old table's columns and size
+        self._old: tuple[Any, Any, int] | None = None  # while growing: the old table's columns and mask
         self._cursor = 0  # while growing: the old table's slots before it have been moved
         self._empty(capacity)
 
-    def _empty(self, capacity: int, load: float = MAX_LOAD) -> None:
-        """An empty table just large enough for ``capacity`` ids at ``load`` (and at least ``MIN_CAPACITY``)."""
-        self._table(max(MIN_CAPACITY, math.ceil(capacity / load)))
+    def _empty(self, capacity: int) -> None:
+        size = MIN_CAPACITY
+        while size * MAX_LOAD < capacity:
+            size *= 2
+        self._table(size)
 
     def _table(self, size: int) -> None:
         """A new, empty current table of ``size`` home slots (and the tail)."""
         self._high, self._low = _zeros(size + TAIL)
-        self._size = size
+        self._mask = size - 1
         self._limit = int(size * MAX_LOAD)
 
     def __len__(self) -> int:
         return self._count
 
     def reserve(self, ids: int) -> None:
-        """A table ``ids`` ids fill to ``RESERVED_LOAD`` (half), when nothing has been added yet (else nothing
-        changes): it grows once 40% more have come (at ``MAX_LOAD``).
+        """Room for ``ids`` ids before the first growth, when nothing has been added yet (else nothing changes).
 
         A replay knows how many events it will admit: sized for them, it never
         grows (growing is about 40% of what an add costs while it does: 1.7 against 1.0 us).
-        Half, not ``MAX_LOAD``: with linear probing an absent id (every add of a new
-        one) probes about (1 + 1 / (1 - load)^2) / 2 slots, ~6 at 70% against ~2.5 at
-        half, and the live source (sized for its log at start) has room to go on
-        before its first growth.
         """
-        if self._count == 0 and self._old is None and ids > self._size * RESERVED_LOAD:
-            self._empty(ids, RESERVED_LOAD)
+        if self._count == 0 and self._old is None and ids > self._limit:
+            self._empty(ids)
 
     def __contains__(self, event_id: object) -> bool:
         if not isinstance(event_id, str):
             return False
         high, low = digest(event_id)
-        return self._find(high, low, self._high, self._low, self._size) < 0 or (
+        return self._find(high, low, self._high, self._low, self._mask) < 0 or (
             self._old is not None and self._find(high, low, *self._old) < 0
         )
 
     @staticmethod
-    def _find(high: int, low: int, table: Any, lows: Any, size: int) -> int:
+    def _find(high: int, low: int, table: Any, lows: Any, mask: int) -> int:
         """-1 when (high, low) is in the table, else the empty slot ending its run (where it would go)."""
-        slot = (high >> 32) * size >> 32  # ``home``
+        slot = high & mask
         while (found := table[slot]) != 0:  # a run never reaches the end: the slot after it is empty
             if found == high and lows[slot] == low:
                 return -1
@@ -143,7 +126,7 @@ class SeenIds:
                 return False
             self._step()
         table, lows = self._high, self._low
-        slot = (high >> 32) * self._size >> 32  # ``home`` inline
+        slot = high & self._mask
         while (found := table[slot]) != 0:  # ``_find`` inline
             if found == high and lows[slot] == low:
                 return False
@@ -165,10 +148,10 @@ class SeenIds:
 
     def _insert(self, high: int, low: int) -> None:
         """Put a digest known to be absent into the current table, growing it first if a run would reach the end."""
-        slot = self._find(high, low, self._high, self._low, self._size)
+        slot = self._find(high, low, self._high, self._low, self._mask)
         if slot >= len(self._high) - 1:
             self._grow()
-            slot = self._find(high, low, self._high, self._low, self._size)
+            slot = self._find(high, low, self._high, self._low, self._mask)
         self._high[slot] = high
         self._low[slot] = low
 
@@ -176,9 +159,9 @@ class SeenIds:
         """Start moving to a table twice the size (finishing any move under way first)."""
         if self._old is not None:
             self._finish()
-        self._old = (self._high, self._low, self._size)
+        self._old = (self._high, self._low, self._mask)
         self._cursor = 0
-        self._table(2 * self._size)
+        self._table(2 * (self._mask + 1))
 
     def _step(self, slots: int = 0) -> None:
         """One add's share of the move (before the add looks for its slot: moving fills slots), or ``slots``;
@@ -192,14 +175,14 @@ class SeenIds:
         """Move the next ``slots`` (``MOVE_SLOTS`` by default) of the old table into the current one."""
         assert self._old is not None
         old_high, old_low, _ = self._old
-        table, lows, size = self._high, self._low, self._size
+        table, lows, mask = self._high, self._low, self._mask
         start = self._cursor
         end = min(start + (slots or MOVE_SLOTS), len(old_high))
         for at in range(start, end):
             high = old_high[at]
             if high != 0:
                 low = old_low[at]
-                slot = (high >> 32) * size >> 32  # ``home``
+                slot = high & mask
                 while table[slot] != 0:
                     slot += 1
                 if slot >= len(table) - 1:
@@ -217,7 +200,12 @@ class SeenIds:
             self._step(len(self._old[0]))
 
     def _rebuild(self) -> None:
-        """Both tables' entries placed afresh, at once, in a table twice the current one's size (or more)."""
+        """Both tables' entries placed afresh, at once, in a table twice the current one's size (or more).
+
+        Placed with array operations, in the order of their home slots: each
+        goes to its home or the slot after the previous one, whichever is later
+        (a running maximum), which is where linear probing would put them.
+        """
         columns = [(np.asarray(self._high), np.asarray(self._low))]
         if self._old is not None:  # the old table's slots before the cursor are in the current one already
             columns.append((np.asarray(self._old[0])[self._cursor :], np.asarray(self._old[1])[self._cursor :]))
@@ -226,46 +214,33 @@ class SeenIds:
             used = np.flatnonzero(high_array)
             highs_parts.append(high_array[used])
             lows_parts.append(low_array[used])
-        self._place(np.concatenate(highs_parts), np.concatenate(lows_parts), 2 * self._size)
-
-    def _place(self, highs: Any, lows: Any, size: int) -> None:
-        """A new current table of ``size`` home slots (doubled until the entries fit) holding these digests'
-        columns (numpy, unsigned high parts and low parts), and no old table.
-
-        Placed with array operations, in the order of their home slots (the
-        digests' order): each goes to its home or the slot after the previous
-        one, whichever is later (a running maximum), which is where linear
-        probing would put them.
-        """
-        order = np.argsort(highs)
-        highs, lows = highs[order], lows[order]
+        highs, lows = np.concatenate(highs_parts), np.concatenate(lows_parts)
         ranks = np.arange(len(highs), dtype=np.int64)
+        size = self._mask + 1
         while True:
-            slots = ((highs >> np.uint64(32)) * np.uint64(size) >> np.uint64(32)).astype(np.int64)  # ``home``
+            size *= 2
+            homes = highs & (size - 1)
+            order = np.argsort(homes)  # any order among equal homes will do
+            slots = homes[order]
             slots -= ranks
             np.maximum.accumulate(slots, out=slots)
             slots += ranks
             if not len(slots) or slots[-1] < size + TAIL - 2:  # two slots kept free at the end
                 break
-            size *= 2
         self._table(size)
-        np.asarray(self._high)[slots] = highs
-        np.asarray(self._low)[slots] = lows
+        np.asarray(self._high)[slots] = highs[order]
+        np.asarray(self._low)[slots] = lows[order]
         self._old, self._cursor = None, 0
 
-    def __getstate__(self) -> tuple[int, int, int, bytes, bytes]:
+    def __getstate__(self) -> tuple[int, int, bytes, bytes]:
         self._finish()
-        return _STATE_VERSION, self._size, self._count, self._high.tobytes(), self._low.tobytes()
+        return self._mask, self._count, self._high.tobytes(), self._low.tobytes()
 
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        self._old, self._cursor = None, 0
-        if len(state) == 4:  # before tables of any size: (mask, count, high, low), homes ``high & mask``
-            mask, self._count, high, low = state
-            highs, lows = np.frombuffer(high, dtype=np.uint64), np.frombuffer(low, dtype=np.int32)
-            used = np.flatnonzero(highs)
-            self._place(highs[used], lows[used], mask + 1)
-            return
-        _, size, self._count, high, low = state
-        self._table(size)
+    def __setstate__(self, state: tuple[int, int, bytes, bytes]) -> None:
+        mask, count, high, low = state
+        self._mask, self._count = mask, count
+        self._high, self._low = _zeros(len(high) // 8)
         self._high.cast("B")[:] = high
         self._low.cast("B")[:] = low
+        self._limit = int((mask + 1) * MAX_LOAD)
+        self._old, self._cursor = None, 0

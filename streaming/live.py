@@ -89,6 +89,9 @@ log = logging.getLogger("segshadow.stream")
 __all__ = ["EVENTS_STREAM", "FIELD", "LiveSource", "PollAndAdmit", "build_live", "source_counts_path"]
 
 
+DEDUP_HEADROOM = 1.5  # the dedup is sized for this many times the log's lines at start (``_reserve_dedup``)
+
+
 @dataclass(frozen=True)
 class LiveSource:
     """Where the live stream reads: a Redis Stream and the consumer group that shows its progress.
@@ -290,7 +293,7 @@ class PollAndAdmit(beam.DoFn):
 
     def _reserve_dedup(self, lines: int, entries: int) -> None:
         """Before the first line is admitted: size the dedup for the log as it stands (``XLEN`` entries, at the
-        lines per entry of this first read), half full (``SeenIds.reserve``): it grows once 40% more have come.
+        lines per entry of this first read) and half as much again (``DEDUP_HEADROOM``).
 
         Its table grows by moving a few slots per add (``segments.seen``): with twelve million ids that move
         took ~50 s at 20,000 events/s, about 5% of the live loop's time, and it came right after start-up
@@ -303,7 +306,7 @@ class PollAndAdmit(beam.DoFn):
             logged = int(self.client.xlen(self.source.stream_key))
         except (redis.RedisError, ValueError):
             return
-        self.admission.gate.reserve(int(logged * lines / max(1, entries)))
+        self.admission.gate.reserve(int(logged * lines / max(1, entries) * DEDUP_HEADROOM))
 
     def process(self, _tick: Any) -> Iterator[Any]:
         import redis

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from unittest import mock
@@ -12,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import segments.seen as seen_module
-from segments.seen import MAX_LOAD, MIN_CAPACITY, MOVE_SLOTS, RESERVED_LOAD, TAIL, SeenIds, digest, home
+from segments.seen import MAX_LOAD, MIN_CAPACITY, MOVE_SLOTS, TAIL, SeenIds, digest
 
 ids = st.text(min_size=0, max_size=12)  # any text: empty, non-ASCII, lone surrogates
 
@@ -101,8 +100,8 @@ def test_a_large_set_stays_within_its_load_and_its_bytes() -> None:
 def test_a_run_reaching_the_end_of_the_table_grows_it_and_loses_nothing() -> None:
     # ids whose digests all want the last home slots of the smallest table: their run must spill into the
     # tail and, before it reaches the end, make the table grow
-    last = MIN_CAPACITY - 1
-    crowd = [f"c{i}" for i in range(200_000) if home(digest(f"c{i}")[0], MIN_CAPACITY) >= last - 2][: TAIL + 8]
+    mask = MIN_CAPACITY - 1
+    crowd = [f"c{i}" for i in range(200_000) if digest(f"c{i}")[0] & mask >= mask - 2][: TAIL + 8]
     assert len(crowd) == TAIL + 8
     seen = SeenIds()
     for event_id in crowd:
@@ -128,7 +127,7 @@ def test_a_run_reaching_the_end_while_moving_rebuilds_both_tables_at_once() -> N
         candidates = (f"r{i}" for i in range(10**7))
         while rebuilds == 0:  # every id wants the last two home slots of the table of the moment
             assert len(added) < 40, "the crowd never made a move reach the end"
-            event_id = next(e for e in candidates if home(digest(e)[0], seen._size) >= seen._size - 2)
+            event_id = next(e for e in candidates if digest(e)[0] & seen._mask >= seen._mask - 1)
             assert seen.add_if_new(event_id)
             added.append(event_id)
         for event_id in (f"after-{i}" for i in range(200)):
@@ -155,44 +154,3 @@ def test_a_reserved_set_takes_that_many_ids_without_growing() -> None:
     assert all(event_id in seen for event_id in added)
     seen.reserve(10**6)  # not empty any more: nothing changes
     assert seen.nbytes == size and all(event_id in seen for event_id in added[::100])
-
-
-def test_a_reserved_table_is_the_size_its_count_needs_not_the_next_power_of_two() -> None:
-    """12M ids at half load need 24M slots: 2^25 (403 MB) when tables were powers of two, 24M (288 MB) now."""
-    for count in (50_000, 1_000_000, 12_000_000):
-        seen = SeenIds()
-        seen.reserve(count)
-        slots = seen.nbytes // 12 - TAIL
-        assert count / slots <= RESERVED_LOAD < (count + 1) / slots, f"{count}: {slots} slots"
-
-
-def test_homes_follow_the_digests_order_and_cover_the_table() -> None:
-    size = 1_000_003  # not a power of two
-    highs = sorted(digest(f"h{i}")[0] for i in range(20_000))
-    homes = [home(high, size) for high in highs]
-    assert homes == sorted(homes) and homes[0] >= 0 and homes[-1] < size
-    assert homes[0] < size // 100 and homes[-1] > size - size // 100  # spread over the whole table
-    assert home(2**64 - 1, size) == size - 1 and home(1, size) == 0
-
-
-def test_a_pickle_from_before_tables_of_any_size_loads_and_answers_the_same() -> None:
-    """Version 1 pickled (mask, count, highs, lows) of a power-of-two table whose homes were ``high & mask``
-    (the high parts signed): such a pickle is placed afresh into the new layout."""
-    added = [f"old-{i}" for i in range(3_000)]
-    size = 8192
-    table, lows = [0] * (size + TAIL), [0] * (size + TAIL)
-    for event_id in added:  # the old layout, built here as version 1 built it (linear probing from high & mask)
-        high, low = digest(event_id)
-        slot = high & (size - 1)
-        while table[slot]:
-            slot += 1
-        table[slot], lows[slot] = high, low
-    signed = struct.pack(f"<{size + TAIL}q", *(high - 2**64 if high >= 2**63 else high for high in table))
-    state = (size - 1, len(added), signed, struct.pack(f"<{size + TAIL}i", *lows))
-    seen = SeenIds.__new__(SeenIds)
-    seen.__setstate__(state)
-    assert len(seen) == len(added)
-    assert all(event_id in seen for event_id in added)
-    assert not any(f"new-{i}" in seen for i in range(3_000))
-    assert not any(seen.add_if_new(event_id) for event_id in added)
-    assert seen.add_if_new("new-0") and "new-0" in seen

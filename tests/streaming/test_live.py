@@ -199,11 +199,9 @@ def test_live_source_dead_letters_by_the_rule_sets_event_time_range_as_the_repla
 
 
 def test_live_source_sizes_its_dedup_for_the_log_before_the_first_line(redis_url: str) -> None:
-    """At its first read the source sizes the dedup for the log's lines (``XLEN`` entries at the lines per entry
-    it read) filling half of it, so reading the whole log never grows the table (it would at 40% more lines);
-    what it admits is unchanged."""
-    from segments.seen import MAX_LOAD, RESERVED_LOAD
-    from streaming.live import PollAndAdmit
+    """At its first read the source sizes the dedup for the log's lines and half again (``XLEN`` entries at the
+    lines per entry it read), so reading the whole log never grows the table; what it admits is unchanged."""
+    from streaming.live import DEDUP_HEADROOM, PollAndAdmit
 
     ruleset = load_ruleset("clickstream")
     generated = generate("clickstream", users=500, minutes=60, seed=3, dup_share=0.05)
@@ -216,7 +214,7 @@ def test_live_source_sizes_its_dedup_for_the_log_before_the_first_line(redis_url
         list(poll.process(0))
         assert poll.seq == 50, "the first read asks for one entry"
         limit = seen._limit
-        assert limit >= len(lines) * MAX_LOAD / RESERVED_LOAD - 50 and seen._old is None
+        assert limit >= len(lines) * DEDUP_HEADROOM - 50 and seen._old is None
         while poll.seq < len(lines):
             list(poll.process(0))
         assert seen._limit == limit and seen._old is None, "the table never grew"
