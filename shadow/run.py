@@ -61,7 +61,7 @@ from segments.reachstore import ReachStore
 from segments.redisstore import RedisStore
 from segments.rules import RuleSet, check_reads
 from segments.sqlstore import SqlStore
-from shadow.dualwrite import DualWriter
+from shadow.dualwrite import BULK_LINGER_S, DualWriter
 from shadow.journal import Journal
 from shadow.targets import RedisStreamShadow, SqlEventsPrimary
 from streaming.byo import TransformRef
@@ -139,7 +139,7 @@ def ingest(
     # them would put events that are not in this run's input into its shadow log.
     (out / "journal.jsonl").unlink(missing_ok=True)
     journal = Journal(out / "journal.jsonl")
-    writer = DualWriter(SqlEventsPrimary(store), shadow, journal)
+    writer = DualWriter(SqlEventsPrimary(store), shadow, journal, linger_s=BULK_LINGER_S)  # throughput first
     writer.reject(len(rejected))
     total = len(rows)
     try:

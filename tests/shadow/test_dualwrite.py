@@ -177,3 +177,61 @@ def test_a_log_that_lost_its_tail_is_rebuilt_and_a_loss_after_the_last_write_is_
     assert _first_arrivals(_log_lines(url, shadow.stream_key)) == primary
     assert writer.counts.reseeds == 2 and writer.counts.resent == len(primary) + 2 * third
     assert [r.log_ended_at == "0-0" for r in writer.reseeds] == [False, True]
+
+
+def _lingering(store: SqlStore, shadow: RedisStreamShadow, tmp_path: Path, linger_s: float, batches: int = 64):
+    return DualWriter(
+        SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"), queue_batches=batches, linger_s=linger_s
+    )
+
+
+def test_a_lingering_writer_sends_what_queued_meanwhile_in_one_call_in_order(redis_url: str, tmp_path: Path):
+    """Bulk ingest's set-up: batches written within ``linger_s`` of each other reach the shadow together, one
+    server call (one log entry) for all, in the primary's order; a writer woken per batch makes one call each."""
+    rows = _rows(list(generate("clickstream", users=30, minutes=20, seed=9)))[:200]
+    parts = [rows[start : start + 10] for start in range(0, len(rows), 10)]
+    entries = {}
+    for linger in (0.0, 1.5):
+        shadow = RedisStreamShadow(redis_url, f"segshadow:test:linger{linger}")
+        shadow.reset()
+        with SqlStore.open(f"sqlite:///{tmp_path / f'l{linger}.db'}") as store:
+            writer = _lingering(store, shadow, tmp_path, linger)
+            for part in parts:
+                writer.write([e for e, _ in part], [t for _, t in part])
+                time.sleep(0.02)  # 0.4 s in all: a lingering thread wakes once, an eager one per batch
+            writer.close()
+        assert _log_lines(redis_url, shadow.stream_key) == [t for _, t in rows]
+        assert writer.counts.shadowed == len(rows)
+        entries[linger] = shadow.length()
+        shadow.close()
+    assert entries[1.5] <= 2 < len(parts) // 2 <= entries[0.0], entries
+
+
+def test_a_lingering_writer_waits_for_its_timer_unless_a_whole_call_is_queued_or_a_flush_asks(
+    redis_url: str, tmp_path: Path
+):
+    """Below a whole call's worth nothing is sent before the timer; the batch that completes one wakes the thread,
+    and so does ``flush`` (and ``close``), both long before a 60-s linger ends."""
+    rows = _rows(list(generate("clickstream", users=30, minutes=20, seed=10)))[:50]
+    parts = [rows[start : start + 10] for start in range(0, len(rows), 10)]
+    shadow = RedisStreamShadow(redis_url, "segshadow:test:linger-wake")
+    shadow.reset()
+    with SqlStore.open(f"sqlite:///{tmp_path / 'w.db'}") as store:
+        writer = _lingering(store, shadow, tmp_path, 60.0, batches=3)
+        started = time.monotonic()
+        for part in parts[:2]:
+            writer.write([e for e, _ in part], [t for _, t in part])
+        time.sleep(0.5)
+        assert shadow.length() == 0 and writer.counts.shadowed == 0, "sent before the linger or a whole call"
+        writer.write([e for e, _ in parts[2]], [t for _, t in parts[2]])  # the third of three: a whole call
+        while writer.counts.shadowed < 30 and time.monotonic() - started < 30:
+            time.sleep(0.01)
+        assert writer.counts.shadowed == 30 and shadow.length() == 1
+        writer.write([e for e, _ in parts[3]], [t for _, t in parts[3]])
+        writer.flush()
+        assert writer.counts.shadowed == 40
+        writer.write([e for e, _ in parts[4]], [t for _, t in parts[4]])
+        writer.close()
+        assert time.monotonic() - started < 30, "flush and close waited for the linger"
+    assert _log_lines(redis_url, shadow.stream_key) == [t for _, t in rows]
+    shadow.close()
