@@ -11,11 +11,11 @@ so a batch reaches the shadow as soon as it can: the live run's choice, where th
 shadow's delay is the stream's. Bulk ingest passes ``BULK_LINGER_S``: the thread
 then wakes by its own timer every ``linger_s`` and takes what has queued, and the
 caller wakes it only when a whole shadow call's worth is waiting. On this project's
-2-core machine a wake per batch made the SQLite primary 11-23% slower even with a
-shadow that only sleeps (the primary thread's own CPU per event went up ~8%:
-cross-thread wake-ups and GIL hand-offs, which a VM makes dear), against ~0 with the
-linger (``bench/dual_write.py``'s ``on-eager`` against ``on``). A batch then waits
-up to ``linger_s`` before its shadow call; the primary is not slowed either way.
+2-core VM a wake per batch cost the SQLite primary 15.4% of its throughput, and the
+primary thread's own CPU per event rose 11.1%, against 5.1% and 1.0% with the linger
+(``bench/dual_write.py``, ``on-eager`` against ``on`` in the same run): each wake is
+a cross-thread hand-off of the GIL and of a CPU, paid on the primary's thread too.
+A batch then waits up to ``linger_s`` before its shadow call.
 
 The background thread takes the whole backlog at once, in order, and
 
