@@ -100,10 +100,11 @@ from segments.rules import RuleSet, compile_ruleset
 from segments.timeutil import Clock, wall_clock_ms
 
 EVENT_BATCH = 10_000
+# The events table's columns as PostgreSQL array types, for a small batch's unnest (``_load_rows``).
 _PG_ARRAYS = {
     "event_id": "text[]", "user_id": "text[]", "event_time": "bigint[]", "arrival_time": "bigint[]",
     "kind": "text[]", "amount_micros": "bigint[]", "merchant": "text[]", "seq": "bigint[]", "payload": "text[]",
-}  # the events table's columns as PostgreSQL array types, for unnest
+}
 COPY_MIN_ROWS = 1_000  # PostgreSQL loads larger batches through COPY and a staging table
 ROW_BATCH = 5_000
 DEAD_LETTER_SOURCES = ("ingest", "stream")
@@ -557,13 +558,13 @@ class SqlStore:
         SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING run by the driver's
         executemany. PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT
         ... ON CONFLICT DO NOTHING (COPY itself cannot skip conflicts); a small batch (live
-        ingest's 10 ms batches) skips the staging table, whose set-up costs ~8 ms. CockroachDB
-        (temporary tables are experimental there) and small PostgreSQL batches: INSERT ... ON
-        CONFLICT DO NOTHING RETURNING, which SQLAlchemy sends as multi-row statements,
-        counting the rows returned. Small PostgreSQL batches: one INSERT ... SELECT FROM
-        unnest(...) of one array per column, ON CONFLICT DO NOTHING: psycopg sends each
-        array as one parameter (bench/dual_write.py's 500-event batches: 14 instead of 121
-        client CPU us an event, 33K instead of 6.1K events/s, than the multi-row statements).
+        ingest's 10 ms batches) skips the staging table, whose set-up costs ~8 ms, for one
+        INSERT ... SELECT FROM unnest(...) of one array per column, ON CONFLICT DO NOTHING
+        (psycopg sends each array as one parameter; bench/dual_write.py's 500-event batches:
+        14 client CPU us an event and 33K events/s, against 121 us and 6.1K events/s for the
+        multi-row statements below). CockroachDB (temporary tables are experimental there):
+        INSERT ... ON CONFLICT DO NOTHING RETURNING, which SQLAlchemy sends as multi-row
+        statements, counting the rows returned.
         """
         table = events_table.name
         columns = ", ".join(EVENT_COLUMNS)
