@@ -100,11 +100,6 @@ from segments.rules import RuleSet, compile_ruleset
 from segments.timeutil import Clock, wall_clock_ms
 
 EVENT_BATCH = 10_000
-# The events table's columns as PostgreSQL array types, for a small batch's unnest (``_load_rows``).
-_PG_ARRAYS = {
-    "event_id": "text[]", "user_id": "text[]", "event_time": "bigint[]", "arrival_time": "bigint[]",
-    "kind": "text[]", "amount_micros": "bigint[]", "merchant": "text[]", "seq": "bigint[]", "payload": "text[]",
-}
 COPY_MIN_ROWS = 1_000  # PostgreSQL loads larger batches through COPY and a staging table
 ROW_BATCH = 5_000
 DEAD_LETTER_SOURCES = ("ingest", "stream")
@@ -585,9 +580,8 @@ class SqlStore:
             conn.exec_driver_sql(f"DROP TABLE {staging}")
             return int(result.rowcount)
         if self.backend == "postgresql":
-            casts = ", ".join(f"%s::{_PG_ARRAYS[name]}" for name in EVENT_COLUMNS)
             result = conn.exec_driver_sql(
-                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({casts}) ON CONFLICT DO NOTHING",
+                f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({_PG_UNNEST}) ON CONFLICT DO NOTHING",
                 tuple(list(column) for column in zip(*rows, strict=True)),
             )
             return int(result.rowcount)
@@ -954,7 +948,11 @@ EVENT_COLUMNS = (
     "seq",
     "payload",
 )
-assert tuple(_PG_ARRAYS) == EVENT_COLUMNS
+# unnest's arguments for a small PostgreSQL batch (``_load_rows``): one array parameter per column, typed as
+# the events table declares it.
+_PG_UNNEST = ", ".join(
+    f"%s::{'bigint' if isinstance(events_table.c[name].type, sa.BigInteger) else 'text'}[]" for name in EVENT_COLUMNS
+)
 
 
 def _event_row(event: Event) -> tuple[Any, ...]:
