@@ -179,6 +179,10 @@ def test_a_log_that_lost_its_tail_is_rebuilt_and_a_loss_after_the_last_write_is_
     assert [r.log_ended_at == "0-0" for r in writer.reseeds] == [False, True]
 
 
+def _write(writer: DualWriter, rows: list[tuple[Event, str]]) -> None:
+    writer.write([e for e, _ in rows], [t for _, t in rows])
+
+
 def _lingering(store: SqlStore, shadow: RedisStreamShadow, tmp_path: Path, linger_s: float, batches: int = 64):
     return DualWriter(
         SqlEventsPrimary(store), shadow, Journal(tmp_path / "j.jsonl"), queue_batches=batches, linger_s=linger_s
@@ -197,7 +201,7 @@ def test_a_lingering_writer_sends_what_queued_meanwhile_in_one_call_in_order(red
         with SqlStore.open(f"sqlite:///{tmp_path / f'l{linger}.db'}") as store:
             writer = _lingering(store, shadow, tmp_path, linger)
             for part in parts:
-                writer.write([e for e, _ in part], [t for _, t in part])
+                _write(writer, part)
                 time.sleep(0.02)  # 0.4 s in all: a lingering thread wakes once, an eager one per batch
             writer.close()
         assert _log_lines(redis_url, shadow.stream_key) == [t for _, t in rows]
@@ -220,17 +224,17 @@ def test_a_lingering_writer_waits_for_its_timer_unless_a_whole_call_is_queued_or
         writer = _lingering(store, shadow, tmp_path, 60.0, batches=3)
         started = time.monotonic()
         for part in parts[:2]:
-            writer.write([e for e, _ in part], [t for _, t in part])
+            _write(writer, part)
         time.sleep(0.5)
         assert shadow.length() == 0 and writer.counts.shadowed == 0, "sent before the linger or a whole call"
-        writer.write([e for e, _ in parts[2]], [t for _, t in parts[2]])  # the third of three: a whole call
+        _write(writer, parts[2])  # the third of three: a whole call
         while writer.counts.shadowed < 30 and time.monotonic() - started < 30:
             time.sleep(0.01)
         assert writer.counts.shadowed == 30 and shadow.length() == 1
-        writer.write([e for e, _ in parts[3]], [t for _, t in parts[3]])
+        _write(writer, parts[3])
         writer.flush()
         assert writer.counts.shadowed == 40
-        writer.write([e for e, _ in parts[4]], [t for _, t in parts[4]])
+        _write(writer, parts[4])
         writer.close()
         assert time.monotonic() - started < 30, "flush and close waited for the linger"
     assert _log_lines(redis_url, shadow.stream_key) == [t for _, t in rows]
